@@ -1,0 +1,23 @@
+"""Install rssm-ref: the float64 reference oracle for the Residual SSM (arXiv 2505.17932)."""
+from setuptools import find_packages, setup
+
+setup(
+    name="rssm-ref",
+    version="0.1.0",
+    description=(
+        "float64 ground-truth oracle for the Residual SSM of Casti, Zampieri and "
+        "Pasqualetti (arXiv 2505.17932) and the Mamba selective-SSM core"
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["rssm_ref", "rssm_ref.*"]),
+    py_modules=["cli"],
+    python_requires=">=3.9",
+    install_requires=["numpy>=1.22", "scipy>=1.8", "autograd>=1.6", "click>=8.0"],
+    extras_require={
+        "test": ["pytest>=7", "hypothesis>=6.50", "matplotlib>=3.5"],
+        "plot": ["matplotlib>=3.5"],
+        "gpu": ["cupy-cuda12x"],
+    },
+    entry_points={"console_scripts": ["rssm-ref=cli:main"]},
+)
