@@ -29,6 +29,98 @@ def main():
 
 # --- commands are registered below this line ---------------------------------------
 
+# oracle commands (issue 5): forward, init, verify, golden. Formats: docs/formats.md.
+_MODELS = click.Choice(["lti", "residual", "selective"])
+
+
+def _report(result, as_json):
+    """Print a package report and exit 1 when it did not pass."""
+    click.echo(result.to_json() if as_json else result.to_text())
+    if not result.passed:
+        click.get_current_context().exit(1)
+
+
+@main.command("forward")
+@click.option("--model", type=_MODELS, required=True, help="Which model the params describe.")
+@click.option("--params", "params_path", required=True, metavar="P.npz", help="Params file.")
+@click.option("--inputs", "inputs_path", required=True, metavar="U.npz",
+              help="Inputs file: u (batch, L, m) or tokens, optional dy.")
+@click.option("--out", "out_path", required=True, metavar="O.npz", help="Output file.")
+@click.option("--path", type=click.Choice(["recurrent", "fft"]), default=None,
+              help="Computation path (default recurrent).")
+@click.option("--gate", type=click.Choice(["euler", "zoh"]), default=None,
+              help="Residual gate: eq. (5) or Remark 3.1's ZOH (default euler).")
+@click.option("--discretization", type=click.Choice(["zoh", "euler"]), default=None,
+              help="Selective B: eq. (3b) ZOH or mamba_ssm's Euler (default zoh).")
+@click.option("--output", type=click.Choice(["before", "after"]), default=None,
+              help="Selective y read before (eq. 2) or after the update (default before).")
+@click.option("--allow-unstable", is_flag=True, help="Accept poles on/outside |z| = 1.")
+@click.option("--grads", is_flag=True, help="Add grad_u and grad_<key> of sum(y * dy).")
+@click.option("--intermediates", is_flag=True, help="Add the model's internal signals.")
+def forward_cmd(model, params_path, inputs_path, out_path, path, gate, discretization, output,
+                allow_unstable, grads, intermediates):
+    """Compute the float64 reference outputs (and gradients) for a params/inputs pair."""
+    from rssm_ref.oracle.forward import ForwardConfig, run_forward
+    config = ForwardConfig(model=model, path=path, gate=gate, discretization=discretization,
+                           output=output, allow_unstable=allow_unstable, grads=grads,
+                           intermediates=intermediates)
+    info = run_guarded(run_forward, config, params_path, inputs_path, out_path)
+    click.echo(f"wrote {info['out']}: {', '.join(info['keys'])} (y shape {info['y_shape']})")
+
+
+@main.command("init")
+@click.option("--model", type=_MODELS, required=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", required=True, metavar="P.npz", help="Params file to write.")
+@click.option("--inputs-out", default=None, metavar="U.npz", help="Also write inputs here.")
+@click.option("--form", type=click.Choice(["tf", "ss"]), default=None,
+              help="lti/residual: transfer function (default) or state space.")
+@click.option("--m", type=int, default=None, help="Input/model width.")
+@click.option("--p", type=int, default=None, help="lti output width.")
+@click.option("--order", type=int, default=None, help="lti/Σ order.")
+@click.option("--order-r", type=int, default=None, help="Σ_r order (residual).")
+@click.option("--n", type=int, default=None, help="Selective state size.")
+@click.option("--vocab", type=int, default=None, help="Add an embedding (vocab, m).")
+@click.option("--batch", type=int, default=2, show_default=True)
+@click.option("--length", type=int, default=32, show_default=True, help="Sequence length L.")
+@click.option("--no-dy", is_flag=True, help="Leave the cotangent dy out of the inputs.")
+@click.option("--tokens", is_flag=True, help="Inputs as token ids (needs --vocab).")
+def init_cmd(model, seed, out, inputs_out, form, m, p, order, order_r, n, vocab, batch, length,
+             no_dy, tokens):
+    """Write valid random params (and inputs) in the file format, seeded."""
+    from rssm_ref.oracle.sample import InitConfig, run_init
+    config = InitConfig(model=model, seed=seed, form=form, m=m, p=p, order=order,
+                        order_r=order_r, n=n, vocab=vocab, batch=batch, length=length,
+                        dy=not no_dy, tokens=tokens)
+    click.echo("wrote " + run_guarded(run_init, config, out, inputs_out))
+
+
+@main.command("verify")
+@click.option("--reference", default=None, metavar="O.npz", help="forward/golden output.")
+@click.option("--candidate", default=None, metavar="C.npz", help="Your tensors (y, grad_*, ...).")
+@click.option("--golden", default=None, metavar="DIR", help="A golden suite directory.")
+@click.option("--candidates", default=None, metavar="DIR2", help="<case>.npz per golden case.")
+@click.option("--precision", type=click.Choice(["float64", "float32", "float16", "bfloat16"]),
+              default="float64", show_default=True, help="The candidate's arithmetic.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+def verify_cmd(reference, candidate, golden, candidates, precision, as_json):
+    """Judge a candidate against the oracle; exit 0 pass, 1 mismatch, 2 bad input."""
+    from rssm_ref.oracle.verify import VerifyConfig, run_verify
+    config = VerifyConfig(reference=reference, candidate=candidate, golden=golden,
+                          candidates=candidates, precision=precision)
+    _report(run_guarded(run_verify, config), as_json)
+
+
+@main.command("golden")
+@click.option("--out", default=None, metavar="DIR", help="Write the golden suite here.")
+@click.option("--check", default=None, metavar="DIR", help="Recompute and checksum a suite.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+def golden_cmd(out, check, as_json):
+    """Write the golden suite, or check one (exit 2 tampered, 1 numeric mismatch)."""
+    from rssm_ref.oracle.golden import GoldenConfig, run_golden
+    _report(run_guarded(run_golden, GoldenConfig(out=out, check=check)), as_json)
+
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,582 @@
+"""Discrete-time LTI systems in state-space and transfer-function form.
+
+The building blocks of the Residual SSM (paper Fig. 3): Σ and Σ_r are LTI systems that
+may be stored either as matrices (A, B, C, D) or as the polynomials of their transfer
+matrix (Remark 3.2; parameter counts eqs. (8)-(9)). The state-space recursion is the
+time-invariant case of the paper's eq. (2), with a feedthrough D:
+
+    x(t+1) = A x(t) + B u(t),     y(t) = C x(t) + D u(t),     x(0) = 0 unless given.
+
+Transfer matrices follow scipy (``lfilter``'s b, a): coefficients in **descending powers
+of z**, one common denominator per output row, proper only (num and den have equal
+length k), normalized so that ``den[:, 0] == 1``:
+
+    H_ij(z) = (num[i, j, 0] z^(k-1) + ... + num[i, j, k-1]) / (den[i, 0] z^(k-1) + ... + den[i, k-1]).
+
+Glossary (shapes)
+-----------------
+n : state dimension          m : number of inputs        p : number of outputs
+k : number of coefficients per polynomial (order k - 1 per output row)
+A (n, n), B (n, m), C (p, n), D (p, m)          state-space matrices
+num (p, m, k), den (p, k)                       transfer matrix, descending powers of z
+h (L, p, m)                                     Markov parameters, h[0] = D, h[t] = C A^(t-1) B
+x (batch, n), u_t (batch, m), y_t (batch, p)    one streaming step
+z (N,) complex                                  points where freqresp evaluates H(z)
+k (..., n)  (den_from_reflection only)          reflection coefficients, |k| < 1
+
+Public API
+----------
+markov_parameters(A, B, C, D, L) -> h (L, p, m)       (scan primitive; differentiable)
+markov_parameters_ref(A, B, C, D, L)                  (plain loop, the twin)
+den_from_reflection(k) -> den (..., n+1)              (step-up / Levinson; differentiable)
+den_from_reflection_ref(k)
+ss2tf(A, B, C, D) -> (num, den);  tf2ss(num, den) -> (A, B, C, D)
+StateSpace(A, B, C, D), TransferFunction(num, den), from_scipy(sys)
+
+>>> sys = TransferFunction([1.0, 0.0], [1.0, -0.5])      # H(z) = z / (z - 0.5)
+>>> sys.impulse(4)[:, 0, 0].tolist()
+[1.0, 0.5, 0.25, 0.125]
+>>> bool(np.allclose(sys.to_ss().impulse(4), sys.impulse(4)))
+True
+"""
+import autograd.numpy as np
+import numpy as onp
+import scipy.signal as ssig
+
+from rssm_ref.recurrence import _state_scan  # the scan primitive (recurrence never imports lti)
+from rssm_ref.validation import _is_traced, check_array
+
+__all__ = [
+    "markov_parameters", "markov_parameters_ref", "den_from_reflection",
+    "den_from_reflection_ref", "ss2tf", "tf2ss", "StateSpace", "TransferFunction",
+    "from_scipy",
+]
+
+
+# ----------------------------------------------------------------------------- helpers
+def _check_ss(A, B, C, D):
+    """Validate (A, B, C, D) shapes against each other; return float64 arrays."""
+    A = check_array("A", A, ndim=2)
+    n = onp.shape(A)[0]
+    if onp.shape(A)[1] != n:
+        raise ValueError(f"A: expected a square (n, n) matrix, got shape {onp.shape(A)}")
+    B = check_array("B", B, ndim=2)
+    if onp.shape(B)[0] != n:
+        raise ValueError(f"B: expected shape ({n}, m) to match A ({n}, {n}), got {onp.shape(B)}")
+    m = onp.shape(B)[1]
+    C = check_array("C", C, ndim=2)
+    if onp.shape(C)[1] != n:
+        raise ValueError(f"C: expected shape (p, {n}) to match A ({n}, {n}), got {onp.shape(C)}")
+    p = onp.shape(C)[0]
+    D = check_array("D", D, shape=(p, m))
+    return A, B, C, D
+
+
+def _check_length(name, L, minimum=1):
+    if isinstance(L, bool) or not isinstance(L, (int, onp.integer)):
+        raise TypeError(f"{name}: expected an int, got {type(L).__name__}")
+    if L < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {L}")
+    return int(L)
+
+
+def _check_tf(num, den):
+    """Validate (num (p, m, k), den (p, k)); 1-D num and den mean SISO.
+
+    Returns float64 arrays of equal length k with nonzero den[:, 0] (not yet normalized,
+    not padded: that is ``_normalize_tf``'s job).
+    """
+    num_ndim = onp.ndim(num)
+    if num_ndim == 1:
+        num = check_array("num", num, ndim=1)[None, None, :]
+        if onp.ndim(den) != 1:
+            raise ValueError(f"den: expected 1 dimension with a 1-D (SISO) num, got shape {onp.shape(den)}")
+        den = check_array("den", den, ndim=1)[None, :]
+    else:
+        num = check_array("num", num, ndim=3)
+        den = check_array("den", den, ndim=2)
+    p, m, kn = onp.shape(num)
+    if onp.shape(den)[0] != p:
+        raise ValueError(f"den: expected {p} rows (one common denominator per output row of "
+                         f"num {onp.shape(num)}), got shape {onp.shape(den)}")
+    if kn == 0 or onp.shape(den)[1] == 0:
+        raise ValueError("num, den: expected at least one coefficient, got an empty polynomial")
+    if p == 0 or m == 0:
+        raise ValueError(f"num: expected p >= 1 outputs and m >= 1 inputs, got shape {onp.shape(num)}")
+    return num, den
+
+
+def _normalize_tf(num, den):
+    """Proper, equal-length, den[:, 0] == 1 form of a transfer matrix (plain NumPy).
+
+    The shorter polynomial is padded on the left with zeros; leading zeros that make
+    the lengths differ or den[i, 0] vanish are shifted out (multiplying num and den of a
+    row by the same power of z leaves H(z) unchanged). A numerator of higher degree than
+    its denominator (an improper row) is refused.
+    """
+    num = onp.array(num, dtype=float)
+    den = onp.array(den, dtype=float)
+    p, m, kn = num.shape
+    kd = den.shape[1]
+    k = max(kn, kd)
+    num = onp.concatenate([onp.zeros((p, m, k - kn)), num], axis=2)
+    den = onp.concatenate([onp.zeros((p, k - kd)), den], axis=1)
+    out_num = onp.zeros_like(num)
+    out_den = onp.zeros_like(den)
+    for i in range(p):
+        nz = onp.flatnonzero(den[i])
+        if nz.size == 0:
+            raise ValueError(f"den: row {i} is identically zero (expected a nonzero denominator)")
+        s = int(nz[0])
+        if onp.any(num[i, :, :s] != 0.0):
+            raise ValueError(f"num: row {i} has higher degree than den row {i} (improper transfer "
+                             "function; expected a proper system, deg num <= deg den)")
+        # multiply num and den of row i by z^s: H(z) unchanged, den[i, 0] becomes nonzero
+        out_den[i, :k - s] = den[i, s:] / den[i, s]
+        out_num[i, :, :k - s] = num[i, :, s:] / den[i, s]
+    return out_num, out_den
+
+
+# --------------------------------------------------------------- Markov parameters
+def markov_parameters(A, B, C, D, L):
+    """Impulse response (Markov parameters) of x(t+1) = A x + B u, y = C x + D u.
+
+    Shapes: A (n, n), B (n, m), C (p, n), D (p, m), L >= 1 -> h (L, p, m) with
+    h[0] = D and h[t] = C A^(t-1) B (the kernel of the convolution form of eq. (2)).
+
+    Computed by the state recursion itself, G(t+1) = A G(t), G(0) = B (the m columns of B
+    as a batch of initial states), in rssm_ref.recurrence's scan primitive: the same
+    rounding as the recurrent path, and differentiable with autograd through the scan's
+    adjoint VJP. (Powers by repeated squaring were measured up to ~1e-9 off for
+    companion matrices with poles near the unit circle, where the recursion stays at
+    rounding level.) Cost O(L n^2 m), one small matrix product per step.
+
+    >>> A = np.array([[0.5]]); B = np.array([[1.0]]); C = np.array([[2.0]]); D = np.array([[3.0]])
+    >>> markov_parameters(A, B, C, D, 4)[:, 0, 0].tolist()
+    [3.0, 2.0, 1.0, 0.5]
+    """
+    A, B, C, D = _check_ss(A, B, C, D)
+    L = _check_length("L", L)
+    if L == 1:
+        return D[None]
+    n, m = onp.shape(B)
+    # rows of G[t] are (A^t B)^T, t = 0 .. L-2: x(t+1) = A x(t) with x(0) = each column of B
+    G = _state_scan(A, onp.zeros((L - 2, m, n)), np.transpose(B))
+    # h[t] = C A^(t-1) B for t = 1 .. L-1:  (C G^T) = (G C^T)^T
+    tail = np.transpose(np.matmul(G, np.transpose(C)), (0, 2, 1))
+    return np.concatenate([D[None], tail], axis=0)
+
+
+def markov_parameters_ref(A, B, C, D, L):
+    """Plain loop twin of :func:`markov_parameters`: h[t] = C A^(t-1) B, one step at a time.
+
+    >>> markov_parameters_ref([[0.5]], [[1.0]], [[2.0]], [[3.0]], 3)[:, 0, 0].tolist()
+    [3.0, 2.0, 1.0]
+    """
+    A, B, C, D = _check_ss(A, B, C, D)
+    L = _check_length("L", L)
+    hs = [D]
+    G = B  # A^(t-1) B
+    for _ in range(1, L):
+        hs.append(np.dot(C, G))
+        G = np.dot(A, G)
+    return np.stack(hs)
+
+
+# -------------------------------------------------------- reflection coefficients
+def den_from_reflection(k):
+    """Monic Schur-stable polynomial from reflection coefficients (step-up recursion).
+
+    Shapes: k (..., n) with every |k| < 1 -> den (..., n+1), descending powers of z,
+    den[..., 0] = 1. The Levinson step-up recursion
+
+        a^(0) = [1],   a^(i+1) = [a^(i), 0] + k_i [0, reverse(a^(i))]
+
+    maps the open cube (-1, 1)^n onto the monic polynomials with all roots strictly
+    inside the unit circle (Schur-Cohn), so any unconstrained parameter squashed into
+    (-1, 1) (e.g. 0.5 tanh(theta)) gives a stable denominator. Differentiable (built by
+    concatenation only). Used for stable training denominators and Hypothesis strategies.
+
+    >>> den_from_reflection([0.5]).tolist()
+    [1.0, 0.5]
+    >>> den = den_from_reflection([0.9, -0.5, 0.3])
+    >>> bool(np.all(np.abs(np.roots(den)) < 1))
+    True
+    """
+    if not _is_traced(k):
+        k = check_array("k", k)
+        if onp.ndim(k) < 1:
+            raise ValueError("k: expected shape (..., n), got a scalar")
+        if onp.any(onp.abs(k) >= 1.0):
+            raise ValueError("k: reflection coefficients must satisfy |k| < 1 "
+                             f"(got max |k| = {float(onp.max(onp.abs(k))):.6g})")
+    shape = onp.shape(k)
+    lead = shape[:-1]
+    a = np.ones(lead + (1,))
+    zero = np.zeros(lead + (1,))
+    for i in range(shape[-1]):
+        ki = k[..., i:i + 1]
+        # a^(i+1) = [a, 0] + k_i [0, reverse(a)]
+        a = np.concatenate([a, zero], axis=-1) + ki * np.concatenate([zero, a[..., ::-1]], axis=-1)
+    return a
+
+
+def den_from_reflection_ref(k):
+    """Loop twin of :func:`den_from_reflection`, coefficient by coefficient, 1-D only.
+
+    a_new[j] = a[j] + k a[i+1-j] with a[-1] = a[i+1] = 0 (the step-up recursion).
+
+    >>> den_from_reflection_ref([0.5, 0.25]).tolist()
+    [1.0, 0.625, 0.25]
+    """
+    k = check_array("k", k, ndim=1)
+    a = [1.0]
+    for i, ki in enumerate(k):
+        ext = a + [0.0]
+        a = [ext[j] + ki * ext[i + 1 - j] for j in range(i + 2)]
+    return onp.array(a)
+
+
+# ----------------------------------------------------------------- conversions
+def ss2tf(A, B, C, D):
+    """Transfer matrix of a state-space system (plain NumPy; not differentiated).
+
+    Shapes: A (n, n), B (n, m), C (p, n), D (p, m) -> num (p, m, n+1), den (p, n+1).
+    Every output row gets the same denominator, the characteristic polynomial
+    a(z) = det(zI - A) = np.poly(A) (descending powers). The numerators come from the
+    Markov parameters h (Remark 3.2: H(z) = sum_t h[t] z^-t):
+
+        b_j = sum_{i <= j} a_i h_{j-i},   j = 0 .. n,
+
+    the coefficients of a(z) H(z), a polynomial by Cayley-Hamilton. This avoids the
+    poly(A - B C) determinant trick of scipy's ss2tf. The result is the non-minimal
+    common denominator (no pole-zero cancellation) and, like every coefficient
+    representation, it is ill-conditioned for high order (scipy #17405): keep n small
+    (say <= 10) or compare in impulse response, not coefficients.
+
+    >>> num, den = ss2tf([[0.5]], [[1.0]], [[1.0]], [[0.0]])
+    >>> num.tolist(), den.tolist()
+    ([[[0.0, 1.0]]], [[1.0, -0.5]])
+    """
+    A, B, C, D = _check_ss(A, B, C, D)
+    A, B, C, D = (onp.asarray(x, dtype=float) for x in (A, B, C, D))
+    n = A.shape[0]
+    p, m = D.shape
+    a = onp.real(onp.poly(A)) if n else onp.ones(1)
+    h = markov_parameters(A, B, C, D, n + 1)
+    # b_j = sum_{i<=j} a_i h_{j-i}
+    num = onp.stack([sum(a[i] * h[j - i] for i in range(j + 1)) for j in range(n + 1)], axis=-1)
+    den = onp.tile(a, (p, 1))
+    return num, den
+
+
+def tf2ss(num, den):
+    """Block-diagonal observable-companion realization of a transfer matrix (no slycot).
+
+    Shapes: num (p, m, k), den (p, k) (or 1-D SISO) -> A (n, n), B (n, m), C (p, n),
+    D (p, m) with n = p (k - 1): one observable-companion block of order k - 1 per output
+    row (shared denominator a, row numerators b_j, normalized so a_0 = 1):
+
+        A_i = [[-a_1, 1, 0, ...], [-a_2, 0, 1, ...], ..., [-a_(k-1), 0, ..., 0]],
+        B_i[:, j] = b_j[1:] - b_j[0] a[1:],   C_i = e_1^T,   D[i, j] = b_j[0].
+
+    The realization is minimal only if no pole of row i cancels in every entry of the row.
+
+    >>> A, B, C, D = tf2ss([1.0, 0.0], [1.0, -0.5])
+    >>> A.tolist(), B.tolist(), C.tolist(), D.tolist()
+    ([[0.5]], [[0.5]], [[1.0]], [[1.0]])
+    """
+    num, den = _normalize_tf(*_check_tf(num, den))
+    p, m, k = num.shape
+    r = k - 1
+    n = p * r
+    A = onp.zeros((n, n))
+    B = onp.zeros((n, m))
+    C = onp.zeros((p, n))
+    D = num[:, :, 0].copy()
+    for i in range(p):
+        s = slice(i * r, (i + 1) * r)
+        if r == 0:
+            continue
+        blk = onp.zeros((r, r))
+        blk[:, 0] = -den[i, 1:]
+        blk[:r - 1, 1:] = onp.eye(r - 1)
+        A[s, s] = blk
+        B[s, :] = (num[i, :, 1:] - num[i, :, :1] * den[i, 1:]).T
+        C[i, i * r] = 1.0
+    return A, B, C, D
+
+
+def _tf_impulse(num, den, L):
+    delta = onp.zeros(L)
+    delta[0] = 1.0
+    p, m, _ = num.shape
+    h = onp.empty((L, p, m))
+    for i in range(p):
+        for j in range(m):
+            h[:, i, j] = ssig.lfilter(num[i, j], den[i], delta)
+    return h
+
+
+def _check_z(z):
+    arr = onp.atleast_1d(onp.asarray(z))
+    if arr.dtype.kind not in "fiuc":
+        raise TypeError(f"z: dtype {arr.dtype} (expected real or complex numbers)")
+    if arr.ndim != 1:
+        raise ValueError(f"z: expected a scalar or a 1-D array of points, got shape {arr.shape}")
+    if not onp.all(onp.isfinite(arr)):
+        raise ValueError("z: contains NaN or inf (expected finite complex values)")
+    return arr.astype(complex)
+
+
+# ----------------------------------------------------------------------- classes
+class StateSpace:
+    """x(t+1) = A x(t) + B u(t), y(t) = C x(t) + D u(t) (the LTI case of eq. (2)).
+
+    Shapes: A (n, n), B (n, m), C (p, n), D (p, m); float64 copies are kept. ``n = 0``
+    (a static gain) is allowed.
+
+    >>> sys = StateSpace([[0.5]], [[1.0]], [[1.0]], [[0.0]])
+    >>> (sys.n_inputs, sys.n_outputs, sys.order, sys.is_stable())
+    (1, 1, 1, True)
+    """
+
+    def __init__(self, A, B, C, D):
+        A, B, C, D = _check_ss(A, B, C, D)
+        self.A, self.B, self.C, self.D = (onp.array(x, dtype=float) for x in (A, B, C, D))
+
+    def __repr__(self):
+        return f"StateSpace(n={self.order}, m={self.n_inputs}, p={self.n_outputs})"
+
+    @property
+    def n_inputs(self):
+        """m, the number of inputs."""
+        return self.B.shape[1]
+
+    @property
+    def n_outputs(self):
+        """p, the number of outputs."""
+        return self.C.shape[0]
+
+    @property
+    def order(self):
+        """n, the state dimension."""
+        return self.A.shape[0]
+
+    def impulse(self, L):
+        """Markov parameters h (L, p, m), h[0] = D, h[t] = C A^(t-1) B.
+
+        >>> StateSpace([[0.5]], [[1.0]], [[1.0]], [[0.0]]).impulse(3)[:, 0, 0].tolist()
+        [0.0, 1.0, 0.5]
+        """
+        return markov_parameters(self.A, self.B, self.C, self.D, L)
+
+    def poles(self):
+        """Eigenvalues of A, shape (n,) complex.
+
+        >>> StateSpace([[0.5]], [[1.0]], [[1.0]], [[0.0]]).poles().tolist()
+        [(0.5+0j)]
+        """
+        return onp.linalg.eigvals(self.A).astype(complex)
+
+    def is_stable(self):
+        """True when every pole has modulus < 1 (Schur stability).
+
+        >>> StateSpace([[1.0]], [[1.0]], [[1.0]], [[0.0]]).is_stable()
+        False
+        """
+        return bool(onp.all(onp.abs(self.poles()) < 1.0))
+
+    def freqresp(self, z):
+        """H(z) = C (zI - A)^-1 B + D at the points z (N,) -> (N, p, m) complex.
+
+        >>> complex(StateSpace([[0.5]], [[1.0]], [[1.0]], [[0.0]]).freqresp([1.0])[0, 0, 0])
+        (2+0j)
+        """
+        z = _check_z(z)
+        n = self.order
+        if n == 0:
+            return onp.broadcast_to(self.D.astype(complex), (z.size,) + self.D.shape).copy()
+        M = z[:, None, None] * onp.eye(n) - self.A
+        X = onp.linalg.solve(M, onp.broadcast_to(self.B.astype(complex), (z.size,) + self.B.shape))
+        return onp.matmul(self.C, X) + self.D
+
+    def step(self, x, u_t):
+        """One streaming step: (x(t), u(t)) -> (x(t+1), y(t)), batched.
+
+        Shapes: x (batch, n), u_t (batch, m) -> x_next (batch, n), y_t (batch, p);
+        1-D x (n,) and u_t (m,) give 1-D results. Same equations as eq. (2).
+
+        >>> sys = StateSpace([[0.5]], [[1.0]], [[1.0]], [[0.0]])
+        >>> x, y = sys.step(np.zeros((2, 1)), np.ones((2, 1)))
+        >>> x.tolist(), y.tolist()
+        ([[1.0], [1.0]], [[0.0], [0.0]])
+        """
+        one_d = onp.ndim(x) == 1 and onp.ndim(u_t) == 1
+        x = check_array("x", onp.atleast_2d(x) if one_d else x, ndim=2)
+        u_t = check_array("u_t", onp.atleast_2d(u_t) if one_d else u_t, ndim=2)
+        if onp.shape(x)[1] != self.order:
+            raise ValueError(f"x: expected shape (batch, {self.order}), got {onp.shape(x)}")
+        if onp.shape(u_t) != (onp.shape(x)[0], self.n_inputs):
+            raise ValueError(f"u_t: expected shape ({onp.shape(x)[0]}, {self.n_inputs}) "
+                             f"to match x, got {onp.shape(u_t)}")
+        # x(t+1) = A x(t) + B u(t);  y(t) = C x(t) + D u(t)   (row vectors: x A^T)
+        x_next = np.dot(x, self.A.T) + np.dot(u_t, self.B.T)
+        y_t = np.dot(x, self.C.T) + np.dot(u_t, self.D.T)
+        if one_d:
+            return x_next[0], y_t[0]
+        return x_next, y_t
+
+    def to_ss(self):
+        """Itself (a copy).
+
+        >>> StateSpace([[0.5]], [[1.0]], [[1.0]], [[0.0]]).to_ss().order
+        1
+        """
+        return StateSpace(self.A, self.B, self.C, self.D)
+
+    def to_tf(self):
+        """TransferFunction via :func:`ss2tf` (non-minimal common denominator det(zI - A)).
+
+        >>> StateSpace([[0.5]], [[1.0]], [[1.0]], [[0.0]]).to_tf().den.tolist()
+        [[1.0, -0.5]]
+        """
+        return TransferFunction(*ss2tf(self.A, self.B, self.C, self.D))
+
+    def to_scipy(self):
+        """scipy.signal.dlti in state-space form, dt = 1.
+
+        >>> StateSpace([[0.5]], [[1.0]], [[1.0]], [[0.0]]).to_scipy().dt
+        1
+        """
+        return ssig.dlti(self.A, self.B, self.C, self.D, dt=1)
+
+
+class TransferFunction:
+    """Transfer matrix H(z) (p x m), one common denominator per output row (Remark 3.2).
+
+    Shapes: num (p, m, k), den (p, k) in descending powers of z (or 1-D num, den for a
+    SISO system). Stored normalized: equal lengths (left zero padding), den[:, 0] = 1.
+    Improper rows (deg num > deg den) are refused.
+
+    >>> sys = TransferFunction([2.0, 1.0], [2.0, -1.0])
+    >>> sys.num.tolist(), sys.den.tolist(), sys.order
+    ([[[1.0, 0.5]]], [[1.0, -0.5]], 1)
+    """
+
+    def __init__(self, num, den):
+        num, den = _check_tf(num, den)
+        self.num, self.den = _normalize_tf(num, den)
+
+    def __repr__(self):
+        return f"TransferFunction(p={self.n_outputs}, m={self.n_inputs}, k={self.num.shape[2]})"
+
+    @property
+    def n_inputs(self):
+        """m, the number of inputs."""
+        return self.num.shape[1]
+
+    @property
+    def n_outputs(self):
+        """p, the number of outputs."""
+        return self.num.shape[0]
+
+    @property
+    def order(self):
+        """State dimension of :meth:`to_ss`: p (k - 1) (k - 1 per output row)."""
+        return self.n_outputs * (self.num.shape[2] - 1)
+
+    def impulse(self, L):
+        """Impulse response h (L, p, m): lfilter(num[i, j], den[i], delta).
+
+        >>> TransferFunction([0.0, 1.0], [1.0, -0.5]).impulse(3)[:, 0, 0].tolist()
+        [0.0, 1.0, 0.5]
+        """
+        L = _check_length("L", L)
+        return _tf_impulse(self.num, self.den, L)
+
+    def poles(self):
+        """Roots of every denominator row, concatenated: (p (k - 1),) complex.
+
+        >>> TransferFunction([0.0, 1.0], [1.0, -0.5]).poles().tolist()
+        [(0.5+0j)]
+        """
+        roots = [onp.roots(row).astype(complex) if onp.any(row[1:]) else onp.zeros(row.size - 1, complex)
+                 for row in self.den]
+        return onp.concatenate(roots) if roots else onp.zeros(0, complex)
+
+    def is_stable(self):
+        """True when every pole has modulus < 1.
+
+        >>> TransferFunction([0.0, 1.0], [1.0, -1.5]).is_stable()
+        False
+        """
+        return bool(onp.all(onp.abs(self.poles()) < 1.0))
+
+    def freqresp(self, z):
+        """H(z) = num(z) / den(z) at the points z (N,) -> (N, p, m) complex.
+
+        >>> complex(TransferFunction([0.0, 1.0], [1.0, -0.5]).freqresp([1.0])[0, 0, 0])
+        (2+0j)
+        """
+        z = _check_z(z)
+        k = self.num.shape[2]
+        zp = z[:, None] ** onp.arange(k - 1, -1, -1)  # (N, k) descending powers
+        bn = onp.einsum("ijk,nk->nij", self.num, zp)
+        an = onp.einsum("ik,nk->ni", self.den, zp)
+        return bn / an[:, :, None]
+
+    def to_tf(self):
+        """Itself (a copy).
+
+        >>> TransferFunction([1.0], [1.0]).to_tf().order
+        0
+        """
+        return TransferFunction(self.num, self.den)
+
+    def to_ss(self):
+        """StateSpace via :func:`tf2ss` (block-diagonal observable companion).
+
+        >>> TransferFunction([0.0, 1.0], [1.0, -0.5]).to_ss().A.tolist()
+        [[0.5]]
+        """
+        return StateSpace(*tf2ss(self.num, self.den))
+
+    def to_scipy(self):
+        """scipy.signal.dlti, dt = 1: tf form for SISO, ss form (via tf2ss) for MIMO.
+
+        >>> TransferFunction([0.0, 1.0], [1.0, -0.5]).to_scipy().den.tolist()
+        [1.0, -0.5]
+        """
+        if self.n_inputs == 1 and self.n_outputs == 1:
+            # drop the numerator's leading zeros ourselves (same H(z); scipy would warn)
+            b = onp.trim_zeros(self.num[0, 0], "f")
+            return ssig.dlti(b if b.size else onp.zeros(1), self.den[0], dt=1)
+        return ssig.dlti(*tf2ss(self.num, self.den), dt=1)
+
+
+def from_scipy(sys):
+    """StateSpace or TransferFunction from a discrete scipy.signal.dlti (ss, tf or zpk form).
+
+    A dlti in state-space form gives a StateSpace; tf form gives a TransferFunction (a 2-D
+    scipy numerator (p, k) is a single-input, p-output system with a common denominator);
+    zpk form is turned into tf form first. The sampling period is taken as one step.
+
+    >>> import scipy.signal as ssig
+    >>> from_scipy(ssig.dlti([1.0], [1.0, -0.5], dt=1)).impulse(3)[:, 0, 0].tolist()
+    [0.0, 1.0, 0.5]
+    """
+    if not isinstance(sys, ssig.dlti):
+        raise TypeError(f"sys: expected a discrete-time scipy.signal.dlti, got {type(sys).__name__}")
+    if isinstance(sys, ssig.StateSpace):
+        return StateSpace(sys.A, sys.B, sys.C, sys.D)
+    if isinstance(sys, ssig.ZerosPolesGain):
+        sys = sys.to_tf()
+    if isinstance(sys, ssig.TransferFunction):
+        num = onp.atleast_2d(onp.real_if_close(onp.asarray(sys.num)))
+        den = onp.real_if_close(onp.asarray(sys.den))
+        if onp.iscomplexobj(num) or onp.iscomplexobj(den):
+            raise TypeError("sys: complex transfer-function coefficients (expected a real system)")
+        p = num.shape[0]
+        return TransferFunction(num[:, None, :], onp.tile(onp.atleast_1d(den), (p, 1)))
+    raise TypeError(f"sys: unsupported dlti form {type(sys).__name__} (expected ss, tf or zpk)")

@@ -1,0 +1,15 @@
+"""The oracle: one file format, ``forward``, ``init``, ``verify`` and ``golden``.
+
+Modules
+-------
+formats     the file format (keys, symbolic shapes, dtypes) and its checked loaders
+forward     float64 outputs, intermediates and gradients; writes self-describing files
+sample      valid random params and inputs (``init``)
+precision   the oracle rerun in emulated float32/float16/bfloat16 (verify's yardstick)
+verify      per-tensor verdicts against a reference, in the candidate's precision
+golden      the frozen suite of named cases and its tamper-proof check
+
+>>> from rssm_ref.oracle import formats
+>>> formats.MODELS
+('lti', 'residual', 'selective')
+"""

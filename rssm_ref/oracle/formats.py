@@ -1,0 +1,515 @@
+"""The one place that defines rssm-ref's file format, and loads and checks its files.
+
+Every file is a NumPy ``.npz`` archive read with ``allow_pickle=False``; every array is
+float64 (token ids: integers). Sequences are batch-major, states start at zero and the
+gate starts at y(0) = 0. Shapes are written with symbols; one symbol has one value
+across a params file and its inputs file.
+
+Glossary (symbols and shapes)
+-----------------------------
+batch, L        number of sequences, sequence length (both >= 1)
+m               input width (LTI), model width (Residual, Selective)
+p               LTI output width; n, k  LTI state order / polynomial length
+n_sigma, k_sigma, n_r, k_r   the same for Σ and Σ_r of the Residual SSM (Fig. 3)
+n (selective)   state size per channel, eq. (2)
+vocab           rows of the optional ``embedding`` (vocab, m) used with ``tokens``
+
+Params per model (``SPECS``; each block in exactly one form):
+
+lti        ss: A (n, n), B (n, m), C (p, n), D (p, m)  |  tf: num (p, m, k), den (p, k)
+residual   Σ  ss: sigma_A (n_sigma, n_sigma), sigma_B (n_sigma, m), sigma_C (m, n_sigma),
+              sigma_D (m, m)  |  tf: sigma_num (m, m, k_sigma), sigma_den (m, k_sigma)
+           Σ_r ss: r_A (n_r, n_r), r_B (n_r, m), r_C (1, n_r), r_D (1, m)
+              |  tf: r_num (1, m, k_r), r_den (1, k_r)        (Σ and Σ_r in the same form)
+           optional gate_bias () : s(t) = σ(r(t) + gate_bias), eq. (5)
+selective  A (m, n) < 0, W_delta (m, m), W_B (n, m), W_C (n, m); optional delta_bias (m,),
+           D (m,)  (eqs. 2-4)
+all        optional embedding (vocab, m)
+
+Inputs: ``u`` (batch, L, m) or ``tokens`` (batch, L) integer ids with ``embedding`` in
+the params (u = embedding[tokens]); optional cotangent ``dy`` shaped like ``y``.
+
+Outputs (``forward``): ``y``; intermediates (residual: y_s (batch, L, m), r (batch, L),
+s (batch, L); selective: delta (batch, L, m), h (batch, L, m, n)); gradients ``grad_u``
+and ``grad_<key>`` per parameter key; and, so that the file can be recomputed, the
+params as ``param__<key>``, the inputs as ``input__<key>`` and the options as UTF-8 JSON
+in the uint8 array ``options_json``.
+
+Every failure is a ``ValueError`` (or ``TypeError`` for a wrong dtype) whose one-line
+message names the file, the key and what was expected:
+
+>>> import io, numpy
+>>> check_params("lti", {"num": numpy.ones((1, 1, 2)), "den": numpy.array([[1.0, -2.0]])},
+...              where="P.npz")
+Traceback (most recent call last):
+...
+ValueError: P.npz: key 'den': row 0 has a pole of modulus 2 (expected all poles strictly inside the unit circle; pass allow_unstable to override)
+"""
+import json
+import os
+import tempfile
+
+import numpy as onp
+
+from rssm_ref.validation import check_array, check_stable_den, check_tokens
+
+FORMAT_VERSION = "rssm-ref/1"
+MODELS = ("lti", "residual", "selective")
+PARAM_PREFIX = "param__"
+INPUT_PREFIX = "input__"
+OPTIONS_KEY = "options_json"
+
+# model -> blocks -> form -> {key: symbolic shape}; integers in a shape are literal.
+SPECS = {
+    "lti": {
+        "blocks": {
+            "system": {
+                "ss": {"A": ("n", "n"), "B": ("n", "m"), "C": ("p", "n"), "D": ("p", "m")},
+                "tf": {"num": ("p", "m", "k"), "den": ("p", "k")},
+            },
+        },
+        "optional": {"embedding": ("vocab", "m")},
+        "outputs": {"y": ("batch", "L", "p")},
+        "intermediates": {},
+    },
+    "residual": {
+        "blocks": {
+            "sigma": {
+                "ss": {"sigma_A": ("n_sigma", "n_sigma"), "sigma_B": ("n_sigma", "m"),
+                       "sigma_C": ("m", "n_sigma"), "sigma_D": ("m", "m")},
+                "tf": {"sigma_num": ("m", "m", "k_sigma"), "sigma_den": ("m", "k_sigma")},
+            },
+            "r": {
+                "ss": {"r_A": ("n_r", "n_r"), "r_B": ("n_r", "m"), "r_C": (1, "n_r"),
+                       "r_D": (1, "m")},
+                "tf": {"r_num": (1, "m", "k_r"), "r_den": (1, "k_r")},
+            },
+        },
+        "optional": {"gate_bias": (), "embedding": ("vocab", "m")},
+        "outputs": {"y": ("batch", "L", "m")},
+        "intermediates": {"y_s": ("batch", "L", "m"), "r": ("batch", "L"), "s": ("batch", "L")},
+    },
+    "selective": {
+        "blocks": {
+            "selective": {
+                "diag": {"A": ("m", "n"), "W_delta": ("m", "m"), "W_B": ("n", "m"),
+                         "W_C": ("n", "m")},
+            },
+        },
+        "optional": {"delta_bias": ("m",), "D": ("m",), "embedding": ("vocab", "m")},
+        "outputs": {"y": ("batch", "L", "m")},
+        "intermediates": {"delta": ("batch", "L", "m"), "h": ("batch", "L", "m", "n")},
+    },
+}
+
+# Sequence tensors carry time on axis 1 (used by verify for "first bad time step").
+TIME_AXIS_TENSORS = ("y", "y_s", "r", "s", "delta", "h", "grad_u", "dy", "u")
+
+_FORM_NAMES = {"ss": "state-space", "tf": "transfer-function", "diag": "diagonal"}
+
+
+def _check_model(model):
+    if model not in SPECS:
+        raise ValueError(f"model: {model!r} (expected one of {', '.join(MODELS)})")
+
+
+def _q(key):
+    return f"'{key}'"
+
+
+def _fmt_shape(spec):
+    return "(" + ", ".join(str(s) for s in spec) + ("," if len(spec) == 1 else "") + ")"
+
+
+class _Sizes:
+    """Symbol -> (value, key that fixed it), so messages can say where a size came from."""
+
+    def __init__(self, where):
+        self.where = where
+        self.values = {}
+
+    def bind(self, key, spec, shape):
+        label = f"{self.where}: key {_q(key)}"
+        if len(shape) != len(spec):
+            raise ValueError(f"{label}: expected {len(spec)} dimensions {_fmt_shape(spec)}, "
+                             f"got shape {tuple(shape)}")
+        for sym, val in zip(spec, shape):
+            if isinstance(sym, int):
+                if val != sym:
+                    raise ValueError(f"{label}: expected shape {_fmt_shape(spec)}, got "
+                                     f"{tuple(shape)} (that dimension must be {sym})")
+                continue
+            if val < 1:
+                what = "non-positive sequence length" if sym == "L" else f"empty dimension {sym}"
+                raise ValueError(f"{label}: {what} in shape {tuple(shape)} "
+                                 f"(expected {sym} >= 1 in {_fmt_shape(spec)})")
+            if sym in self.values and self.values[sym][0] != val:
+                prev, src = self.values[sym]
+                raise ValueError(f"{label}: shape {tuple(shape)} gives {sym} = {val}, but "
+                                 f"{src} gives {sym} = {prev} (expected {_fmt_shape(spec)} "
+                                 "with consistent sizes)")
+            self.values.setdefault(sym, (val, f"key {_q(key)}"))
+
+    def get(self, sym):
+        return self.values[sym][0]
+
+    def as_dict(self):
+        return {k: v[0] for k, v in self.values.items()}
+
+
+def _float_array(where, key, value):
+    """float64 only (the format's dtype): no silent casts from int, bool or float32."""
+    name = f"{where}: key {_q(key)}"
+    arr = onp.asarray(value)
+    if arr.dtype.kind in "iu" or (arr.dtype.kind == "f" and arr.dtype != onp.float64):
+        raise TypeError(f"{name}: dtype {arr.dtype} (expected float64; convert with "
+                        ".astype(numpy.float64))")
+    return check_array(name, arr)
+
+
+def _ss_stable(where, key, A):
+    rmax = float(onp.max(onp.abs(onp.linalg.eigvals(A)))) if A.size else 0.0
+    if not rmax < 1.0:
+        raise ValueError(f"{where}: key {_q(key)}: has an eigenvalue of modulus {rmax:.6g} "
+                         "(expected all eigenvalues strictly inside the unit circle; pass "
+                         "allow_unstable to override)")
+
+
+def param_form(model, params):
+    """The form of each block: ``{"system": "tf"}`` etc., for already-checked params.
+
+    >>> import numpy
+    >>> param_form("lti", {"num": numpy.ones((1, 1, 1)), "den": numpy.ones((1, 1))})
+    {'system': 'tf'}
+    """
+    _check_model(model)
+    out = {}
+    for block, forms in SPECS[model]["blocks"].items():
+        for form, keys in forms.items():
+            if all(k in params for k in keys):
+                out[block] = form
+    return out
+
+
+def check_params(model, params, where="params", allow_unstable=False):
+    """Check a params mapping against ``SPECS[model]``; return ``(params, sizes)``.
+
+    ``params``: mapping key -> array. Returns a new dict of float64 arrays and the sizes
+    of the symbols (``{"m": 2, "p": 1, ...}``). Raises ValueError/TypeError naming
+    ``where`` and the key. Stability: denominators (``den`` rows, descending powers of
+    z) and state matrices must have all roots/eigenvalues inside |z| < 1, selective
+    ``A`` must be negative (continuous-time Hurwitz, eq. 3a), unless ``allow_unstable``.
+
+    >>> import numpy
+    >>> p, sizes = check_params("lti", {"num": numpy.ones((2, 1, 3)),
+    ...                                 "den": numpy.array([[1.0, -0.5, 0.0]] * 2)})
+    >>> sorted(sizes.items())
+    [('k', 3), ('m', 1), ('p', 2)]
+    """
+    _check_model(model)
+    spec = SPECS[model]
+    if not hasattr(params, "keys"):
+        raise TypeError(f"{where}: {type(params).__name__} (expected a mapping of key -> array)")
+    known = set(spec["optional"])
+    for forms in spec["blocks"].values():
+        for keys in forms.values():
+            known |= set(keys)
+    extra = sorted(k for k in params if k not in known)
+    if extra:
+        raise ValueError(f"{where}: unexpected key {_q(extra[0])} for --model {model} "
+                         f"(expected only {', '.join(sorted(known))})")
+
+    chosen = {}
+    for block, forms in spec["blocks"].items():
+        present = {f: [k for k in keys if k in params] for f, keys in forms.items()}
+        used = [f for f, ks in present.items() if ks]
+        if not used:
+            alts = " or ".join(f"{', '.join(keys)} ({_FORM_NAMES[f]})" for f, keys in forms.items())
+            first = next(iter(next(iter(forms.values()))))
+            raise ValueError(f"{where}: missing key {_q(first)} (expected {alts})")
+        if len(used) > 1:
+            raise ValueError(f"{where}: key {_q(present[used[1]][0])} mixes forms with key "
+                             f"{_q(present[used[0]][0])} (expected {block} in one form only: "
+                             + " or ".join(', '.join(forms[f]) for f in forms) + ")")
+        form = used[0]
+        missing = [k for k in forms[form] if k not in params]
+        if missing:
+            raise ValueError(f"{where}: missing key {_q(missing[0])} (the {_FORM_NAMES[form]} "
+                             f"form needs {', '.join(forms[form])})")
+        chosen[block] = form
+    if len(set(chosen.values())) > 1:
+        desc = ", ".join(f"{b} in {_FORM_NAMES[f]} form" for b, f in chosen.items())
+        raise ValueError(f"{where}: {desc} (expected Σ and Σ_r in the same form: all of "
+                         "sigma_num, sigma_den, r_num, r_den or all of sigma_A..D, r_A..D)")
+
+    out = {k: _float_array(where, k, params[k]) for k in params}
+    sizes = _Sizes(where)
+    for block, form in chosen.items():
+        for key, shp in spec["blocks"][block][form].items():
+            sizes.bind(key, shp, onp.shape(out[key]))
+    for key, shp in spec["optional"].items():
+        if key in out:
+            sizes.bind(key, shp, onp.shape(out[key]))
+
+    for key, arr in out.items():
+        if key.endswith("den") or key == "den":
+            bad = onp.flatnonzero(arr[:, 0] == 0.0)
+            if bad.size:
+                raise ValueError(f"{where}: key {_q(key)}: row {bad[0]} has a zero leading "
+                                 "coefficient (expected den[:, 0] != 0, descending powers of z)")
+            check_stable_den(f"{where}: key {_q(key)}", arr, allow_unstable=allow_unstable)
+        elif not allow_unstable and (key in ("sigma_A", "r_A") or (model == "lti" and key == "A")):
+            _ss_stable(where, key, arr)
+    if model == "selective" and not allow_unstable:
+        pos = onp.argwhere(out["A"] >= 0.0)
+        if pos.size:
+            i, j = (int(v) for v in pos[0])
+            raise ValueError(f"{where}: key 'A': entry ({i}, {j}) = {out['A'][i, j]:.6g} is not "
+                             "negative (expected continuous-time diagonals A < 0, eq. 3a; pass "
+                             "allow_unstable to override)")
+    return out, sizes.as_dict()
+
+
+def output_shapes(model, sizes):
+    """Concrete shapes of ``y`` and the intermediates, given all sizes.
+
+    >>> output_shapes("residual", {"batch": 2, "L": 5, "m": 3})["r"]
+    (2, 5)
+    """
+    _check_model(model)
+    spec = SPECS[model]
+    shapes = {}
+    for key, shp in {**spec["outputs"], **spec["intermediates"]}.items():
+        shapes[key] = tuple(s if isinstance(s, int) else sizes[s] for s in shp)
+    return shapes
+
+
+def check_inputs(model, inputs, sizes, where="inputs", params_where="params"):
+    """Check an inputs mapping (``u`` or ``tokens``, optional ``dy``) against the params' sizes.
+
+    ``sizes`` comes from ``check_params``. Returns ``(inputs, sizes)`` with the sizes
+    extended by ``batch`` and ``L``. Token ids need ``embedding`` (vocab, m) in the
+    params and must lie in [0, vocab).
+
+    >>> import numpy
+    >>> _, s = check_inputs("lti", {"u": numpy.zeros((2, 7, 1))}, {"m": 1, "p": 1, "k": 2})
+    >>> s["batch"], s["L"]
+    (2, 7)
+    """
+    _check_model(model)
+    if not hasattr(inputs, "keys"):
+        raise TypeError(f"{where}: {type(inputs).__name__} (expected a mapping of key -> array)")
+    extra = sorted(k for k in inputs if k not in ("u", "tokens", "dy"))
+    if extra:
+        raise ValueError(f"{where}: unexpected key {_q(extra[0])} (expected u or tokens, "
+                         "and optionally dy)")
+    if "u" in inputs and "tokens" in inputs:
+        raise ValueError(f"{where}: key 'tokens' given together with key 'u' (expected "
+                         "exactly one of them)")
+    if "u" not in inputs and "tokens" not in inputs:
+        raise ValueError(f"{where}: missing key 'u' (expected u (batch, L, m) float64, or "
+                         "tokens (batch, L) integer ids)")
+    bound = _Sizes(where)
+    for sym, val in sizes.items():
+        bound.values[sym] = (val, f"{params_where}")
+    out = {}
+    if "u" in inputs:
+        out["u"] = _float_array(where, "u", inputs["u"])
+        bound.bind("u", ("batch", "L", "m"), onp.shape(out["u"]))
+    else:
+        tok = onp.asarray(inputs["tokens"])
+        name = f"{where}: key 'tokens'"
+        if tok.dtype.kind not in "iu":
+            raise TypeError(f"{name}: dtype {tok.dtype} (expected integer token ids)")
+        bound.bind("tokens", ("batch", "L"), tok.shape)
+        if "vocab" not in sizes:
+            raise ValueError(f"{name}: token ids need key 'embedding' (vocab, m) in "
+                             f"{params_where} (expected an embedding, or inputs as u)")
+        out["tokens"] = check_tokens(name, tok, sizes["vocab"])
+    if "dy" in inputs:
+        out["dy"] = _float_array(where, "dy", inputs["dy"])
+        spec = SPECS[model]["outputs"]["y"]
+        bound.bind("dy", spec, onp.shape(out["dy"]))
+    return out, bound.as_dict()
+
+
+# ----------------------------------------------------------------------------- files
+def load_npz(path, what="params"):
+    """Read every array of a ``.npz`` with ``allow_pickle=False``; one-line errors.
+
+    Returns dict key -> ndarray. Missing, truncated or corrupt archives, single
+    ``.npy`` files and pickled object arrays raise ValueError naming the file (and key).
+
+    >>> load_npz("/nonexistent/P.npz")
+    Traceback (most recent call last):
+    ...
+    ValueError: /nonexistent/P.npz: no such file (expected a .npz params file)
+    """
+    label = os.fspath(path)
+    if not os.path.exists(label):
+        raise ValueError(f"{label}: no such file (expected a .npz {what} file)")
+    if os.path.isdir(label):
+        raise ValueError(f"{label}: is a directory (expected a .npz {what} file)")
+    key = None
+    try:
+        with open(label, "rb") as fh:
+            head = fh.read(4)
+        if head != b"PK\x03\x04" and head != b"PK\x05\x06":
+            raise ValueError(f"{label}: not a .npz archive (expected a zip of .npy arrays "
+                             f"written by numpy.savez; got {len(head)} leading bytes {head!r})")
+        out = {}
+        with onp.load(label, allow_pickle=False) as z:
+            for key in z.files:
+                out[key] = z[key]
+        key = None
+    except ValueError as exc:
+        msg = str(exc)
+        if msg.startswith(label + ":"):
+            raise
+        if "pickle" in msg:
+            raise ValueError(f"{label}: key {_q(key)} holds pickled Python objects (expected a "
+                             "float64 array; files are read with allow_pickle=False)") from None
+        where = f"key {_q(key)} of " if key else ""
+        raise ValueError(f"{label}: {where}archive is truncated or corrupt ({_one_line(exc)})"
+                         "; expected a .npz written by numpy.savez") from None
+    except Exception as exc:  # zipfile.BadZipFile, EOFError, zlib.error, OSError, ...
+        where = f"key {_q(key)} of " if key else ""
+        raise ValueError(f"{label}: {where}archive is truncated or corrupt ({type(exc).__name__}: "
+                         f"{_one_line(exc)}); expected a .npz written by numpy.savez") from None
+    if not out:
+        raise ValueError(f"{label}: empty archive (expected the {what} keys)")
+    return out
+
+
+def _one_line(exc):
+    text = " ".join(str(exc).split())
+    return text[:120] if text else type(exc).__name__
+
+
+def load_params(path, model, allow_unstable=False):
+    """Load and check a params file; returns ``(params, sizes)`` (see ``check_params``)."""
+    return check_params(model, load_npz(path, "params"), where=os.fspath(path),
+                        allow_unstable=allow_unstable)
+
+
+def load_inputs(path, model, sizes, params_where="params"):
+    """Load and check an inputs file against the params' sizes (see ``check_inputs``)."""
+    return check_inputs(model, load_npz(path, "inputs"), sizes, where=os.fspath(path),
+                        params_where=params_where)
+
+
+def encode_options(options):
+    """Options dict -> uint8 array of UTF-8 JSON (loads with allow_pickle=False).
+
+    >>> decode_options(encode_options({"model": "lti"}), "O.npz")
+    {'model': 'lti'}
+    """
+    return onp.frombuffer(json.dumps(options, sort_keys=True).encode("utf-8"), dtype=onp.uint8).copy()
+
+
+def decode_options(arr, where):
+    """uint8 JSON array -> dict, or ValueError naming ``where`` and ``options_json``."""
+    arr = onp.asarray(arr)
+    if arr.dtype != onp.uint8 or arr.ndim != 1:
+        raise ValueError(f"{where}: key {_q(OPTIONS_KEY)}: dtype {arr.dtype} shape {arr.shape} "
+                         "(expected a 1-D uint8 array of UTF-8 JSON)")
+    try:
+        opts = json.loads(arr.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{where}: key {_q(OPTIONS_KEY)}: not valid UTF-8 JSON "
+                         f"({_one_line(exc)})") from None
+    if not isinstance(opts, dict):
+        raise ValueError(f"{where}: key {_q(OPTIONS_KEY)}: expected a JSON object")
+    return opts
+
+
+def save_npz_atomic(path, arrays):
+    """Write ``arrays`` to ``path`` via a temporary file in the same directory + os.replace.
+
+    A failure leaves no file behind, and a reader never sees a half-written file.
+
+    >>> import tempfile, numpy, os
+    >>> d = tempfile.mkdtemp(); f = os.path.join(d, "o.npz")
+    >>> save_npz_atomic(f, {"y": numpy.zeros(2)}); sorted(load_npz(f))
+    ['y']
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"{path}: directory {folder} does not exist (expected an existing "
+                         "directory for the output file)")
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            onp.savez(fh, **arrays)
+        os.chmod(tmp, 0o666 & ~_umask())       # mkstemp makes 0600; give the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_reference(arrays, where="reference"):
+    """Split a ``forward`` output file into (options, params, inputs, outputs).
+
+    Checks that the embedded params/inputs are valid for the model in the options and
+    that each output tensor has the shape the format gives it. Raises ValueError naming
+    ``where`` and the key.
+    """
+    if OPTIONS_KEY not in arrays:
+        raise ValueError(f"{where}: missing key {_q(OPTIONS_KEY)} (expected a file written by "
+                         "`forward` or `golden`, which embeds params, inputs and options)")
+    opts = decode_options(arrays[OPTIONS_KEY], where)
+    model = opts.get("model")
+    if model not in SPECS:
+        raise ValueError(f"{where}: key {_q(OPTIONS_KEY)}: model {model!r} (expected one of "
+                         f"{', '.join(MODELS)})")
+    params = {k[len(PARAM_PREFIX):]: v for k, v in arrays.items() if k.startswith(PARAM_PREFIX)}
+    inputs = {k[len(INPUT_PREFIX):]: v for k, v in arrays.items() if k.startswith(INPUT_PREFIX)}
+    params, sizes = check_params(model, params, where=f"{where} (embedded {PARAM_PREFIX}*)",
+                                 allow_unstable=bool(opts.get("allow_unstable", False)))
+    inputs, sizes = check_inputs(model, inputs, sizes, where=f"{where} (embedded {INPUT_PREFIX}*)")
+    allowed = allowed_output_keys(model, params)
+    shapes = expected_output_shapes(model, params, sizes)
+    outputs = {}
+    for key, arr in arrays.items():
+        if key == OPTIONS_KEY or key.startswith(PARAM_PREFIX) or key.startswith(INPUT_PREFIX):
+            continue
+        if key not in allowed:
+            raise ValueError(f"{where}: unexpected key {_q(key)} (expected outputs among "
+                             f"{', '.join(sorted(allowed))})")
+        outputs[key] = _float_array(where, key, arr)
+        if outputs[key].shape != shapes[key]:
+            raise ValueError(f"{where}: key {_q(key)}: shape {outputs[key].shape} (expected "
+                             f"{shapes[key]})")
+    if "y" not in outputs:
+        raise ValueError(f"{where}: missing key 'y' (expected the output sequence)")
+    return opts, params, inputs, outputs
+
+
+def allowed_output_keys(model, params):
+    """Output keys a forward file may hold for these params: y, intermediates, grads.
+
+    >>> sorted(allowed_output_keys("lti", {"num": 0, "den": 0}))
+    ['grad_den', 'grad_num', 'grad_u', 'y']
+    """
+    spec = SPECS[model]
+    keys = set(spec["outputs"]) | set(spec["intermediates"]) | {"grad_u"}
+    keys |= {f"grad_{k}" for k in params}
+    return keys
+
+
+def expected_output_shapes(model, params, sizes):
+    """Concrete shapes of every allowed output key (y, intermediates, grad_*)."""
+    shapes = output_shapes(model, sizes)
+    shapes["grad_u"] = (sizes["batch"], sizes["L"], sizes["m"])
+    for k, v in params.items():
+        shapes[f"grad_{k}"] = tuple(onp.shape(v))
+    return shapes

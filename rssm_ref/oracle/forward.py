@@ -1,0 +1,253 @@
+"""``forward``: the float64 oracle's outputs, intermediates and gradients for a user's files.
+
+One call computes, for ``--model lti|residual|selective``, the output ``y`` (and with
+``intermediates`` the model's internal signals, with ``grads`` the gradients of
+sum(y * dy) for ``u`` and every parameter key), and writes them together with
+everything needed to recompute them: the params as ``param__<key>``, the inputs as
+``input__<key>`` and the options as JSON in ``options_json`` (see docs/formats.md).
+
+Glossary
+--------
+u (batch, L, m)        input sequence (or tokens (batch, L) with params["embedding"])
+y (batch, L, p|m)      output; dy the cotangent (same shape; ones when absent)
+ForwardConfig          model and options (path, gate, discretization, output, ...)
+compute(model, params, inputs, **options) -> dict of float64 arrays
+run_forward(config, params_path, inputs_path, out_path) -> dict summary
+
+Models (the computation is delegated to the cores; this module only dispatches):
+lti        y = Σ u with Σ in state-space (A, B, C, D) or transfer-function form (num, den)
+residual   Fig. 3 / eq. (5): y(t+1) = y(t) + (y_s(t) - y(t)) s(t), s = σ(r + gate_bias)
+selective  eqs. (2)-(4)
+
+>>> import numpy
+>>> P = {"num": numpy.array([[[1.0, 0.0]]]), "den": numpy.array([[1.0, -0.5]])}
+>>> out = compute("lti", P, {"u": numpy.ones((1, 3, 1))}, grads=True)
+>>> out["y"].ravel().round(6).tolist(), out["grad_u"].ravel().round(6).tolist()
+([1.0, 1.5, 1.75], [1.75, 1.5, 1.0])
+"""
+import dataclasses
+import os
+from typing import Optional
+
+import autograd.numpy as np
+import numpy as onp
+from autograd import grad
+
+import rssm_ref
+from rssm_ref.oracle import formats
+
+PATHS = ("recurrent", "fft")
+GATES = ("euler", "zoh")
+DISCRETIZATIONS = ("zoh", "euler")
+OUTPUTS = ("before", "after")
+
+
+@dataclasses.dataclass(frozen=True)
+class ForwardConfig:
+    """What ``forward`` computes. ``None`` options take the model's default.
+
+    >>> ForwardConfig("residual").options()["gate"]
+    'euler'
+    """
+    model: str
+    path: Optional[str] = None
+    gate: Optional[str] = None
+    discretization: Optional[str] = None
+    output: Optional[str] = None
+    allow_unstable: bool = False
+    grads: bool = False
+    intermediates: bool = False
+
+    def options(self):
+        """Resolved options dict (the JSON stored in ``options_json``), checked."""
+        return resolve_options(self.model, path=self.path, gate=self.gate,
+                               discretization=self.discretization, output=self.output,
+                               allow_unstable=self.allow_unstable, grads=self.grads,
+                               intermediates=self.intermediates)
+
+
+def _choice(name, value, allowed, model, applies):
+    if value is None:
+        return None
+    if model not in applies:
+        raise ValueError(f"{name}: {value!r} given for --model {model} (expected it only with "
+                         f"--model {' or '.join(applies)})")
+    if value not in allowed:
+        raise ValueError(f"{name}: {value!r} (expected one of {', '.join(allowed)})")
+    return value
+
+
+def resolve_options(model, path=None, gate=None, discretization=None, output=None,
+                    allow_unstable=False, grads=False, intermediates=False):
+    """Check the options against the model and fill in defaults.
+
+    Defaults: path "recurrent"; residual gate "euler" (eq. 5); selective
+    discretization "zoh" (eq. 3b) and output "before" (eq. 2).
+
+    >>> resolve_options("selective")["output"]
+    'before'
+    >>> resolve_options("lti", gate="zoh")
+    Traceback (most recent call last):
+    ...
+    ValueError: gate: 'zoh' given for --model lti (expected it only with --model residual)
+    """
+    formats._check_model(model)
+    if path is not None and path not in PATHS:
+        raise ValueError(f"path: {path!r} (expected one of {', '.join(PATHS)})")
+    if model == "selective" and path == "fft":
+        raise ValueError("path: 'fft' given for --model selective (a time-varying system has "
+                         "no convolution kernel; expected recurrent)")
+    opts = {
+        "format": formats.FORMAT_VERSION,
+        "model": model,
+        "path": path or "recurrent",
+        "gate": _choice("gate", gate, GATES, model, ("residual",)),
+        "discretization": _choice("discretization", discretization, DISCRETIZATIONS, model,
+                                  ("selective",)),
+        "output": _choice("output", output, OUTPUTS, model, ("selective",)),
+        "allow_unstable": bool(allow_unstable),
+        "grads": bool(grads),
+        "intermediates": bool(intermediates),
+    }
+    if model == "residual":
+        opts["gate"] = opts["gate"] or "euler"
+    if model == "selective":
+        opts["discretization"] = opts["discretization"] or "zoh"
+        opts["output"] = opts["output"] or "before"
+    return opts
+
+
+def _model_call(model, opts, form):
+    """(P dict, u) -> (y, intermediates) using the float64 cores of rssm_ref."""
+    path = opts["path"]
+    if model == "lti":
+        if form == "tf":
+            if path == "fft":
+                from rssm_ref.convolution import tf_fft_filter
+                return lambda P, u: (tf_fft_filter(P["num"], P["den"], u), {})
+            from rssm_ref.recurrence import tf_filter
+            return lambda P, u: (tf_filter(P["num"], P["den"], u), {})
+        if path == "fft":
+            from rssm_ref.convolution import ss_fft_filter
+            return lambda P, u: (ss_fft_filter(P["A"], P["B"], P["C"], P["D"], u), {})
+        from rssm_ref.recurrence import ss_filter
+        return lambda P, u: (ss_filter(P["A"], P["B"], P["C"], P["D"], u), {})
+    if model == "residual":
+        from rssm_ref import residual_ssm as rs
+
+        def call(P, u):
+            bias = P.get("gate_bias", 0.0)
+            if form == "tf":
+                y, inter = rs.residual_ssm_tf(P["sigma_num"], P["sigma_den"], P["r_num"],
+                                              P["r_den"], bias, u, path=path, gate=opts["gate"],
+                                              return_intermediates=True)
+            else:
+                y, inter = rs.residual_ssm_ss(P["sigma_A"], P["sigma_B"], P["sigma_C"],
+                                              P["sigma_D"], P["r_A"], P["r_B"], P["r_C"],
+                                              P["r_D"], bias, u, path=path, gate=opts["gate"],
+                                              return_intermediates=True)
+            return y, {k: inter[k] for k in ("y_s", "r", "s")}
+        return call
+    from rssm_ref.selective_ssm import selective_ssm
+
+    def call_sel(P, u):
+        y, inter = selective_ssm(u, P["A"], P["W_delta"], P["W_B"], P["W_C"],
+                                 delta_bias=P.get("delta_bias"), D=P.get("D"),
+                                 discretization=opts["discretization"], output=opts["output"],
+                                 return_intermediates=True)
+        return y, {k: inter[k] for k in ("delta", "h")}
+    return call_sel
+
+
+def compute(model, params, inputs, path=None, gate=None, discretization=None, output=None,
+            allow_unstable=False, grads=False, intermediates=False, where=("params", "inputs")):
+    """The oracle's float64 outputs for checked-or-raw ``params`` and ``inputs`` mappings.
+
+    Shapes: see rssm_ref.oracle.formats (u (batch, L, m) or tokens (batch, L);
+    y (batch, L, p|m)). Returns ``{"y", [intermediates], [grad_u, grad_<key>]}``;
+    gradients are those of sum(y * dy), dy from the inputs or ones.
+    Bad input raises ValueError/TypeError naming the key.
+
+    >>> import numpy
+    >>> P = {"A": [[0.5]], "B": [[1.0]], "C": [[1.0]], "D": [[0.0]]}
+    >>> P = {k: numpy.array(v) for k, v in P.items()}
+    >>> compute("lti", P, {"u": numpy.ones((1, 3, 1))})["y"].ravel().round(6).tolist()
+    [0.0, 1.0, 1.5]
+    """
+    opts = resolve_options(model, path=path, gate=gate, discretization=discretization,
+                           output=output, allow_unstable=allow_unstable, grads=grads,
+                           intermediates=intermediates)
+    params, sizes = formats.check_params(model, params, where=where[0],
+                                         allow_unstable=allow_unstable)
+    inputs, sizes = formats.check_inputs(model, inputs, sizes, where=where[1],
+                                         params_where=where[0])
+    return _compute_checked(model, params, inputs, opts)
+
+
+def _compute_checked(model, params, inputs, opts):
+    form = formats.param_form(model, params)
+    form = next(iter(form.values()))
+    fn = _model_call(model, opts, form)
+    keys = sorted(k for k in params if k != "embedding")
+    if "tokens" in inputs:
+        u0 = params["embedding"][inputs["tokens"]]
+    else:
+        u0 = inputs["u"]
+    y, inter = fn(dict(params), u0)
+    out = {"y": onp.asarray(y, dtype=onp.float64)}
+    if opts["intermediates"]:
+        out.update({k: onp.asarray(v, dtype=onp.float64) for k, v in inter.items()})
+    if opts["grads"]:
+        dy = inputs["dy"] if "dy" in inputs else onp.ones(out["y"].shape)
+
+        def objective(args):
+            P = dict(zip(keys, args[:-1]))
+            return np.sum(fn(P, args[-1])[0] * dy)
+
+        g = grad(objective)([params[k] for k in keys] + [u0])
+        for k, gk in zip(keys, g[:-1]):
+            out[f"grad_{k}"] = onp.asarray(gk, dtype=onp.float64).reshape(onp.shape(params[k]))
+        out["grad_u"] = onp.asarray(g[-1], dtype=onp.float64)
+        if "tokens" in inputs:
+            # the VJP of the gather u = embedding[tokens]: scatter-add grad_u
+            ge = onp.zeros(params["embedding"].shape)
+            onp.add.at(ge, inputs["tokens"], out["grad_u"])
+            out["grad_embedding"] = ge
+    return out
+
+
+def bundle(opts, params, inputs, outputs):
+    """The arrays of a forward output file: outputs + embedded params, inputs and options.
+
+    >>> sorted(bundle({"model": "lti"}, {"A": 1}, {"u": 2}, {"y": 3}))
+    ['input__u', 'options_json', 'param__A', 'y']
+    """
+    arrays = dict(outputs)
+    arrays.update({formats.PARAM_PREFIX + k: v for k, v in params.items()})
+    arrays.update({formats.INPUT_PREFIX + k: v for k, v in inputs.items()})
+    meta = dict(opts)
+    meta["rssm_ref_version"] = rssm_ref.__version__
+    arrays[formats.OPTIONS_KEY] = formats.encode_options(meta)
+    return arrays
+
+
+def run_forward(config, params_path, inputs_path, out_path):
+    """Load, check, compute and write atomically (no file is left on any error).
+
+    Returns ``{"out": out_path, "keys": [...], "y_shape": (...)}``.
+    """
+    opts = config.options()
+    params, sizes = formats.load_params(params_path, config.model,
+                                        allow_unstable=config.allow_unstable)
+    inputs, sizes = formats.load_inputs(inputs_path, config.model, sizes,
+                                        params_where=os.fspath(params_path))
+    folder = os.path.dirname(os.path.abspath(os.fspath(out_path)))
+    if not os.path.isdir(folder):
+        raise ValueError(f"{os.fspath(out_path)}: directory {folder} does not exist (expected "
+                         "an existing directory for --out)")
+    outputs = _compute_checked(config.model, params, inputs, opts)
+    if opts["grads"] and "dy" not in inputs:
+        # embed the cotangent actually used, so the file recomputes without a convention
+        inputs = dict(inputs, dy=onp.ones(outputs["y"].shape))
+    formats.save_npz_atomic(out_path, bundle(opts, params, inputs, outputs))
+    return {"out": os.fspath(out_path), "keys": sorted(outputs), "y_shape": outputs["y"].shape}

@@ -1,0 +1,387 @@
+"""``golden``: a frozen suite of named reference cases, and ``golden --check``.
+
+Layout of a suite directory::
+
+    DIR/manifest.json                 cases, options, shapes, sha256 of every file, versions
+    DIR/<case>/params.npz             the case's params (docs/formats.md)
+    DIR/<case>/inputs.npz             u (or tokens) and the cotangent dy
+    DIR/<case>/reference.npz          forward output: y, intermediates, grad_*, embedded
+                                      params/inputs/options
+
+``check_golden`` trusts nothing: it re-derives the manifest's own checksum
+(``manifest_sha256`` over its canonical JSON, and the file must be byte-for-byte that
+canonical JSON), the sha256 of every listed file, refuses unlisted files, then
+recomputes every case in float64 and compares each stored tensor with
+``TOLERANCES["golden_recompute"]``. Any tampering (one flipped byte anywhere) raises
+ValueError (CLI exit 2); a numeric disagreement with intact checksums is a failed
+report (CLI exit 1).
+
+Glossary
+--------
+CASES                      list of GoldenCase (name, model, options, builder)
+write_golden(out_dir) -> manifest dict;  read_manifest(dir) -> manifest (checked)
+check_golden(dir) -> GoldenCheckReport
+"""
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+from typing import Callable, Optional
+
+import numpy as onp
+
+import rssm_ref
+from rssm_ref.oracle import formats, forward, sample
+from rssm_ref.tolerances import TOLERANCES, rel_err
+
+SUITE_FORMAT = "rssm-ref-golden/1"
+FILES = ("params.npz", "inputs.npz", "reference.npz")
+
+
+@dataclasses.dataclass(frozen=True)
+class GoldenCase:
+    """One named case: ``build(rng) -> (params, inputs)`` and the forward options."""
+    name: str
+    model: str
+    description: str
+    build: Callable
+    path: str = "recurrent"
+    gate: Optional[str] = None
+    discretization: Optional[str] = None
+    output: Optional[str] = None
+
+    def options(self):
+        return forward.resolve_options(self.model, path=self.path, gate=self.gate,
+                                       discretization=self.discretization, output=self.output,
+                                       grads=True, intermediates=True)
+
+
+def _inputs(rng, model, params, batch, L, tokens=False):
+    return sample.init_inputs(model, params, seed=int(rng.integers(2**31)), batch=batch, L=L,
+                              dy=True, tokens=tokens)
+
+
+def _siso_tf(rng):
+    den = sample.den_from_poles([0.999, 0.6])[None, :]
+    num = onp.array([[[0.3, -0.2, 0.05]]])
+    P = {"num": num, "den": den}
+    return P, _inputs(rng, "lti", P, 1, 4096)
+
+
+def _siso_ss(rng):
+    A, B, C, D = sample.ss_from_poles(rng, [0.999, 0.6], m=1, p=1)
+    P = {"A": A, "B": B, "C": C, "D": D}
+    return P, _inputs(rng, "lti", P, 1, 4096)
+
+
+def _mimo_tf_repeated(rng):
+    c = 0.9 * onp.exp(0.5j)
+    den = onp.stack([sample.den_from_poles([0.95, 0.95, 0.95, 0.3]),
+                     sample.den_from_poles([c, onp.conj(c), c, onp.conj(c)])])
+    num = rng.standard_normal((2, 3, 5)) * 0.3 ** onp.arange(5)
+    P = {"num": num, "den": den}
+    return P, _inputs(rng, "lti", P, 2, 512)
+
+
+def _mimo_ss_jordan(rng):
+    c = 0.8 * onp.exp(1j)
+    A, B, C, D = sample.ss_from_poles(rng, [0.97, 0.97, 0.97, c, onp.conj(c)], m=2, p=3,
+                                      jordan=True)
+    P = {"A": A, "B": B, "C": C, "D": D}
+    return P, _inputs(rng, "lti", P, 2, 512)
+
+
+def _residual(form, tokens=False):
+    def build(rng):
+        P = sample.init_params("residual", seed=int(rng.integers(2**31)), form=form, m=2,
+                               order=3, order_r=2, vocab=5 if tokens else None)
+        return P, _inputs(rng, "residual", P, 2, 128, tokens=tokens)
+    return build
+
+
+def _selective(rng):
+    P = sample.init_params("selective", seed=int(rng.integers(2**31)), m=3, n=4)
+    # larger steps than init's default, so that A_t, B_t are far from I and 0 and the
+    # ZOH and Euler conventions differ visibly
+    P["delta_bias"] = P["delta_bias"] + 2.0
+    return P, _inputs(rng, "selective", P, 2, 64)
+
+
+CASES = [
+    GoldenCase("lti_siso_tf_pole0999_L4096", "lti",
+               "SISO transfer function, poles 0.999 and 0.6, L=4096, FFT path", _siso_tf,
+               path="fft"),
+    GoldenCase("lti_siso_ss_pole0999_L4096", "lti",
+               "SISO state space, poles 0.999 and 0.6, L=4096, recurrent path", _siso_ss),
+    GoldenCase("lti_mimo_tf_repeated_poles", "lti",
+               "2x3 transfer matrix, triple real pole 0.95 and a repeated complex pair",
+               _mimo_tf_repeated),
+    GoldenCase("lti_mimo_ss_jordan", "lti",
+               "3x2 state space with a 3x3 Jordan block at 0.97, FFT path", _mimo_ss_jordan,
+               path="fft"),
+    GoldenCase("residual_tf_euler", "residual", "Residual SSM, TF form, gate eq. (5), FFT path",
+               _residual("tf"), path="fft", gate="euler"),
+    GoldenCase("residual_tf_zoh", "residual", "Residual SSM, TF form, ZOH gate (Remark 3.1)",
+               _residual("tf"), gate="zoh"),
+    GoldenCase("residual_ss_euler", "residual", "Residual SSM, SS form, gate eq. (5)",
+               _residual("ss"), gate="euler"),
+    GoldenCase("residual_ss_zoh", "residual", "Residual SSM, SS form, ZOH gate, FFT path",
+               _residual("ss"), path="fft", gate="zoh"),
+    GoldenCase("residual_tf_euler_tokens", "residual",
+               "Residual SSM on token ids through an embedding", _residual("tf", tokens=True),
+               gate="euler"),
+]
+for _d in ("zoh", "euler"):
+    for _o in ("before", "after"):
+        CASES.append(GoldenCase(f"selective_{_d}_{_o}", "selective",
+                                f"Selective SSM eqs. (2)-(4), B by {_d.upper()}, y read {_o} "
+                                "the state update", _selective, discretization=_d, output=_o))
+
+
+def _sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _canonical(obj):
+    return json.dumps(obj, sort_keys=True, indent=1, ensure_ascii=True) + "\n"
+
+
+def _versions():
+    from importlib import metadata
+    out = {"python": platform.python_version(), "rssm_ref": rssm_ref.__version__}
+    for pkg in ("numpy", "scipy", "autograd"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
+def case_path(golden_dir, case, which):
+    """Path of ``which`` ("params", "inputs", "reference") of ``case`` in a suite."""
+    return os.path.join(os.fspath(golden_dir), case, which + ".npz")
+
+
+def build_case(case, seed=0):
+    """(params, inputs, outputs, options) of one case, computed in float64."""
+    rng = onp.random.default_rng([seed, sum(map(ord, case.name))])
+    params, inputs = case.build(rng)
+    opts = case.options()
+    params, sizes = formats.check_params(case.model, params, where=case.name)
+    inputs, _ = formats.check_inputs(case.model, inputs, sizes, where=case.name)
+    outputs = forward._compute_checked(case.model, params, inputs, opts)
+    return params, inputs, outputs, opts
+
+
+def write_golden(out_dir, cases=None, seed=0):
+    """Generate the suite into ``out_dir`` (absent or empty), atomically; returns the manifest.
+
+    >>> import tempfile, os
+    >>> d = os.path.join(tempfile.mkdtemp(), "g")
+    >>> m = write_golden(d, cases=[c for c in CASES if c.name == "selective_zoh_before"])
+    >>> [c["case"] for c in m["cases"]], check_golden(d).passed
+    (['selective_zoh_before'], True)
+    """
+    out_dir = os.fspath(out_dir)
+    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
+        raise ValueError(f"{out_dir}: already exists and is not an empty directory (expected a "
+                         "new directory for the golden suite)")
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    if not os.path.isdir(parent):
+        raise ValueError(f"{out_dir}: parent directory {parent} does not exist (expected an "
+                         "existing directory)")
+    cases = CASES if cases is None else cases
+    tmp = tempfile.mkdtemp(prefix=".golden-tmp-", dir=parent)
+    try:
+        entries = []
+        for case in cases:
+            params, inputs, outputs, opts = build_case(case, seed)
+            cdir = os.path.join(tmp, case.name)
+            os.mkdir(cdir)
+            formats.save_npz_atomic(os.path.join(cdir, "params.npz"), params)
+            formats.save_npz_atomic(os.path.join(cdir, "inputs.npz"), inputs)
+            formats.save_npz_atomic(os.path.join(cdir, "reference.npz"),
+                                    forward.bundle(opts, params, inputs, outputs))
+            shapes = {k: list(onp.shape(v)) for d in (params, inputs, outputs)
+                      for k, v in d.items()}
+            entries.append({
+                "case": case.name, "model": case.model, "description": case.description,
+                "form": next(iter(formats.param_form(case.model, params).values())),
+                "options": opts, "shapes": shapes,
+                "sha256": {f: _sha256(os.path.join(cdir, f)) for f in FILES},
+            })
+        manifest = {"format": SUITE_FORMAT, "versions": _versions(), "seed": seed,
+                    "tolerance_key": "golden_recompute", "cases": entries}
+        manifest["manifest_sha256"] = hashlib.sha256(_canonical(manifest).encode()).hexdigest()
+        with open(os.path.join(tmp, "manifest.json"), "w", encoding="ascii") as fh:
+            fh.write(_canonical(manifest))
+        os.chmod(tmp, 0o777 & ~formats._umask())     # mkdtemp makes 0700
+        if os.path.isdir(out_dir):
+            os.rmdir(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def read_manifest(golden_dir):
+    """The suite's manifest after checking its own checksum and every file's sha256.
+
+    Raises ValueError naming the file on any discrepancy: unparsable or non-canonical
+    manifest, wrong ``manifest_sha256``, a missing, altered or unlisted file.
+    """
+    gdir = os.fspath(golden_dir)
+    mpath = os.path.join(gdir, "manifest.json")
+    if not os.path.isdir(gdir):
+        raise ValueError(f"{gdir}: no such directory (expected a golden suite written by "
+                         "`golden --out`)")
+    if not os.path.isfile(mpath):
+        raise ValueError(f"{mpath}: no such file (expected the manifest of a golden suite "
+                         "written by `golden --out`)")
+    with open(mpath, "rb") as fh:
+        raw = fh.read()
+    try:
+        manifest = json.loads(raw.decode("ascii"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ValueError(f"{mpath}: not valid JSON (expected the manifest written by "
+                         "`golden --out`; the file is tampered or truncated)") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != SUITE_FORMAT:
+        raise ValueError(f"{mpath}: key 'format' is not {SUITE_FORMAT!r} (expected a manifest "
+                         "written by `golden --out`)")
+    if raw != _canonical(manifest).encode():
+        raise ValueError(f"{mpath}: bytes differ from the canonical JSON of its content (expected "
+                         "an unmodified manifest; the file is tampered)")
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    if manifest.get("manifest_sha256") != hashlib.sha256(_canonical(body).encode()).hexdigest():
+        raise ValueError(f"{mpath}: key 'manifest_sha256' does not match the manifest's content "
+                         "(expected an unmodified manifest; the file is tampered)")
+    listed = {"manifest.json"}
+    try:
+        for entry in manifest["cases"]:
+            name = entry["case"]
+            for f in FILES:
+                rel = os.path.join(name, f)
+                listed.add(rel)
+                path = os.path.join(gdir, rel)
+                if not os.path.isfile(path):
+                    raise ValueError(f"{path}: no such file (listed in the manifest; the suite "
+                                     "is incomplete)")
+                got = _sha256(path)
+                if got != entry["sha256"][f]:
+                    raise ValueError(f"{path}: sha256 {got[:16]}... does not match the manifest's "
+                                     f"{entry['sha256'][f][:16]}... (expected an unmodified "
+                                     "file; it is tampered or corrupted)")
+    except (KeyError, TypeError):
+        raise ValueError(f"{mpath}: missing or malformed key in 'cases' (expected the manifest "
+                         "written by `golden --out`)") from None
+    for root, dirs, files in os.walk(gdir):
+        for f in files + [d for d in dirs if not os.listdir(os.path.join(root, d))]:
+            rel = os.path.relpath(os.path.join(root, f), gdir)
+            if rel not in listed:
+                raise ValueError(f"{os.path.join(gdir, rel)}: not listed in the manifest "
+                                 "(expected only the suite's own files)")
+    return manifest
+
+
+@dataclasses.dataclass
+class GoldenCheckReport:
+    """Per case and tensor: relative error of the recomputation against the stored file."""
+    errors: dict
+    tolerance: float
+
+    @property
+    def passed(self):
+        return all(e <= self.tolerance for c in self.errors.values() for e in c.values())
+
+    def to_text(self):
+        lines = []
+        for case, errs in self.errors.items():
+            worst = max(errs, key=errs.get)
+            ok = all(e <= self.tolerance for e in errs.values())
+            lines.append(f"{case:<36} {'ok' if ok else 'MISMATCH':<9} {len(errs)} tensors, "
+                         f"worst {worst} rel_err {errs[worst]:.2e}")
+        lines.append(("PASS" if self.passed else "FAIL") + f": {len(self.errors)} cases, "
+                     f"checksums intact, recomputed within {self.tolerance:.0e}")
+        return "\n".join(lines)
+
+    def to_json(self):
+        return json.dumps({"passed": self.passed, "tolerance": self.tolerance,
+                           "errors": self.errors}, indent=1)
+
+
+def check_golden(golden_dir):
+    """Check checksums (ValueError if tampered) and recompute every case (report).
+
+    >>> check_golden("/nonexistent")
+    Traceback (most recent call last):
+    ...
+    ValueError: /nonexistent: no such directory (expected a golden suite written by `golden --out`)
+    """
+    manifest = read_manifest(golden_dir)
+    tol = TOLERANCES["golden_recompute"]
+    errors = {}
+    for entry in manifest["cases"]:
+        name, model = entry["case"], entry["model"]
+        ppath = case_path(golden_dir, name, "params")
+        ipath = case_path(golden_dir, name, "inputs")
+        rpath = case_path(golden_dir, name, "reference")
+        opts = entry["options"]
+        params, sizes = formats.load_params(ppath, model, bool(opts.get("allow_unstable")))
+        inputs, _ = formats.load_inputs(ipath, model, sizes, params_where=ppath)
+        ropts, rparams, rinputs, routs = formats.check_reference(
+            formats.load_npz(rpath, "reference"), where=rpath)
+        for mine, theirs, what in ((params, rparams, "params"), (inputs, rinputs, "inputs")):
+            if sorted(mine) != sorted(theirs) or any(
+                    not onp.array_equal(mine[k], theirs[k]) for k in mine):
+                raise ValueError(f"{rpath}: embedded {what} differ from {name}/{what}.npz "
+                                 "(expected the same arrays; the suite is inconsistent)")
+        if {k: v for k, v in ropts.items() if k != "rssm_ref_version"} != opts:
+            raise ValueError(f"{rpath}: key 'options_json' differs from the manifest's options "
+                             f"for case {name} (expected the same options)")
+        fresh = forward._compute_checked(model, params, inputs, opts)
+        missing = sorted(set(fresh) - set(routs))
+        if missing:
+            raise ValueError(f"{rpath}: missing key '{missing[0]}' (expected every output of "
+                             "the case)")
+        errors[name] = {k: rel_err(routs[k], fresh[k]) for k in sorted(fresh)}
+    return GoldenCheckReport(errors, tol)
+
+
+@dataclasses.dataclass
+class WriteSummary:
+    """What ``golden --out`` wrote."""
+    out: str
+    manifest: dict
+    passed: bool = True
+
+    def to_text(self):
+        names = [c["case"] for c in self.manifest["cases"]]
+        return f"wrote {len(names)} golden cases to {self.out}: " + ", ".join(names)
+
+    def to_json(self):
+        return json.dumps({"out": self.out, "cases": [c["case"] for c in self.manifest["cases"]]},
+                          indent=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class GoldenConfig:
+    """``golden``: write a suite to ``out`` or check the suite in ``check`` (exactly one)."""
+    out: Optional[str] = None
+    check: Optional[str] = None
+
+
+def run_golden(config):
+    """Dispatch a GoldenConfig: WriteSummary (--out) or GoldenCheckReport (--check)."""
+    if (config.out is None) == (config.check is None):
+        raise ValueError("golden: expected exactly one of --out DIR or --check DIR")
+    if config.out is not None:
+        return WriteSummary(os.fspath(config.out), write_golden(config.out))
+    return check_golden(config.check)

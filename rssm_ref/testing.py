@@ -1,0 +1,249 @@
+"""Hypothesis strategies and a pytest assertion for projects that check against rssm-ref.
+
+Everything a strategy draws is valid by construction (no ``assume`` filtering):
+discrete poles are drawn as r·e^{iθ} with r < 1 and closed under conjugation, the
+hard cases are drawn on purpose (radii 0.99-0.999, repeated poles, Jordan blocks,
+reflection coefficients near ±1), and parameter dicts use the file format of
+docs/formats.md, so they feed ``rssm_ref.oracle.forward.compute`` directly.
+
+Glossary (strategies; shapes)
+-----------------------------
+poles(order)                       -> complex (order,), conjugate-closed, |z| < 1
+stable_denominators(order)         -> den (order+1,) monic, descending powers of z
+tf_arrays(p, m, order)             -> (num (p, m, k), den (p, k))
+ss_arrays(n, m, p)                 -> (A (n, n), B (n, m), C (p, n), D (p, m))
+transfer_functions / state_spaces  -> rssm_ref.lti.TransferFunction / StateSpace
+residual_params(m, form)           -> dict (sigma_*, r_*, gate_bias)
+selective_params(m, n)             -> dict (A, W_delta, W_B, W_C, delta_bias, D)
+input_sequences(batch, L, m)       -> u (batch, L, m) float64
+assert_matches_reference(model, params, inputs, outputs, precision="float64", **options)
+
+Sizes may be ints or strategies of ints.
+
+>>> from hypothesis import given, settings
+>>> @settings(max_examples=5, database=None)
+... @given(stable_denominators(3))
+... def check(den):
+...     assert numpy.all(numpy.abs(numpy.roots(den)) < 1)
+>>> check()
+"""
+import numpy
+import numpy as onp
+from hypothesis import strategies as st
+
+from rssm_ref.oracle import sample
+
+_ = numpy  # the module doctest uses the name ``numpy``
+
+HARD_RADII = (0.99, 0.995, 0.999)
+# A root of multiplicity k moves by ~eps^(1/k) under rounding; beyond 3 a pole at 0.999
+# can be computed outside the unit circle (and the format's stability check refuses it).
+MAX_MULTIPLICITY = 3
+
+
+def _size(draw, x):
+    return draw(x) if isinstance(x, st.SearchStrategy) else int(x)
+
+
+@st.composite
+def radii(draw, r_min=0.0, r_max=0.999):
+    """A pole modulus in [r_min, r_max], often one of the hard radii 0.99 ... 0.999."""
+    hard = [r for r in HARD_RADII if r_min <= r <= r_max]
+    choices = [st.floats(r_min, r_max, allow_nan=False)]
+    if hard:
+        choices.append(st.sampled_from(hard))
+    return draw(st.one_of(*choices))
+
+
+@st.composite
+def poles(draw, order, r_min=0.0, r_max=0.999, repeated=True):
+    """``order`` conjugate-closed poles r·e^{iθ}, r in [r_min, r_max] (r_max < 1).
+
+    With ``repeated`` a pole (or pair) is sometimes repeated: roots of multiplicity up to
+    MAX_MULTIPLICITY = 3.
+    Returns a complex ndarray (order,).
+    """
+    if not r_max < 1.0:
+        raise ValueError(f"r_max: {r_max} (expected < 1: stable poles)")
+    order = _size(draw, order)
+    out = []
+    mult = 0
+    while len(out) < order:
+        left = order - len(out)
+        if repeated and out and mult < MAX_MULTIPLICITY and draw(st.integers(0, 3)) == 0:
+            # repeat the previous pole (or pair) when it fits: a multiple root
+            last = out[-1]
+            if abs(last.imag) > 0 and left >= 2:
+                out += [onp.conj(last), last]
+                mult += 1
+                continue
+            if last.imag == 0:
+                out.append(last)
+                mult += 1
+                continue
+        mult = 1
+        r = draw(radii(r_min, r_max))
+        if left >= 2 and draw(st.booleans()):
+            th = draw(st.floats(0.01, onp.pi - 0.01))
+            z = r * onp.exp(1j * th)
+            out += [z, onp.conj(z)]
+        else:
+            out.append(complex(r * draw(st.sampled_from([1.0, -1.0])), 0.0))
+    out = onp.array(out[:order], dtype=complex)
+    return out
+
+
+@st.composite
+def reflection_coefficients(draw, order, k_max=0.99):
+    """``order`` reflection coefficients in [-k_max, k_max], often near ±k_max."""
+    order = _size(draw, order)
+    el = st.one_of(st.floats(-k_max, k_max), st.sampled_from([-k_max, k_max, 0.0]))
+    return onp.array([draw(el) for _ in range(order)], dtype=float)
+
+
+@st.composite
+def stable_denominators(draw, order, method="either", r_max=0.999):
+    """Monic stable denominator (order+1,), descending powers of z, by poles or reflection.
+
+    ``method``: "poles" (roots r·e^{iθ}), "reflection" (step-up recursion from
+    coefficients |k| <= 0.99, rssm_ref.lti.den_from_reflection, then roots contracted
+    into |z| < r_max) or "either".
+    """
+    order = _size(draw, order)
+    if method == "either":
+        method = draw(st.sampled_from(["poles", "reflection"]))
+    if method == "poles":
+        return sample.den_from_poles(draw(poles(order, r_max=r_max)))
+    from rssm_ref.lti import den_from_reflection
+    den = onp.asarray(den_from_reflection(draw(reflection_coefficients(order))), dtype=float)
+    # step-up gives roots in |z| < 1 but arbitrarily close to it (1 - 1e-14 for a run of
+    # k near ±1); contracting z -> z / r_max (a_i -> a_i r_max^i) puts them in |z| < r_max
+    return den.reshape(-1) * r_max ** onp.arange(order + 1)
+
+
+def _normals(draw, shape, scale=1.0):
+    seed = draw(st.integers(0, 2**32 - 1))
+    return onp.random.default_rng(seed).standard_normal(shape) * scale
+
+
+@st.composite
+def tf_arrays(draw, p=1, m=1, order=st.integers(1, 4), method="either"):
+    """(num (p, m, k), den (p, k)) with k = order + 1; every den row stable."""
+    p, m, order = _size(draw, p), _size(draw, m), _size(draw, order)
+    den = onp.stack([draw(stable_denominators(order, method=method)) for _ in range(p)])
+    num = _normals(draw, (p, m, order + 1))
+    return num, den
+
+
+@st.composite
+def ss_arrays(draw, n=st.integers(1, 5), m=1, p=1, jordan=True):
+    """(A, B, C, D): A real with eigenvalues ``poles(n)`` (Jordan-coupled when drawn),
+    rotated by a random orthogonal basis."""
+    n, m, p = _size(draw, n), _size(draw, m), _size(draw, p)
+    z = draw(poles(n))
+    use_jordan = jordan and draw(st.booleans())
+    seed = draw(st.integers(0, 2**32 - 1))
+    return sample.ss_from_poles(onp.random.default_rng(seed), z, m, p, jordan=use_jordan)
+
+
+@st.composite
+def transfer_functions(draw, p=1, m=1, order=st.integers(1, 4)):
+    """rssm_ref.lti.TransferFunction drawn by ``tf_arrays``."""
+    from rssm_ref.lti import TransferFunction
+    num, den = draw(tf_arrays(p, m, order))
+    return TransferFunction(num, den)
+
+
+@st.composite
+def state_spaces(draw, n=st.integers(1, 5), m=1, p=1):
+    """rssm_ref.lti.StateSpace drawn by ``ss_arrays``."""
+    from rssm_ref.lti import StateSpace
+    return StateSpace(*draw(ss_arrays(n, m, p)))
+
+
+@st.composite
+def residual_params(draw, m=st.integers(1, 3), form=None, order=st.integers(1, 4),
+                    order_r=st.integers(1, 3)):
+    """Residual SSM params dict (docs/formats.md): Σ (m x m), Σ_r (1 x m), gate_bias."""
+    m = _size(draw, m)
+    form = form or draw(st.sampled_from(["tf", "ss"]))
+    order, order_r = _size(draw, order), _size(draw, order_r)
+    P = {}
+    if form == "tf":
+        P["sigma_num"], P["sigma_den"] = draw(tf_arrays(m, m, order))
+        P["r_num"], P["r_den"] = draw(tf_arrays(1, m, order_r))
+    else:
+        for pre, n, p in (("sigma_", order, m), ("r_", order_r, 1)):
+            A, B, C, D = draw(ss_arrays(n, m, p))
+            P.update({pre + "A": A, pre + "B": B, pre + "C": C, pre + "D": D})
+    P["gate_bias"] = onp.array(draw(st.floats(-3.0, 3.0)))
+    return P
+
+
+@st.composite
+def selective_params(draw, m=st.integers(1, 4), n=st.integers(1, 4), optional=True):
+    """Selective SSM params dict: A < 0 (tiny to large |A|), W_delta, W_B, W_C,
+    and (when drawn) delta_bias, D."""
+    m, n = _size(draw, m), _size(draw, n)
+    mag = st.one_of(st.floats(1e-3, 50.0), st.sampled_from([1e-6, 1e-3, 1.0, 100.0]))
+    A = -onp.array([[draw(mag) for _ in range(n)] for _ in range(m)])
+    P = {"A": A, "W_delta": _normals(draw, (m, m), 1 / onp.sqrt(m)),
+         "W_B": _normals(draw, (n, m), 1 / onp.sqrt(m)),
+         "W_C": _normals(draw, (n, m), 1 / onp.sqrt(m))}
+    if optional and draw(st.booleans()):
+        P["delta_bias"] = _normals(draw, (m,), 2.0)
+    if optional and draw(st.booleans()):
+        P["D"] = _normals(draw, (m,))
+    return P
+
+
+@st.composite
+def input_sequences(draw, batch=st.integers(1, 3), L=st.integers(1, 64), m=1, scale=1.0):
+    """u (batch, L, m) float64: Gaussian noise, an impulse, a step or small integers."""
+    batch, L, m = _size(draw, batch), _size(draw, L), _size(draw, m)
+    kind = draw(st.sampled_from(["normal", "impulse", "step", "ints"]))
+    if kind == "normal":
+        return _normals(draw, (batch, L, m), scale)
+    u = onp.zeros((batch, L, m))
+    if kind == "impulse":
+        u[:, draw(st.integers(0, L - 1))] = scale
+    elif kind == "step":
+        u[:, draw(st.integers(0, L - 1)):] = scale
+    else:
+        seed = draw(st.integers(0, 2**32 - 1))
+        u = onp.random.default_rng(seed).integers(-3, 4, size=(batch, L, m)).astype(float) * scale
+    return u
+
+
+def assert_matches_reference(model, params, inputs, outputs, precision="float64", **options):
+    """Assert a candidate's ``outputs`` match the float64 oracle at ``precision``.
+
+    ``params``/``inputs``: dicts in the file format (docs/formats.md); ``outputs``:
+    dict of the candidate's arrays with keys among ``y``, the intermediates and
+    ``grad_<key>`` (gradients of sum(y * dy), dy from ``inputs`` or ones).
+    ``options``: path, gate, discretization, output, allow_unstable. Raises
+    AssertionError carrying the verify report; returns the report when it passes.
+
+    >>> P = {"num": numpy.array([[[1.0, 0.5]]]), "den": numpy.array([[1.0, -0.9]])}
+    >>> U = {"u": numpy.ones((1, 20, 1))}
+    >>> from scipy.signal import lfilter
+    >>> y32 = lfilter([1.0, 0.5], [1.0, -0.9], numpy.ones(20, numpy.float32))
+    >>> assert_matches_reference("lti", P, U, {"y": y32.reshape(1, 20, 1)}, "float32").passed
+    True
+    """
+    from rssm_ref.oracle import forward, formats, verify
+    want_grads = any(k.startswith("grad_") for k in outputs)
+    inter = set(formats.SPECS[model]["intermediates"]) if model in formats.SPECS else set()
+    want_inter = any(k in inter for k in outputs)
+    opts = forward.resolve_options(model, grads=want_grads, intermediates=want_inter, **options)
+    params, sizes = formats.check_params(model, params,
+                                         allow_unstable=opts["allow_unstable"])
+    inputs, _ = formats.check_inputs(model, inputs, sizes)
+    ref_out = forward._compute_checked(model, params, inputs, opts)
+    if want_grads and "dy" not in inputs:
+        inputs = dict(inputs, dy=onp.ones(ref_out["y"].shape))
+    ref = forward.bundle(opts, params, inputs, ref_out)
+    report = verify.verify(ref, outputs, precision, where=("reference", "outputs"))
+    if not report.passed:
+        raise AssertionError("candidate does not match the rssm-ref oracle\n" + report.to_text())
+    return report
