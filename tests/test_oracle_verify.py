@@ -162,7 +162,11 @@ def test_euler_B_where_zoh_was_asked_is_caught(precision):
     assert not by["y"].passed and not by["h"].passed
     assert by["delta"].passed                      # Δ does not depend on the convention
     # y(0) = C h(0) + D u(0) with h(0) = 0 agrees; the first state h(1) is already wrong
-    assert by["y"].first_bad_t == 1 and by["h"].first_bad_t == 0
+    # (in bfloat16 the first small differences may still be within its threshold)
+    if precision != "bfloat16":
+        assert by["y"].first_bad_t == 1 and by["h"].first_bad_t == 0
+    else:
+        assert 1 <= by["y"].first_bad_t <= 4 and by["h"].first_bad_t <= 3
 
 
 @pytest.mark.parametrize("precision", ["float64", "float32", "bfloat16"])
@@ -172,7 +176,8 @@ def test_output_after_instead_of_before_is_caught(precision):
     bad = forward.compute("selective", P, U, output="after")
     rep = verify(ref, {"y": bad["y"]}, precision)
     assert not rep.passed
-    assert rep.tensors[0].first_bad_t == 0
+    fb = rep.tensors[0].first_bad_t
+    assert fb == 0 if precision != "bfloat16" else fb <= 3
 
 
 @pytest.mark.parametrize("precision", ["float64", "float32"])

@@ -137,7 +137,8 @@ def test_lfilter_prim_scale_invariance_of_grads():
     x = _rng(5).normal(size=(30,))
     loss = lambda b, a: np.sum(lfilter_prim(b, a, x) ** 2)
     gb, ga = grad(loss, 0)(b, a), grad(loss, 1)(b, a)
-    assert abs(b @ gb + a @ ga) <= 1e-12 * (abs(b) @ abs(gb) + abs(a) @ abs(ga))
+    scale = abs(b) @ abs(gb) + abs(a) @ abs(ga)
+    assert abs(b @ gb + a @ ga) <= TOLERANCES["vjp_vs_autograd"] * scale
 
 
 # ---------------------------------------------------------------- tf_filter
@@ -241,7 +242,7 @@ def test_ss_filter_traced_and_untraced_paths_agree(sys, L):
     assert_close(y_fast, captured[0], "fast_vs_ref")
 
 
-@given(ss_arrays(n=st.integers(1, 4), m=dims, p=dims), st.integers(1, 200))
+@given(ss_arrays(n=st.integers(1, 4), m=dims, p=dims), st.integers(2, 200))
 def test_ss_filter_vs_dlsim(sys, L):
     A, B, C, D = sys
     u = _inputs(L, 1, L, B.shape[1])
