@@ -1,0 +1,418 @@
+"""The Residual SSM of Section 3.2.2 (Fig. 3): three LTI systems and a gate.
+
+    u ──► Σ (= Σ_f and Σ_M joined, footnote 2) ──► y_s ──────────────┐
+    │                                              │                 ▼
+    └──────────────(−)──────────────► y_s − u ──► Σ_r ──► r ──► s = σ(r + c) ──► Σ_g ──► y
+
+Equations (the paper's, discrete time, zero initial states):
+
+    Σ   : y_s = Σ(u)                       MIMO LTI, m inputs -> m outputs
+    Σ_r : r   = Σ_r(y_s − u)               LTI, m inputs -> 1 output (the residual)
+          s(t) = σ(r(t) + c)               c = ``gate_bias``; σ the logistic sigmoid
+    Σ_g : y(t+1) = y(t) + (y_s(t) − y(t)) s(t),    y(0) = 0              (eq. 5)
+          or, with ``gate="zoh"``, Remark 3.1's exact ZOH step
+          y(t+1) = e^{−s(t)} y(t) + (1 − e^{−s(t)}) y_s(t).
+
+Inputs are u(0..L−1); the returned output is y(1..L), so ``y[:, -1]`` has seen every
+input. Any fixed gain in front of the sigmoid (the training recipe uses s = σ(3(r + c)))
+is folded into Σ_r's numerator and the bias before calling these functions, so the
+convention here is always s = σ(r + gate_bias).
+
+Both of Remark 3.2's forms are supported: transfer-function parameters
+(``residual_ssm_tf``, trained on the FFT path) and a state-space realization
+(``residual_ssm_ss``); they give the same outputs to round-off. ``residual_ssm_ref``
+is the obvious twin: one loop over time that steps Σ, Σ_r and the gate together.
+
+Glossary (shapes)
+-----------------
+batch, L, m      sequences, their length, the embedding width (m inputs and outputs of Σ)
+u   (batch, L, m)         input sequence u(0..L−1)
+y_s (batch, L, m)         Σ's output;      r (batch, L)   residual;   s (batch, L) gate
+y   (batch, L, m)         gate output y(1..L)
+sigma_num (m, m, k), sigma_den (m, k)         Σ as a transfer matrix (descending powers of z)
+r_num (1, m, k_r),   r_den (1, k_r)           Σ_r as a transfer matrix
+sigma_A (n, n), sigma_B (n, m), sigma_C (m, n), sigma_D (m, m)   Σ in state space
+r_A (n_r, n_r), r_B (n_r, m), r_C (1, n_r), r_D (1, m)           Σ_r in state space
+gate_bias        scalar c
+
+>>> model = ResidualSSM.random(m=2, nu=4, nu_r=4, seed=0)
+>>> u = onp.random.default_rng(0).normal(size=(3, 16, 2))
+>>> y_fft = model.forward(u, path="fft")
+>>> y_rec = model.forward(u, path="recurrent")
+>>> y_ss = model.to_ss().forward(u)
+>>> bool(onp.allclose(y_fft, y_rec, rtol=0, atol=1e-12) and onp.allclose(y_ss, y_rec, rtol=0, atol=1e-12))
+True
+"""
+import autograd.numpy as np
+import numpy as onp
+
+from rssm_ref.convolution import ss_fft_filter, tf_fft_filter
+from rssm_ref.gate import gate as gate_scan
+from rssm_ref.gate import gate_step
+from rssm_ref.lti import StateSpace, TransferFunction, den_from_reflection
+from rssm_ref.recurrence import ss_filter, tf_filter
+from rssm_ref.validation import _is_traced, check_array, check_stable_den
+
+__all__ = [
+    "sigmoid", "log_sigmoid", "residual_ssm_tf", "residual_ssm_ss", "residual_ssm_ref",
+    "ResidualSSM", "param_count",
+]
+
+PATHS = ("fft", "recurrent")
+GATES = ("euler", "zoh")
+
+
+# ------------------------------------------------------------------ the static nonlinearity
+def sigmoid(x):
+    """Logistic σ(x) = 1 / (1 + e^{−x}) written as (1 + tanh(x/2)) / 2: no overflow for
+    any finite x, differentiable with autograd (s(t) := σ(r(t)) below eq. 5).
+
+    >>> [round(float(v), 6) for v in sigmoid(onp.array([-1e4, 0.0, 1e4]))]
+    [0.0, 0.5, 1.0]
+    """
+    return 0.5 * (np.tanh(0.5 * x) + 1.0)
+
+
+def log_sigmoid(x):
+    """log σ(x) = −log(1 + e^{−x}), stable for large |x| (for gate-based losses).
+
+    >>> round(float(log_sigmoid(-1000.0)), 6)
+    -1000.0
+    """
+    return -np.logaddexp(0.0, -x)
+
+
+# ------------------------------------------------------------------ validation
+def _check_option(name, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"{name}: {value!r} (expected one of {', '.join(map(repr, allowed))})")
+
+
+def _check_u(u, m=None):
+    u = check_array("u", u, ndim=3)
+    shp = onp.shape(u)
+    if shp[1] < 1:
+        raise ValueError(f"u: sequence length L = {shp[1]} (expected L >= 1)")
+    if m is not None and shp[2] != m:
+        raise ValueError(f"u: expected shape (batch, L, {m}), got {shp}")
+    return u
+
+
+def _check_tf(sigma_num, sigma_den, r_num, r_den, allow_unstable):
+    sigma_num = check_array("sigma_num", sigma_num, ndim=3)
+    m = onp.shape(sigma_num)[0]
+    k = onp.shape(sigma_num)[2]
+    sigma_num = check_array("sigma_num", sigma_num, shape=(m, m, k))
+    sigma_den = check_array("sigma_den", sigma_den, shape=(m, k))
+    r_num = check_array("r_num", r_num, ndim=3)
+    k_r = onp.shape(r_num)[2]
+    r_num = check_array("r_num", r_num, shape=(1, m, k_r))
+    r_den = check_array("r_den", r_den, shape=(1, k_r))
+    for name, den in (("sigma_den", sigma_den), ("r_den", r_den)):
+        if not _is_traced(den):
+            check_stable_den(name, den, allow_unstable=allow_unstable)
+    return sigma_num, sigma_den, r_num, r_den, m
+
+
+def _check_ss(arrs, allow_unstable):
+    sA, sB, sC, sD, rA, rB, rC, rD = arrs
+    sA = check_array("sigma_A", sA, ndim=2)
+    n = onp.shape(sA)[0]
+    sA = check_array("sigma_A", sA, shape=(n, n))
+    sB = check_array("sigma_B", sB, ndim=2)
+    m = onp.shape(sB)[1]
+    sB = check_array("sigma_B", sB, shape=(n, m))
+    sC = check_array("sigma_C", sC, shape=(m, n))
+    sD = check_array("sigma_D", sD, shape=(m, m))
+    rA = check_array("r_A", rA, ndim=2)
+    n_r = onp.shape(rA)[0]
+    rA = check_array("r_A", rA, shape=(n_r, n_r))
+    rB = check_array("r_B", rB, shape=(n_r, m))
+    rC = check_array("r_C", rC, shape=(1, n_r))
+    rD = check_array("r_D", rD, shape=(1, m))
+    if not allow_unstable:
+        for name, A in (("sigma_A", sA), ("r_A", rA)):
+            if _is_traced(A) or onp.shape(A)[0] == 0:
+                continue
+            rho = float(onp.max(onp.abs(onp.linalg.eigvals(A))))
+            if not rho < 1.0:
+                raise ValueError(
+                    f"{name}: spectral radius {rho:.6g} (expected all eigenvalues strictly "
+                    "inside the unit circle; pass allow_unstable to override)")
+    return (sA, sB, sC, sD, rA, rB, rC, rD), m
+
+
+def _check_bias(gate_bias):
+    if not _is_traced(gate_bias):
+        arr = check_array("gate_bias", gate_bias)
+        if onp.size(arr) != 1:
+            raise ValueError(f"gate_bias: expected a scalar, got shape {onp.shape(arr)}")
+        return float(onp.reshape(arr, ()))
+    return gate_bias
+
+
+# ------------------------------------------------------------------ the model, both forms
+def _gate_and_pack(y_s, r, gate_bias, gate, return_intermediates):
+    # s(t) = σ(r(t) + c), then Σ_g (eq. 5, or Remark 3.1 with gate="zoh")
+    s = sigmoid(r + gate_bias)
+    y = gate_scan(y_s, s, None, gate)
+    if return_intermediates:
+        return y, {"y_s": y_s, "r": r, "s": s}
+    return y
+
+
+def residual_ssm_tf(sigma_num, sigma_den, r_num, r_den, gate_bias, u, path="fft",
+                    gate="euler", return_intermediates=False, allow_unstable=False):
+    """Residual SSM (Fig. 3, eq. 5) with Σ and Σ_r as transfer matrices (Remark 3.2).
+
+    Shapes: sigma_num (m, m, k), sigma_den (m, k), r_num (1, m, k_r), r_den (1, k_r),
+    gate_bias scalar, u (batch, L, m) -> y (batch, L, m) = y(1..L); with
+    ``return_intermediates`` also {"y_s": (batch, L, m), "r": (batch, L), "s": (batch, L)}.
+    ``path="fft"`` is the paper's state-free training route (Section 4.1, exact: the
+    aliasing tail is corrected), ``"recurrent"`` the difference equation. Differentiable
+    with autograd in every array argument.
+
+    >>> m = ResidualSSM.random(seed=1)
+    >>> u = onp.ones((1, 8, 2))
+    >>> y, mid = residual_ssm_tf(*m.tf_arrays(), u, return_intermediates=True)
+    >>> y.shape, mid["s"].shape, bool(((mid["s"] > 0) & (mid["s"] < 1)).all())
+    ((1, 8, 2), (1, 8), True)
+    """
+    _check_option("path", path, PATHS)
+    _check_option("gate", gate, GATES)
+    sigma_num, sigma_den, r_num, r_den, m = _check_tf(sigma_num, sigma_den, r_num, r_den, allow_unstable)
+    u = _check_u(u, m)
+    gate_bias = _check_bias(gate_bias)
+    filt = tf_fft_filter if path == "fft" else tf_filter
+    # Σ : y_s = Σ(u)
+    y_s = filt(sigma_num, sigma_den, u)
+    # Σ_r : r = Σ_r(y_s − u), the residual of the fault-detection analogy
+    r = filt(r_num, r_den, y_s - u)[:, :, 0]
+    return _gate_and_pack(y_s, r, gate_bias, gate, return_intermediates)
+
+
+def residual_ssm_ss(sigma_A, sigma_B, sigma_C, sigma_D, r_A, r_B, r_C, r_D, gate_bias, u,
+                    path="recurrent", gate="euler", return_intermediates=False, allow_unstable=False):
+    """Residual SSM (Fig. 3, eq. 5) with Σ and Σ_r in state space (Remark 3.2).
+
+    Σ : h(t+1) = sigma_A h(t) + sigma_B u(t),  y_s(t) = sigma_C h(t) + sigma_D u(t);
+    Σ_r likewise on e(t) = y_s(t) − u(t) with r_A .. r_D. Shapes in the module glossary.
+    ``path="recurrent"`` runs the state recursion, ``"fft"`` the Markov-kernel convolution.
+
+    >>> m = ResidualSSM.random(seed=2).to_ss()
+    >>> u = onp.ones((2, 5, 2))
+    >>> residual_ssm_ss(*m.ss_arrays(), u).shape
+    (2, 5, 2)
+    """
+    _check_option("path", path, PATHS)
+    _check_option("gate", gate, GATES)
+    (sA, sB, sC, sD, rA, rB, rC, rD), m = _check_ss(
+        (sigma_A, sigma_B, sigma_C, sigma_D, r_A, r_B, r_C, r_D), allow_unstable)
+    u = _check_u(u, m)
+    gate_bias = _check_bias(gate_bias)
+    filt = ss_fft_filter if path == "fft" else ss_filter
+    y_s = filt(sA, sB, sC, sD, u)
+    r = filt(rA, rB, rC, rD, y_s - u)[:, :, 0]
+    return _gate_and_pack(y_s, r, gate_bias, gate, return_intermediates)
+
+
+def residual_ssm_ref(sigma_A, sigma_B, sigma_C, sigma_D, r_A, r_B, r_C, r_D, gate_bias, u,
+                     gate="euler", return_intermediates=False):
+    """The `_ref` twin: one plain loop over time stepping Σ, Σ_r, σ and Σ_g together.
+
+    Same arguments and outputs as ``residual_ssm_ss`` (state-space form). Written for
+    clarity, not speed; differentiable by autograd (collects and stacks, no assignment).
+
+    >>> m = ResidualSSM.random(seed=3).to_ss()
+    >>> u = onp.random.default_rng(1).normal(size=(2, 6, 2))
+    >>> bool(onp.allclose(residual_ssm_ref(*m.ss_arrays(), u), m.forward(u), rtol=0, atol=1e-13))
+    True
+    """
+    _check_option("gate", gate, GATES)
+    (sA, sB, sC, sD, rA, rB, rC, rD), m = _check_ss(
+        (sigma_A, sigma_B, sigma_C, sigma_D, r_A, r_B, r_C, r_D), allow_unstable=True)
+    u = _check_u(u, m)
+    batch, L, _ = onp.shape(u)
+    h = np.zeros((batch, onp.shape(sA)[0]))
+    h_r = np.zeros((batch, onp.shape(rA)[0]))
+    y = np.zeros((batch, m))
+    ys_list, r_list, s_list, y_list = [], [], [], []
+    for t in range(L):
+        u_t = u[:, t, :]
+        # Σ : y_s(t) = C h(t) + D u(t);  h(t+1) = A h(t) + B u(t)
+        y_s_t = np.dot(h, sC.T) + np.dot(u_t, sD.T)
+        h = np.dot(h, sA.T) + np.dot(u_t, sB.T)
+        # Σ_r on e(t) = y_s(t) − u(t)
+        e_t = y_s_t - u_t
+        r_t = np.dot(h_r, rC.T)[:, 0] + np.dot(e_t, rD.T)[:, 0]
+        h_r = np.dot(h_r, rA.T) + np.dot(e_t, rB.T)
+        # s(t) = σ(r(t) + c);  Σ_g, eq. (5) or Remark 3.1
+        s_t = sigmoid(r_t + gate_bias)
+        if gate == "euler":
+            y = y + (y_s_t - y) * s_t[:, None]
+        else:
+            decay = np.exp(-s_t)[:, None]
+            y = decay * y + (1.0 - decay) * y_s_t
+        ys_list.append(y_s_t)
+        r_list.append(r_t)
+        s_list.append(s_t)
+        y_list.append(y)
+    y_out = np.stack(y_list, axis=1)
+    if return_intermediates:
+        return y_out, {"y_s": np.stack(ys_list, axis=1), "r": np.stack(r_list, axis=1),
+                       "s": np.stack(s_list, axis=1)}
+    return y_out
+
+
+# ------------------------------------------------------------------ the object
+class ResidualSSM:
+    """A Residual SSM: Σ and Σ_r (each an lti ``TransferFunction`` or ``StateSpace``),
+    the gate bias c and the gate kind ("euler" = eq. 5, "zoh" = Remark 3.1).
+
+    >>> model = ResidualSSM.random(m=2, nu=4, nu_r=4, seed=0)
+    >>> model.m, model.sigma.order, model.r_sys.order
+    (2, 8, 4)
+    """
+
+    def __init__(self, sigma, r_sys, gate_bias=0.0, gate="euler", allow_unstable=False):
+        if not isinstance(sigma, (TransferFunction, StateSpace)):
+            raise TypeError("sigma: expected an rssm_ref.lti TransferFunction or StateSpace")
+        if not isinstance(r_sys, (TransferFunction, StateSpace)):
+            raise TypeError("r_sys: expected an rssm_ref.lti TransferFunction or StateSpace")
+        _check_option("gate", gate, GATES)
+        m = sigma.n_inputs
+        if sigma.n_outputs != m:
+            raise ValueError(f"sigma: expected an m x m system, got {sigma.n_outputs} x {m}")
+        if r_sys.n_inputs != m or r_sys.n_outputs != 1:
+            raise ValueError(
+                f"r_sys: expected 1 output and {m} inputs, got {r_sys.n_outputs} x {r_sys.n_inputs}")
+        if not allow_unstable:
+            for name, sys_ in (("sigma", sigma), ("r_sys", r_sys)):
+                if not sys_.is_stable():
+                    raise ValueError(f"{name}: unstable (a pole on or outside the unit circle; "
+                                     "pass allow_unstable=True to override)")
+        self.sigma, self.r_sys = sigma, r_sys
+        self.gate_bias = _check_bias(gate_bias)
+        self.gate = gate
+        self.m = m
+
+    # -- parameters ------------------------------------------------------------
+    @property
+    def form(self):
+        """"tf" if both systems are transfer functions, "ss" if both are state space."""
+        if isinstance(self.sigma, TransferFunction) and isinstance(self.r_sys, TransferFunction):
+            return "tf"
+        return "ss"
+
+    def tf_arrays(self):
+        """(sigma_num, sigma_den, r_num, r_den, gate_bias) in the transfer-function form."""
+        s, r = self.sigma.to_tf(), self.r_sys.to_tf()
+        return s.num, s.den, r.num, r.den, self.gate_bias
+
+    def ss_arrays(self):
+        """(sigma_A, sigma_B, sigma_C, sigma_D, r_A, r_B, r_C, r_D, gate_bias)."""
+        s, r = self.sigma.to_ss(), self.r_sys.to_ss()
+        return s.A, s.B, s.C, s.D, r.A, r.B, r.C, r.D, self.gate_bias
+
+    def to_ss(self):
+        """The same model with both systems realized in state space (Remark 3.2)."""
+        return ResidualSSM(self.sigma.to_ss(), self.r_sys.to_ss(), self.gate_bias, self.gate,
+                           allow_unstable=True)
+
+    def to_tf(self):
+        """The same model with both systems as transfer matrices."""
+        return ResidualSSM(self.sigma.to_tf(), self.r_sys.to_tf(), self.gate_bias, self.gate,
+                           allow_unstable=True)
+
+    # -- whole sequences -------------------------------------------------------
+    def forward(self, u, path=None, return_intermediates=False):
+        """y(1..L) for u (batch, L, m); path defaults to "fft" (tf form) or "recurrent" (ss)."""
+        if self.form == "tf":
+            return residual_ssm_tf(*self.tf_arrays(), u, path=path or "fft", gate=self.gate,
+                                   return_intermediates=return_intermediates, allow_unstable=True)
+        return residual_ssm_ss(*self.ss_arrays(), u, path=path or "recurrent", gate=self.gate,
+                               return_intermediates=return_intermediates, allow_unstable=True)
+
+    # -- streaming ---------------------------------------------------------------
+    def _realization(self):
+        # computed once: streaming calls step() L times
+        if getattr(self, "_ss_cache", None) is None:
+            self._ss_cache = (self.sigma.to_ss(), self.r_sys.to_ss())
+        return self._ss_cache
+
+    def init_state(self, batch):
+        """Zero state for ``batch`` streams: Σ's state, Σ_r's state and the gate output y."""
+        s, r = self._realization()
+        return {"h": onp.zeros((batch, s.order)), "h_r": onp.zeros((batch, r.order)),
+                "y": onp.zeros((batch, self.m))}
+
+    def step(self, state, u_t):
+        """One step of recurrent inference: (state at t, u(t) (batch, m)) -> (state at t+1, y(t+1)).
+
+        Splitting a sequence anywhere and carrying the state gives the same outputs as
+        ``forward``.
+
+        >>> model = ResidualSSM.random(seed=4)
+        >>> u = onp.random.default_rng(2).normal(size=(1, 5, 2))
+        >>> st = model.init_state(1)
+        >>> ys = []
+        >>> for t in range(5):
+        ...     st, y_t = model.step(st, u[:, t])
+        ...     ys.append(y_t)
+        >>> bool(onp.allclose(onp.stack(ys, 1), model.forward(u), rtol=0, atol=1e-12))
+        True
+        """
+        u_t = check_array("u_t", u_t, ndim=2)
+        if onp.shape(u_t)[1] != self.m:
+            raise ValueError(f"u_t: expected shape (batch, {self.m}), got {onp.shape(u_t)}")
+        s, r = self._realization()
+        h, y_s_t = s.step(state["h"], u_t)
+        h_r, r_t = r.step(state["h_r"], y_s_t - u_t)
+        s_t = sigmoid(r_t[:, 0] + self.gate_bias)
+        y = gate_step(state["y"], y_s_t, s_t, self.gate)
+        return {"h": h, "h_r": h_r, "y": y}, y
+
+    # -- construction ------------------------------------------------------------
+    @classmethod
+    def random(cls, m=2, nu=4, nu_r=4, seed=0, gate="euler", gate_bias=0.0):
+        """Random stable parameters in transfer-function form.
+
+        Denominators come from reflection coefficients k = 0.5 tanh(θ), θ ~ N(0, 0.3²),
+        by the step-up recursion, so every pole lies inside the unit circle by
+        construction; numerators N(0, 0.5²) scaled by 0.3^lag.
+
+        >>> ResidualSSM.random(seed=5).sigma.is_stable()
+        True
+        """
+        rng = onp.random.default_rng(seed)
+
+        def den(rows, order):
+            return den_from_reflection(0.5 * onp.tanh(rng.normal(0.0, 0.3, size=(rows, order))))
+
+        def num(rows, cols, order):
+            decay = 0.3 ** onp.arange(order + 1)
+            return rng.normal(0.0, 0.5, size=(rows, cols, order + 1)) * decay
+
+        sigma = TransferFunction(num(m, m, nu), den(m, nu))
+        r_sys = TransferFunction(num(1, m, nu_r), den(1, nu_r))
+        return cls(sigma, r_sys, gate_bias=gate_bias, gate=gate)
+
+
+def param_count(m=2, nu=4, nu_r=4, form="tf"):
+    """Learnable parameters of the Residual SSM core (without the embedding), eqs. (8)-(9)
+    generalized to MIMO with one common monic denominator per output row.
+
+    form="tf" (eq. 9): Σ has m monic denominators of order ν (m·ν) and m·m numerators of
+    ν + 1 coefficients (the +1 is the feedthrough D); Σ_r has ν_r + m(ν_r + 1); plus the
+    gate bias:  m ν + m²(ν+1) + ν_r + m(ν_r+1) + 1.
+    form="ss" (eq. 8): Σ with n = mν states: n² + 2 n m + m²; Σ_r with n_r = ν_r states:
+    n_r² + n_r m + n_r + m; plus the bias.
+
+    >>> param_count(2, 4, 4, "tf"), param_count(2, 4, 4, "ss")
+    (43, 131)
+    """
+    _check_option("form", form, ("tf", "ss"))
+    if form == "tf":
+        return m * nu + m * m * (nu + 1) + nu_r + m * (nu_r + 1) + 1
+    n, n_r = m * nu, nu_r
+    return (n * n + 2 * n * m + m * m) + (n_r * n_r + n_r * m + n_r + m) + 1
