@@ -44,10 +44,10 @@ from rssm_ref.validation import _is_traced, check_array
 __all__ = ["phi1", "mamba_discretize", "cont2discrete", "cont2discrete_ref"]
 
 # |x| below this: power series of J_k; above it: recurrences without cancellation
-# trouble (loss of at most a few ulps at |x| = 1, none for large |x|).
-_SERIES_RADIUS = 1.0
-# 1 / (N! (N+1)) < 1e-25: truncation far below one ulp for |x| < 1.
-_SERIES_TERMS = 26
+# trouble (loss of at most a few ulps at |x| = 0.5, none for large |x|).
+_SERIES_RADIUS = 0.5
+# 0.5^N / (N! (N+1)) < 1e-21 for N = 18: truncation far below one ulp for |x| < 0.5.
+_SERIES_TERMS = 18
 # log(float64 max) ~ 709.78: above this, exp(x) alone overflows.
 _EXP_MAX = 709.0
 
