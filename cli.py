@@ -121,6 +121,65 @@ def golden_cmd(out, check, as_json):
     _report(run_guarded(run_golden, GoldenConfig(out=out, check=check)), as_json)
 
 
+# experiments (issue 4): reproduce Tables 1 and 2.
+@main.command("reproduce")
+@click.option("--task", type=click.Choice(["induction", "extended"]), default="induction",
+              show_default=True, help="Table 1 (induction) or Table 2 (extended).")
+@click.option("--model", type=click.Choice(["residual", "selective", "both"]), default="both",
+              show_default=True)
+@click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds, e.g. 0,1,2.")
+@click.option("--steps", type=int, default=0, help="Training steps (default: each model's recipe).")
+@click.option("--quick", is_flag=True, help="A tiny run (< 1 minute) that checks the pipeline.")
+@click.option("--out", default="results", show_default=True, metavar="DIR")
+@click.option("--gate", type=click.Choice(["euler", "zoh"]), default="euler", show_default=True,
+              help="Residual gate: eq. (5) or Remark 3.1's exact ZOH.")
+@click.option("--selective-discretization", type=click.Choice(["zoh", "euler"]), default="zoh",
+              show_default=True, help="Selective B: eq. (3b) ZOH (paper) or Euler (mamba_ssm).")
+@click.option("--selective-output", type=click.Choice(["before", "after"]), default="before",
+              show_default=True, help="Selective y before (eq. 2) or after (mamba_ssm) the update.")
+@click.option("--eval-n", type=int, default=1000, show_default=True, help="Sequences per length.")
+@click.option("--resume", is_flag=True, help="Continue from checkpoints in --out.")
+def reproduce_cmd(task, model, seeds, steps, quick, out, gate, selective_discretization,
+                  selective_output, eval_n, resume):
+    """Train at L = 16 and print accuracy at L = 16..1024 beside the paper's table."""
+    from rssm_ref.experiments import ReproduceConfig, format_table, reproduce
+    try:
+        seed_list = tuple(int(s) for s in seeds.split(",") if s.strip() != "")
+    except ValueError:
+        raise UserError(f"--seeds: {seeds!r} (expected comma-separated integers, e.g. 0,1,2)") from None
+    models = ("residual", "selective") if model == "both" else (model,)
+    config = run_guarded(ReproduceConfig, task=task, models=models, seeds=seed_list, steps=steps,
+                         quick=quick, out=out, gate=gate, eval_n=eval_n, resume=resume,
+                         selective_discretization=selective_discretization,
+                         selective_output=selective_output)
+    bar = {"bar": None, "done": 0}
+
+    def progress(event, info):
+        if event == "start":
+            click.echo(f"training {info['model']} (seed {info['seed']}, {info['steps']} steps, L = 16)")
+            bar["bar"] = click.progressbar(length=info["steps"], label=f"{info['model']}/{info['seed']}",
+                                           file=sys.stderr, show_pos=True, item_show_func=lambda s: s)
+            bar["bar"].__enter__()
+            bar["done"] = 0
+        elif event == "step":
+            b = bar["bar"]
+            b.current_item = (f"loss {info['loss']:.4f} acc {100 * info['acc']:.0f}% "
+                              f"{info['steps_per_s']:.1f} steps/s")
+            b.update(info["step"] - bar["done"])
+            bar["done"] = info["step"]
+        elif event == "eval":
+            if bar["bar"] is not None:
+                bar["bar"].__exit__(None, None, None)
+                bar["bar"] = None
+            accs = " ".join(f"{a:.1f}" for a in info["accuracy"])
+            click.echo(f"  evaluated {info['model']} seed {info['seed']}: {accs}")
+
+    results = run_guarded(reproduce, config, progress)
+    click.echo("")
+    click.echo(format_table(results))
+    click.echo(f"\nwrote {out}/results.json and {out}/accuracy.png "
+               f"(wall {results['wall_seconds']:.0f} s)")
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,151 @@
+"""The two synthetic tasks of Section 2.1, seeded and vectorized.
+
+Induction head (Section 2.1.1, Fig. 1 left)
+    Vocabulary: N content tokens 0..N−1 and one trigger token N (vocab size N + 1).
+    Distribution: every position except two is an i.i.d. uniform content token; the
+    trigger is put at a position p drawn uniformly from {0, …, L−3} and again at the last
+    position L−1. The answer is the token at p + 1 (a uniform content token, never the
+    trigger). The trigger appears exactly twice by construction.
+
+Extended induction head (Section 2.1.2, Fig. 1 right)
+    Vocabulary: N content tokens only (vocab size N); a fixed trigger *sequence* T of
+    N_trig content tokens (default (0, 1, 2, 3), N_trig = 4).
+    Distribution: i.i.d. uniform content tokens; T is written at positions p..p+N_trig−1
+    with p uniform in {0, …, L − 2 N_trig − 1} and again as the last N_trig tokens; the
+    answer is the token at p + N_trig. Accidental occurrences are excluded by rejection:
+    a row is redrawn whole (new p, new tokens) until T occurs exactly twice, counting
+    every window, overlapping ones included. The accepted rows therefore follow the
+    uniform distribution conditioned on "exactly two occurrences, one ending at L−1 and
+    one ending at or before L − N_trig − 2".
+
+Both generators take a ``numpy.random.Generator`` and are deterministic given its state.
+
+Glossary (shapes)
+-----------------
+tokens (batch, L) int64;  targets (batch,) int64 in [0, N);  trigger_pos (batch,) = p
+
+>>> rng = onp.random.default_rng(0)
+>>> tok, tgt = induction_head(rng, batch=4, L=16)
+>>> tok.shape, bool((tok[:, -1] == 8).all()), bool(((tok == 8).sum(1) == 2).all())
+((4, 16), True, True)
+"""
+import numpy as onp
+
+from rssm_ref.validation import check_tokens
+
+__all__ = ["induction_head", "extended_induction_head", "count_occurrences", "TASKS",
+           "vocab_size", "DEFAULT_TRIGGER"]
+
+DEFAULT_TRIGGER = (0, 1, 2, 3)
+TASKS = ("induction", "extended")
+
+
+def _check_sizes(batch, L, min_L):
+    if int(batch) != batch or batch < 1:
+        raise ValueError(f"batch: {batch!r} (expected a positive integer)")
+    if int(L) != L or L < min_L:
+        raise ValueError(f"L: {L!r} (expected an integer >= {min_L})")
+
+
+def vocab_size(task, n_tokens=8):
+    """Number of embeddings a task needs: N + 1 (induction: separate trigger) or N.
+
+    >>> vocab_size("induction"), vocab_size("extended")
+    (9, 8)
+    """
+    if task not in TASKS:
+        raise ValueError(f"task: {task!r} (expected 'induction' or 'extended')")
+    return n_tokens + 1 if task == "induction" else n_tokens
+
+
+def induction_head(rng, batch, L, n_tokens=8, return_positions=False):
+    """Induction-head sequences (Section 2.1.1).
+
+    Returns tokens (batch, L) int64 with the trigger id ``n_tokens`` at a uniform
+    position p in [0, L−3] and at L−1, targets (batch,) = tokens[p + 1]; with
+    ``return_positions`` also p (batch,).
+
+    >>> tok, tgt, p = induction_head(onp.random.default_rng(1), 3, 8, return_positions=True)
+    >>> bool((tok[onp.arange(3), p + 1] == tgt).all())
+    True
+    """
+    _check_sizes(batch, L, 3)
+    trigger = n_tokens
+    tokens = rng.integers(0, n_tokens, size=(batch, L))
+    p = rng.integers(0, L - 2, size=batch)
+    rows = onp.arange(batch)
+    tokens[rows, p] = trigger
+    tokens[:, -1] = trigger
+    targets = tokens[rows, p + 1].copy()
+    if return_positions:
+        return tokens, targets, p
+    return tokens, targets
+
+
+def count_occurrences(tokens, trigger):
+    """Occurrences of the sequence ``trigger`` in each row (every window, overlaps included).
+
+    Shapes: tokens (batch, L), trigger (N_trig,) -> (batch,) int.
+
+    >>> count_occurrences(onp.array([[1, 1, 1, 2]]), (1, 1)).tolist()
+    [2]
+    """
+    tokens = onp.asarray(tokens)
+    trig = onp.asarray(trigger)
+    k = trig.size
+    L = tokens.shape[1]
+    if L < k:
+        return onp.zeros(tokens.shape[0], dtype=int)
+    windows = onp.lib.stride_tricks.sliding_window_view(tokens, k, axis=1)  # (batch, L-k+1, k)
+    return (windows == trig).all(axis=2).sum(axis=1)
+
+
+def extended_induction_head(rng, batch, L, n_tokens=8, trigger=DEFAULT_TRIGGER,
+                            return_positions=False):
+    """Extended induction-head sequences (Section 2.1.2): a trigger *sequence*.
+
+    Returns tokens (batch, L) int64, targets (batch,) = tokens[p + N_trig] with the
+    trigger sequence at p..p+N_trig−1 and at L−N_trig..L−1, occurring exactly twice
+    (rejection sampling of whole rows, see the module docstring); with
+    ``return_positions`` also p (batch,).
+
+    >>> tok, tgt = extended_induction_head(onp.random.default_rng(2), 5, 16)
+    >>> count_occurrences(tok, DEFAULT_TRIGGER).tolist(), tok[:, -4:].tolist()[0]
+    ([2, 2, 2, 2, 2], [0, 1, 2, 3])
+    """
+    trig = onp.asarray(trigger, dtype=onp.int64)
+    k = trig.size
+    if k < 1:
+        raise ValueError("trigger: empty (expected a sequence of content tokens)")
+    check_tokens("trigger", trig, n_tokens)
+    _check_sizes(batch, L, 2 * k + 1)
+    tokens = onp.empty((batch, L), dtype=onp.int64)
+    p = onp.empty(batch, dtype=onp.int64)
+    todo = onp.arange(batch)
+    while todo.size:
+        n = todo.size
+        t = rng.integers(0, n_tokens, size=(n, L))
+        q = rng.integers(0, L - 2 * k, size=n)          # p in {0, ..., L - 2k - 1}
+        cols = q[:, None] + onp.arange(k)
+        t[onp.arange(n)[:, None], cols] = trig
+        t[:, L - k:] = trig
+        tokens[todo], p[todo] = t, q
+        # redraw whole rows that contain an accidental (possibly overlapping) occurrence
+        todo = todo[count_occurrences(t, trig) != 2]
+    targets = tokens[onp.arange(batch), p + k].copy()
+    if return_positions:
+        return tokens, targets, p
+    return tokens, targets
+
+
+def make_batch(task, rng, batch, L, n_tokens=8, trigger=DEFAULT_TRIGGER):
+    """Dispatch on the task name: (tokens, targets).
+
+    >>> make_batch("extended", onp.random.default_rng(0), 2, 12)[0].shape
+    (2, 12)
+    """
+    if task == "induction":
+        return induction_head(rng, batch, L, n_tokens)
+    if task == "extended":
+        return extended_induction_head(rng, batch, L, n_tokens, trigger)
+    raise ValueError(f"task: {task!r} (expected 'induction' or 'extended')")

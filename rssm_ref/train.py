@@ -1,0 +1,204 @@
+"""Training: Adam with linear warmup and cosine decay, global-norm clipping, checkpoints.
+
+Everything goes through autograd and the cores' custom VJPs; no second framework.
+Deterministic: the batch of step k is drawn from ``default_rng([seed, DATA_STREAM, k])``,
+so a run resumed from a checkpoint at step k sees exactly the batches an uninterrupted
+run would, and the same seed gives bit-identical parameters.
+
+    lr(k)  = lr · (k+1)/warmup                                   k < warmup
+           = lr · ½ (1 + cos(π (k − warmup)/(steps − warmup)))   otherwise
+    g      ← g · min(1, clip / ‖g‖₂)        (global norm over all arrays)
+    Adam   m ← β₁ m + (1−β₁) g;  v ← β₂ v + (1−β₂) g²;
+           θ ← θ − lr(k) · m̂ / (√v̂ + ε),  m̂ = m/(1−β₁^{k+1}), v̂ = v/(1−β₂^{k+1})
+
+Checkpoints are .npz files (loadable with allow_pickle=False): ``param/<name>``,
+``adam_m/<name>``, ``adam_v/<name>``, ``step``, ``seed``, written to a temporary name in
+the same directory and renamed, so a crash never leaves half a file.
+
+Glossary
+--------
+TrainConfig   steps, batch, L, lr, warmup, clip, seed, betas, eps, log_every, checkpoint_every
+train(model_cfg, train_cfg, params=None, checkpoint=None, resume=False, progress=None) -> (params, history)
+
+>>> from rssm_ref.models import ModelConfig
+>>> cfg = ModelConfig("residual", "induction")
+>>> p, hist = train(cfg, TrainConfig(steps=3, batch=8, warmup=1, seed=0))
+>>> len(hist["loss"])
+3
+"""
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as onp
+from autograd import value_and_grad
+
+from rssm_ref.models import accuracy, init_params, loss
+from rssm_ref.tasks import make_batch
+
+__all__ = ["TrainConfig", "train", "lr_schedule", "clip_by_global_norm", "save_checkpoint",
+           "load_checkpoint", "atomic_savez"]
+
+DATA_STREAM = 1
+INIT_STREAM = 0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one training run (the recipe is in docs/recipe.md)."""
+    steps: int = 12000
+    batch: int = 256
+    L: int = 16
+    lr: float = 0.02
+    warmup: int = 200
+    clip: float = 1.0
+    seed: int = 0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    log_every: int = 50
+    checkpoint_every: int = 1000
+
+    def __post_init__(self):
+        for name in ("steps", "batch", "L"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name}: {getattr(self, name)!r} (expected a positive integer)")
+        if not self.lr > 0:
+            raise ValueError(f"lr: {self.lr!r} (expected > 0)")
+
+
+def lr_schedule(k, cfg):
+    """Learning rate at step k: linear warmup then cosine decay to 0.
+
+    >>> c = TrainConfig(steps=10, warmup=2, lr=1.0)
+    >>> [round(lr_schedule(k, c), 3) for k in (0, 1, 2, 9)]
+    [0.5, 1.0, 1.0, 0.038]
+    """
+    if k < cfg.warmup:
+        return cfg.lr * (k + 1) / cfg.warmup
+    frac = (k - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return float(cfg.lr * 0.5 * (1.0 + onp.cos(onp.pi * frac)))
+
+
+def clip_by_global_norm(grads, max_norm):
+    """Scale every array by min(1, max_norm / ‖g‖₂); returns (grads, norm before).
+
+    >>> g, n = clip_by_global_norm({"a": onp.array([3.0, 4.0])}, 1.0)
+    >>> g["a"].tolist(), n
+    ([0.6, 0.8], 5.0)
+    """
+    norm = float(onp.sqrt(sum(float(onp.sum(g * g)) for g in grads.values())))
+    scale = min(1.0, max_norm / norm) if norm > 0 else 1.0
+    return {k: g * scale for k, g in grads.items()}, norm
+
+
+def atomic_savez(path, **arrays):
+    """np.savez to a temporary file in the target directory, then os.replace: readers
+    never see half a file, and a failure leaves no output.
+
+    >>> import os, tempfile
+    >>> d = tempfile.mkdtemp(); atomic_savez(os.path.join(d, "x.npz"), a=onp.ones(2))
+    >>> sorted(os.listdir(d))
+    ['x.npz']
+    """
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            onp.savez(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_checkpoint(path, params, adam_m, adam_v, step, seed):
+    """Write a resumable checkpoint (see the module docstring for the keys)."""
+    arrays = {"step": onp.array(step), "seed": onp.array(seed)}
+    for prefix, tree in (("param", params), ("adam_m", adam_m), ("adam_v", adam_v)):
+        for k, v in tree.items():
+            arrays[f"{prefix}/{k}"] = onp.asarray(v, dtype=onp.float64)
+    atomic_savez(path, **arrays)
+
+
+def load_checkpoint(path):
+    """Read a checkpoint written by ``save_checkpoint`` (allow_pickle=False).
+
+    Returns (params, adam_m, adam_v, step, seed); raises ValueError naming the file on
+    a corrupt or foreign file.
+    """
+    try:
+        with onp.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except Exception as exc:  # truncated zip, not an npz, pickled arrays ...
+        raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+    if "step" not in data or not any(k.startswith("param/") for k in data):
+        raise ValueError(f"{path}: missing keys 'step' / 'param/*' (expected an rssm-ref checkpoint)")
+    trees = {"param": {}, "adam_m": {}, "adam_v": {}}
+    for k, v in data.items():
+        prefix, _, name = k.partition("/")
+        if prefix in trees:
+            if v.dtype != onp.float64 or not onp.all(onp.isfinite(v)):
+                raise ValueError(f"{path}: key {k!r} is not finite float64")
+            trees[prefix][name] = v
+    return trees["param"], trees["adam_m"], trees["adam_v"], int(data["step"]), int(data.get("seed", 0))
+
+
+def train(model_cfg, cfg, params=None, checkpoint=None, resume=False, progress=None):
+    """Train ``model_cfg`` on its task at length cfg.L; returns (params, history).
+
+    ``progress(step, info)`` is called every ``log_every`` steps with
+    info = {"loss", "acc", "steps_per_s", "lr"} (cli.py draws a click progress bar with
+    it). ``checkpoint``: path written every ``checkpoint_every`` steps and at the end;
+    with ``resume`` an existing checkpoint there is continued from its step.
+    """
+    start = 0
+    if params is None:
+        params = init_params(model_cfg, seed=cfg.seed)
+    params = {k: onp.array(v, dtype=onp.float64) for k, v in params.items()}
+    adam_m = {k: onp.zeros_like(v) for k, v in params.items()}
+    adam_v = {k: onp.zeros_like(v) for k, v in params.items()}
+    if resume and checkpoint and os.path.exists(checkpoint):
+        params, adam_m, adam_v, start, seed = load_checkpoint(checkpoint)
+        if seed != cfg.seed:
+            raise ValueError(f"{checkpoint}: written with seed {seed}, asked to resume with seed {cfg.seed}")
+
+    def objective(p, tokens, targets):
+        return loss(model_cfg, p, tokens, targets)
+
+    vg = value_and_grad(objective)
+    history = {"step": [], "loss": [], "lr": []}
+    t0 = time.perf_counter()
+    window_loss, window_n = 0.0, 0
+    for k in range(start, cfg.steps):
+        rng = onp.random.default_rng([cfg.seed, DATA_STREAM, k])
+        tokens, targets = make_batch(model_cfg.task, rng, cfg.batch, cfg.L, model_cfg.n_tokens)
+        value, grads = vg(params, tokens, targets)
+        grads, _ = clip_by_global_norm(grads, cfg.clip)
+        lr = lr_schedule(k, cfg)
+        b1, b2 = cfg.beta1, cfg.beta2
+        for name in params:
+            g = grads[name]
+            adam_m[name] = b1 * adam_m[name] + (1 - b1) * g
+            adam_v[name] = b2 * adam_v[name] + (1 - b2) * g * g
+            m_hat = adam_m[name] / (1 - b1 ** (k + 1))
+            v_hat = adam_v[name] / (1 - b2 ** (k + 1))
+            params[name] = params[name] - lr * m_hat / (onp.sqrt(v_hat) + cfg.eps)
+        history["step"].append(k)
+        history["loss"].append(float(value))
+        history["lr"].append(float(lr))
+        window_loss += float(value)
+        window_n += 1
+        done = k + 1
+        if progress is not None and (done % cfg.log_every == 0 or done == cfg.steps):
+            acc = accuracy(model_cfg, params, tokens, targets)
+            elapsed = time.perf_counter() - t0
+            progress(done, {"loss": window_loss / window_n, "acc": acc, "lr": lr,
+                            "steps_per_s": (done - start) / max(elapsed, 1e-9)})
+            window_loss, window_n = 0.0, 0
+        if checkpoint and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+            save_checkpoint(checkpoint, params, adam_m, adam_v, done, cfg.seed)
+    return params, history

@@ -1,0 +1,65 @@
+"""Models around the cores (Section 3.1): embedding, readout, loss, parameter counts, gradients."""
+import autograd.numpy as np
+import numpy as onp
+import pytest
+from autograd.test_util import check_grads
+
+from rssm_ref.models import (GAIN, ModelConfig, accuracy, init_params, logits, loss, param_count,
+                             residual_core_arrays)
+from rssm_ref.residual_ssm import residual_ssm_tf
+from rssm_ref.tasks import make_batch
+from rssm_ref.tolerances import assert_close
+
+
+@pytest.mark.parametrize("model", ["residual", "selective"])
+@pytest.mark.parametrize("task", ["induction", "extended"])
+def test_shapes_counts_and_grads(model, task):
+    cfg = ModelConfig(model, task, m=4 if model == "selective" else 0, n=2)
+    params = init_params(cfg, seed=0)
+    counts = param_count(cfg)
+    assert counts["total"] == counts["core"] + counts["embedding"]
+    trainable = sum(v.size for v in params.values())
+    if model == "residual":
+        assert trainable == counts["total"]
+    tok, tgt = make_batch(task, onp.random.default_rng(0), 3, 12)
+    z = logits(cfg, params, tok)
+    assert z.shape == (3, 8) and onp.all(onp.abs(z) <= 10 + 1e-12)
+    keys = sorted(params)
+
+    def f(*vals):
+        return loss(cfg, dict(zip(keys, vals)), tok, tgt)
+
+    check_grads(f, modes=["rev"], order=1)(*[params[k] for k in keys])
+
+
+def test_paper_sizes():
+    res = param_count(ModelConfig("residual", "induction"))
+    sel = param_count(ModelConfig("selective", "induction"))
+    assert res["core"] == 43 and res["total"] == 61       # paper: about 50
+    assert sel["core"] == 656 and sel["total"] == 800     # paper: about 700
+
+
+def test_gain_folded_into_core_convention():
+    cfg = ModelConfig("residual", "induction")
+    p = init_params(cfg, seed=3)
+    p["c"] = onp.array(0.2)
+    sn, sd, rn, rd, c = residual_core_arrays(p)
+    u = onp.random.default_rng(0).normal(size=(2, 10, 2))
+    _, mid = residual_ssm_tf(sn, sd, rn, rd, c, u, return_intermediates=True)
+    _, mid1 = residual_ssm_tf(sn, sd, p["r_num"], rd, 0.0, u, return_intermediates=True)
+    expected = 1 / (1 + onp.exp(-GAIN * (mid1["r"] + 0.2)))
+    assert_close(mid["s"], expected, "fast_vs_ref")
+
+
+def test_accuracy_chunking_does_not_change_result():
+    cfg = ModelConfig("residual", "induction")
+    p = init_params(cfg, seed=1)
+    tok, tgt = make_batch("induction", onp.random.default_rng(2), 50, 20)
+    assert accuracy(cfg, p, tok, tgt, chunk=7) == accuracy(cfg, p, tok, tgt, chunk=50)
+
+
+def test_bad_config():
+    with pytest.raises(ValueError, match="model"):
+        ModelConfig("transformer", "induction")
+    with pytest.raises(ValueError, match="task"):
+        ModelConfig("residual", "copy")
