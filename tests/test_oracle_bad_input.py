@@ -241,6 +241,13 @@ def c_den_zero_leading(t):
     return _fwd(t, P=P, extra=["--allow-unstable"]), ["P.npz", "key 'den'", "zero leading"]
 
 
+def c_fft_path_with_unstable_system(t):
+    P = _P()
+    P["den"] = onp.array([[1.0, -2.5, 1.0]])                 # roots 2 and 0.5
+    return _fwd(t, P=P, extra=["--allow-unstable", "--path", "fft"]), \
+        ["path: 'fft' needs a stable system", "key 'den'", "--path recurrent"]
+
+
 def c_inputs_missing_u(t):
     return _fwd(t, U={"dy": _U()["dy"]}), ["U.npz", "missing key 'u'"]
 

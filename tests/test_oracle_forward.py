@@ -131,3 +131,13 @@ def test_examples_shipped_in_the_repo_run(tmp_path):
                                         str(root / f"{model}_inputs.npz"), "--out",
                                         str(tmp_path / f"{model}.npz"), "--grads"])
         assert res.exit_code == 0, res.output
+
+
+def test_allow_unstable_runs_the_recurrence(tmp_path):
+    P = {"num": onp.array([[[1.0, 0.0]]]), "den": onp.array([[1.0, -1.1]])}   # pole 1.1
+    U = {"u": onp.zeros((1, 20, 1))}
+    U["u"][0, 0, 0] = 1.0
+    with pytest.raises(ValueError, match="modulus 1.1"):
+        forward.compute("lti", P, U)
+    y = forward.compute("lti", P, U, allow_unstable=True)["y"][0, :, 0]
+    assert onp.allclose(y, 1.1 ** onp.arange(20), rtol=1e-13)

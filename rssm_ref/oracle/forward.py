@@ -134,18 +134,19 @@ def _model_call(model, opts, form):
         return lambda P, u: (ss_filter(P["A"], P["B"], P["C"], P["D"], u), {})
     if model == "residual":
         from rssm_ref import residual_ssm as rs
+        unstable = opts["allow_unstable"]
 
         def call(P, u):
             bias = P.get("gate_bias", 0.0)
             if form == "tf":
                 y, inter = rs.residual_ssm_tf(P["sigma_num"], P["sigma_den"], P["r_num"],
                                               P["r_den"], bias, u, path=path, gate=opts["gate"],
-                                              return_intermediates=True)
+                                              return_intermediates=True, allow_unstable=unstable)
             else:
                 y, inter = rs.residual_ssm_ss(P["sigma_A"], P["sigma_B"], P["sigma_C"],
                                               P["sigma_D"], P["r_A"], P["r_B"], P["r_C"],
                                               P["r_D"], bias, u, path=path, gate=opts["gate"],
-                                              return_intermediates=True)
+                                              return_intermediates=True, allow_unstable=unstable)
             return y, {k: inter[k] for k in ("y_s", "r", "s")}
         return call
     from rssm_ref.selective_ssm import selective_ssm
@@ -185,6 +186,13 @@ def compute(model, params, inputs, path=None, gate=None, discretization=None, ou
 
 
 def _compute_checked(model, params, inputs, opts):
+    if opts["allow_unstable"] and opts["path"] == "fft":
+        # a convolution kernel of an unstable system never decays: refuse, clearly
+        try:
+            formats.check_params(model, params, where="params")
+        except ValueError as exc:
+            raise ValueError(f"path: 'fft' needs a stable system ({exc}); use --path "
+                             "recurrent with --allow-unstable") from None
     form = formats.param_form(model, params)
     form = next(iter(form.values()))
     fn = _model_call(model, opts, form)
