@@ -44,10 +44,13 @@ PAPER_TABLES = {
 }
 # Training recipes (docs/recipe.md); steps are the defaults of a full run.
 RECIPES = {
-    "residual": dict(steps=12000, lr=0.02, warmup=200, batch=256),
-    "selective": dict(steps=2000, lr=5e-3, warmup=200, batch=256),
+    ("residual", "induction"): dict(steps=6000, lr=0.02, warmup=200, batch=256, restarts=4, restart_steps=1000),
+    ("residual", "extended"): dict(steps=12000, lr=0.02, warmup=200, batch=256, restarts=4, restart_steps=1000),
+    ("selective", "induction"): dict(steps=2000, lr=5e-3, warmup=200, batch=256),
+    ("selective", "extended"): dict(steps=2000, lr=5e-3, warmup=200, batch=256),
 }
-QUICK = {"residual": dict(steps=300, warmup=20), "selective": dict(steps=15, warmup=5), "eval_n": 100}
+QUICK = {"residual": dict(steps=300, warmup=20, restarts=1), "selective": dict(steps=15, warmup=5),
+         "eval_n": 100}
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,7 @@ def _versions():
 
 
 def _train_config(cfg, model, seed):
-    recipe = dict(RECIPES[model])
+    recipe = dict(RECIPES[(model, cfg.task)])
     if cfg.quick:
         recipe.update(QUICK[model])
     if cfg.steps:
@@ -144,7 +147,7 @@ def reproduce(cfg, progress=None):
             tcfg = _train_config(cfg, model, seed)
             ckpt = os.path.join(cfg.out, f"{model}-seed{seed}.npz")
             if progress:
-                progress("start", {"model": model, "seed": seed, "steps": tcfg.steps})
+                progress("start", {"model": model, "seed": seed, "steps": tcfg.total_steps})
             t0 = time.perf_counter()
             if cfg.resume and os.path.exists(ckpt) and load_checkpoint(ckpt)[3] >= tcfg.steps:
                 params = load_checkpoint(ckpt)[0]

@@ -59,6 +59,13 @@ class TrainConfig:
     eps: float = 1e-8
     log_every: int = 50
     checkpoint_every: int = 1000
+    restarts: int = 1
+    restart_steps: int = 1000
+
+    @property
+    def total_steps(self):
+        """Steps run in all, discarded restart candidates included."""
+        return self.steps + (max(1, self.restarts) - 1) * min(self.restart_steps, self.steps)
 
     def __post_init__(self):
         for name in ("steps", "batch", "L"):
@@ -147,58 +154,90 @@ def load_checkpoint(path):
     return trees["param"], trees["adam_m"], trees["adam_v"], int(data["step"]), int(data.get("seed", 0))
 
 
+def _fresh(params):
+    params = {k: onp.array(v, dtype=onp.float64) for k, v in params.items()}
+    return params, {k: onp.zeros_like(v) for k, v in params.items()}, {k: onp.zeros_like(v) for k, v in params.items()}
+
+
 def train(model_cfg, cfg, params=None, checkpoint=None, resume=False, progress=None):
     """Train ``model_cfg`` on its task at length cfg.L; returns (params, history).
 
+    Seeded restarts (``cfg.restarts`` > 1, and no ``params`` given): candidate r starts
+    from ``init_params(seed)`` (r = 0) or ``init_params([seed, r])``, trains the first
+    ``restart_steps`` steps of the schedule on the same batches, and the candidate with
+    the lowest mean loss over its last 100 steps continues to ``cfg.steps``. This
+    escapes the bad basins met with m = 2 (two tokens' embeddings merged, or the gate
+    opening one step late) at a fixed, deterministic cost.
+
     ``progress(step, info)`` is called every ``log_every`` steps with
-    info = {"loss", "acc", "steps_per_s", "lr"} (cli.py draws a click progress bar with
-    it). ``checkpoint``: path written every ``checkpoint_every`` steps and at the end;
-    with ``resume`` an existing checkpoint there is continued from its step.
+    info = {"loss", "acc", "steps_per_s", "lr"}; ``step`` counts all steps run, restarts
+    included (up to ``cfg.total_steps``). ``checkpoint``: path written every
+    ``checkpoint_every`` steps and at the end; with ``resume`` an existing checkpoint
+    there is continued from its step.
     """
+    vg = value_and_grad(lambda p, tokens, targets: loss(model_cfg, p, tokens, targets))
+    offset = [0]          # steps already run by discarded restart candidates
+    t0 = time.perf_counter()
+
+    def run(state, start, stop, history, save):
+        params, adam_m, adam_v = state
+        window_loss, window_n = 0.0, 0
+        for k in range(start, stop):
+            rng = onp.random.default_rng([cfg.seed, DATA_STREAM, k])
+            tokens, targets = make_batch(model_cfg.task, rng, cfg.batch, cfg.L, model_cfg.n_tokens)
+            value, grads = vg(params, tokens, targets)
+            grads, _ = clip_by_global_norm(grads, cfg.clip)
+            lr = lr_schedule(k, cfg)
+            b1, b2 = cfg.beta1, cfg.beta2
+            for name in params:
+                g = grads[name]
+                adam_m[name] = b1 * adam_m[name] + (1 - b1) * g
+                adam_v[name] = b2 * adam_v[name] + (1 - b2) * g * g
+                m_hat = adam_m[name] / (1 - b1 ** (k + 1))
+                v_hat = adam_v[name] / (1 - b2 ** (k + 1))
+                params[name] = params[name] - lr * m_hat / (onp.sqrt(v_hat) + cfg.eps)
+            history["step"].append(k)
+            history["loss"].append(float(value))
+            history["lr"].append(float(lr))
+            window_loss += float(value)
+            window_n += 1
+            done = k + 1
+            if progress is not None and (done % cfg.log_every == 0 or done == stop):
+                acc = accuracy(model_cfg, params, tokens, targets)
+                elapsed = time.perf_counter() - t0
+                shown = offset[0] + done
+                progress(shown, {"loss": window_loss / window_n, "acc": acc, "lr": lr,
+                                 "steps_per_s": (shown - first[0]) / max(elapsed, 1e-9)})
+                window_loss, window_n = 0.0, 0
+            if save and checkpoint and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+                save_checkpoint(checkpoint, params, adam_m, adam_v, done, cfg.seed)
+        return (params, adam_m, adam_v), history
+
+    first = [0]
     start = 0
-    if params is None:
-        params = init_params(model_cfg, seed=cfg.seed)
-    params = {k: onp.array(v, dtype=onp.float64) for k, v in params.items()}
-    adam_m = {k: onp.zeros_like(v) for k, v in params.items()}
-    adam_v = {k: onp.zeros_like(v) for k, v in params.items()}
+    history = {"step": [], "loss": [], "lr": []}
     if resume and checkpoint and os.path.exists(checkpoint):
         params, adam_m, adam_v, start, seed = load_checkpoint(checkpoint)
         if seed != cfg.seed:
             raise ValueError(f"{checkpoint}: written with seed {seed}, asked to resume with seed {cfg.seed}")
-
-    def objective(p, tokens, targets):
-        return loss(model_cfg, p, tokens, targets)
-
-    vg = value_and_grad(objective)
-    history = {"step": [], "loss": [], "lr": []}
-    t0 = time.perf_counter()
-    window_loss, window_n = 0.0, 0
-    for k in range(start, cfg.steps):
-        rng = onp.random.default_rng([cfg.seed, DATA_STREAM, k])
-        tokens, targets = make_batch(model_cfg.task, rng, cfg.batch, cfg.L, model_cfg.n_tokens)
-        value, grads = vg(params, tokens, targets)
-        grads, _ = clip_by_global_norm(grads, cfg.clip)
-        lr = lr_schedule(k, cfg)
-        b1, b2 = cfg.beta1, cfg.beta2
-        for name in params:
-            g = grads[name]
-            adam_m[name] = b1 * adam_m[name] + (1 - b1) * g
-            adam_v[name] = b2 * adam_v[name] + (1 - b2) * g * g
-            m_hat = adam_m[name] / (1 - b1 ** (k + 1))
-            v_hat = adam_v[name] / (1 - b2 ** (k + 1))
-            params[name] = params[name] - lr * m_hat / (onp.sqrt(v_hat) + cfg.eps)
-        history["step"].append(k)
-        history["loss"].append(float(value))
-        history["lr"].append(float(lr))
-        window_loss += float(value)
-        window_n += 1
-        done = k + 1
-        if progress is not None and (done % cfg.log_every == 0 or done == cfg.steps):
-            acc = accuracy(model_cfg, params, tokens, targets)
-            elapsed = time.perf_counter() - t0
-            progress(done, {"loss": window_loss / window_n, "acc": acc, "lr": lr,
-                            "steps_per_s": (done - start) / max(elapsed, 1e-9)})
-            window_loss, window_n = 0.0, 0
-        if checkpoint and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
-            save_checkpoint(checkpoint, params, adam_m, adam_v, done, cfg.seed)
-    return params, history
+        state = (params, adam_m, adam_v)
+        offset[0] = (cfg.restarts - 1) * min(cfg.restart_steps, cfg.steps) if start >= cfg.restart_steps else 0
+        first[0] = offset[0] + start
+    elif params is not None or cfg.restarts <= 1:
+        state = _fresh(params if params is not None else init_params(model_cfg, seed=cfg.seed))
+    else:
+        short = min(cfg.restart_steps, cfg.steps)
+        best = None
+        for r in range(cfg.restarts):
+            cand = _fresh(init_params(model_cfg, seed=cfg.seed if r == 0 else [cfg.seed, r]))
+            cand, hist = run(cand, 0, short, {"step": [], "loss": [], "lr": []}, save=False)
+            score = float(onp.mean(hist["loss"][-100:]))
+            if best is None or score < best[0]:
+                best = (score, cand, hist, r)
+            offset[0] += short
+        offset[0] -= short            # the winner's steps count once
+        _, state, history, winner = best
+        history["restart_winner"] = winner
+        start = short
+    state, history = run(state, start, cfg.steps, history, save=True)
+    return state[0], history
