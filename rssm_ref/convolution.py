@@ -107,7 +107,7 @@ import autograd.numpy as np
 import numpy as onp
 from autograd.tracer import getval
 
-from rssm_ref.validation import check_array, check_stable_den
+from rssm_ref.validation import check_array, check_stable_den, check_state_space
 
 __all__ = [
     "fft_conv", "fft_conv_ref",
@@ -174,20 +174,7 @@ def _check_tf(num, den):
 
 
 def _check_ss(A, B, C, D):
-    A = check_array("A", A, ndim=2)
-    n = onp.shape(A)[0]
-    if onp.shape(A) != (n, n):
-        raise ValueError(f"A: expected a square (n, n) matrix, got shape {onp.shape(A)}")
-    B = check_array("B", B, ndim=2)
-    if onp.shape(B)[0] != n:
-        raise ValueError(f"B: expected shape ({n}, m) to match A, got {onp.shape(B)}")
-    m = onp.shape(B)[1]
-    C = check_array("C", C, ndim=2)
-    if onp.shape(C)[1] != n:
-        raise ValueError(f"C: expected shape (p, {n}) to match A, got {onp.shape(C)}")
-    p = onp.shape(C)[0]
-    D = check_array("D", D, shape=(p, m))
-    return A, B, C, D
+    return check_state_space(A, B, C, D)
 
 
 def _conv_spectral(Hv, u, K):

@@ -44,7 +44,7 @@ import numpy as onp
 import scipy.signal as ssig
 
 from rssm_ref.recurrence import _state_scan  # the scan primitive (recurrence never imports lti)
-from rssm_ref.validation import _is_traced, check_array
+from rssm_ref.validation import _is_traced, check_array, check_state_space
 
 __all__ = [
     "markov_parameters", "markov_parameters_ref", "den_from_reflection",
@@ -56,20 +56,7 @@ __all__ = [
 # ----------------------------------------------------------------------------- helpers
 def _check_ss(A, B, C, D):
     """Validate (A, B, C, D) shapes against each other; return float64 arrays."""
-    A = check_array("A", A, ndim=2)
-    n = onp.shape(A)[0]
-    if onp.shape(A)[1] != n:
-        raise ValueError(f"A: expected a square (n, n) matrix, got shape {onp.shape(A)}")
-    B = check_array("B", B, ndim=2)
-    if onp.shape(B)[0] != n:
-        raise ValueError(f"B: expected shape ({n}, m) to match A ({n}, {n}), got {onp.shape(B)}")
-    m = onp.shape(B)[1]
-    C = check_array("C", C, ndim=2)
-    if onp.shape(C)[1] != n:
-        raise ValueError(f"C: expected shape (p, {n}) to match A ({n}, {n}), got {onp.shape(C)}")
-    p = onp.shape(C)[0]
-    D = check_array("D", D, shape=(p, m))
-    return A, B, C, D
+    return check_state_space(A, B, C, D)
 
 
 def _check_length(name, L, minimum=1):

@@ -37,7 +37,7 @@ import numpy as onp
 import scipy.signal as ssig
 from autograd.extend import defvjp, defvjp_argnums, primitive
 
-from rssm_ref.validation import _is_traced, check_array
+from rssm_ref.validation import _is_traced, check_array, check_state_space
 
 __all__ = ["lfilter_prim", "tf_filter", "tf_filter_ref", "ss_filter", "ss_filter_ref"]
 
@@ -341,19 +341,8 @@ def _ss_forward_np(A, B, C, D, u, x0):
 
 
 def _check_ss_filter_args(A, B, C, D, u, x0):
-    A = check_array("A", A, ndim=2)
-    n = onp.shape(A)[0]
-    if onp.shape(A)[1] != n:
-        raise ValueError(f"A: expected a square (n, n) matrix, got shape {onp.shape(A)}")
-    B = check_array("B", B, ndim=2)
-    if onp.shape(B)[0] != n:
-        raise ValueError(f"B: expected shape ({n}, m) to match A ({n}, {n}), got {onp.shape(B)}")
-    m = onp.shape(B)[1]
-    C = check_array("C", C, ndim=2)
-    if onp.shape(C)[1] != n:
-        raise ValueError(f"C: expected shape (p, {n}) to match A ({n}, {n}), got {onp.shape(C)}")
-    p = onp.shape(C)[0]
-    D = check_array("D", D, shape=(p, m))
+    A, B, C, D = check_state_space(A, B, C, D)
+    n, m = onp.shape(B)
     u = check_array("u", u, ndim=3)
     if onp.shape(u)[2] != m:
         raise ValueError(f"u: expected shape (batch, L, {m}) to match B {onp.shape(B)}, got {onp.shape(u)}")

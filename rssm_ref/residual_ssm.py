@@ -51,7 +51,7 @@ from rssm_ref.gate import gate as gate_scan
 from rssm_ref.gate import gate_step
 from rssm_ref.lti import StateSpace, TransferFunction, den_from_reflection
 from rssm_ref.recurrence import ss_filter, tf_filter
-from rssm_ref.validation import _is_traced, check_array, check_stable_den
+from rssm_ref.validation import _is_traced, check_array, check_stable_den, check_state_space
 
 __all__ = [
     "sigmoid", "log_sigmoid", "residual_ssm_tf", "residual_ssm_ss", "residual_ssm_ref",
@@ -115,21 +115,14 @@ def _check_tf(sigma_num, sigma_den, r_num, r_den, allow_unstable):
 
 
 def _check_ss(arrs, allow_unstable):
-    sA, sB, sC, sD, rA, rB, rC, rD = arrs
-    sA = check_array("sigma_A", sA, ndim=2)
-    n = onp.shape(sA)[0]
-    sA = check_array("sigma_A", sA, shape=(n, n))
-    sB = check_array("sigma_B", sB, ndim=2)
+    sA, sB, sC, sD = check_state_space(*arrs[:4], prefix="sigma_")
     m = onp.shape(sB)[1]
-    sB = check_array("sigma_B", sB, shape=(n, m))
-    sC = check_array("sigma_C", sC, shape=(m, n))
-    sD = check_array("sigma_D", sD, shape=(m, m))
-    rA = check_array("r_A", rA, ndim=2)
-    n_r = onp.shape(rA)[0]
-    rA = check_array("r_A", rA, shape=(n_r, n_r))
-    rB = check_array("r_B", rB, shape=(n_r, m))
-    rC = check_array("r_C", rC, shape=(1, n_r))
-    rD = check_array("r_D", rD, shape=(1, m))
+    if onp.shape(sC)[0] != m:
+        raise ValueError(f"sigma_C: expected {m} outputs (Σ is m x m), got shape {onp.shape(sC)}")
+    rA, rB, rC, rD = check_state_space(*arrs[4:], prefix="r_")
+    if onp.shape(rB)[1] != m or onp.shape(rC)[0] != 1:
+        raise ValueError(f"r_B, r_C: expected Σ_r with {m} inputs and 1 output, got r_B "
+                         f"{onp.shape(rB)} and r_C {onp.shape(rC)}")
     if not allow_unstable:
         for name, A in (("sigma_A", sA), ("r_A", rA)):
             if _is_traced(A) or onp.shape(A)[0] == 0:

@@ -104,3 +104,32 @@ def check_tokens(name, tokens, vocab_size):
         bad = arr.min() if arr.min() < 0 else arr.max()
         raise ValueError(f"{name}: id {bad} out of range (expected 0 <= id < {vocab_size})")
     return arr.astype(onp.int64, copy=False)
+
+
+def check_state_space(A, B, C, D, prefix=""):
+    """Validate (A, B, C, D) shapes against each other: A (n, n), B (n, m), C (p, n),
+    D (p, m); return them as float64 arrays. ``prefix`` names them in messages
+    (e.g. "sigma_" -> "sigma_A").
+
+    >>> [a.shape for a in check_state_space([[0.5]], [[1.0, 0.0]], [[1.0]], [[0.0, 0.0]])]
+    [(1, 1), (1, 2), (1, 1), (1, 2)]
+    >>> check_state_space([[0.5]], [[1.0]], [[1.0, 2.0]], [[0.0]], prefix="r_")
+    Traceback (most recent call last):
+    ...
+    ValueError: r_C: expected shape (p, 1) to match r_A (1, 1), got (1, 2)
+    """
+    nA, nB, nC, nD = (prefix + k for k in "ABCD")
+    A = check_array(nA, A, ndim=2)
+    n = onp.shape(A)[0]
+    if onp.shape(A)[1] != n:
+        raise ValueError(f"{nA}: expected a square (n, n) matrix, got shape {onp.shape(A)}")
+    B = check_array(nB, B, ndim=2)
+    if onp.shape(B)[0] != n:
+        raise ValueError(f"{nB}: expected shape ({n}, m) to match {nA} ({n}, {n}), got {onp.shape(B)}")
+    m = onp.shape(B)[1]
+    C = check_array(nC, C, ndim=2)
+    if onp.shape(C)[1] != n:
+        raise ValueError(f"{nC}: expected shape (p, {n}) to match {nA} ({n}, {n}), got {onp.shape(C)}")
+    p = onp.shape(C)[0]
+    D = check_array(nD, D, shape=(p, m))
+    return A, B, C, D
