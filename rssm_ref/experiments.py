@@ -44,8 +44,8 @@ PAPER_TABLES = {
 }
 # Training recipes (docs/recipe.md); steps are the defaults of a full run.
 RECIPES = {
-    ("residual", "induction"): dict(steps=6000, lr=0.02, warmup=200, batch=256, restarts=4, restart_steps=1000),
-    ("residual", "extended"): dict(steps=12000, lr=0.02, warmup=200, batch=256, restarts=4, restart_steps=1000),
+    ("residual", "induction"): dict(steps=24000, lr=0.02, warmup=200, batch=256, restarts=4, restart_steps=1000),
+    ("residual", "extended"): dict(steps=24000, lr=0.02, warmup=200, batch=256, restarts=4, restart_steps=1000),
     ("selective", "induction"): dict(steps=2000, lr=5e-3, warmup=200, batch=256),
     ("selective", "extended"): dict(steps=2000, lr=5e-3, warmup=200, batch=256),
 }
