@@ -181,5 +181,20 @@ def reproduce_cmd(task, model, seeds, steps, quick, out, gate, selective_discret
                f"(wall {results['wall_seconds']:.0f} s)")
 
 
+# benchmarks (issue 8): ratios against baselines timed in the same run.
+@main.command("bench")
+@click.option("--quick", is_flag=True, help="Small sizes, few repeats (seconds).")
+@click.option("--json", "json_path", default=None, metavar="OUT", help="Also write the rows as JSON.")
+def bench_cmd(quick, json_path):
+    """Speed and memory as ratios against baselines timed in the same run."""
+    from rssm_ref.bench import FIGURES, format_bench, run_bench, write_json
+    with click.progressbar(length=len(FIGURES), label="bench", file=sys.stderr) as bar:
+        rows = run_guarded(run_bench, quick=quick, progress=lambda name, row: bar.update(1))
+    click.echo(format_bench(rows))
+    if json_path:
+        run_guarded(write_json, rows, json_path)
+        click.echo(f"wrote {json_path}")
+
+
 if __name__ == "__main__":
     sys.exit(main())
