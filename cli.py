@@ -196,5 +196,26 @@ def bench_cmd(quick, json_path):
         click.echo(f"wrote {json_path}")
 
 
+# teaching (issue 7): one sequence through a trained model, step by step.
+@main.command("explain")
+@click.option("--model", type=click.Choice(["residual", "selective"]), default="residual", show_default=True)
+@click.option("--task", type=click.Choice(["induction", "extended"]), default="induction", show_default=True)
+@click.option("--checkpoint", default="", metavar="P.npz",
+              help="Params checkpoint written by reproduce (default: train a quick model).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--length", "L", type=int, default=32, show_default=True)
+@click.option("--steps", type=int, default=3000, show_default=True,
+              help="Training steps when no checkpoint is given.")
+@click.option("--out", default="explain", show_default=True, metavar="DIR")
+def explain_cmd(model, task, checkpoint, seed, L, steps, out):
+    """Trace one sequence (t, token, y_s, r, s, y) and plot the gate, poles/zeros, impulse responses."""
+    from rssm_ref.explain import ExplainConfig, explain
+    res = run_guarded(explain, ExplainConfig(model=model, task=task, checkpoint=checkpoint, seed=seed,
+                                             out=out, L=L, steps=steps))
+    click.echo(res["trace"])
+    for f in res["figures"]:
+        click.echo(f"wrote {f}")
+
+
 if __name__ == "__main__":
     sys.exit(main())
