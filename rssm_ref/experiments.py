@@ -46,8 +46,8 @@ PAPER_TABLES = {
 RECIPES = {
     ("residual", "induction"): dict(steps=24000, lr=0.02, warmup=200, batch=256, restarts=4, restart_steps=1000),
     ("residual", "extended"): dict(steps=24000, lr=0.02, warmup=200, batch=256, restarts=4, restart_steps=1000),
-    ("selective", "induction"): dict(steps=2000, lr=5e-3, warmup=200, batch=256),
-    ("selective", "extended"): dict(steps=2000, lr=5e-3, warmup=200, batch=256),
+    ("selective", "induction"): dict(steps=3000, lr=5e-3, warmup=200, batch=64),
+    ("selective", "extended"): dict(steps=3000, lr=5e-3, warmup=200, batch=64),
 }
 QUICK = {"residual": dict(steps=300, warmup=20, restarts=1), "selective": dict(steps=15, warmup=5),
          "eval_n": 100}
