@@ -21,26 +21,13 @@ from rssm_ref.recurrence import (lfilter_prim, ss_filter, ss_filter_ref, tf_filt
 from rssm_ref.testing import ss_arrays, tf_arrays
 from rssm_ref.tolerances import TOLERANCES, assert_close, rel_err
 
+from _helpers import check_all_grads as _check_all_grads
+from _helpers import kappa as _kappa
+from _helpers import rng as _rng
+
 dims = st.integers(1, 3)
 
 
-def _rng(seed=0):
-    return onp.random.default_rng(seed)
-
-
-def _check_all_grads(f, *args):
-    """check_grads in reverse mode w.r.t. every positional argument (seeded directions)."""
-    onp.random.seed(0)
-    check_grads(f, argnum=tuple(range(len(args))), modes=["rev"], order=1)(*args)
-
-
-def _kappa(den, L):
-    """Condition number of a denominator's coefficients over L steps (worst row):
-    ||1/a||_1 (the all-pole impulse response summed to L) times ||a||_1 / |a_0|."""
-    delta = onp.zeros(L)
-    delta[0] = 1.0
-    return max(onp.abs(ssig.lfilter([1.0], row, delta)).sum() * onp.abs(row).sum() / abs(row[0])
-               for row in onp.atleast_2d(den))
 
 
 def assert_close_kappa(actual, desired, den, L, what=""):
