@@ -31,6 +31,11 @@ def main():
 
 # oracle commands (issue 5): forward, init, verify, golden. Formats: docs/formats.md.
 _MODELS = click.Choice(["lti", "residual", "selective"])
+# the array module (issue 6); default: $RSSM_REF_BACKEND, else numpy (the autograd cores)
+_BACKEND = click.option(
+    "--backend", type=click.Choice(["numpy", "cupy", "array_api_strict"]), default=None,
+    help="Array module for the sequence work: numpy (default, or $RSSM_REF_BACKEND), cupy "
+         "(GPU, pip install '.[gpu]'), array_api_strict (CPU, the standard's check).")
 
 
 def _report(result, as_json):
@@ -57,15 +62,17 @@ def _report(result, as_json):
 @click.option("--allow-unstable", is_flag=True, help="Accept poles on/outside |z| = 1.")
 @click.option("--grads", is_flag=True, help="Add grad_u and grad_<key> of sum(y * dy).")
 @click.option("--intermediates", is_flag=True, help="Add the model's internal signals.")
+@_BACKEND
 def forward_cmd(model, params_path, inputs_path, out_path, path, gate, discretization, output,
-                allow_unstable, grads, intermediates):
+                allow_unstable, grads, intermediates, backend):
     """Compute the float64 reference outputs (and gradients) for a params/inputs pair."""
     from rssm_ref.oracle.forward import ForwardConfig, run_forward
     config = ForwardConfig(model=model, path=path, gate=gate, discretization=discretization,
                            output=output, allow_unstable=allow_unstable, grads=grads,
-                           intermediates=intermediates)
+                           intermediates=intermediates, backend=backend)
     info = run_guarded(run_forward, config, params_path, inputs_path, out_path)
-    click.echo(f"wrote {info['out']}: {', '.join(info['keys'])} (y shape {info['y_shape']})")
+    click.echo(f"wrote {info['out']}: {', '.join(info['keys'])} (y shape {info['y_shape']}, "
+               f"backend {info['backend']})")
 
 
 @main.command("init")
@@ -115,10 +122,11 @@ def verify_cmd(reference, candidate, golden, candidates, precision, as_json):
 @click.option("--out", default=None, metavar="DIR", help="Write the golden suite here.")
 @click.option("--check", default=None, metavar="DIR", help="Recompute and checksum a suite.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
-def golden_cmd(out, check, as_json):
+@_BACKEND
+def golden_cmd(out, check, as_json, backend):
     """Write the golden suite, or check one (exit 2 tampered, 1 numeric mismatch)."""
     from rssm_ref.oracle.golden import GoldenConfig, run_golden
-    _report(run_guarded(run_golden, GoldenConfig(out=out, check=check)), as_json)
+    _report(run_guarded(run_golden, GoldenConfig(out=out, check=check, backend=backend)), as_json)
 
 
 # experiments (issue 4): reproduce Tables 1 and 2.
@@ -139,17 +147,21 @@ def golden_cmd(out, check, as_json):
               show_default=True, help="Selective y before (eq. 2) or after (mamba_ssm) the update.")
 @click.option("--eval-n", type=int, default=1000, show_default=True, help="Sequences per length.")
 @click.option("--resume", is_flag=True, help="Continue from checkpoints in --out.")
+@_BACKEND
 def reproduce_cmd(task, model, seeds, steps, quick, out, gate, selective_discretization,
-                  selective_output, eval_n, resume):
+                  selective_output, eval_n, resume, backend):
     """Train at L = 16 and print accuracy at L = 16..1024 beside the paper's table."""
     from rssm_ref.experiments import ReproduceConfig, format_table, reproduce
     try:
         seed_list = tuple(int(s) for s in seeds.split(",") if s.strip() != "")
     except ValueError:
         raise UserError(f"--seeds: {seeds!r} (expected comma-separated integers, e.g. 0,1,2)") from None
+    from rssm_ref.backend import get_backend_name
     models = ("residual", "selective") if model == "both" else (model,)
+    backend = backend or run_guarded(get_backend_name)
     config = run_guarded(ReproduceConfig, task=task, models=models, seeds=seed_list, steps=steps,
                          quick=quick, out=out, gate=gate, eval_n=eval_n, resume=resume,
+                         backend=backend,
                          selective_discretization=selective_discretization,
                          selective_output=selective_output)
     bar = {"bar": None, "done": 0}
@@ -185,11 +197,20 @@ def reproduce_cmd(task, model, seeds, steps, quick, out, gate, selective_discret
 @main.command("bench")
 @click.option("--quick", is_flag=True, help="Small sizes, few repeats (seconds).")
 @click.option("--json", "json_path", default=None, metavar="OUT", help="Also write the rows as JSON.")
-def bench_cmd(quick, json_path):
+@_BACKEND
+@click.option("--backend-size", default=None, metavar="BATCHxL",
+              help="Size of the backend_forward figure, e.g. 1000x65536 (default 100x65536).")
+def bench_cmd(quick, json_path, backend, backend_size):
     """Speed and memory as ratios against baselines timed in the same run."""
-    from rssm_ref.bench import FIGURES, format_bench, run_bench, write_json
+    from rssm_ref.backend import get_backend_name
+    from rssm_ref.bench import FIGURES, format_bench, parse_size, run_bench, write_json
+    from rssm_ref.backend import namespace
+    backend = backend or run_guarded(get_backend_name)
+    run_guarded(namespace, backend)
+    size = run_guarded(parse_size, backend_size) if backend_size else None
     with click.progressbar(length=len(FIGURES), label="bench", file=sys.stderr) as bar:
-        rows = run_guarded(run_bench, quick=quick, progress=lambda name, row: bar.update(1))
+        rows = run_guarded(run_bench, quick=quick, progress=lambda name, row: bar.update(1),
+                           backend=backend, backend_size=size)
     click.echo(format_bench(rows))
     if json_path:
         run_guarded(write_json, rows, json_path)

@@ -15,9 +15,12 @@ setup(
     python_requires=">=3.9",
     install_requires=["numpy>=1.22", "scipy>=1.8", "autograd>=1.6", "click>=8.0"],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6.50", "matplotlib>=3.5"],
+        # array-api-strict: the CPU stand-in that keeps NumPy-only calls out of the
+        # backend-neutral kernels (rssm_ref.xp_core, rssm_ref.xp_models)
+        "test": ["pytest>=7", "hypothesis>=6.50", "matplotlib>=3.5", "array-api-strict>=2.0"],
         "plot": ["matplotlib>=3.5"],
-        "gpu": ["cupy-cuda12x"],
+        # CuPy for CUDA 12 and the array-API wrapper the neutral kernels use on it
+        "gpu": ["cupy-cuda12x>=13", "array-api-compat>=1.4"],
     },
     entry_points={"console_scripts": ["rssm-ref=cli:main"]},
 )

@@ -42,7 +42,7 @@ import os
 import numpy as onp
 
 __all__ = ["BACKENDS", "BackendUnavailable", "available_backends", "get_backend_name",
-           "namespace", "namespace_of", "to_backend", "to_host", "backend_name_of"]
+           "namespace", "namespace_of", "to_backend", "to_host", "backend_name_of", "synchronize"]
 
 BACKENDS = ("numpy", "cupy", "array_api_strict")
 ENV_VAR = "RSSM_REF_BACKEND"
@@ -204,3 +204,15 @@ def to_host(x):
     if name == "array_api_strict":
         return onp.asarray(onp.from_dlpack(x), dtype=onp.float64)
     return onp.asarray(x, dtype=onp.float64)
+
+
+def synchronize(x):
+    """Wait until the work that produced ``x`` has finished (GPU kernels run
+    asynchronously; a timing without this measures only the launch). No-op off the GPU.
+
+    >>> synchronize(onp.ones(2)) is None
+    True
+    """
+    if backend_name_of(x) == "cupy":
+        _import("cupy").cuda.get_current_stream().synchronize()
+    return None

@@ -14,11 +14,14 @@ Figures (``FIGURES``; sizes shrink with ``quick``):
 | residual_eval_L1024: time, peak memory   | —                             | report   |
 | residual_train_step                      | —                             | report   |
 | scaling: log-log slope of forward time   | —                             | report   |
+| backend_forward: Residual SSM forward,   | the NumPy reference cores     | report   |
+|   fft path, on ``--backend``             |   (residual_ssm_tf), same u   |          |
 
 Glossary
 --------
-run_bench(quick=False, progress=None) -> list of dict(figure, value, unit, baseline,
-target, pass, detail);  format_bench(rows) -> str;  write_json(rows, path)
+run_bench(quick=False, progress=None, only=None, backend="numpy", backend_size=None)
+  -> list of dict(figure, value, unit, baseline, target, pass, detail)
+format_bench(rows) -> str;  write_json(rows, path);  parse_size("1000x65536") -> (1000, 65536)
 
 >>> rows = run_bench(quick=True, only=("lti_recurrent",))
 >>> rows[0]["figure"], rows[0]["unit"]
@@ -38,7 +41,7 @@ from autograd import value_and_grad
 __all__ = ["run_bench", "format_bench", "write_json", "FIGURES"]
 
 FIGURES = ("lti_recurrent", "fft_exact", "gate_forward", "residual_grad", "selective_fast_vs_ref",
-           "residual_eval_L1024", "residual_train_step", "scaling")
+           "residual_eval_L1024", "residual_train_step", "scaling", "backend_forward")
 
 
 def _best(fn, repeats):
@@ -177,14 +180,59 @@ def _scaling(q, R):
             "detail": {"lengths": lengths, "seconds": times, "model": "residual fft path, batch 4"}}
 
 
+def parse_size(text):
+    """"BATCHxL" -> (batch, L), both >= 1.
+
+    >>> parse_size("1000x65536")
+    (1000, 65536)
+    """
+    try:
+        batch, L = (int(v) for v in str(text).lower().split("x"))
+    except ValueError:
+        raise ValueError(f"backend size: {text!r} (expected BATCHxL, e.g. 1000x65536)") from None
+    if batch < 1 or L < 1:
+        raise ValueError(f"backend size: {text!r} (expected positive BATCH and L)")
+    return batch, L
+
+
+def _backend_forward(q, R, backend="numpy", size=None):
+    from rssm_ref.backend import namespace, synchronize, to_backend, to_host
+    from rssm_ref.residual_ssm import ResidualSSM, residual_ssm_tf
+    from rssm_ref.tolerances import rel_err
+    from rssm_ref.xp_models import residual_ssm_xp
+    xp = namespace(backend)
+    batch, L = size or ((8, 4096) if q else (100, 65536))
+    model = ResidualSSM.random(seed=0)
+    P = dict(zip(("sigma_num", "sigma_den", "r_num", "r_den", "gate_bias"), model.tf_arrays()))
+    u = onp.random.default_rng(0).normal(size=(batch, L, 2))
+    u_dev = to_backend(u, xp)
+    holder = {}
+
+    def fast():
+        holder["y"] = residual_ssm_xp(P, u_dev, path="fft")["y"]
+        synchronize(holder["y"])
+
+    fast()   # warm-up: FFT plans, GPU kernels compiled on first use
+    t_fast = _best(fast, max(1, R // 2))
+    y_ref = residual_ssm_tf(*model.tf_arrays(), u, path="fft")
+    t_ref = _best(lambda: residual_ssm_tf(*model.tf_arrays(), u, path="fft"), max(1, R // 2))
+    row = _ratio_row("backend_forward", t_fast, t_ref, None, "NumPy reference cores (residual_ssm_tf)",
+                     {"backend": backend, "batch": batch, "L": L, "m": 2, "path": "fft",
+                      "rel_err_vs_reference": rel_err(to_host(holder["y"]), y_ref)})
+    return row
+
+
 _RUNNERS = {"lti_recurrent": _lti_recurrent, "fft_exact": _fft_exact, "gate_forward": _gate_forward,
             "residual_grad": _residual_grad, "selective_fast_vs_ref": _selective,
             "residual_eval_L1024": _residual_eval, "residual_train_step": _residual_train_step,
-            "scaling": _scaling}
+            "scaling": _scaling, "backend_forward": _backend_forward}
 
 
-def run_bench(quick=False, progress=None, only=None):
-    """Run every figure (or those in ``only``); returns a list of result rows."""
+def run_bench(quick=False, progress=None, only=None, backend="numpy", backend_size=None):
+    """Run every figure (or those in ``only``); returns a list of result rows.
+    ``backend`` and ``backend_size`` (batch, L) apply to the backend_forward figure."""
+    from rssm_ref.backend import namespace
+    namespace(backend)
     names = only or FIGURES
     for name in names:
         if name not in _RUNNERS:
@@ -192,7 +240,10 @@ def run_bench(quick=False, progress=None, only=None):
     R = 2 if quick else 7
     rows = []
     for name in names:
-        rows.append(_RUNNERS[name](quick, R))
+        if name == "backend_forward":
+            rows.append(_backend_forward(quick, R, backend, backend_size))
+        else:
+            rows.append(_RUNNERS[name](quick, R))
         if progress:
             progress(name, rows[-1])
     return rows
@@ -208,6 +259,11 @@ def format_bench(rows):
         lines.append(f"{r['figure']:<24}{val:>14}  {r['target']:<20}{verdict:<8} {r['baseline'] or ''}")
         if r["figure"] == "residual_eval_L1024":
             lines[-1] += f" (peak {r['detail']['peak_MiB']:.0f} MiB)"
+        if r["figure"] == "backend_forward":
+            d = r["detail"]
+            lines[-1] += (f" ({d['backend']}, batch {d['batch']}, L {d['L']}: "
+                          f"{d['fast_s'] * 1e3:.0f} ms vs {d['baseline_s'] * 1e3:.0f} ms, "
+                          f"rel err {d['rel_err_vs_reference']:.1e})")
     return "\n".join(lines)
 
 

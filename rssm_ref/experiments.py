@@ -68,6 +68,7 @@ class ReproduceConfig:
     eval_n: int = 1000
     lengths: tuple = LENGTHS
     resume: bool = False
+    backend: str = "numpy"         # array module of the evaluation (training: NumPy autograd)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -80,6 +81,8 @@ class ReproduceConfig:
             raise ValueError("seeds: empty (expected e.g. 0,1,2)")
         if self.steps < 0 or self.eval_n < 1:
             raise ValueError("steps must be >= 0 and eval_n >= 1")
+        from rssm_ref.backend import namespace
+        namespace(self.backend)   # a clear error now, not after the training
 
 
 def _versions():
@@ -112,7 +115,7 @@ def _evaluate(model_cfg, params, cfg, seed):
     for L in cfg.lengths:
         rng = onp.random.default_rng([seed, EVAL_STREAM, L])
         tokens, targets = make_batch(cfg.task, rng, n, L, model_cfg.n_tokens)
-        accs.append(100.0 * accuracy(model_cfg, params, tokens, targets))
+        accs.append(100.0 * accuracy(model_cfg, params, tokens, targets, backend=cfg.backend))
     return accs, n
 
 
@@ -166,7 +169,7 @@ def reproduce(cfg, progress=None):
                 "paper_accuracy": PAPER_TABLES[cfg.task][model], "eval_sequences": n,
                 "param_count": param_count(model_cfg), "steps": tcfg.steps,
                 "train_config": asdict(tcfg), "model_config": asdict(model_cfg),
-                "checkpoint": os.path.basename(ckpt),
+                "checkpoint": os.path.basename(ckpt), "eval_backend": cfg.backend,
                 "train_seconds": round(train_s, 3), "eval_seconds": round(eval_s, 3),
             })
     results = {"task": cfg.task, "quick": cfg.quick, "lengths": list(cfg.lengths),

@@ -145,25 +145,46 @@ def _core(cfg, params, u, return_intermediates=False, path=None):
                          return_intermediates=return_intermediates)
 
 
-def final_output(cfg, params, tokens, path=None):
+def final_output(cfg, params, tokens, path=None, backend="numpy"):
     """y(L) (batch, m): the core's output after the last token.
+
+    ``backend`` other than "numpy" runs the core with rssm_ref.xp_models on that array
+    module (evaluation only: training differentiates the NumPy cores with autograd);
+    y(L) comes back as a host array.
 
     >>> cfg = ModelConfig("selective", "induction", m=4, n=2)
     >>> final_output(cfg, init_params(cfg), onp.array([[0, 8, 1, 8]])).shape
     (1, 4)
     """
     u = params["E"][tokens]
+    if backend != "numpy":
+        return _final_output_xp(cfg, params, u, path, backend)
     return _core(cfg, params, u, path=path)[:, -1, :]
 
 
-def logits(cfg, params, tokens, path=None):
+def _final_output_xp(cfg, params, u, path, backend):
+    from rssm_ref.backend import namespace, to_backend, to_host
+    from rssm_ref.xp_models import residual_ssm_xp, selective_ssm_xp
+    u = to_backend(u, namespace(backend))
+    if cfg.model == "residual":
+        keys = ("sigma_num", "sigma_den", "r_num", "r_den", "gate_bias")
+        P = dict(zip(keys, residual_core_arrays(params)))
+        y = residual_ssm_xp(P, u, path=path or cfg.path, gate=cfg.gate)["y"]
+    else:
+        P = {"A": A_from_log(params["A_log"]), "W_delta": params["W_delta"], "W_B": params["W_B"],
+             "W_C": params["W_C"], "delta_bias": params["delta_bias"]}
+        y = selective_ssm_xp(P, u, discretization=cfg.discretization, output=cfg.output)["y"]
+    return to_host(y[:, -1, :])
+
+
+def logits(cfg, params, tokens, path=None, backend="numpy"):
     """SCALE · cos(E_k, y(L)) over the N content tokens: (batch, N).
 
     >>> cfg = ModelConfig("residual", "induction")
     >>> bool(onp.all(onp.abs(logits(cfg, init_params(cfg), onp.array([[0, 8, 1, 8]]))) <= 10))
     True
     """
-    y = final_output(cfg, params, tokens, path)
+    y = final_output(cfg, params, tokens, path, backend)
     E = params["E"][: cfg.n_tokens]
     y_n = y / np.sqrt(np.sum(y * y, axis=1, keepdims=True) + 1e-12)
     E_n = E / np.sqrt(np.sum(E * E, axis=1, keepdims=True) + 1e-12)
@@ -187,7 +208,7 @@ def _logsumexp(z):
     return zmax + np.log(np.sum(np.exp(z - zmax), axis=1, keepdims=True))
 
 
-def accuracy(cfg, params, tokens, targets, chunk=None, path=None):
+def accuracy(cfg, params, tokens, targets, chunk=None, path=None, backend="numpy"):
     """Fraction of rows whose argmax logit is the target; evaluated in chunks of rows so
     long sequences fit in memory (the selective state is (batch, L, m, n)).
 
@@ -201,7 +222,7 @@ def accuracy(cfg, params, tokens, targets, chunk=None, path=None):
         chunk = max(1, int(4e6 // (L * cfg.m * (cfg.n if cfg.model == "selective" else 8))))
     hits = 0
     for lo in range(0, len(tokens), chunk):
-        z = logits(cfg, params, tokens[lo:lo + chunk], path)
+        z = logits(cfg, params, tokens[lo:lo + chunk], path, backend)
         hits += int(onp.sum(onp.argmax(z, axis=1) == targets[lo:lo + chunk]))
     return hits / len(tokens)
 

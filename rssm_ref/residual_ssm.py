@@ -51,7 +51,8 @@ from rssm_ref.gate import gate as gate_scan
 from rssm_ref.gate import gate_step
 from rssm_ref.lti import StateSpace, TransferFunction, den_from_reflection
 from rssm_ref.recurrence import ss_filter, tf_filter
-from rssm_ref.validation import _is_traced, check_array, check_stable_den, check_state_space
+from rssm_ref.validation import (_is_traced, _on_other_backend, check_array, check_stable_den,
+                                 check_state_space)
 
 __all__ = [
     "sigmoid", "log_sigmoid", "residual_ssm_tf", "residual_ssm_ss", "residual_ssm_ref",
@@ -154,6 +155,22 @@ def _gate_and_pack(y_s, r, gate_bias, gate, return_intermediates):
     return y
 
 
+_TF_KEYS = ("sigma_num", "sigma_den", "r_num", "r_den")
+_SS_KEYS = ("sigma_A", "sigma_B", "sigma_C", "sigma_D", "r_A", "r_B", "r_C", "r_D")
+
+
+def _on_backend(P, gate_bias, u, path, gate, return_intermediates):
+    """u from CuPy / array_api_strict: the same model through rssm_ref.xp_models on u's
+    module (outputs on that module; not traced by autograd -- use ``residual_ssm_xp``'s
+    ``dy`` for gradients there)."""
+    from rssm_ref.xp_models import residual_ssm_xp
+    P["gate_bias"] = _check_bias(gate_bias)
+    out = residual_ssm_xp(P, u, path=path, gate=gate)
+    if return_intermediates:
+        return out["y"], {k: out[k] for k in ("y_s", "r", "s")}
+    return out["y"]
+
+
 def residual_ssm_tf(sigma_num, sigma_den, r_num, r_den, gate_bias, u, path="fft",
                     gate="euler", return_intermediates=False, allow_unstable=False):
     """Residual SSM (Fig. 3, eq. 5) with Σ and Σ_r as transfer matrices (Remark 3.2).
@@ -174,6 +191,9 @@ def residual_ssm_tf(sigma_num, sigma_den, r_num, r_den, gate_bias, u, path="fft"
     _check_option("path", path, PATHS)
     _check_option("gate", gate, GATES)
     sigma_num, sigma_den, r_num, r_den, m = _check_tf(sigma_num, sigma_den, r_num, r_den, allow_unstable)
+    if _on_other_backend(u):
+        return _on_backend(dict(zip(_TF_KEYS, (sigma_num, sigma_den, r_num, r_den))), gate_bias,
+                           u, path, gate, return_intermediates)
     u = _check_u(u, m)
     gate_bias = _check_bias(gate_bias)
     filt = tf_fft_filter if path == "fft" else tf_filter
@@ -199,8 +219,10 @@ def residual_ssm_ss(sigma_A, sigma_B, sigma_C, sigma_D, r_A, r_B, r_C, r_D, gate
     """
     _check_option("path", path, PATHS)
     _check_option("gate", gate, GATES)
-    (sA, sB, sC, sD, rA, rB, rC, rD), m = _check_ss(
-        (sigma_A, sigma_B, sigma_C, sigma_D, r_A, r_B, r_C, r_D), allow_unstable)
+    arrs, m = _check_ss((sigma_A, sigma_B, sigma_C, sigma_D, r_A, r_B, r_C, r_D), allow_unstable)
+    (sA, sB, sC, sD, rA, rB, rC, rD) = arrs
+    if _on_other_backend(u):
+        return _on_backend(dict(zip(_SS_KEYS, arrs)), gate_bias, u, path, gate, return_intermediates)
     u = _check_u(u, m)
     gate_bias = _check_bias(gate_bias)
     filt = ss_fft_filter if path == "fft" else ss_filter

@@ -39,7 +39,7 @@ import numpy as onp
 from autograd.extend import defvjp, primitive
 
 from rssm_ref.discretize import mamba_discretize
-from rssm_ref.validation import _is_traced, check_array
+from rssm_ref.validation import _is_traced, _on_other_backend, check_array
 
 __all__ = ["selective_ssm", "selective_ssm_ref", "linear_scan", "linear_scan_ref", "softplus",
            "A_from_log", "random_params", "param_count"]
@@ -165,6 +165,24 @@ def _check(u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output):
 
 
 # ------------------------------------------------------------------ the model
+def _on_backend(u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output,
+                return_intermediates):
+    """u from CuPy / array_api_strict: the same model through rssm_ref.xp_models on u's
+    module (params checked on the host; not traced by autograd)."""
+    from rssm_ref.xp_models import selective_ssm_xp
+    # the host checks need only u's width; xp_models checks u itself on its module
+    probe = onp.zeros((1, 1, u.shape[-1]))
+    _, A, W_delta, W_B, W_C, delta_bias, D = _check(
+        probe, A, W_delta, W_B, W_C, delta_bias, D, discretization, output)
+    P = {"A": A, "W_delta": W_delta, "W_B": W_B, "W_C": W_C}
+    P.update({k: v for k, v in (("delta_bias", delta_bias), ("D", D)) if v is not None})
+    out = selective_ssm_xp({k: onp.asarray(v) for k, v in P.items()}, u,
+                           discretization=discretization, output=output)
+    if return_intermediates:
+        return out["y"], {"delta": out["delta"], "h": out["h"]}
+    return out["y"]
+
+
 def selective_ssm(u, A, W_delta, W_B, W_C, delta_bias=None, D=None, discretization="zoh",
                   output="before", return_intermediates=False):
     """Selective SSM, eqs. (2)-(4), all m channels and the whole batch at once.
@@ -181,6 +199,9 @@ def selective_ssm(u, A, W_delta, W_B, W_C, delta_bias=None, D=None, discretizati
     >>> y.shape, mid["h"].shape, float(y[0, 0, 0])   # "before": y(0) = C h(0) = 0
     ((1, 3, 2), (1, 3, 2, 2), 0.0)
     """
+    if _on_other_backend(u):
+        return _on_backend(u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output,
+                           return_intermediates)
     u, A, W_delta, W_B, W_C, delta_bias, D = _check(
         u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output)
     # (4a) Δ_t^i = softplus(W_Δ^i u(t) + b_Δ^i)

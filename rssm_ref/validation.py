@@ -26,6 +26,11 @@ def _is_traced(x):
     return type(x).__name__ == "ArrayBox"
 
 
+def _on_other_backend(x):
+    # CuPy / array_api_strict arrays: onp.asarray would copy from the GPU or fail obscurely
+    return type(x).__module__.split(".")[0] in ("cupy", "array_api_strict")
+
+
 def check_array(name, x, ndim=None, shape=None, allow_int=True):
     """Return ``x`` as a finite float64 array, or raise naming ``name``.
 
@@ -39,6 +44,11 @@ def check_array(name, x, ndim=None, shape=None, allow_int=True):
     if _is_traced(x):
         arr = x
         kind = "f"
+    elif _on_other_backend(x):
+        mod = type(x).__module__.split(".")[0]
+        raise TypeError(f"{name}: an array from {mod} given to a NumPy core (expected a NumPy array; "
+                        "run it through rssm_ref.xp_models, e.g. residual_ssm_xp, or move it "
+                        "to the host with rssm_ref.backend.to_host)")
     else:
         arr = onp.asarray(x)
         kind = arr.dtype.kind

@@ -13,6 +13,9 @@ y (batch, L, p|m)      output; dy the cotangent (same shape; ones when absent)
 ForwardConfig          model and options (path, gate, discretization, output, ...)
 compute(model, params, inputs, **options) -> dict of float64 arrays
 run_forward(config, params_path, inputs_path, out_path) -> dict summary
+backend                "numpy" (default: the autograd cores) or "cupy" / "array_api_strict"
+                       (the neutral kernels of rssm_ref.xp_models on that array module;
+                       parameters stay on the host, see docs/11-backends.md)
 
 Models (the computation is delegated to the cores; this module only dispatches):
 lti        y = Σ u with Σ in state-space (A, B, C, D) or transfer-function form (num, den)
@@ -57,6 +60,7 @@ class ForwardConfig:
     allow_unstable: bool = False
     grads: bool = False
     intermediates: bool = False
+    backend: Optional[str] = None   # None: $RSSM_REF_BACKEND, else "numpy"
 
     def options(self):
         """Resolved options dict (the JSON stored in ``options_json``), checked."""
@@ -161,13 +165,16 @@ def _model_call(model, opts, form):
 
 
 def compute(model, params, inputs, path=None, gate=None, discretization=None, output=None,
-            allow_unstable=False, grads=False, intermediates=False, where=("params", "inputs")):
+            allow_unstable=False, grads=False, intermediates=False, where=("params", "inputs"),
+            backend="numpy"):
     """The oracle's float64 outputs for checked-or-raw ``params`` and ``inputs`` mappings.
 
     Shapes: see rssm_ref.oracle.formats (u (batch, L, m) or tokens (batch, L);
     y (batch, L, p|m)). Returns ``{"y", [intermediates], [grad_u, grad_<key>]}``;
     gradients are those of sum(y * dy), dy from the inputs or ones.
-    Bad input raises ValueError/TypeError naming the key.
+    Bad input raises ValueError/TypeError naming the key. ``backend`` other than
+    "numpy" runs the same model with rssm_ref.xp_models on that array module (the
+    outputs come back as host NumPy arrays).
 
     >>> import numpy
     >>> P = {"A": [[0.5]], "B": [[1.0]], "C": [[1.0]], "D": [[0.0]]}
@@ -182,10 +189,37 @@ def compute(model, params, inputs, path=None, gate=None, discretization=None, ou
                                          allow_unstable=allow_unstable)
     inputs, sizes = formats.check_inputs(model, inputs, sizes, where=where[1],
                                          params_where=where[0])
-    return _compute_checked(model, params, inputs, opts)
+    return _compute_checked(model, params, inputs, opts, backend)
 
 
-def _compute_checked(model, params, inputs, opts):
+INTERMEDIATES = {"lti": (), "residual": ("y_s", "r", "s"), "selective": ("delta", "h")}
+
+
+def _compute_on_backend(model, params, inputs, opts, backend, u0):
+    """The neutral path: u and dy go to the backend, the outputs come back to the host."""
+    from rssm_ref.backend import namespace, to_backend, to_host
+    from rssm_ref.xp_models import compute_xp
+    xp = namespace(backend)
+    core = {k: v for k, v in params.items() if k != "embedding"}
+    dy = None
+    if opts["grads"]:
+        dy = inputs["dy"] if "dy" in inputs else None
+    u_dev = to_backend(u0, xp)
+    if opts["grads"] and dy is None:
+        y_shape = to_host(compute_xp(model, core, u_dev, opts)["y"]).shape
+        dy = onp.ones(y_shape)
+    res = compute_xp(model, core, u_dev, opts, dy=None if dy is None else to_backend(dy, xp))
+    out = {"y": to_host(res["y"])}
+    if opts["intermediates"]:
+        out.update({k: to_host(res[k]) for k in INTERMEDIATES[model]})
+    if opts["grads"]:
+        out.update({k: onp.asarray(v, dtype=onp.float64) for k, v in res.items()
+                    if k.startswith("grad_") and k != "grad_u"})
+        out["grad_u"] = to_host(res["grad_u"])
+    return out
+
+
+def _compute_checked(model, params, inputs, opts, backend="numpy"):
     if opts["allow_unstable"] and opts["path"] == "fft":
         # a convolution kernel of an unstable system never decays: refuse, clearly
         try:
@@ -201,6 +235,10 @@ def _compute_checked(model, params, inputs, opts):
         u0 = params["embedding"][inputs["tokens"]]
     else:
         u0 = inputs["u"]
+    if backend != "numpy":
+        out = _compute_on_backend(model, params, inputs, opts, backend, u0)
+        _embedding_grad(out, params, inputs)
+        return out
     y, inter = fn(dict(params), u0)
     out = {"y": onp.asarray(y, dtype=onp.float64)}
     if opts["intermediates"]:
@@ -216,12 +254,16 @@ def _compute_checked(model, params, inputs, opts):
         for k, gk in zip(keys, g[:-1]):
             out[f"grad_{k}"] = onp.asarray(gk, dtype=onp.float64).reshape(onp.shape(params[k]))
         out["grad_u"] = onp.asarray(g[-1], dtype=onp.float64)
-        if "tokens" in inputs:
-            # the VJP of the gather u = embedding[tokens]: scatter-add grad_u
-            ge = onp.zeros(params["embedding"].shape)
-            onp.add.at(ge, inputs["tokens"], out["grad_u"])
-            out["grad_embedding"] = ge
+        _embedding_grad(out, params, inputs)
     return out
+
+
+def _embedding_grad(out, params, inputs):
+    if "tokens" in inputs and "grad_u" in out:
+        # the VJP of the gather u = embedding[tokens]: scatter-add grad_u
+        ge = onp.zeros(params["embedding"].shape)
+        onp.add.at(ge, inputs["tokens"], out["grad_u"])
+        out["grad_embedding"] = ge
 
 
 def bundle(opts, params, inputs, outputs):
@@ -244,7 +286,10 @@ def run_forward(config, params_path, inputs_path, out_path):
 
     Returns ``{"out": out_path, "keys": [...], "y_shape": (...)}``.
     """
+    from rssm_ref.backend import get_backend_name, namespace
     opts = config.options()
+    backend = config.backend or get_backend_name()
+    namespace(backend)   # fail early, before reading files, if the backend cannot run here
     params, sizes = formats.load_params(params_path, config.model,
                                         allow_unstable=config.allow_unstable)
     inputs, sizes = formats.load_inputs(inputs_path, config.model, sizes,
@@ -253,9 +298,11 @@ def run_forward(config, params_path, inputs_path, out_path):
     if not os.path.isdir(folder):
         raise ValueError(f"{os.fspath(out_path)}: directory {folder} does not exist (expected "
                          "an existing directory for --out)")
-    outputs = _compute_checked(config.model, params, inputs, opts)
+    outputs = _compute_checked(config.model, params, inputs, opts, backend)
     if opts["grads"] and "dy" not in inputs:
         # embed the cotangent actually used, so the file recomputes without a convention
         inputs = dict(inputs, dy=onp.ones(outputs["y"].shape))
-    formats.save_npz_atomic(out_path, bundle(opts, params, inputs, outputs))
-    return {"out": os.fspath(out_path), "keys": sorted(outputs), "y_shape": outputs["y"].shape}
+    meta = dict(opts, backend=backend) if backend != "numpy" else opts
+    formats.save_npz_atomic(out_path, bundle(meta, params, inputs, outputs))
+    return {"out": os.fspath(out_path), "keys": sorted(outputs), "y_shape": outputs["y"].shape,
+            "backend": backend}

@@ -317,8 +317,9 @@ class GoldenCheckReport:
                            "errors": self.errors}, indent=1)
 
 
-def check_golden(golden_dir):
-    """Check checksums (ValueError if tampered) and recompute every case (report).
+def check_golden(golden_dir, backend="numpy"):
+    """Check checksums (ValueError if tampered) and recompute every case (report), on
+    ``backend`` ("numpy": the autograd cores; else rssm_ref.xp_models on that module).
 
     >>> check_golden("/nonexistent")
     Traceback (most recent call last):
@@ -346,7 +347,7 @@ def check_golden(golden_dir):
         if {k: v for k, v in ropts.items() if k != "rssm_ref_version"} != opts:
             raise ValueError(f"{rpath}: key 'options_json' differs from the manifest's options "
                              f"for case {name} (expected the same options)")
-        fresh = forward._compute_checked(model, params, inputs, opts)
+        fresh = forward._compute_checked(model, params, inputs, opts, backend)
         missing = sorted(set(fresh) - set(routs))
         if missing:
             raise ValueError(f"{rpath}: missing key '{missing[0]}' (expected every output of "
@@ -376,12 +377,19 @@ class GoldenConfig:
     """``golden``: write a suite to ``out`` or check the suite in ``check`` (exactly one)."""
     out: Optional[str] = None
     check: Optional[str] = None
+    backend: Optional[str] = None   # --check only; None: $RSSM_REF_BACKEND, else numpy
 
 
 def run_golden(config):
     """Dispatch a GoldenConfig: WriteSummary (--out) or GoldenCheckReport (--check)."""
     if (config.out is None) == (config.check is None):
         raise ValueError("golden: expected exactly one of --out DIR or --check DIR")
+    from rssm_ref.backend import get_backend_name, namespace
+    backend = config.backend or get_backend_name()
     if config.out is not None:
+        if config.backend not in (None, "numpy"):
+            raise ValueError(f"backend: {config.backend!r} with --out (expected it only with "
+                             "--check: a golden suite is written by the NumPy reference cores)")
         return WriteSummary(os.fspath(config.out), write_golden(config.out))
-    return check_golden(config.check)
+    namespace(backend)
+    return check_golden(config.check, backend)
