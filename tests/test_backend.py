@@ -32,8 +32,9 @@ def _reason(name):
 
 
 BACKEND_PARAMS = [
-    pytest.param(name, marks=pytest.mark.skipif(_reason(name) is not None,
-                                                 reason=_reason(name) or ""))
+    pytest.param(name, marks=[pytest.mark.skipif(_reason(name) is not None,
+                                                  reason=_reason(name) or "")]
+                 + ([pytest.mark.gpu] if name == "cupy" else []))
     for name in B.BACKENDS
 ]
 
