@@ -200,17 +200,19 @@ def reproduce_cmd(task, model, seeds, steps, quick, out, gate, selective_discret
 @_BACKEND
 @click.option("--backend-size", default=None, metavar="BATCHxL",
               help="Size of the backend_forward figure, e.g. 1000x65536 (default 100x65536).")
-def bench_cmd(quick, json_path, backend, backend_size):
+@click.option("--only", multiple=True, metavar="FIGURE", help="Run only these figures (repeatable).")
+def bench_cmd(quick, json_path, backend, backend_size, only):
     """Speed and memory as ratios against baselines timed in the same run."""
     from rssm_ref.backend import get_backend_name
-    from rssm_ref.bench import FIGURES, format_bench, parse_size, run_bench, write_json
+    from rssm_ref.bench import check_figures, format_bench, parse_size, run_bench, write_json
     from rssm_ref.backend import namespace
     backend = backend or run_guarded(get_backend_name)
     run_guarded(namespace, backend)
     size = run_guarded(parse_size, backend_size) if backend_size else None
-    with click.progressbar(length=len(FIGURES), label="bench", file=sys.stderr) as bar:
+    names = run_guarded(check_figures, only)
+    with click.progressbar(length=len(names), label="bench", file=sys.stderr) as bar:
         rows = run_guarded(run_bench, quick=quick, progress=lambda name, row: bar.update(1),
-                           backend=backend, backend_size=size)
+                           only=names, backend=backend, backend_size=size)
     click.echo(format_bench(rows))
     if json_path:
         run_guarded(write_json, rows, json_path)

@@ -228,15 +228,25 @@ _RUNNERS = {"lti_recurrent": _lti_recurrent, "fft_exact": _fft_exact, "gate_forw
             "scaling": _scaling, "backend_forward": _backend_forward}
 
 
+def check_figures(only):
+    """The figures to run: ``only`` (checked against FIGURES) or all of them.
+
+    >>> check_figures(("scaling",))
+    ('scaling',)
+    """
+    names = tuple(only or FIGURES)
+    for name in names:
+        if name not in _RUNNERS:
+            raise ValueError(f"figure: {name!r} (expected one of {', '.join(FIGURES)})")
+    return names
+
+
 def run_bench(quick=False, progress=None, only=None, backend="numpy", backend_size=None):
     """Run every figure (or those in ``only``); returns a list of result rows.
     ``backend`` and ``backend_size`` (batch, L) apply to the backend_forward figure."""
     from rssm_ref.backend import namespace
     namespace(backend)
-    names = only or FIGURES
-    for name in names:
-        if name not in _RUNNERS:
-            raise ValueError(f"figure: {name!r} (expected one of {', '.join(FIGURES)})")
+    names = check_figures(only)
     R = 2 if quick else 7
     rows = []
     for name in names:

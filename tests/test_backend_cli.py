@@ -118,3 +118,14 @@ def test_reproduce_quick_evaluates_on_the_backend(tmp_path):
         assert run["eval_backend"] == backend
         accs[backend] = run["accuracy"]
     assert accs["numpy"] == accs["array_api_strict"]
+
+
+def test_bench_only_runs_the_named_figures(tmp_path):
+    out = tmp_path / "b.json"
+    res = _invoke("bench", "--quick", "--only", "backend_forward", "--backend-size", "2x128",
+                  "--json", out)
+    assert res.exit_code == 0, res.output
+    rows = json.load(open(out))["rows"]
+    assert [r["figure"] for r in rows] == ["backend_forward"]
+    assert rows[0]["detail"]["rel_err_vs_reference"] <= 1e-12
+    assert _invoke("bench", "--only", "nope").exit_code == 2
