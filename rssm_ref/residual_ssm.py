@@ -159,13 +159,13 @@ _TF_KEYS = ("sigma_num", "sigma_den", "r_num", "r_den")
 _SS_KEYS = ("sigma_A", "sigma_B", "sigma_C", "sigma_D", "r_A", "r_B", "r_C", "r_D")
 
 
-def _on_backend(P, gate_bias, u, path, gate, return_intermediates):
+def _on_backend(P, gate_bias, u, path, gate, return_intermediates, allow_unstable):
     """u from CuPy / array_api_strict: the same model through rssm_ref.xp_models on u's
     module (outputs on that module; not traced by autograd -- use ``residual_ssm_xp``'s
     ``dy`` for gradients there)."""
     from rssm_ref.xp_models import residual_ssm_xp
     P["gate_bias"] = _check_bias(gate_bias)
-    out = residual_ssm_xp(P, u, path=path, gate=gate)
+    out = residual_ssm_xp(P, u, path=path, gate=gate, allow_unstable=allow_unstable)
     if return_intermediates:
         return out["y"], {k: out[k] for k in ("y_s", "r", "s")}
     return out["y"]
@@ -193,7 +193,7 @@ def residual_ssm_tf(sigma_num, sigma_den, r_num, r_den, gate_bias, u, path="fft"
     sigma_num, sigma_den, r_num, r_den, m = _check_tf(sigma_num, sigma_den, r_num, r_den, allow_unstable)
     if _on_other_backend(u):
         return _on_backend(dict(zip(_TF_KEYS, (sigma_num, sigma_den, r_num, r_den))), gate_bias,
-                           u, path, gate, return_intermediates)
+                           u, path, gate, return_intermediates, allow_unstable)
     u = _check_u(u, m)
     gate_bias = _check_bias(gate_bias)
     filt = tf_fft_filter if path == "fft" else tf_filter
@@ -222,7 +222,8 @@ def residual_ssm_ss(sigma_A, sigma_B, sigma_C, sigma_D, r_A, r_B, r_C, r_D, gate
     arrs, m = _check_ss((sigma_A, sigma_B, sigma_C, sigma_D, r_A, r_B, r_C, r_D), allow_unstable)
     (sA, sB, sC, sD, rA, rB, rC, rD) = arrs
     if _on_other_backend(u):
-        return _on_backend(dict(zip(_SS_KEYS, arrs)), gate_bias, u, path, gate, return_intermediates)
+        return _on_backend(dict(zip(_SS_KEYS, arrs)), gate_bias, u, path, gate, return_intermediates,
+                           allow_unstable)
     u = _check_u(u, m)
     gate_bias = _check_bias(gate_bias)
     filt = ss_fft_filter if path == "fft" else ss_filter

@@ -38,6 +38,7 @@ from autograd.builtins import tuple as traced_tuple
 
 from rssm_ref import xp_core as K
 from rssm_ref.backend import namespace_of, to_backend, to_host
+from rssm_ref.validation import check_array, check_stable_den, check_state_space
 
 __all__ = ["observable_realization", "lti_xp", "residual_ssm_xp", "selective_ssm_xp",
            "compute_xp", "phi1_prime"]
@@ -145,6 +146,29 @@ def _check_u(u, width, name="u"):
     return xp
 
 
+def _check_lti_params(form, path, theta):
+    """Host checks of an LTI block's parameters, with the NumPy cores' messages: shapes,
+    den[:, 0] != 0, and (FFT path) stability -- a convolution kernel must decay."""
+    if form == "ss":
+        A, B, C, D = check_state_space(*theta)
+        if path == "fft" and A.shape[0]:
+            rho = float(onp.max(onp.abs(onp.linalg.eigvals(A))))
+            if not rho < 1.0:
+                raise ValueError(f"A: spectral radius {rho:.6g} (expected < 1 for path 'fft': the "
+                                 "kernel of an unstable system never decays; use path 'recurrent')")
+        return [A, B, C, D]
+    num = check_array("num", theta[0], ndim=3)
+    p, m, k = num.shape
+    den = check_array("den", theta[1], shape=(p, k))
+    if min(p, m, k) < 1:
+        raise ValueError(f"num: shape {num.shape} (expected (p, m, k) with p, m, k >= 1)")
+    if path == "fft":
+        check_stable_den("den", den)
+    elif onp.any(den[:, 0] == 0.0):
+        raise ValueError("den: zero leading coefficient den[:, 0] (expected den[:, 0] != 0)")
+    return [num, den]
+
+
 def _grads_out(out, keys, shapes, grads):
     for key, g in zip(keys, grads):
         out[f"grad_{key}"] = onp.reshape(onp.asarray(g, dtype=onp.float64), shapes[key])
@@ -167,7 +191,10 @@ def lti_xp(params, u, path="recurrent", dy=None):
     """
     form = "tf" if "num" in params else "ss"
     keys = ("num", "den") if form == "tf" else ("A", "B", "C", "D")
-    theta = [onp.asarray(params[k], dtype=onp.float64) for k in keys]
+    missing = [k for k in keys if k not in params]
+    if missing:
+        raise ValueError(f"params: missing key {missing[0]!r} (expected {', '.join(keys)})")
+    theta = _check_lti_params(form, path, [params[k] for k in keys])
     m = theta[0 if form == "tf" else 1].shape[1]
     xp = _check_u(u, m)
     blocks = _Blocks(form, path, u.shape[1], theta, xp, dy is not None)
@@ -192,14 +219,16 @@ def _sigmoid_and_slope(x, xp):
     return 0.5 * (t + 1.0), 0.25 * (1.0 - t * t)
 
 
-def residual_ssm_xp(params, u, path="fft", gate="euler", dy=None):
+def residual_ssm_xp(params, u, path="fft", gate="euler", dy=None, allow_unstable=False):
     """Residual SSM (Fig. 3, eq. 5) on u's backend; the same model as
     ``residual_ssm.residual_ssm_tf`` / ``residual_ssm_ss`` (either form, either path).
 
         y_s = Σ(u),  r = Σ_r(y_s - u),  s = σ(r + gate_bias),  y(t+1) = a(t) y(t) + b(t) y_s(t)
 
     Shapes: u (batch, L, m) -> {"y", "y_s" (batch, L, m), "r", "s" (batch, L)}; with dy
-    (batch, L, m) also "grad_u" and "grad_<key>" for every params key.
+    (batch, L, m) also "grad_u" and "grad_<key>" for every params key. Poles on or
+    outside |z| = 1 are refused unless ``allow_unstable`` (recurrent path only), as in
+    the NumPy model.
 
     >>> from rssm_ref.residual_ssm import ResidualSSM
     >>> import numpy
@@ -209,10 +238,18 @@ def residual_ssm_xp(params, u, path="fft", gate="euler", dy=None):
     >>> bool(numpy.allclose(residual_ssm_xp(P, u)["y"], M.forward(u), rtol=0, atol=1e-12))
     True
     """
+    from rssm_ref import residual_ssm as rs
     form = "tf" if "sigma_num" in params else "ss"
     s_keys, r_keys = (_SIGMA_TF, _R_TF) if form == "tf" else (_SIGMA_SS, _R_SS)
-    theta_s = [onp.asarray(params[k], dtype=onp.float64) for k in s_keys]
-    theta_r = [onp.asarray(params[k], dtype=onp.float64) for k in r_keys]
+    missing = [k for k in s_keys + r_keys if k not in params]
+    if missing:
+        raise ValueError(f"params: missing key {missing[0]!r} (expected {', '.join(s_keys + r_keys)})")
+    # the NumPy model's checks: shapes (Σ is m x m, Σ_r 1 x m) and stability
+    if form == "tf":
+        checked = rs._check_tf(*[params[k] for k in s_keys + r_keys], allow_unstable)[:4]
+    else:
+        checked = rs._check_ss([params[k] for k in s_keys + r_keys], allow_unstable)[0]
+    theta_s, theta_r = list(checked[:len(s_keys)]), list(checked[len(s_keys):])
     m = theta_s[0 if form == "tf" else 1].shape[1]
     xp = _check_u(u, m)
     grads = dy is not None
@@ -372,7 +409,8 @@ def compute_xp(model, params, u, opts, dy=None):
     if model == "lti":
         return lti_xp(params, u, path=opts["path"], dy=dy)
     if model == "residual":
-        return residual_ssm_xp(params, u, path=opts["path"], gate=opts["gate"], dy=dy)
+        return residual_ssm_xp(params, u, path=opts["path"], gate=opts["gate"], dy=dy,
+                               allow_unstable=bool(opts.get("allow_unstable", False)))
     if model == "selective":
         return selective_ssm_xp(params, u, discretization=opts["discretization"],
                                 output=opts["output"], dy=dy)

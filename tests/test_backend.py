@@ -366,3 +366,21 @@ def test_a_backend_array_in_a_numpy_core_is_a_clear_error():
     from rssm_ref.gate import gate
     with pytest.raises(TypeError, match="y_s: an array from array_api_strict given to a NumPy core"):
         gate(strict.ones((1, 2, 1), dtype=strict.float64), onp.full((1, 2), 0.5))
+
+
+def test_bad_params_get_the_numpy_cores_messages(xp):
+    u = dev(onp.ones((1, 4, 1)), xp)
+    with pytest.raises(ValueError, match=r"den: zero leading coefficient"):
+        XM.lti_xp({"num": onp.ones((1, 1, 2)), "den": onp.array([[0.0, 1.0]])}, u, path="recurrent")
+    with pytest.raises(ValueError, match=r"den: expected shape \(1, 2\)"):
+        XM.lti_xp({"num": onp.ones((1, 1, 2)), "den": onp.ones((1, 3))}, u)
+    with pytest.raises(ValueError, match="spectral radius"):
+        XM.lti_xp({k: onp.array([[v]]) for k, v in zip("ABCD", (1.5, 1.0, 1.0, 0.0))}, u, path="fft")
+    with pytest.raises(ValueError, match="missing key 'den'"):
+        XM.lti_xp({"num": onp.ones((1, 1, 2))}, u)
+    P = init_params("residual", 0, m=1)
+    P["sigma_den"] = onp.array([[1.0, -1.5, 0.5, 0.0, 0.0]])      # a pole at z = 1
+    with pytest.raises(ValueError, match="sigma_den"):
+        XM.residual_ssm_xp(P, u, path="recurrent")
+    y = XM.residual_ssm_xp(P, u, path="recurrent", allow_unstable=True)["y"]
+    assert host(y).shape == (1, 4, 1)

@@ -203,11 +203,11 @@ def _compute_on_backend(model, params, inputs, opts, backend, u0):
     core = {k: v for k, v in params.items() if k != "embedding"}
     dy = None
     if opts["grads"]:
-        dy = inputs["dy"] if "dy" in inputs else None
+        # dy from the inputs, else ones shaped like y (batch, L, p): p = m but for lti
+        p = (core["num"].shape[0] if "num" in core else core["C"].shape[0]) if model == "lti" \
+            else onp.shape(u0)[2]
+        dy = inputs["dy"] if "dy" in inputs else onp.ones(onp.shape(u0)[:2] + (p,))
     u_dev = to_backend(u0, xp)
-    if opts["grads"] and dy is None:
-        y_shape = to_host(compute_xp(model, core, u_dev, opts)["y"]).shape
-        dy = onp.ones(y_shape)
     res = compute_xp(model, core, u_dev, opts, dy=None if dy is None else to_backend(dy, xp))
     out = {"y": to_host(res["y"])}
     if opts["intermediates"]:
