@@ -48,7 +48,7 @@ from rssm_ref.validation import _is_traced, check_array, check_state_space
 
 __all__ = [
     "markov_parameters", "markov_parameters_ref", "den_from_reflection",
-    "den_from_reflection_ref", "ss2tf", "tf2ss", "StateSpace", "TransferFunction",
+    "den_from_reflection_ref", "ss2tf", "tf2ss", "observable_realization", "StateSpace", "TransferFunction",
     "from_scipy",
 ]
 
@@ -273,25 +273,39 @@ def tf2ss(num, den):
     >>> A.tolist(), B.tolist(), C.tolist(), D.tolist()
     ([[0.5]], [[0.5]], [[1.0]], [[1.0]])
     """
-    num, den = _normalize_tf(*_check_tf(num, den))
-    p, m, k = num.shape
+    return observable_realization(*_normalize_tf(*_check_tf(num, den)))
+
+
+def observable_realization(num, den):
+    """The realization of :func:`tf2ss` without its checks, written for autograd (built by
+    concatenation, no assignment): differentiable in num and den.
+
+    Shapes: num (p, m, k), den (p, k) with den[:, 0] != 0 -> A (n, n), B (n, m), C (p, n),
+    D (p, m), n = p (k - 1). Per output row i, with a = den[i] / den[i, 0] and
+    b_j = num[i, j] / den[i, 0] (Remark 3.2, recurrent form):
+
+        A_i = [-a_{1:} | shift],   B_i[:, j] = b_j[1:] - b_j[0] a[1:],   C_i = e_1^T,
+        D[i, j] = b_j[0].
+
+    >>> A, B, C, D = observable_realization(np.array([[[2.0, 0.0]]]), np.array([[2.0, -1.0]]))
+    >>> A.tolist(), B.tolist(), C.tolist(), D.tolist()
+    ([[0.5]], [[0.5]], [[1.0]], [[1.0]])
+    """
+    p, m, k = onp.shape(num)
     r = k - 1
-    n = p * r
-    A = onp.zeros((n, n))
-    B = onp.zeros((n, m))
-    C = onp.zeros((p, n))
-    D = num[:, :, 0].copy()
+    a = den / den[:, :1]
+    b = num / den[:, None, :1]
+    D = b[:, :, 0]
+    if r == 0:   # static gains: no state
+        return onp.zeros((0, 0)), onp.zeros((0, m)), onp.zeros((p, 0)), D
+    shift = onp.vstack([onp.eye(r - 1, r - 1), onp.zeros((1, r - 1))])
+    rows, B_blocks = [], []
     for i in range(p):
-        s = slice(i * r, (i + 1) * r)
-        if r == 0:
-            continue
-        blk = onp.zeros((r, r))
-        blk[:, 0] = -den[i, 1:]
-        blk[:r - 1, 1:] = onp.eye(r - 1)
-        A[s, s] = blk
-        B[s, :] = (num[i, :, 1:] - num[i, :, :1] * den[i, 1:]).T
-        C[i, i * r] = 1.0
-    return A, B, C, D
+        A_i = np.concatenate([-a[i, 1:, None], shift], axis=1)
+        rows.append(np.concatenate([onp.zeros((r, i * r)), A_i, onp.zeros((r, (p - 1 - i) * r))], axis=1))
+        B_blocks.append(np.transpose(b[i, :, 1:] - b[i, :, :1] * a[i, None, 1:]))
+    C = onp.kron(onp.eye(p), onp.eye(1, r))
+    return np.concatenate(rows, axis=0), np.concatenate(B_blocks, axis=0), C, D
 
 
 def _tf_impulse(num, den, L):

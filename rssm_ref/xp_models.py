@@ -6,7 +6,7 @@ How a gradient is computed here (autograd holds NumPy arrays, so it cannot trace
 1. host, autograd: the parameters θ are mapped to the LTI blocks the sequence kernels
    need -- Markov kernels h (``convolution.tf_kernel``, ``lti.markov_parameters``) for
    ``path="fft"``, state-space matrices for ``path="recurrent"`` (a transfer matrix via
-   the observable-companion realization below) -- under ``autograd.make_vjp``;
+   ``lti.observable_realization``) -- under ``autograd.make_vjp``;
 2. device, by hand: the forward pass over (batch, L) runs in ``rssm_ref.xp_core``, and
    the reverse pass runs the hand-written VJPs of the same kernels (the adjoint
    recursions of the NumPy cores' custom primitives);
@@ -31,62 +31,26 @@ returns               dict: "y" and the intermediates as device arrays; with dy 
 >>> to_host(out["y"])[0, :, 0].tolist(), [round(float(v), 12) for v in out["grad_num"].ravel()]
 ([0.0, 1.0, 1.5, 1.75], [6.125, 4.25])
 """
-import autograd.numpy as anp
 import numpy as onp
 from autograd import make_vjp
 from autograd.builtins import tuple as traced_tuple
 
 from rssm_ref import xp_core as K
 from rssm_ref.backend import namespace_of, to_backend, to_host
-from rssm_ref.validation import check_array, check_stable_den, check_state_space
+from rssm_ref.validation import check_array, check_state_space
 
-__all__ = ["observable_realization", "lti_xp", "residual_ssm_xp", "selective_ssm_xp",
+__all__ = ["lti_xp", "residual_ssm_xp", "selective_ssm_xp",
            "compute_xp", "phi1_prime"]
 
 MODELS = ("lti", "residual", "selective")
 
 
 # ------------------------------------------------------------------ host side (autograd)
-def observable_realization(num, den):
-    """Block-diagonal observable-companion realization of a transfer matrix, written
-    for autograd (built by concatenation; same realization as ``lti.tf2ss``).
-
-    Shapes: num (p, m, k), den (p, k) -> A (n, n), B (n, m), C (p, n), D (p, m) with
-    n = p (k - 1) (k = 1 is padded to k = 2, a zero state). Per output row i, with
-    a = den[i] / den[i, 0] and b_j = num[i, j] / den[i, 0]:
-
-        A_i = [-a_{1:} | shift],   B_i[:, j] = b_j[1:] - b_j[0] a[1:],   C_i = e_1^T,
-        D[i, j] = b_j[0]                                      (Remark 3.2, recurrent form)
-
-    >>> A, B, C, D = observable_realization(onp.array([[[1.0, 0.0]]]), onp.array([[1.0, -0.5]]))
-    >>> A.tolist(), B.tolist(), C.tolist(), D.tolist()
-    ([[0.5]], [[0.5]], [[1.0]], [[1.0]])
-    """
-    p, m, k = onp.shape(num)
-    if k == 1:
-        num = anp.concatenate([num, anp.zeros((p, m, 1))], axis=2)
-        den = anp.concatenate([den, anp.zeros((p, 1))], axis=1)
-        k = 2
-    r = k - 1
-    a = den / den[:, :1]
-    b = num / den[:, None, :1]
-    shift = onp.vstack([onp.eye(r - 1, r - 1), onp.zeros((1, r - 1))]) if r > 1 else onp.zeros((1, 0))
-    rows, B_blocks = [], []
-    for i in range(p):
-        A_i = anp.concatenate([-a[i, 1:, None], shift], axis=1)
-        left = onp.zeros((r, i * r))
-        right = onp.zeros((r, (p - 1 - i) * r))
-        rows.append(anp.concatenate([left, A_i, right], axis=1))
-        B_blocks.append(anp.transpose(b[i, :, 1:] - b[i, :, :1] * a[i, None, 1:]))
-    C = onp.kron(onp.eye(p), onp.eye(1, r))
-    return anp.concatenate(rows, axis=0), anp.concatenate(B_blocks, axis=0), C, b[:, :, 0]
-
-
 def _block_maker(form, path, L):
     """θ (num, den) or (A, B, C, D) -> the block's arrays: (h,) for "fft", (A, B, C, D)
     for "recurrent". Runs on the host under autograd."""
     from rssm_ref.convolution import tf_kernel
-    from rssm_ref.lti import markov_parameters
+    from rssm_ref.lti import markov_parameters, observable_realization
     if path == "fft":
         if form == "tf":
             return lambda num, den: (tf_kernel(num, den, L),)
@@ -157,14 +121,15 @@ def _check_lti_params(form, path, theta):
                 raise ValueError(f"A: spectral radius {rho:.6g} (expected < 1 for path 'fft': the "
                                  "kernel of an unstable system never decays; use path 'recurrent')")
         return [A, B, C, D]
+    if path == "fft":
+        from rssm_ref.convolution import _check_tf
+        return list(_check_tf(*theta))   # shapes and stability, as tf_fft_filter
     num = check_array("num", theta[0], ndim=3)
     p, m, k = num.shape
     den = check_array("den", theta[1], shape=(p, k))
     if min(p, m, k) < 1:
         raise ValueError(f"num: shape {num.shape} (expected (p, m, k) with p, m, k >= 1)")
-    if path == "fft":
-        check_stable_den("den", den)
-    elif onp.any(den[:, 0] == 0.0):
+    if onp.any(den[:, 0] == 0.0):
         raise ValueError("den: zero leading coefficient den[:, 0] (expected den[:, 0] != 0)")
     return [num, den]
 
