@@ -11,7 +11,6 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["rssm_ref", "rssm_ref.*"]),
-    py_modules=["cli"],
     python_requires=">=3.9",
     install_requires=["numpy>=1.22", "scipy>=1.8", "autograd>=1.6", "click>=8.0"],
     extras_require={
@@ -22,5 +21,5 @@ setup(
         # CuPy for CUDA 12 and the array-API wrapper the neutral kernels use on it
         "gpu": ["cupy-cuda12x>=13", "array-api-compat>=1.4"],
     },
-    entry_points={"console_scripts": ["rssm-ref=cli:main"]},
+    entry_points={"console_scripts": ["rssm-ref=rssm_ref.cli:main"]},
 )

@@ -1,0 +1,249 @@
+#!/usr/bin/env python
+"""rssm-ref command line: a thin door that maps click options to config objects and
+calls the package. Bad input exits with code 2 and one line on stderr.
+
+Three ways in, the same commands: ``rssm-ref <command>`` (the console script of
+``pip install``), ``python -m rssm_ref <command>``, and ``python cli.py <command>`` from
+a clone (./cli.py imports this module). This is the only module that imports click.
+"""
+import sys
+
+import click
+
+
+class UserError(click.ClickException):
+    """One clear line on stderr and exit code 2; never a traceback."""
+    exit_code = 2
+
+    def show(self, file=None):
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def run_guarded(fn, *args, **kwargs):
+    """Call into the package; turn the library's ValueError/TypeError/OSError into exit 2."""
+    try:
+        return fn(*args, **kwargs)
+    except (ValueError, TypeError, OSError, KeyError) as exc:
+        raise UserError(str(exc).strip("'\"")) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main():
+    """rssm-ref: the float64 reference oracle for the Residual SSM and Mamba's selective core."""
+
+
+# --- commands are registered below this line ---------------------------------------
+
+# oracle commands (issue 5): forward, init, verify, golden. Formats: docs/formats.md.
+_MODELS = click.Choice(["lti", "residual", "selective"])
+# the array module (issue 6); default: $RSSM_REF_BACKEND, else numpy (the autograd cores)
+_BACKEND = click.option(
+    "--backend", type=click.Choice(["numpy", "cupy", "array_api_strict"]), default=None,
+    help="Array module for the sequence work: numpy (default, or $RSSM_REF_BACKEND), cupy "
+         "(GPU, pip install '.[gpu]'), array_api_strict (CPU, the standard's check).")
+
+
+def _report(result, as_json):
+    """Print a package report and exit 1 when it did not pass."""
+    click.echo(result.to_json() if as_json else result.to_text())
+    if not result.passed:
+        click.get_current_context().exit(1)
+
+
+@main.command("forward")
+@click.option("--model", type=_MODELS, required=True, help="Which model the params describe.")
+@click.option("--params", "params_path", required=True, metavar="P.npz", help="Params file.")
+@click.option("--inputs", "inputs_path", required=True, metavar="U.npz",
+              help="Inputs file: u (batch, L, m) or tokens, optional dy.")
+@click.option("--out", "out_path", required=True, metavar="O.npz", help="Output file.")
+@click.option("--path", type=click.Choice(["recurrent", "fft"]), default=None,
+              help="Computation path (default recurrent).")
+@click.option("--gate", type=click.Choice(["euler", "zoh"]), default=None,
+              help="Residual gate: eq. (5) or Remark 3.1's ZOH (default euler).")
+@click.option("--discretization", type=click.Choice(["zoh", "euler"]), default=None,
+              help="Selective B: eq. (3b) ZOH or mamba_ssm's Euler (default zoh).")
+@click.option("--output", type=click.Choice(["before", "after"]), default=None,
+              help="Selective y read before (eq. 2) or after the update (default before).")
+@click.option("--allow-unstable", is_flag=True, help="Accept poles on/outside |z| = 1.")
+@click.option("--grads", is_flag=True, help="Add grad_u and grad_<key> of sum(y * dy).")
+@click.option("--intermediates", is_flag=True, help="Add the model's internal signals.")
+@_BACKEND
+def forward_cmd(model, params_path, inputs_path, out_path, path, gate, discretization, output,
+                allow_unstable, grads, intermediates, backend):
+    """Compute the float64 reference outputs (and gradients) for a params/inputs pair."""
+    from rssm_ref.oracle.forward import ForwardConfig, run_forward
+    config = ForwardConfig(model=model, path=path, gate=gate, discretization=discretization,
+                           output=output, allow_unstable=allow_unstable, grads=grads,
+                           intermediates=intermediates, backend=backend)
+    info = run_guarded(run_forward, config, params_path, inputs_path, out_path)
+    click.echo(f"wrote {info['out']}: {', '.join(info['keys'])} (y shape {info['y_shape']}, "
+               f"backend {info['backend']})")
+
+
+@main.command("init")
+@click.option("--model", type=_MODELS, required=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", required=True, metavar="P.npz", help="Params file to write.")
+@click.option("--inputs-out", default=None, metavar="U.npz", help="Also write inputs here.")
+@click.option("--form", type=click.Choice(["tf", "ss"]), default=None,
+              help="lti/residual: transfer function (default) or state space.")
+@click.option("--m", type=int, default=None, help="Input/model width.")
+@click.option("--p", type=int, default=None, help="lti output width.")
+@click.option("--order", type=int, default=None, help="lti/Σ order.")
+@click.option("--order-r", type=int, default=None, help="Σ_r order (residual).")
+@click.option("--n", type=int, default=None, help="Selective state size.")
+@click.option("--vocab", type=int, default=None, help="Add an embedding (vocab, m).")
+@click.option("--batch", type=int, default=2, show_default=True)
+@click.option("--length", type=int, default=32, show_default=True, help="Sequence length L.")
+@click.option("--no-dy", is_flag=True, help="Leave the cotangent dy out of the inputs.")
+@click.option("--tokens", is_flag=True, help="Inputs as token ids (needs --vocab).")
+def init_cmd(model, seed, out, inputs_out, form, m, p, order, order_r, n, vocab, batch, length,
+             no_dy, tokens):
+    """Write valid random params (and inputs) in the file format, seeded."""
+    from rssm_ref.oracle.sample import InitConfig, run_init
+    config = InitConfig(model=model, seed=seed, form=form, m=m, p=p, order=order,
+                        order_r=order_r, n=n, vocab=vocab, batch=batch, length=length,
+                        dy=not no_dy, tokens=tokens)
+    click.echo("wrote " + run_guarded(run_init, config, out, inputs_out))
+
+
+@main.command("verify")
+@click.option("--reference", default=None, metavar="O.npz", help="forward/golden output.")
+@click.option("--candidate", default=None, metavar="C.npz", help="Your tensors (y, grad_*, ...).")
+@click.option("--golden", default=None, metavar="DIR", help="A golden suite directory.")
+@click.option("--candidates", default=None, metavar="DIR2", help="<case>.npz per golden case.")
+@click.option("--precision", type=click.Choice(["float64", "float32", "float16", "bfloat16"]),
+              default="float64", show_default=True, help="The candidate's arithmetic.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+def verify_cmd(reference, candidate, golden, candidates, precision, as_json):
+    """Judge a candidate against the oracle; exit 0 pass, 1 mismatch, 2 bad input."""
+    from rssm_ref.oracle.verify import VerifyConfig, run_verify
+    config = VerifyConfig(reference=reference, candidate=candidate, golden=golden,
+                          candidates=candidates, precision=precision)
+    _report(run_guarded(run_verify, config), as_json)
+
+
+@main.command("golden")
+@click.option("--out", default=None, metavar="DIR", help="Write the golden suite here.")
+@click.option("--check", default=None, metavar="DIR", help="Recompute and checksum a suite.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+@_BACKEND
+def golden_cmd(out, check, as_json, backend):
+    """Write the golden suite, or check one (exit 2 tampered, 1 numeric mismatch)."""
+    from rssm_ref.oracle.golden import GoldenConfig, run_golden
+    _report(run_guarded(run_golden, GoldenConfig(out=out, check=check, backend=backend)), as_json)
+
+
+# experiments (issue 4): reproduce Tables 1 and 2.
+@main.command("reproduce")
+@click.option("--task", type=click.Choice(["induction", "extended"]), default="induction",
+              show_default=True, help="Table 1 (induction) or Table 2 (extended).")
+@click.option("--model", type=click.Choice(["residual", "selective", "both"]), default="both",
+              show_default=True)
+@click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds, e.g. 0,1,2.")
+@click.option("--steps", type=int, default=0, help="Training steps (default: each model's recipe).")
+@click.option("--quick", is_flag=True, help="A tiny run (< 1 minute) that checks the pipeline.")
+@click.option("--out", default="results", show_default=True, metavar="DIR")
+@click.option("--gate", type=click.Choice(["euler", "zoh"]), default="euler", show_default=True,
+              help="Residual gate: eq. (5) or Remark 3.1's exact ZOH.")
+@click.option("--selective-discretization", type=click.Choice(["zoh", "euler"]), default="zoh",
+              show_default=True, help="Selective B: eq. (3b) ZOH (paper) or Euler (mamba_ssm).")
+@click.option("--selective-output", type=click.Choice(["before", "after"]), default="before",
+              show_default=True, help="Selective y before (eq. 2) or after (mamba_ssm) the update.")
+@click.option("--eval-n", type=int, default=1000, show_default=True, help="Sequences per length.")
+@click.option("--resume", is_flag=True, help="Continue from checkpoints in --out.")
+@_BACKEND
+def reproduce_cmd(task, model, seeds, steps, quick, out, gate, selective_discretization,
+                  selective_output, eval_n, resume, backend):
+    """Train at L = 16 and print accuracy at L = 16..1024 beside the paper's table."""
+    from rssm_ref.experiments import ReproduceConfig, format_table, reproduce
+    try:
+        seed_list = tuple(int(s) for s in seeds.split(",") if s.strip() != "")
+    except ValueError:
+        raise UserError(f"--seeds: {seeds!r} (expected comma-separated integers, e.g. 0,1,2)") from None
+    from rssm_ref.backend import get_backend_name
+    models = ("residual", "selective") if model == "both" else (model,)
+    backend = backend or run_guarded(get_backend_name)
+    config = run_guarded(ReproduceConfig, task=task, models=models, seeds=seed_list, steps=steps,
+                         quick=quick, out=out, gate=gate, eval_n=eval_n, resume=resume,
+                         backend=backend,
+                         selective_discretization=selective_discretization,
+                         selective_output=selective_output)
+    bar = {"bar": None, "done": 0}
+
+    def progress(event, info):
+        if event == "start":
+            click.echo(f"training {info['model']} (seed {info['seed']}, {info['steps']} steps, L = 16)")
+            bar["bar"] = click.progressbar(length=info["steps"], label=f"{info['model']}/{info['seed']}",
+                                           file=sys.stderr, show_pos=True, item_show_func=lambda s: s)
+            bar["bar"].__enter__()
+            bar["done"] = 0
+        elif event == "step":
+            b = bar["bar"]
+            b.current_item = (f"loss {info['loss']:.4f} acc {100 * info['acc']:.0f}% "
+                              f"{info['steps_per_s']:.1f} steps/s")
+            b.update(info["step"] - bar["done"])
+            bar["done"] = info["step"]
+        elif event == "eval":
+            if bar["bar"] is not None:
+                bar["bar"].__exit__(None, None, None)
+                bar["bar"] = None
+            accs = " ".join(f"{a:.1f}" for a in info["accuracy"])
+            click.echo(f"  evaluated {info['model']} seed {info['seed']}: {accs}")
+
+    results = run_guarded(reproduce, config, progress)
+    click.echo("")
+    click.echo(format_table(results))
+    click.echo(f"\nwrote {out}/results.json and {out}/accuracy.png "
+               f"(wall {results['wall_seconds']:.0f} s)")
+
+
+# benchmarks (issue 8): ratios against baselines timed in the same run.
+@main.command("bench")
+@click.option("--quick", is_flag=True, help="Small sizes, few repeats (seconds).")
+@click.option("--json", "json_path", default=None, metavar="OUT", help="Also write the rows as JSON.")
+@_BACKEND
+@click.option("--backend-size", default=None, metavar="BATCHxL",
+              help="Size of the backend_forward figure, e.g. 1000x65536 (default 100x65536).")
+@click.option("--only", multiple=True, metavar="FIGURE", help="Run only these figures (repeatable).")
+def bench_cmd(quick, json_path, backend, backend_size, only):
+    """Speed and memory as ratios against baselines timed in the same run."""
+    from rssm_ref.backend import get_backend_name
+    from rssm_ref.bench import check_figures, format_bench, parse_size, run_bench, write_json
+    from rssm_ref.backend import namespace
+    backend = backend or run_guarded(get_backend_name)
+    run_guarded(namespace, backend)
+    size = run_guarded(parse_size, backend_size) if backend_size else None
+    names = run_guarded(check_figures, only)
+    with click.progressbar(length=len(names), label="bench", file=sys.stderr) as bar:
+        rows = run_guarded(run_bench, quick=quick, progress=lambda name, row: bar.update(1),
+                           only=names, backend=backend, backend_size=size)
+    click.echo(format_bench(rows))
+    if json_path:
+        run_guarded(write_json, rows, json_path)
+        click.echo(f"wrote {json_path}")
+
+
+# teaching (issue 7): one sequence through a trained model, step by step.
+@main.command("explain")
+@click.option("--model", type=click.Choice(["residual", "selective"]), default="residual", show_default=True)
+@click.option("--task", type=click.Choice(["induction", "extended"]), default="induction", show_default=True)
+@click.option("--checkpoint", default="", metavar="P.npz",
+              help="Params checkpoint written by reproduce (default: train a quick model).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--length", "L", type=int, default=32, show_default=True)
+@click.option("--steps", type=int, default=3000, show_default=True,
+              help="Training steps when no checkpoint is given.")
+@click.option("--out", default="explain", show_default=True, metavar="DIR")
+def explain_cmd(model, task, checkpoint, seed, L, steps, out):
+    """Trace one sequence (t, token, y_s, r, s, y) and plot the gate, poles/zeros, impulse responses."""
+    from rssm_ref.explain import ExplainConfig, explain
+    res = run_guarded(explain, ExplainConfig(model=model, task=task, checkpoint=checkpoint, seed=seed,
+                                             out=out, L=L, steps=steps))
+    click.echo(res["trace"])
+    for f in res["figures"]:
+        click.echo(f"wrote {f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
