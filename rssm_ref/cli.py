@@ -5,7 +5,20 @@ calls the package. Bad input exits with code 2 and one line on stderr.
 Three ways in, the same commands: ``rssm-ref <command>`` (the console script of
 ``pip install``), ``python -m rssm_ref <command>``, and ``python cli.py <command>`` from
 a clone (./cli.py imports this module). This is the only module that imports click.
+
+One vocabulary for every command:
+- ``--json``: the command's result as one JSON object on stdout (progress and messages
+  stay on stderr); a failure prints ``{"error": ..., "exit_code": ...}`` on stdout as
+  well as its line on stderr, with the same exit code (2 bad input, 1 failed check).
+- ``--json-out PATH``: where a command also writes its JSON to a file (bench).
+- ``--out``: the output file or folder itself is created (written atomically); its
+  parent folder must exist. No command creates parent folders.
+- ``--gate`` (residual), ``--discretization`` and ``--output`` (selective): the
+  conventions, with the same names on forward, reproduce and explain.
+- An option that does nothing for the chosen model or mode is refused (exit 2).
 """
+import json
+import re
 import sys
 
 import click
@@ -27,9 +40,84 @@ def run_guarded(fn, *args, **kwargs):
         raise UserError(str(exc).strip("'\"")) from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _first_sentence(text):
+    """The first sentence of a help text, whole (click's own short help cuts at ~45
+    characters, mid-sentence)."""
+    para = " ".join(text.strip().split("\n\n")[0].split())
+    m = re.search(r"[.;](\s|$)", para)
+    return (para[: m.start()] if m else para).rstrip(".") + "."
+
+
+class _Main(click.Group):
+    """The command group: whole first sentences in the command list, and ``--json``
+    failures as a JSON object on stdout."""
+
+    def format_commands(self, ctx, formatter):
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd.short_help or _first_sentence(cmd.help or "")))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        argv = list(sys.argv[1:] if args is None else args)
+        if "--json" not in argv or not standalone_mode:
+            return super().main(argv, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as exc:
+            click.echo(json.dumps({"error": exc.format_message(), "exit_code": exc.exit_code}))
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo(json.dumps({"error": "aborted", "exit_code": 1}))
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 def main():
-    """rssm-ref: the float64 reference oracle for the Residual SSM and Mamba's selective core."""
+    """rssm-ref: the float64 reference oracle for the Residual SSM and Mamba's selective core.
+
+    Every command takes --help. Exit codes: 0 done or passed, 1 a check failed, 2 bad
+    input (one line on stderr naming the flag, file and key). --json prints the result
+    (or the error) as JSON on stdout.
+    """
+
+
+def _json_out(obj):
+    """Print ``obj`` as one JSON object on stdout (the --json convention)."""
+    click.echo(json.dumps(obj, indent=1, default=_json_default))
+
+
+def _json_default(x):
+    import numpy
+    if isinstance(x, numpy.generic):
+        return x.item()
+    if isinstance(x, numpy.ndarray):
+        return x.tolist()
+    if isinstance(x, tuple):
+        return list(x)
+    return str(x)
+
+
+def _given(name):
+    """True when option ``name`` was typed on the command line (not its default)."""
+    from click.core import ParameterSource
+    ctx = click.get_current_context()
+    return ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)
+
+
+def _refuse_unused(flags, reason):
+    """Exit 2 naming the first option in ``flags`` ({param name: flag}) that was typed
+    but does nothing (``reason``)."""
+    for name, flag in flags.items():
+        if _given(name):
+            raise UserError(f"{flag}: does nothing {reason} (leave it out)")
 
 
 # --- commands are registered below this line ---------------------------------------
@@ -66,16 +154,21 @@ def _report(result, as_json):
               help="Selective y read before (eq. 2) or after the update (default before).")
 @click.option("--allow-unstable", is_flag=True, help="Accept poles on/outside |z| = 1.")
 @click.option("--grads", is_flag=True, help="Add grad_u and grad_<key> of sum(y * dy).")
-@click.option("--intermediates", is_flag=True, help="Add the model's internal signals.")
+@click.option("--intermediates", is_flag=True,
+              help="Add the model's internal signals (residual, selective; refused for lti).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 @_BACKEND
 def forward_cmd(model, params_path, inputs_path, out_path, path, gate, discretization, output,
-                allow_unstable, grads, intermediates, backend):
+                allow_unstable, grads, intermediates, as_json, backend):
     """Compute the float64 reference outputs (and gradients) for a params/inputs pair."""
     from rssm_ref.oracle.forward import ForwardConfig, run_forward
     config = ForwardConfig(model=model, path=path, gate=gate, discretization=discretization,
                            output=output, allow_unstable=allow_unstable, grads=grads,
                            intermediates=intermediates, backend=backend)
     info = run_guarded(run_forward, config, params_path, inputs_path, out_path)
+    if as_json:
+        _json_out(info)
+        return
     click.echo(f"wrote {info['out']}: {', '.join(info['keys'])} (y shape {info['y_shape']}, "
                f"backend {info['backend']})")
 
@@ -93,18 +186,28 @@ def forward_cmd(model, params_path, inputs_path, out_path, path, gate, discretiz
 @click.option("--order-r", type=int, default=None, help="Σ_r order (residual).")
 @click.option("--n", type=int, default=None, help="Selective state size.")
 @click.option("--vocab", type=int, default=None, help="Add an embedding (vocab, m).")
-@click.option("--batch", type=int, default=2, show_default=True)
-@click.option("--length", type=int, default=32, show_default=True, help="Sequence length L.")
+@click.option("--batch", type=int, default=2, show_default=True,
+              help="Sequences in the inputs (with --inputs-out).")
+@click.option("--length", type=int, default=32, show_default=True,
+              help="Sequence length L of the inputs (with --inputs-out).")
 @click.option("--no-dy", is_flag=True, help="Leave the cotangent dy out of the inputs.")
-@click.option("--tokens", is_flag=True, help="Inputs as token ids (needs --vocab).")
+@click.option("--tokens", is_flag=True, help="Inputs as token ids (needs --vocab, --inputs-out).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 def init_cmd(model, seed, out, inputs_out, form, m, p, order, order_r, n, vocab, batch, length,
-             no_dy, tokens):
+             no_dy, tokens, as_json):
     """Write valid random params (and inputs) in the file format, seeded."""
     from rssm_ref.oracle.sample import InitConfig, run_init
+    if inputs_out is None:
+        _refuse_unused({"batch": "--batch", "length": "--length", "no_dy": "--no-dy",
+                        "tokens": "--tokens"}, "without --inputs-out U.npz")
     config = InitConfig(model=model, seed=seed, form=form, m=m, p=p, order=order,
                         order_r=order_r, n=n, vocab=vocab, batch=batch, length=length,
                         dy=not no_dy, tokens=tokens)
-    click.echo("wrote " + run_guarded(run_init, config, out, inputs_out))
+    summary = run_guarded(run_init, config, out, inputs_out)
+    if as_json:
+        _json_out({"params": out, "inputs": inputs_out, "summary": summary})
+        return
+    click.echo("wrote " + summary)
 
 
 @main.command("verify")
@@ -135,66 +238,85 @@ def golden_cmd(out, check, as_json, backend):
 
 
 # experiments (issue 4): reproduce Tables 1 and 2.
+def _deprecated_alias(new_value, old_value, new_flag, old_flag):
+    """A hidden old flag name: its value when given (with a note on stderr), refused when
+    it disagrees with the new one."""
+    if old_value is None:
+        return new_value
+    click.echo(f"note: {old_flag} is deprecated; use {new_flag}", err=True)
+    if _given(new_flag.lstrip("-").replace("-", "_")) and new_value != old_value:
+        raise UserError(f"{old_flag}: {old_value!r} disagrees with {new_flag} {new_value!r} "
+                        f"(expected only {new_flag})")
+    return old_value
+
+
 @main.command("reproduce")
 @click.option("--task", type=click.Choice(["induction", "extended"]), default="induction",
               show_default=True, help="Table 1 (induction) or Table 2 (extended).")
 @click.option("--model", type=click.Choice(["residual", "selective", "both"]), default="both",
               show_default=True)
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds, e.g. 0,1,2.")
-@click.option("--steps", type=int, default=0, help="Training steps (default: each model's recipe).")
-@click.option("--quick", is_flag=True, help="A tiny run (< 1 minute) that checks the pipeline.")
-@click.option("--out", default="results", show_default=True, metavar="DIR")
+@click.option("--steps", type=int, default=0,
+              help="Gradient steps per model and seed in all, restart candidates included "
+                   "(default: the recipe, residual 27000 = 3 x 1000 + 24000, selective 3000).")
+@click.option("--quick", is_flag=True,
+              help="A smoke run (about a minute) that checks the pipeline; its numbers are "
+                   "marked as such everywhere.")
+@click.option("--out", default="results", show_default=True, metavar="DIR",
+              help="Run folder (created; its parent must exist).")
 @click.option("--gate", type=click.Choice(["euler", "zoh"]), default="euler", show_default=True,
               help="Residual gate: eq. (5) or Remark 3.1's exact ZOH.")
-@click.option("--selective-discretization", type=click.Choice(["zoh", "euler"]), default="zoh",
+@click.option("--discretization", type=click.Choice(["zoh", "euler"]), default="zoh",
               show_default=True, help="Selective B: eq. (3b) ZOH (paper) or Euler (mamba_ssm).")
-@click.option("--selective-output", type=click.Choice(["before", "after"]), default="before",
+@click.option("--output", type=click.Choice(["before", "after"]), default="before",
               show_default=True, help="Selective y before (eq. 2) or after (mamba_ssm) the update.")
+@click.option("--selective-discretization", type=click.Choice(["zoh", "euler"]), default=None,
+              hidden=True)
+@click.option("--selective-output", type=click.Choice(["before", "after"]), default=None,
+              hidden=True)
 @click.option("--eval-n", type=int, default=1000, show_default=True, help="Sequences per length.")
 @click.option("--resume", is_flag=True, help="Continue from checkpoints in --out.")
+@click.option("--json", "as_json", is_flag=True, help="Print results.json's content on stdout.")
 @_BACKEND
-def reproduce_cmd(task, model, seeds, steps, quick, out, gate, selective_discretization,
-                  selective_output, eval_n, resume, backend):
-    """Train at L = 16 and print accuracy at L = 16..1024 beside the paper's table."""
+def reproduce_cmd(task, model, seeds, steps, quick, out, gate, discretization, output,
+                  selective_discretization, selective_output, eval_n, resume, as_json, backend):
+    """Train at L = 16 and print accuracy at L = 16..1024 beside the paper's table.
+
+    Progress goes to stderr (a bar on a terminal, a line per 10 % or 30 s otherwise) and
+    to DIR/progress.log.
+    """
     from rssm_ref.experiments import ReproduceConfig, format_table, reproduce
+    from rssm_ref.progress import Progress
     try:
         seed_list = tuple(int(s) for s in seeds.split(",") if s.strip() != "")
     except ValueError:
         raise UserError(f"--seeds: {seeds!r} (expected comma-separated integers, e.g. 0,1,2)") from None
     from rssm_ref.backend import get_backend_name
+    discretization = _deprecated_alias(discretization, selective_discretization,
+                                       "--discretization", "--selective-discretization")
+    output = _deprecated_alias(output, selective_output, "--output", "--selective-output")
+    if quick:
+        _refuse_unused({"eval_n": "--eval-n"}, "with --quick (a smoke run evaluates 100 "
+                       "sequences per length)")
+    if model == "residual":
+        _refuse_unused({"discretization": "--discretization", "output": "--output"},
+                       "with --model residual (selective conventions)")
+    if model == "selective":
+        _refuse_unused({"gate": "--gate"}, "with --model selective (the residual gate)")
     models = ("residual", "selective") if model == "both" else (model,)
     backend = backend or run_guarded(get_backend_name)
     config = run_guarded(ReproduceConfig, task=task, models=models, seeds=seed_list, steps=steps,
                          quick=quick, out=out, gate=gate, eval_n=eval_n, resume=resume,
-                         backend=backend,
-                         selective_discretization=selective_discretization,
-                         selective_output=selective_output)
-    bar = {"bar": None, "done": 0}
-
-    def progress(event, info):
-        if event == "start":
-            click.echo(f"training {info['model']} (seed {info['seed']}, {info['steps']} steps, L = 16)")
-            bar["bar"] = click.progressbar(length=info["steps"], label=f"{info['model']}/{info['seed']}",
-                                           file=sys.stderr, show_pos=True, item_show_func=lambda s: s)
-            bar["bar"].__enter__()
-            bar["done"] = 0
-        elif event == "step":
-            b = bar["bar"]
-            b.current_item = (f"loss {info['loss']:.4f} acc {100 * info['acc']:.0f}% "
-                              f"{info['steps_per_s']:.1f} steps/s")
-            b.update(info["step"] - bar["done"])
-            bar["done"] = info["step"]
-        elif event == "eval":
-            if bar["bar"] is not None:
-                bar["bar"].__exit__(None, None, None)
-                bar["bar"] = None
-            accs = " ".join(f"{a:.1f}" for a in info["accuracy"])
-            click.echo(f"  evaluated {info['model']} seed {info['seed']}: {accs}")
-
+                         backend=backend, selective_discretization=discretization,
+                         selective_output=output)
+    progress = Progress.to_stderr()
     results = run_guarded(reproduce, config, progress)
+    if as_json:
+        _json_out(results)
+        return
     click.echo("")
     click.echo(format_table(results))
-    click.echo(f"\nwrote {out}/results.json and {out}/accuracy.png "
+    click.echo(f"\nwrote {out}/results.json, {out}/accuracy.png and {out}/progress.log "
                f"(wall {results['wall_seconds']:.0f} s)")
 
 

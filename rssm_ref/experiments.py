@@ -4,18 +4,33 @@
 4.3), evaluates each on ``eval_n`` fresh sequences per length (an evaluation stream
 seeded apart from the training stream), and writes into ``cfg.out``:
 
-- ``results.json``  task, per run (model, seed) the lengths, accuracies, the paper's
-  accuracies, parameter counts, steps, configuration, wall seconds, and package
-  versions; written atomically. Same command and seed → bit-identical file apart from
-  the keys ending in ``_seconds``.
+- ``results.json``  task, ``quick`` (true: a smoke run, see below), per run (model,
+  seed) the lengths, accuracies, the paper's accuracies, parameter counts, steps,
+  configuration, wall seconds, and package versions; written atomically. Same command
+  and seed → bit-identical file apart from the keys ending in ``_seconds``.
 - ``accuracy.png``  accuracy against length, measured (mean and min–max over seeds)
-  beside the paper's numbers.
+  beside the paper's numbers and the chance level 1/N.
 - ``<model>-seed<k>.npz`` the trained parameters (a resumable training checkpoint).
+- ``progress.log``  the progress lines of every training and evaluation, appended.
+
+Steps. ``steps`` (``--steps N``) is the number of gradient steps each (model, seed)
+runs in all, the seeded restarts included: a recipe with R restart candidates of S
+steps each runs (R − 1)·S steps on the discarded candidates and the rest on the
+winner's schedule. ``steps = 0`` takes the recipe (residual: 3 × 1000 + 24000 = 27000,
+selective: 3000); ``--steps 27000`` is the residual recipe exactly, and a smaller N
+shrinks S to at most N / (R + 1) (``split_steps``).
+
+Smoke run. ``quick`` trains a few hundred steps and evaluates 100 sequences per length:
+it checks the pipeline in about a minute and its accuracies are not the paper's
+experiment. Every output says so: the table's first line, ``results.json``'s
+``quick`` and ``note``, and the figure's title.
 
 Glossary
 --------
 ReproduceConfig, reproduce(cfg, progress=None) -> dict, format_table(results) -> str,
-PAPER_TABLES[task][model] -> list of 7 accuracies (%) at L = 2^4 … 2^10
+PAPER_TABLES[task][model] -> list of 7 accuracies (%) at L = 2^4 … 2^10,
+split_steps(total, restarts, restart_steps) -> dict(steps, restarts, restart_steps),
+CHANCE = 1 / N (N = 8 content tokens; both tasks answer with a content token)
 
 >>> sorted(PAPER_TABLES["induction"])
 ['residual', 'selective']
@@ -33,7 +48,8 @@ from rssm_ref.models import ModelConfig, accuracy, param_count
 from rssm_ref.tasks import TASKS, make_batch
 from rssm_ref.train import TrainConfig, load_checkpoint, train
 
-__all__ = ["ReproduceConfig", "reproduce", "format_table", "PAPER_TABLES", "LENGTHS"]
+__all__ = ["ReproduceConfig", "reproduce", "format_table", "split_steps", "PAPER_TABLES",
+           "LENGTHS", "TASK_NAMES"]
 
 LENGTHS = (16, 32, 64, 128, 256, 512, 1024)
 EVAL_STREAM = 2
@@ -51,6 +67,12 @@ RECIPES = {
 }
 QUICK = {"residual": dict(steps=300, warmup=20, restarts=1), "selective": dict(steps=15, warmup=5),
          "eval_n": 100}
+TASK_NAMES = {"induction": "induction head (Table 1)", "extended": "extended induction head (Table 2)"}
+MODEL_NAMES = {"residual": "Residual SSM", "selective": "Selective SSM"}
+N_CONTENT = 8                      # content tokens; the answer is one of them
+CHANCE = 100.0 / N_CONTENT         # % accuracy of a uniform guess
+SMOKE_NOTE = ("SMOKE RUN (--quick): a few hundred training steps and 100 sequences per "
+              "length check the pipeline; these accuracies are not the paper's experiment")
 
 
 @dataclass(frozen=True)
@@ -59,7 +81,7 @@ class ReproduceConfig:
     task: str = "induction"
     models: tuple = ("residual", "selective")
     seeds: tuple = (0,)
-    steps: int = 0                 # 0: each model's recipe default
+    steps: int = 0                 # total steps per run, restarts included; 0: the recipe
     quick: bool = False
     out: str = "results"
     gate: str = "euler"
@@ -98,25 +120,82 @@ def _versions():
             "autograd": ag, "python": platform.python_version()}
 
 
+def split_steps(total, restarts=1, restart_steps=1000):
+    """Share ``total`` gradient steps between restart candidates and the winner's run.
+
+    With R = ``restarts`` > 1 candidates of S steps, (R − 1)·S steps go to the discarded
+    candidates, so the winner's schedule gets ``total − (R − 1)·S``; S is shrunk to at
+    most total // (R + 1) so the winner keeps at least 2 S. Too few steps for R + 1
+    shares: no restarts. Returns the TrainConfig fields (steps, restarts, restart_steps);
+    ``TrainConfig(**split_steps(N, ...)).total_steps == N``.
+
+    >>> split_steps(27000, 4, 1000)
+    {'steps': 24000, 'restarts': 4, 'restart_steps': 1000}
+    >>> split_steps(2000, 4, 1000)
+    {'steps': 800, 'restarts': 4, 'restart_steps': 400}
+    >>> split_steps(3, 4, 1000)
+    {'steps': 3, 'restarts': 1, 'restart_steps': 1000}
+    """
+    total, restarts = int(total), int(restarts)
+    if restarts <= 1:
+        return {"steps": total, "restarts": 1, "restart_steps": int(restart_steps)}
+    s = min(int(restart_steps), total // (restarts + 1))
+    if s < 1:
+        return {"steps": total, "restarts": 1, "restart_steps": int(restart_steps)}
+    return {"steps": total - (restarts - 1) * s, "restarts": restarts, "restart_steps": s}
+
+
 def _train_config(cfg, model, seed):
     recipe = dict(RECIPES[(model, cfg.task)])
     if cfg.quick:
         recipe.update(QUICK[model])
     if cfg.steps:
-        recipe["steps"] = cfg.steps
+        recipe.update(split_steps(cfg.steps, recipe.get("restarts", 1),
+                                  recipe.get("restart_steps", 1000)))
     recipe["warmup"] = min(recipe["warmup"], max(1, recipe["steps"] // 10))
     return TrainConfig(seed=seed, L=16, log_every=max(1, min(100, recipe["steps"] // 20)),
                        checkpoint_every=1000, **recipe)
 
 
-def _evaluate(model_cfg, params, cfg, seed):
+def _evaluate(model_cfg, params, cfg, seed, task=None):
+    """Accuracy (%) per length; ``task`` (a progress Task counted in tokens) is updated
+    after each length."""
     n = QUICK["eval_n"] if cfg.quick else cfg.eval_n
     accs = []
+    done = 0
     for L in cfg.lengths:
         rng = onp.random.default_rng([seed, EVAL_STREAM, L])
         tokens, targets = make_batch(cfg.task, rng, n, L, model_cfg.n_tokens)
         accs.append(100.0 * accuracy(model_cfg, params, tokens, targets, backend=cfg.backend))
+        done += n * L
+        if task is not None:
+            task.update(done, L=L, acc=accs[-1] / 100.0)
     return accs, n
+
+
+def _steps_text(tcfg):
+    """What a training runs, in words: '27000 steps (3 discarded restart candidates x
+    1000 + 24000)' or '3000 steps'."""
+    if tcfg.restarts <= 1:
+        return f"{tcfg.total_steps} steps"
+    short = min(tcfg.restart_steps, tcfg.steps)
+    return (f"{tcfg.total_steps} steps ({tcfg.restarts - 1} discarded restart candidates x "
+            f"{short} + {tcfg.steps})")
+
+
+def _prepare_out(out, flag="--out"):
+    """Create the output folder ``out`` itself; its parent must exist (rssm-ref creates
+    no parent folders, for any command)."""
+    out = os.fspath(out)
+    if os.path.isdir(out):
+        return
+    if os.path.exists(out):
+        raise ValueError(f"{flag}: {out} exists and is not a folder (expected a folder for the run)")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise ValueError(f"{flag}: {out}: parent folder {parent} does not exist (expected an "
+                         "existing folder; rssm-ref creates the output folder, not its parents)")
+    os.mkdir(out)
 
 
 def _atomic_write_text(path, text):
@@ -135,11 +214,16 @@ def _atomic_write_text(path, text):
 def reproduce(cfg, progress=None):
     """Train and evaluate every (model, seed); write results.json and accuracy.png.
 
-    ``progress(event, info)``: event "start" (info: model, seed, steps), "step" (info:
-    step, loss, acc, steps_per_s) and "eval" (info: model, seed, accuracies).
-    Returns the results dictionary (as written to results.json).
+    ``progress``: a ``rssm_ref.progress.Progress`` showing the work (the CLI passes one
+    on stderr), or None (silent). Either way every line is appended to
+    ``<out>/progress.log``. Returns the results dictionary (as written to results.json).
     """
-    os.makedirs(cfg.out, exist_ok=True)
+    from rssm_ref.progress import Progress
+    _prepare_out(cfg.out)
+    log = os.path.join(cfg.out, "progress.log")
+    progress = progress.with_log(log) if progress is not None else Progress(log_path=log)
+    if cfg.quick:
+        progress.message(SMOKE_NOTE)
     t_all = time.perf_counter()
     runs = []
     for model in cfg.models:
@@ -149,30 +233,44 @@ def reproduce(cfg, progress=None):
         for seed in cfg.seeds:
             tcfg = _train_config(cfg, model, seed)
             ckpt = os.path.join(cfg.out, f"{model}-seed{seed}.npz")
-            if progress:
-                progress("start", {"model": model, "seed": seed, "steps": tcfg.total_steps})
+            progress.message(f"train {model} seed {seed} at L = {tcfg.L}: {_steps_text(tcfg)}, "
+                             f"batch {tcfg.batch}")
             t0 = time.perf_counter()
             if cfg.resume and os.path.exists(ckpt) and load_checkpoint(ckpt)[3] >= tcfg.steps:
                 params = load_checkpoint(ckpt)[0]
+                progress.message(f"  {ckpt}: already trained to step {tcfg.steps}; not trained again")
             else:
+                task = progress.task(f"train {model}/seed {seed}", tcfg.total_steps)
                 params, _ = train(model_cfg, tcfg, checkpoint=ckpt, resume=cfg.resume,
-                                  progress=(lambda k, info: progress("step", dict(info, step=k)))
-                                  if progress else None)
+                                  progress=lambda k, info: task.update(
+                                      k, rate=info.get("steps_per_s"), loss=info.get("loss"),
+                                      acc=info.get("acc")))
+                task.close()
             train_s = time.perf_counter() - t0
             t1 = time.perf_counter()
-            accs, n = _evaluate(model_cfg, params, cfg, seed)
+            n_eval = QUICK["eval_n"] if cfg.quick else cfg.eval_n
+            task = progress.task(f"evaluate {model}/seed {seed}", n_eval * sum(cfg.lengths),
+                                 unit="token")
+            accs, n = _evaluate(model_cfg, params, cfg, seed, task)
+            task.close()
             eval_s = time.perf_counter() - t1
-            if progress:
-                progress("eval", {"model": model, "seed": seed, "accuracy": accs})
+            progress.message(f"  {model} seed {seed}: accuracy (%) at L = "
+                             f"{', '.join(map(str, cfg.lengths))}: "
+                             + " ".join(f"{a:.1f}" for a in accs))
             runs.append({
                 "model": model, "seed": seed, "lengths": list(cfg.lengths), "accuracy": accs,
                 "paper_accuracy": PAPER_TABLES[cfg.task][model], "eval_sequences": n,
                 "param_count": param_count(model_cfg), "steps": tcfg.steps,
+                "total_steps": tcfg.total_steps, "steps_text": _steps_text(tcfg),
                 "train_config": asdict(tcfg), "model_config": asdict(model_cfg),
                 "checkpoint": os.path.basename(ckpt), "eval_backend": cfg.backend,
                 "train_seconds": round(train_s, 3), "eval_seconds": round(eval_s, 3),
             })
-    results = {"task": cfg.task, "quick": cfg.quick, "lengths": list(cfg.lengths),
+    results = {"task": cfg.task, "quick": cfg.quick,
+               "note": SMOKE_NOTE if cfg.quick else (
+                   f"--steps {cfg.steps}: shorter or longer than the recipe" if cfg.steps
+                   else "the recipe (docs/recipe.md)"),
+               "chance_accuracy": CHANCE, "lengths": list(cfg.lengths),
                "runs": runs, "summary": _summary(runs), "versions": _versions(),
                "wall_seconds": round(time.perf_counter() - t_all, 3)}
     _atomic_write_text(os.path.join(cfg.out, "results.json"), json.dumps(results, indent=2) + "\n")
@@ -184,57 +282,96 @@ def _summary(runs):
     out = {}
     for model in sorted({r["model"] for r in runs}):
         accs = onp.array([r["accuracy"] for r in runs if r["model"] == model])
+        mine = [r for r in runs if r["model"] == model]
         out[model] = {"mean": accs.mean(0).round(4).tolist(), "min": accs.min(0).tolist(),
-                      "max": accs.max(0).tolist(), "seeds": [r["seed"] for r in runs if r["model"] == model]}
+                      "max": accs.max(0).tolist(), "seeds": [r["seed"] for r in mine],
+                      "total_steps": sorted({r.get("total_steps", r.get("steps")) for r in mine})}
     return out
 
 
 def format_table(results):
-    """The paper's table with the measured rows beside the published ones.
+    """The paper's table with the measured rows beside the published ones; a smoke run
+    (``results["quick"]``) says so on its first line.
 
     >>> r = {"task": "induction", "lengths": [16], "runs": [], "summary": {"residual":
     ...      {"mean": [100.0], "min": [100.0], "max": [100.0], "seeds": [0]}}}
     >>> print(format_table(r).splitlines()[2])
     Residual SSM   paper           100%
+    >>> print(format_table(dict(r, quick=True)).splitlines()[0][:30])
+    SMOKE RUN (--quick): a few hun
     """
     table = "Table 1 (induction head)" if results["task"] == "induction" else "Table 2 (extended induction head)"
     lengths = results["lengths"]
     head = f"{'model':<14} {'':<10}" + "".join(f"{'2^%d' % int(onp.log2(L)):>8}" for L in lengths)
-    lines = [f"{table}: accuracy (%) by sequence length, trained at L = 16", head]
+    lines = [SMOKE_NOTE] if results.get("quick") else []
+    lines += [f"{table}: accuracy (%) by sequence length, trained at L = 16", head]
     for model, s in results["summary"].items():
-        name = "Residual SSM" if model == "residual" else "Selective SSM"
+        name = MODEL_NAMES[model]
         paper = PAPER_TABLES[results["task"]][model][: len(lengths)]
         lines.append(f"{name:<14} {'paper':<10}" + "".join(f"{p:>7}%" for p in paper))
-        seeds = ",".join(map(str, s["seeds"]))
-        lines.append(f"{'':<14} {'measured':<10}" + "".join(f"{v:>7.1f}%" if v < 100 else f"{v:>7.0f}%" for v in s["mean"]))
+        label = "smoke run" if results.get("quick") else "measured"
+        lines.append(f"{'':<14} {label:<10}" + "".join(f"{v:>7.1f}%" if v < 100 else f"{v:>7.0f}%" for v in s["mean"]))
         if len(s["seeds"]) > 1:
             lines.append(f"{'':<14} {'min..max':<10}" + "".join(f"{a:>4.0f}..{b:<3.0f}" for a, b in zip(s["min"], s["max"])))
-        lines.append(f"{'':<14} (seeds {seeds})")
+        steps = s.get("total_steps")
+        steps = f", {' / '.join(map(str, steps))} steps" if steps else ""
+        lines.append(f"{'':<14} ({_seeds_text(s['seeds'])}{steps})")
+    lines.append(f"chance level (a uniform guess among {N_CONTENT} tokens): {CHANCE:.1f}%")
     return "\n".join(lines)
 
 
+def _seeds_text(seeds):
+    """'seed 0' or 'seeds 0, 1, 2' (plain text, not a Python list).
+
+    >>> _seeds_text([0]), _seeds_text([0, 1, 2])
+    ('seed 0', 'seeds 0, 1, 2')
+    """
+    return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(map(str, seeds))
+
+
 def _plot(results, path):
+    """accuracy.png: per model the paper's accuracies (hollow squares, dashed) under the
+    measured mean (filled circles, solid, drawn on top; band: min..max over seeds), the
+    chance level, and a title naming the task, seeds, steps and a smoke run."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:  # plotting is optional: pip install .[plot]
         return None
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = plt.subplots(figsize=(8.4, 5.4))
     colors = {"residual": "tab:blue", "selective": "tab:orange"}
     L = results["lengths"]
+    table = "Table 1" if results["task"] == "induction" else "Table 2"
     for model, s in results["summary"].items():
         c = colors[model]
-        ax.plot(L, s["mean"], "o-", color=c, label=f"{model} (measured, seeds {s['seeds']})")
-        ax.fill_between(L, s["min"], s["max"], color=c, alpha=0.2)
-        ax.plot(L, PAPER_TABLES[results["task"]][model][: len(L)], "s--", color=c, alpha=0.6,
-                label=f"{model} (paper)")
+        ax.plot(L, PAPER_TABLES[results["task"]][model][: len(L)], "s--", color=c, mfc="white",
+                ms=10, mew=1.5, lw=1.2, alpha=0.8, zorder=2, label=f"{MODEL_NAMES[model]}: paper ({table})")
+        if len(s["seeds"]) > 1:
+            ax.fill_between(L, s["min"], s["max"], color=c, alpha=0.15, zorder=1, lw=0)
+        what = "smoke run" if results.get("quick") else "measured"
+        band = ", band min..max" if len(s["seeds"]) > 1 else ""
+        ax.plot(L, s["mean"], "o-", color=c, ms=5, lw=1.8, zorder=3,
+                label=f"{MODEL_NAMES[model]}: {what} (mean{band})")
+    ax.axhline(CHANCE, color="gray", ls=":", lw=1.2, zorder=0,
+               label=f"chance (1/{N_CONTENT} = {CHANCE:.1f}%)")
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("sequence length L (trained at L = 16)")
+    ax.set_xticks(L)
+    ax.set_xlabel("sequence length L at evaluation (trained at L = 16)")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 105)
-    ax.set_title(f"{results['task']} head: accuracy vs length")
-    ax.legend(fontsize=8, loc="lower left")
+    runs = results["summary"].values()
+    seeds = sorted({k for s in runs for k in s["seeds"]})
+    steps = ", ".join(f"{MODEL_NAMES[m]} {' / '.join(map(str, s.get('total_steps', [])))}"
+                      for m, s in results["summary"].items() if s.get("total_steps"))
+    title = [f"{TASK_NAMES[results['task']]}: accuracy vs length"]
+    if results.get("quick"):
+        title.append("SMOKE RUN (--quick): a pipeline check, not the paper's experiment")
+    title.append(_seeds_text(seeds) + (f"; steps per run: {steps}" if steps else ""))
+    ax.set_title("\n".join(title), fontsize=10)
+    # below the axes: the legend never covers a curve
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3,
+              frameon=False)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     d = os.path.dirname(os.path.abspath(path))

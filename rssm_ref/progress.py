@@ -17,8 +17,8 @@ Where the lines go
 Glossary
 --------
 Progress(stream=None, log_path=None, interval=30.0, tty=None)   the reporter
-  .task(label, total, unit="step") -> Task     .message(text)     .close()
-Task.update(done, **info)   info keys shown when present: loss, acc (a fraction), L
+  .task(label, total, unit="step", start=0) -> Task     .message(text)     .close()
+Task.update(done, rate=None, **info)   info keys shown when present: loss, acc (a fraction), L
 Task.close(**info)          the final line (done = total unless given)
 format_duration(seconds) -> "1h02m", "3m05s", "42s"
 
@@ -64,6 +64,23 @@ def format_duration(seconds):
     return f"{s // 3600}h{(s % 3600) // 60:02d}m"
 
 
+def _rate_text(rate, unit):
+    """Units per second, compact.
+
+    >>> _rate_text(41.37, "step"), _rate_text(3152307.7, "token"), _rate_text(23456, "token")
+    ('41.4 steps/s', '3.2M tokens/s', '23k tokens/s')
+    """
+    if rate >= 1e6:
+        num = f"{rate / 1e6:.1f}M"
+    elif rate >= 1e4:
+        num = f"{rate / 1e3:.0f}k"
+    elif rate >= 100:
+        num = f"{rate:.0f}"
+    else:
+        num = f"{rate:.1f}"
+    return f"{num} {unit}s/s"
+
+
 def _info_text(info):
     parts = []
     if info.get("L") is not None:
@@ -78,12 +95,11 @@ def _info_text(info):
 class Task:
     """One counted piece of work (``total`` units); made by :meth:`Progress.task`."""
 
-    def __init__(self, progress, label, total, unit):
+    def __init__(self, progress, label, total, unit, start=0):
         self.p, self.label, self.total, self.unit = progress, label, max(1, int(total)), unit
         self.t0 = progress.clock()
-        self.done = 0
-        self.start_done = None      # first count seen (a resumed run starts past 0)
-        self.start_t = self.t0
+        self.done = self.start = int(start)   # a resumed run starts past 0
+        self.rate = None                       # given by the caller, else measured here
         self.info = {}
         self.next_fraction = LINE_EVERY_FRACTION
         self.last_line_t = self.t0
@@ -92,9 +108,10 @@ class Task:
         self.p._line(f"[{label}] start: {self.total} {unit}s", log=True, stream=not self.p.tty)
 
     def _rate(self, now):
-        base = self.start_done if self.start_done is not None else 0
-        dt = now - self.start_t
-        return (self.done - base) / dt if dt > 0 and self.done > base else None
+        if self.rate:
+            return self.rate
+        dt = now - self.t0
+        return (self.done - self.start) / dt if dt > 0 and self.done > self.start else None
 
     def _line(self, now):
         rate = self._rate(now)
@@ -105,15 +122,14 @@ class Task:
         if extra:
             text += " " + extra
         if rate:
-            text += f" {rate:.1f} {self.unit}s/s"
+            text += " " + _rate_text(rate, self.unit)
         return text + f" elapsed {format_duration(now - self.t0)} ETA {format_duration(eta)}"
 
-    def update(self, done, **info):
-        """Record that ``done`` units (cumulative) are finished; ``info``: loss, acc, L."""
+    def update(self, done, rate=None, **info):
+        """Record that ``done`` units (cumulative) are finished. ``rate``: units per second
+        if the caller measures it (else measured here); ``info``: loss, acc, L."""
         now = self.p.clock()
-        if self.start_done is None:
-            # a resumed run reports from its checkpoint's step: measure the rate from here
-            self.start_done, self.start_t = (0, self.t0) if done <= self.total * 0.5 else (done, now)
+        self.rate = rate
         self.done = min(int(done), self.total)
         self.info = {k: v for k, v in info.items() if v is not None}
         line = self._line(now)
@@ -141,7 +157,7 @@ class Task:
         self.info.update({k: v for k, v in info.items() if v is not None})
         rate = self._rate(now)
         text = (f"[{self.label}] done: {self.done} {self.unit}s in "
-                f"{format_duration(now - self.t0)}" + (f" ({rate:.1f} {self.unit}s/s)" if rate else ""))
+                f"{format_duration(now - self.t0)}" + (f" ({_rate_text(rate, self.unit)})" if rate else ""))
         extra = _info_text(self.info)
         if self.p.tty:
             self.p._end_bar()
@@ -176,9 +192,10 @@ class Progress:
         """The same reporter appending to ``log_path`` instead."""
         return Progress(self.stream, log_path, self.interval, self.tty, self.clock)
 
-    def task(self, label, total, unit="step"):
-        """Start a counted task; returns a :class:`Task`."""
-        return Task(self, label, total, unit)
+    def task(self, label, total, unit="step", start=0):
+        """Start a counted task (``start``: units already done, e.g. by a resumed run);
+        returns a :class:`Task`."""
+        return Task(self, label, total, unit, start)
 
     def message(self, text):
         """A line of its own (shown and logged), e.g. what is about to run."""
@@ -205,7 +222,7 @@ class Progress:
         if extra:
             tail += " " + extra
         if rate:
-            tail += f" {rate:.1f}/s"
+            tail += " " + _rate_text(rate, self.unit)
         tail += f" ETA {format_duration(eta)}"
         head = f"{task.label} "
         n = max(10, min(40, width - len(head) - len(tail) - 3))

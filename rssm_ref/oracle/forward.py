@@ -64,6 +64,10 @@ class ForwardConfig:
 
     def options(self):
         """Resolved options dict (the JSON stored in ``options_json``), checked."""
+        spec = formats.SPECS.get(self.model, {})
+        if self.intermediates and "intermediates" in spec and not spec["intermediates"]:
+            raise ValueError(f"intermediates: does nothing for --model {self.model} (it has no "
+                             "internal signals; expected it only with a model that has some)")
         return resolve_options(self.model, path=self.path, gate=self.gate,
                                discretization=self.discretization, output=self.output,
                                allow_unstable=self.allow_unstable, grads=self.grads,

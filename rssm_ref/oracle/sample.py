@@ -236,6 +236,36 @@ class InitConfig:
     tokens: bool = False
 
 
+# the size options of ``init`` that mean something, per model (others are refused)
+INIT_OPTIONS = {"lti": ("form", "m", "p", "order"),
+                "residual": ("form", "m", "order", "order_r"),
+                "selective": ("m", "n")}
+
+
+def _refuse_unused(config, inputs_out):
+    """ValueError for an option of ``config`` that would do nothing: a size that does not
+    apply to the model, or an inputs option without ``inputs_out``.
+
+    >>> _refuse_unused(InitConfig("selective", p=3), None)
+    Traceback (most recent call last):
+    ...
+    ValueError: p: given for --model selective (it does nothing there; expected only m, n with it)
+    """
+    applies = INIT_OPTIONS.get(config.model)
+    if applies is not None:
+        for name in ("form", "m", "p", "order", "order_r", "n"):
+            if getattr(config, name, None) is not None and name not in applies:
+                raise ValueError(f"{name}: given for --model {config.model} (it does nothing "
+                                 f"there; expected only {', '.join(applies)} with it)")
+    if inputs_out is None:
+        if config.tokens:
+            raise ValueError("tokens: does nothing without inputs_out (expected --inputs-out "
+                             "U.npz: token ids are inputs)")
+        if not config.dy:
+            raise ValueError("dy: leaving dy out does nothing without inputs_out (expected "
+                             "--inputs-out U.npz)")
+
+
 def run_init(config, out, inputs_out=None):
     """Write ``init_params`` to ``out`` (and ``init_inputs`` to ``inputs_out``), atomically.
 
@@ -247,6 +277,7 @@ def run_init(config, out, inputs_out=None):
     >>> print(run_init(InitConfig("lti"), os.path.join(d, "P.npz")).split(":")[0].endswith("P.npz"))
     True
     """
+    _refuse_unused(config, inputs_out)
     if config.tokens and config.vocab is None:
         raise ValueError("tokens: requested without vocab (expected --vocab V so the params "
                          "hold an embedding (V, m))")
