@@ -123,7 +123,7 @@ def _refuse_unused(flags, reason):
 # --- commands are registered below this line ---------------------------------------
 
 # oracle commands (issue 5): forward, init, verify, golden. Formats: docs/formats.md.
-_MODELS = click.Choice(["lti", "residual", "selective"])
+_MODELS = click.Choice(["lti", "residual", "selective", "mamba"])
 # the array module (issue 6); default: $RSSM_REF_BACKEND, else numpy (the autograd cores)
 _BACKEND = click.option(
     "--backend", type=click.Choice(["numpy", "cupy", "array_api_strict"]), default=None,
@@ -149,9 +149,15 @@ def _report(result, as_json):
 @click.option("--gate", type=click.Choice(["euler", "zoh"]), default=None,
               help="Residual gate: eq. (5) or Remark 3.1's ZOH (default euler).")
 @click.option("--discretization", type=click.Choice(["zoh", "euler"]), default=None,
-              help="Selective B: eq. (3b) ZOH or mamba_ssm's Euler (default zoh).")
+              help="Selective/mamba B: eq. (3b) ZOH or mamba_ssm's Euler (default zoh; "
+                   "mamba: euler).")
 @click.option("--output", type=click.Choice(["before", "after"]), default=None,
-              help="Selective y read before (eq. 2) or after the update (default before).")
+              help="Selective/mamba y read before (eq. 2) or after the state update (default "
+                   "before; mamba: after); residual y(0..L-1) (before) or y(1..L) (after, "
+                   "default).")
+@click.option("--layout", type=click.Choice(["channel-last", "channel-first"]), default=None,
+              help="u, dy and the sequence outputs as (batch, L, m) (default) or (batch, m, L) "
+                   "(channel-first: time last, as mamba_ssm).")
 @click.option("--allow-unstable", is_flag=True, help="Accept poles on/outside |z| = 1.")
 @click.option("--grads", is_flag=True, help="Add grad_u and grad_<key> of sum(y * dy).")
 @click.option("--intermediates", is_flag=True,
@@ -159,12 +165,16 @@ def _report(result, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 @_BACKEND
 def forward_cmd(model, params_path, inputs_path, out_path, path, gate, discretization, output,
-                allow_unstable, grads, intermediates, as_json, backend):
-    """Compute the float64 reference outputs (and gradients) for a params/inputs pair."""
+                layout, allow_unstable, grads, intermediates, as_json, backend):
+    """Compute the float64 reference outputs (and gradients) for a params/inputs pair.
+
+    --model mamba takes a Mamba layer's own keys (A_log, D, x_proj.weight, dt_proj.weight,
+    dt_proj.bias) and gives grad_<key> for them (docs/12-verify-mamba.md).
+    """
     from rssm_ref.oracle.forward import ForwardConfig, run_forward
     config = ForwardConfig(model=model, path=path, gate=gate, discretization=discretization,
                            output=output, allow_unstable=allow_unstable, grads=grads,
-                           intermediates=intermediates, backend=backend)
+                           intermediates=intermediates, backend=backend, layout=layout)
     info = run_guarded(run_forward, config, params_path, inputs_path, out_path)
     if as_json:
         _json_out(info)
@@ -184,7 +194,7 @@ def forward_cmd(model, params_path, inputs_path, out_path, path, gate, discretiz
 @click.option("--p", type=int, default=None, help="lti output width.")
 @click.option("--order", type=int, default=None, help="lti/Σ order.")
 @click.option("--order-r", type=int, default=None, help="Σ_r order (residual).")
-@click.option("--n", type=int, default=None, help="Selective state size.")
+@click.option("--n", type=int, default=None, help="Selective/mamba state size (d_state).")
 @click.option("--vocab", type=int, default=None, help="Add an embedding (vocab, m).")
 @click.option("--batch", type=int, default=2, show_default=True,
               help="Sequences in the inputs (with --inputs-out).")
@@ -224,6 +234,21 @@ def verify_cmd(reference, candidate, golden, candidates, precision, as_json):
     config = VerifyConfig(reference=reference, candidate=candidate, golden=golden,
                           candidates=candidates, precision=precision)
     _report(run_guarded(run_verify, config), as_json)
+
+
+@main.command("diagnose")
+@click.option("--reference", required=True, metavar="O.npz", help="forward/golden output.")
+@click.option("--candidate", required=True, metavar="C.npz", help="Your tensors (y, grad_*, ...).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+def diagnose_cmd(reference, candidate, as_json):
+    """Find which conventions your tensors follow; exit 0 a match, 1 none, 2 bad input.
+
+    Recomputes the reference under every discretization, output, D-or-not and layout
+    (residual: gate and y(1..L) vs y(0..L-1)), ranks them, and reports the best one, the
+    precision it matches at, and the forward flags that reproduce it.
+    """
+    from rssm_ref.oracle.diagnose import diagnose_files
+    _report(run_guarded(diagnose_files, reference, candidate), as_json)
 
 
 @main.command("golden")
@@ -346,24 +371,65 @@ def bench_cmd(quick, json_path, backend, backend_size, only):
         click.echo(f"wrote {json_path}")
 
 
-# teaching (issue 7): one sequence through a trained model, step by step.
+# teaching (issue 7): one sequence through a model, step by step.
 @main.command("explain")
-@click.option("--model", type=click.Choice(["residual", "selective"]), default="residual", show_default=True)
-@click.option("--task", type=click.Choice(["induction", "extended"]), default="induction", show_default=True)
-@click.option("--checkpoint", default="", metavar="P.npz",
-              help="Params checkpoint written by reproduce (default: train a quick model).")
+@click.option("--model", type=click.Choice(["residual", "selective", "lti"]), default="residual",
+              show_default=True)
+@click.option("--task", type=click.Choice(["induction", "extended"]), default="induction",
+              show_default=True, help="The task the sequence is drawn from.")
+@click.option("--params", "params_path", default="", metavar="P.npz",
+              help="Params in the oracle's format (from init, or your model's), or a reproduce "
+                   "checkpoint (default: train a model here for --steps).")
+@click.option("--checkpoint", default="", metavar="P.npz", hidden=True)
+@click.option("--inputs", "inputs_path", default="", metavar="U.npz",
+              help="Trace the first sequence of this inputs file (default: a task sequence when "
+                   "the params hold an embedding for its tokens, else u ~ N(0, 1)).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--length", "L", type=int, default=32, show_default=True)
 @click.option("--steps", type=int, default=3000, show_default=True,
-              help="Training steps when no checkpoint is given.")
-@click.option("--out", default="explain", show_default=True, metavar="DIR")
-def explain_cmd(model, task, checkpoint, seed, L, steps, out):
-    """Trace one sequence (t, token, y_s, r, s, y) and plot the gate, poles/zeros, impulse responses."""
+              help="Training steps when no --params is given.")
+@click.option("--gate", type=click.Choice(["euler", "zoh"]), default=None,
+              help="Residual gate: eq. (5) (default) or Remark 3.1's exact ZOH.")
+@click.option("--discretization", type=click.Choice(["zoh", "euler"]), default=None,
+              help="Selective B: eq. (3b) ZOH (default) or Euler (mamba_ssm).")
+@click.option("--output", type=click.Choice(["before", "after"]), default=None,
+              help="Selective y before (eq. 2, default) or after the update.")
+@click.option("--out", default="explain", show_default=True, metavar="DIR",
+              help="Folder for the figures, trace.json and trace.npz (created; its parent must "
+                   "exist).")
+@click.option("--json", "as_json", is_flag=True, help="Print trace.json's content on stdout.")
+def explain_cmd(model, task, params_path, checkpoint, inputs_path, seed, L, steps, gate,
+                discretization, output, out, as_json):
+    """Trace one sequence through a model (t, token, y_s, r, s, y) and plot what each part does.
+
+    Figures: the gate s(t) (residual) or the step size Δ_t (selective) along the
+    sequence, and the poles/zeros and impulse responses of the LTI systems. Training
+    progress, when a model is trained here, goes to stderr and DIR/progress.log.
+    """
     from rssm_ref.explain import ExplainConfig, explain
-    res = run_guarded(explain, ExplainConfig(model=model, task=task, checkpoint=checkpoint, seed=seed,
-                                             out=out, L=L, steps=steps))
+    from rssm_ref.progress import Progress
+    if checkpoint:
+        click.echo("note: --checkpoint is deprecated; use --params", err=True)
+    if params_path or checkpoint:
+        _refuse_unused({"steps": "--steps"}, "with --params (nothing is trained)")
+    if model != "residual":
+        _refuse_unused({"gate": "--gate"}, f"with --model {model} (the residual gate)")
+    if model != "selective":
+        _refuse_unused({"discretization": "--discretization", "output": "--output"},
+                       f"with --model {model} (selective conventions)")
+    if inputs_path:
+        _refuse_unused({"L": "--length", "task": "--task"}, "with --inputs (the sequence "
+                       "comes from the file)")
+    config = run_guarded(ExplainConfig, model=model, task=task, params=params_path,
+                         checkpoint=checkpoint, inputs=inputs_path, seed=seed, out=out, L=L,
+                         steps=steps, gate=gate, discretization=discretization, output=output)
+    res = run_guarded(explain, config, Progress.to_stderr())
+    if as_json:
+        with open(res["files"][0], encoding="utf-8") as fh:
+            click.echo(fh.read().rstrip("\n"))
+        return
     click.echo(res["trace"])
-    for f in res["figures"]:
+    for f in res["figures"] + res["files"]:
         click.echo(f"wrote {f}")
 
 

@@ -377,6 +377,8 @@ def compute_xp(model, params, u, opts, dy=None):
         return residual_ssm_xp(params, u, path=opts["path"], gate=opts["gate"], dy=dy,
                                allow_unstable=bool(opts.get("allow_unstable", False)))
     if model == "selective":
-        return selective_ssm_xp(params, u, discretization=opts["discretization"],
-                                output=opts["output"], dy=dy)
+        out = selective_ssm_xp(params, u, discretization=opts["discretization"],
+                               output=opts["output"], dy=dy)
+        out["last_state"] = out["h"][:, -1, ...]      # (batch, m, n), mamba_ssm's last_state
+        return out
     raise ValueError(f"model: {model!r} (expected one of {', '.join(MODELS)})")

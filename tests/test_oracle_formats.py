@@ -29,7 +29,8 @@ def test_sizes_bind_across_params_and_inputs():
                                                   "dy": onp.zeros((5, 7, 3))}, sizes)
     assert (sizes["batch"], sizes["L"]) == (5, 7)
     shapes = formats.output_shapes("selective", sizes)
-    assert shapes == {"y": (5, 7, 3), "delta": (5, 7, 3), "h": (5, 7, 3, 4)}
+    assert shapes == {"y": (5, 7, 3), "delta": (5, 7, 3), "h": (5, 7, 3, 4),
+                      "last_state": (5, 3, 4)}
 
 
 def test_inconsistent_size_names_both_sources():

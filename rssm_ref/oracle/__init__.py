@@ -8,8 +8,10 @@ sample      valid random params and inputs (``init``)
 precision   the oracle rerun in emulated float32/float16/bfloat16 (verify's yardstick)
 verify      per-tensor verdicts against a reference, in the candidate's precision
 golden      the frozen suite of named cases and its tamper-proof check
+mamba       a Mamba layer's own parameters (A_log, x_proj, dt_proj, D) on the selective core
+diagnose    which conventions (discretization, output, D, layout, gate) a candidate follows
 
 >>> from rssm_ref.oracle import formats
 >>> formats.MODELS
-('lti', 'residual', 'selective')
+('lti', 'residual', 'selective', 'mamba')
 """

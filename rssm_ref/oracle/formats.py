@@ -13,6 +13,11 @@ p               LTI output width; n, k  LTI state order / polynomial length
 n_sigma, k_sigma, n_r, k_r   the same for Σ and Σ_r of the Residual SSM (Fig. 3)
 n (selective)   state size per channel, eq. (2)
 vocab           rows of the optional ``embedding`` (vocab, m) used with ``tokens``
+dt_rank         mamba: rank of Δ's projection (dt_proj.weight (m, dt_rank)); m = d_inner,
+                n = d_state in mamba_ssm's names
+layout          "channel-last" (batch, L, ...) (the default) or "channel-first": every
+                sequence tensor with >= 3 axes has time as its *last* axis, mamba_ssm's
+                (batch, d, L); h (batch, L, m, n) becomes (batch, m, n, L)
 
 Params per model (``SPECS``; each block in exactly one form):
 
@@ -24,13 +29,17 @@ residual   Σ  ss: sigma_A (n_sigma, n_sigma), sigma_B (n_sigma, m), sigma_C (m,
            optional gate_bias () : s(t) = σ(r(t) + gate_bias), eq. (5)
 selective  A (m, n) < 0, W_delta (m, m), W_B (n, m), W_C (n, m); optional delta_bias (m,),
            D (m,)  (eqs. 2-4)
+mamba      a Mamba layer's own names (rssm_ref.oracle.mamba): A_log (m, n),
+           x_proj.weight (dt_rank + 2 n, m) (rows: Δ's dt_rank, B's n, C's n),
+           dt_proj.weight (m, dt_rank); optional dt_proj.bias (m,), D (m,)
 all        optional embedding (vocab, m)
 
 Inputs: ``u`` (batch, L, m) or ``tokens`` (batch, L) integer ids with ``embedding`` in
 the params (u = embedding[tokens]); optional cotangent ``dy`` shaped like ``y``.
 
 Outputs (``forward``): ``y``; intermediates (residual: y_s (batch, L, m), r (batch, L),
-s (batch, L); selective: delta (batch, L, m), h (batch, L, m, n)); gradients ``grad_u``
+s (batch, L); selective, mamba: delta (batch, L, m), h (batch, L, m, n), last_state
+(batch, m, n) = h[:, -1]); gradients ``grad_u``
 and ``grad_<key>`` per parameter key; and, so that the file can be recomputed, the
 params as ``param__<key>``, the inputs as ``input__<key>`` and the options as UTF-8 JSON
 in the uint8 array ``options_json``.
@@ -54,7 +63,7 @@ import numpy as onp
 from rssm_ref.validation import check_array, check_stable_den, check_tokens
 
 FORMAT_VERSION = "rssm-ref/1"
-MODELS = ("lti", "residual", "selective")
+MODELS = ("lti", "residual", "selective", "mamba")
 PARAM_PREFIX = "param__"
 INPUT_PREFIX = "input__"
 OPTIONS_KEY = "options_json"
@@ -98,14 +107,97 @@ SPECS = {
         },
         "optional": {"delta_bias": ("m",), "D": ("m",), "embedding": ("vocab", "m")},
         "outputs": {"y": ("batch", "L", "m")},
-        "intermediates": {"delta": ("batch", "L", "m"), "h": ("batch", "L", "m", "n")},
+        "intermediates": {"delta": ("batch", "L", "m"), "h": ("batch", "L", "m", "n"),
+                          "last_state": ("batch", "m", "n")},
+    },
+    # a Mamba layer's SSM parameters under their state_dict names (rssm_ref.oracle.mamba);
+    # the rows of x_proj.weight are checked against dt_rank + 2 n after binding
+    "mamba": {
+        "blocks": {
+            "mamba": {
+                "mamba": {"A_log": ("m", "n"), "x_proj.weight": ("dt_rank+2n", "m"),
+                          "dt_proj.weight": ("m", "dt_rank")},
+            },
+        },
+        "optional": {"dt_proj.bias": ("m",), "D": ("m",), "embedding": ("vocab", "m")},
+        "outputs": {"y": ("batch", "L", "m")},
+        "intermediates": {"delta": ("batch", "L", "m"), "h": ("batch", "L", "m", "n"),
+                          "last_state": ("batch", "m", "n")},
     },
 }
 
 # Sequence tensors carry time on axis 1 (used by verify for "first bad time step").
 TIME_AXIS_TENSORS = ("y", "y_s", "r", "s", "delta", "h", "grad_u", "dy", "u")
+LAYOUTS = ("channel-last", "channel-first")
 
-_FORM_NAMES = {"ss": "state-space", "tf": "transfer-function", "diag": "diagonal"}
+_FORM_NAMES = {"ss": "state-space", "tf": "transfer-function", "diag": "diagonal",
+               "mamba": "Mamba-layer"}
+# keys of a whole Mamba block outside its selective scan (refused with a hint)
+_MAMBA_OUTSIDE = ("in_proj", "conv1d", "out_proj", "norm", "embedding.weight", "lm_head")
+
+
+def check_layout(layout, where="layout"):
+    """``layout`` if it is one of LAYOUTS, else ValueError."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"{where}: {layout!r} (expected one of {', '.join(LAYOUTS)})")
+    return layout
+
+
+def _time_last(key, ndim, layout):
+    return layout == "channel-first" and key in TIME_AXIS_TENSORS and ndim >= 3
+
+
+def layout_shape(key, shape, layout):
+    """The shape (or symbolic spec) of ``key`` in ``layout``, from its (batch, L, ...) one.
+
+    >>> layout_shape("h", ("batch", "L", "m", "n"), "channel-first")
+    ('batch', 'm', 'n', 'L')
+    >>> layout_shape("last_state", (2, 3, 4), "channel-first")
+    (2, 3, 4)
+    """
+    shape = tuple(shape)
+    if _time_last(key, len(shape), layout):
+        return shape[:1] + shape[2:] + shape[1:2]
+    return shape
+
+
+def to_layout(key, arr, layout):
+    """(batch, L, ...) array -> ``layout`` (time moved last for channel-first)."""
+    if _time_last(key, onp.ndim(arr), layout):
+        return onp.moveaxis(arr, 1, -1)
+    return arr
+
+
+def from_layout(key, arr, layout):
+    """``layout`` array -> (batch, L, ...) (the inverse of ``to_layout``).
+
+    >>> from_layout("u", onp.zeros((2, 3, 5)), "channel-first").shape
+    (2, 5, 3)
+    """
+    if _time_last(key, onp.ndim(arr), layout):
+        return onp.moveaxis(arr, -1, 1)
+    return arr
+
+
+def time_axis(key, ndim, layout):
+    """The time axis of ``key`` in ``layout`` (None for a tensor without one)."""
+    if key not in TIME_AXIS_TENSORS or ndim < 2:
+        return None
+    return ndim - 1 if _time_last(key, ndim, layout) else 1
+
+
+def _mamba_key_hint(key):
+    """A hint for a key outside the SSM part of a Mamba layer, or with a module prefix."""
+    names = ("A_log", "D", "x_proj.weight", "dt_proj.weight", "dt_proj.bias")
+    for name in names:
+        if key.endswith("." + name):
+            return (f"; strip the prefix {key[:-len(name)]!r}: the file holds one layer's keys "
+                    "A_log, D, x_proj.weight, dt_proj.weight, dt_proj.bias")
+    if any(part in key for part in _MAMBA_OUTSIDE):
+        return ("; the oracle checks the layer's selective scan: keep only A_log, D, "
+                "x_proj.weight, dt_proj.weight, dt_proj.bias, and give as u the input of "
+                "x_proj (after conv1d and SiLU)")
+    return ""
 
 
 def _check_model(model):
@@ -216,8 +308,9 @@ def check_params(model, params, where="params", allow_unstable=False):
             known |= set(keys)
     extra = sorted(k for k in params if k not in known)
     if extra:
+        hint = _mamba_key_hint(extra[0]) if model == "mamba" else ""
         raise ValueError(f"{where}: unexpected key {_q(extra[0])} for --model {model} "
-                         f"(expected only {', '.join(sorted(known))})")
+                         f"(expected only {', '.join(sorted(known))}){hint}")
 
     chosen = {}
     for block, forms in spec["blocks"].items():
@@ -260,6 +353,8 @@ def check_params(model, params, where="params", allow_unstable=False):
             check_stable_den(f"{where}: key {_q(key)}", arr, allow_unstable=allow_unstable)
         elif not allow_unstable and (key in ("sigma_A", "r_A") or (model == "lti" and key == "A")):
             _ss_stable(where, key, arr)
+    if model == "mamba":
+        _check_mamba(where, out, sizes.as_dict())
     if model == "selective" and not allow_unstable:
         pos = onp.argwhere(out["A"] >= 0.0)
         if pos.size:
@@ -268,6 +363,22 @@ def check_params(model, params, where="params", allow_unstable=False):
                              "negative (expected continuous-time diagonals A < 0, eq. 3a; pass "
                              "allow_unstable to override)")
     return out, sizes.as_dict()
+
+
+def _check_mamba(where, params, sizes):
+    """x_proj.weight's rows are dt_rank (Δ), then n (B), then n (C); A = -exp(A_log) finite."""
+    rows, r, n = sizes["dt_rank+2n"], sizes["dt_rank"], sizes["n"]
+    if rows != r + 2 * n:
+        raise ValueError(f"{where}: key 'x_proj.weight': {rows} rows (expected dt_rank + 2 n = "
+                         f"{r} + 2*{n} = {r + 2 * n}: dt_rank rows for Δ (dt_rank from key "
+                         f"'dt_proj.weight'), then n for B, then n for C (n from key 'A_log'))")
+    with onp.errstate(over="ignore", under="ignore"):
+        a = onp.exp(params["A_log"])
+    bad = onp.argwhere(~(onp.isfinite(a) & (a > 0.0)))
+    if bad.size:
+        i, j = (int(v) for v in bad[0])
+        raise ValueError(f"{where}: key 'A_log': entry ({i}, {j}) = {params['A_log'][i, j]:.6g} "
+                         "makes A = -exp(A_log) overflow or vanish (expected -745 < A_log < 709)")
 
 
 def output_shapes(model, sizes):
@@ -284,12 +395,14 @@ def output_shapes(model, sizes):
     return shapes
 
 
-def check_inputs(model, inputs, sizes, where="inputs", params_where="params"):
+def check_inputs(model, inputs, sizes, where="inputs", params_where="params",
+                 layout="channel-last"):
     """Check an inputs mapping (``u`` or ``tokens``, optional ``dy``) against the params' sizes.
 
     ``sizes`` comes from ``check_params``. Returns ``(inputs, sizes)`` with the sizes
     extended by ``batch`` and ``L``. Token ids need ``embedding`` (vocab, m) in the
-    params and must lie in [0, vocab).
+    params and must lie in [0, vocab). With ``layout="channel-first"``, ``u`` and ``dy``
+    are given as (batch, m, L) and come back as (batch, L, m), the cores' layout.
 
     >>> import numpy
     >>> _, s = check_inputs("lti", {"u": numpy.zeros((2, 7, 1))}, {"m": 1, "p": 1, "k": 2})
@@ -315,7 +428,19 @@ def check_inputs(model, inputs, sizes, where="inputs", params_where="params"):
     out = {}
     if "u" in inputs:
         out["u"] = _float_array(where, "u", inputs["u"])
-        bound.bind("u", ("batch", "L", "m"), onp.shape(out["u"]))
+        try:
+            bound.bind("u", layout_shape("u", ("batch", "L", "m"), check_layout(layout)),
+                       onp.shape(out["u"]))
+        except ValueError as exc:
+            # the other layout fits: say so (mamba_ssm's arrays are (batch, d, L))
+            shp, m = onp.shape(out["u"]), sizes.get("m")
+            other = "channel-first" if layout == "channel-last" else "channel-last"
+            m_axis = 1 if other == "channel-first" else 2
+            if len(shp) == 3 and m is not None and shp[m_axis] == m and shp[3 - m_axis] != m:
+                raise ValueError(f"{exc}; it fits the {other} layout: pass --layout "
+                                 f"{other}") from None
+            raise
+        out["u"] = from_layout("u", out["u"], layout)
     else:
         tok = onp.asarray(inputs["tokens"])
         name = f"{where}: key 'tokens'"
@@ -328,8 +453,9 @@ def check_inputs(model, inputs, sizes, where="inputs", params_where="params"):
         out["tokens"] = check_tokens(name, tok, sizes["vocab"])
     if "dy" in inputs:
         out["dy"] = _float_array(where, "dy", inputs["dy"])
-        spec = SPECS[model]["outputs"]["y"]
+        spec = layout_shape("dy", SPECS[model]["outputs"]["y"], layout)
         bound.bind("dy", spec, onp.shape(out["dy"]))
+        out["dy"] = from_layout("dy", out["dy"], layout)
     return out, bound.as_dict()
 
 
@@ -392,10 +518,10 @@ def load_params(path, model, allow_unstable=False):
                         allow_unstable=allow_unstable)
 
 
-def load_inputs(path, model, sizes, params_where="params"):
+def load_inputs(path, model, sizes, params_where="params", layout="channel-last"):
     """Load and check an inputs file against the params' sizes (see ``check_inputs``)."""
     return check_inputs(model, load_npz(path, "inputs"), sizes, where=os.fspath(path),
-                        params_where=params_where)
+                        params_where=params_where, layout=layout)
 
 
 def encode_options(options):
@@ -461,7 +587,8 @@ def check_reference(arrays, where="reference"):
 
     Checks that the embedded params/inputs are valid for the model in the options and
     that each output tensor has the shape the format gives it. Raises ValueError naming
-    ``where`` and the key.
+    ``where`` and the key. The inputs come back in the cores' (batch, L, ...) layout; the
+    outputs as stored, in the file's ``layout`` (options; "channel-last" when absent).
     """
     if OPTIONS_KEY not in arrays:
         raise ValueError(f"{where}: missing key {_q(OPTIONS_KEY)} (expected a file written by "
@@ -475,9 +602,13 @@ def check_reference(arrays, where="reference"):
     inputs = {k[len(INPUT_PREFIX):]: v for k, v in arrays.items() if k.startswith(INPUT_PREFIX)}
     params, sizes = check_params(model, params, where=f"{where} (embedded {PARAM_PREFIX}*)",
                                  allow_unstable=bool(opts.get("allow_unstable", False)))
-    inputs, sizes = check_inputs(model, inputs, sizes, where=f"{where} (embedded {INPUT_PREFIX}*)")
+    layout = check_layout(opts.get("layout") or "channel-last",
+                          f"{where}: key {_q(OPTIONS_KEY)}: layout")
+    inputs, sizes = check_inputs(model, inputs, sizes, where=f"{where} (embedded {INPUT_PREFIX}*)",
+                                 layout=layout)
     allowed = allowed_output_keys(model, params)
-    shapes = expected_output_shapes(model, params, sizes)
+    shapes = {k: layout_shape(k, v, layout)
+              for k, v in expected_output_shapes(model, params, sizes).items()}
     outputs = {}
     for key, arr in arrays.items():
         if key == OPTIONS_KEY or key.startswith(PARAM_PREFIX) or key.startswith(INPUT_PREFIX):

@@ -16,11 +16,15 @@ run_forward(config, params_path, inputs_path, out_path) -> dict summary
 backend                "numpy" (default: the autograd cores) or "cupy" / "array_api_strict"
                        (the neutral kernels of rssm_ref.xp_models on that array module;
                        parameters stay on the host, see docs/11-backends.md)
+layout                 "channel-last" (batch, L, m) or "channel-first" (batch, m, L), for
+                       u, dy and every sequence output (rssm_ref.oracle.formats.layout_shape)
 
 Models (the computation is delegated to the cores; this module only dispatches):
 lti        y = Σ u with Σ in state-space (A, B, C, D) or transfer-function form (num, den)
 residual   Fig. 3 / eq. (5): y(t+1) = y(t) + (y_s(t) - y(t)) s(t), s = σ(r + gate_bias)
 selective  eqs. (2)-(4)
+mamba      the same core under a Mamba layer's names (A_log, x_proj.weight, dt_proj.*, D),
+           gradients for those keys (rssm_ref.oracle.mamba); defaults euler / after
 
 >>> import numpy
 >>> P = {"num": numpy.array([[[1.0, 0.0]]]), "den": numpy.array([[1.0, -0.5]])}
@@ -43,6 +47,15 @@ PATHS = ("recurrent", "fft")
 GATES = ("euler", "zoh")
 DISCRETIZATIONS = ("zoh", "euler")
 OUTPUTS = ("before", "after")
+LAYOUTS = formats.LAYOUTS
+# per model: the options that apply and their defaults (the paper's for selective and
+# residual; mamba_ssm's for mamba). Residual output "after" is y(1..L), "before" y(0..L-1).
+DEFAULTS = {
+    "lti": {},
+    "residual": {"gate": "euler", "output": "after"},
+    "selective": {"discretization": "zoh", "output": "before"},
+    "mamba": {"discretization": "euler", "output": "after"},
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +74,7 @@ class ForwardConfig:
     grads: bool = False
     intermediates: bool = False
     backend: Optional[str] = None   # None: $RSSM_REF_BACKEND, else "numpy"
+    layout: Optional[str] = None    # None: "channel-last"
 
     def options(self):
         """Resolved options dict (the JSON stored in ``options_json``), checked."""
@@ -71,7 +85,7 @@ class ForwardConfig:
         return resolve_options(self.model, path=self.path, gate=self.gate,
                                discretization=self.discretization, output=self.output,
                                allow_unstable=self.allow_unstable, grads=self.grads,
-                               intermediates=self.intermediates)
+                               intermediates=self.intermediates, layout=self.layout)
 
 
 def _choice(name, value, allowed, model, applies):
@@ -86,11 +100,12 @@ def _choice(name, value, allowed, model, applies):
 
 
 def resolve_options(model, path=None, gate=None, discretization=None, output=None,
-                    allow_unstable=False, grads=False, intermediates=False):
+                    allow_unstable=False, grads=False, intermediates=False, layout=None):
     """Check the options against the model and fill in defaults.
 
-    Defaults: path "recurrent"; residual gate "euler" (eq. 5); selective
-    discretization "zoh" (eq. 3b) and output "before" (eq. 2).
+    Defaults (``DEFAULTS``): path "recurrent", layout "channel-last"; residual gate
+    "euler" (eq. 5) and output "after" (y(1..L)); selective discretization "zoh"
+    (eq. 3b) and output "before" (eq. 2); mamba "euler" and "after" (mamba_ssm's).
 
     >>> resolve_options("selective")["output"]
     'before'
@@ -102,8 +117,8 @@ def resolve_options(model, path=None, gate=None, discretization=None, output=Non
     formats._check_model(model)
     if path is not None and path not in PATHS:
         raise ValueError(f"path: {path!r} (expected one of {', '.join(PATHS)})")
-    if model == "selective" and path == "fft":
-        raise ValueError("path: 'fft' given for --model selective (a time-varying system has "
+    if model in ("selective", "mamba") and path == "fft":
+        raise ValueError(f"path: 'fft' given for --model {model} (a time-varying system has "
                          "no convolution kernel; expected recurrent)")
     opts = {
         "format": formats.FORMAT_VERSION,
@@ -111,17 +126,15 @@ def resolve_options(model, path=None, gate=None, discretization=None, output=Non
         "path": path or "recurrent",
         "gate": _choice("gate", gate, GATES, model, ("residual",)),
         "discretization": _choice("discretization", discretization, DISCRETIZATIONS, model,
-                                  ("selective",)),
-        "output": _choice("output", output, OUTPUTS, model, ("selective",)),
+                                  ("selective", "mamba")),
+        "output": _choice("output", output, OUTPUTS, model, ("residual", "selective", "mamba")),
         "allow_unstable": bool(allow_unstable),
         "grads": bool(grads),
         "intermediates": bool(intermediates),
+        "layout": formats.check_layout(layout or "channel-last"),
     }
-    if model == "residual":
-        opts["gate"] = opts["gate"] or "euler"
-    if model == "selective":
-        opts["discretization"] = opts["discretization"] or "zoh"
-        opts["output"] = opts["output"] or "before"
+    for key, default in DEFAULTS[model].items():
+        opts[key] = opts[key] or default
     return opts
 
 
@@ -164,13 +177,14 @@ def _model_call(model, opts, form):
                                  delta_bias=P.get("delta_bias"), D=P.get("D"),
                                  discretization=opts["discretization"], output=opts["output"],
                                  return_intermediates=True)
-        return y, {k: inter[k] for k in ("delta", "h")}
+        # last_state (batch, m, n): mamba_ssm's return_last_state, h after the last step
+        return y, {"delta": inter["delta"], "h": inter["h"], "last_state": inter["h"][:, -1]}
     return call_sel
 
 
 def compute(model, params, inputs, path=None, gate=None, discretization=None, output=None,
             allow_unstable=False, grads=False, intermediates=False, where=("params", "inputs"),
-            backend="numpy"):
+            backend="numpy", layout=None):
     """The oracle's float64 outputs for checked-or-raw ``params`` and ``inputs`` mappings.
 
     Shapes: see rssm_ref.oracle.formats (u (batch, L, m) or tokens (batch, L);
@@ -178,7 +192,8 @@ def compute(model, params, inputs, path=None, gate=None, discretization=None, ou
     gradients are those of sum(y * dy), dy from the inputs or ones.
     Bad input raises ValueError/TypeError naming the key. ``backend`` other than
     "numpy" runs the same model with rssm_ref.xp_models on that array module (the
-    outputs come back as host NumPy arrays).
+    outputs come back as host NumPy arrays). ``layout="channel-first"``: u, dy and the
+    sequence outputs are (batch, m, L) (time last; h (batch, m, n, L)).
 
     >>> import numpy
     >>> P = {"A": [[0.5]], "B": [[1.0]], "C": [[1.0]], "D": [[0.0]]}
@@ -188,15 +203,36 @@ def compute(model, params, inputs, path=None, gate=None, discretization=None, ou
     """
     opts = resolve_options(model, path=path, gate=gate, discretization=discretization,
                            output=output, allow_unstable=allow_unstable, grads=grads,
-                           intermediates=intermediates)
+                           intermediates=intermediates, layout=layout)
     params, sizes = formats.check_params(model, params, where=where[0],
                                          allow_unstable=allow_unstable)
     inputs, sizes = formats.check_inputs(model, inputs, sizes, where=where[1],
-                                         params_where=where[0])
-    return _compute_checked(model, params, inputs, opts, backend)
+                                         params_where=where[0], layout=opts["layout"])
+    out = _compute_checked(model, params, inputs, opts, backend)
+    return {k: formats.to_layout(k, v, opts["layout"]) for k, v in out.items()}
 
 
-INTERMEDIATES = {"lti": (), "residual": ("y_s", "r", "s"), "selective": ("delta", "h")}
+INTERMEDIATES = {"lti": (), "residual": ("y_s", "r", "s"),
+                 "selective": ("delta", "h", "last_state"),
+                 "mamba": ("delta", "h", "last_state")}
+
+
+def _shift_right(x):
+    """(batch, L, ...) -> [0, x(0), ..., x(L-2)] along time (autograd-friendly)."""
+    return np.concatenate([np.zeros_like(x[:, :1]), x[:, :-1]], axis=1)
+
+
+def _residual_before(params, inputs, opts, backend):
+    """Residual output "before": y(0..L-1) = [0, y(1), ..., y(L-1)]. The gradients of
+    sum(y_before * dy) are those of sum(y_after * dy') with dy'(t) = dy(t+1), dy'(L-1) = 0."""
+    inner = dict(inputs)
+    if opts["grads"]:
+        u0 = params["embedding"][inputs["tokens"]] if "tokens" in inputs else inputs["u"]
+        dy = inputs["dy"] if "dy" in inputs else onp.ones(onp.shape(u0))
+        inner["dy"] = onp.concatenate([dy[:, 1:], onp.zeros_like(dy[:, :1])], axis=1)
+    out = _compute_checked("residual", params, inner, dict(opts, output="after"), backend)
+    out["y"] = _shift_right(out["y"])
+    return out
 
 
 def _compute_on_backend(model, params, inputs, opts, backend, u0):
@@ -215,7 +251,9 @@ def _compute_on_backend(model, params, inputs, opts, backend, u0):
     res = compute_xp(model, core, u_dev, opts, dy=None if dy is None else to_backend(dy, xp))
     out = {"y": to_host(res["y"])}
     if opts["intermediates"]:
-        out.update({k: to_host(res[k]) for k in INTERMEDIATES[model]})
+        out.update({k: to_host(res[k]) for k in INTERMEDIATES[model] if k != "last_state"})
+        if "h" in out:
+            out["last_state"] = out["h"][:, -1]
     if opts["grads"]:
         out.update({k: onp.asarray(v, dtype=onp.float64) for k, v in res.items()
                     if k.startswith("grad_") and k != "grad_u"})
@@ -224,6 +262,13 @@ def _compute_on_backend(model, params, inputs, opts, backend, u0):
 
 
 def _compute_checked(model, params, inputs, opts, backend="numpy"):
+    if model == "mamba":
+        # the selective core on the derived (A, W_delta, W_B, W_C, ...), gradients pulled
+        # back to A_log, x_proj.weight, dt_proj.* by autograd (rssm_ref.oracle.mamba)
+        from rssm_ref.oracle import mamba
+        return mamba.compute_checked(params, inputs, opts, backend)
+    if model == "residual" and opts.get("output") == "before":
+        return _residual_before(params, inputs, opts, backend)
     if opts["allow_unstable"] and opts["path"] == "fft":
         # a convolution kernel of an unstable system never decays: refuse, clearly
         try:
@@ -297,7 +342,8 @@ def run_forward(config, params_path, inputs_path, out_path):
     params, sizes = formats.load_params(params_path, config.model,
                                         allow_unstable=config.allow_unstable)
     inputs, sizes = formats.load_inputs(inputs_path, config.model, sizes,
-                                        params_where=os.fspath(params_path))
+                                        params_where=os.fspath(params_path),
+                                        layout=opts["layout"])
     folder = os.path.dirname(os.path.abspath(os.fspath(out_path)))
     if not os.path.isdir(folder):
         raise ValueError(f"{os.fspath(out_path)}: directory {folder} does not exist (expected "
@@ -306,6 +352,9 @@ def run_forward(config, params_path, inputs_path, out_path):
     if opts["grads"] and "dy" not in inputs:
         # embed the cotangent actually used, so the file recomputes without a convention
         inputs = dict(inputs, dy=onp.ones(outputs["y"].shape))
+    # the file holds inputs and outputs in the user's layout (time last for channel-first)
+    inputs = {k: formats.to_layout(k, v, opts["layout"]) for k, v in inputs.items()}
+    outputs = {k: formats.to_layout(k, v, opts["layout"]) for k, v in outputs.items()}
     meta = dict(opts, backend=backend) if backend != "numpy" else opts
     formats.save_npz_atomic(out_path, bundle(meta, params, inputs, outputs))
     return {"out": os.fspath(out_path), "keys": sorted(outputs), "y_shape": outputs["y"].shape,

@@ -147,10 +147,32 @@ class Arith:
             self.qn = {"bfloat16": _q_bf16_plain, "float16": _q_f16_plain}.get(precision)
         if self.qn is None:
             self.qn = lambda x: x
+        if precision == "float64" and seed is None:
             self.q = self.qn
         else:
-            self.q = primitive(self.qn)
-            defvjp(self.q, lambda ans, x: lambda g: self.q(g))
+            # every rounding point, forward and backward, also checks that its value is in
+            # the working dtype: a float64 leak (e.g. autograd's VJP of np.maximum or
+            # np.where makes float64 zeros) would accumulate in float64 and under-state
+            # the precision's error (issue 12), so it is an error, not a silent upcast
+            self.q = primitive(lambda x: self._round(x, "forward"))
+            defvjp(self.q, lambda ans, x: lambda g: self._round(g, "backward"))
+        # partial sums of the long reductions (over batch and time, in the parameter
+        # gradients): working-dtype arithmetic when rounding to nearest; a stochastic
+        # run rounds them to float32, the accumulator they stand for (stochastically
+        # when float32 is the precision itself)
+        if seed is None or precision == "float64":
+            self.qa = None
+        elif precision == "float32":
+            self.qa = self.qn
+        else:
+            self.qa = _to_float32_held
+
+    def _round(self, x, where):
+        dtype = onp.result_type(x)
+        if dtype != self.dtype:
+            raise AssertionError(f"emulation of {self.precision}: a {where} intermediate is "
+                                 f"{dtype} (expected every result in {onp.dtype(self.dtype)})")
+        return self.qn(x)
 
     def cast(self, x):
         """float64 -> working dtype, rounded (outside any differentiated function)."""
@@ -159,6 +181,81 @@ class Arith:
 
     def zeros(self, shape):
         return onp.zeros(shape, dtype=self.dtype)
+
+    def expand(self, p, lead):
+        """A parameter ``p`` broadcast over the leading axes ``lead`` (e.g. (batch, L));
+        its gradient is summed over them term by term (``seq_sum``)."""
+        return _expand(p, tuple(lead), self.qa)
+
+    def proj(self, x, W):
+        """einsum("...j,ij->...i", x, W): x (..., J), W (I, J) -> (..., I); the gradient
+        of W is summed over the leading axes term by term (``seq_outer_sum``)."""
+        return _proj(x, W, self.qa)
+
+
+def _to_float32_held(x):
+    return onp.asarray(x, dtype=onp.float32).astype(onp.float64)
+
+
+# ------------------------------------------------------ sums over batch and time
+# A parameter's gradient is a sum over every (batch, t): 2048 terms at batch 2, L = 1024.
+# A plain float32 implementation accumulates it one term at a time (a loop over t, or
+# einsum's outer loops; mamba_ssm's scan kernel accumulates dA, dD that way), which
+# costs far more than NumPy's pairwise np.sum; the emulation adds in that order, the
+# least favourable common one, so that a candidate is not failed for its summation order.
+def seq_sum(x, lead, qa=None):
+    """Sum of ``x`` over its first ``lead`` axes, one term after the other (batch-major),
+    in x's dtype; ``qa`` rounds every partial sum. Shapes: (d_1..d_lead, *rest) -> rest.
+
+    >>> import numpy
+    >>> seq_sum(numpy.ones((2, 3, 4)), 2).tolist()
+    [6.0, 6.0, 6.0, 6.0]
+    """
+    x = onp.asarray(x)
+    flat = x.reshape((-1,) + x.shape[lead:])
+    acc = flat[0].copy()
+    for i in range(1, flat.shape[0]):
+        acc = acc + flat[i]
+        if qa is not None:
+            acc = qa(acc)
+    return onp.asarray(acc, dtype=x.dtype).reshape(x.shape[lead:])
+
+
+def seq_outer_sum(g, x, qa=None):
+    """sum over the leading axes of g ⊗ x, one (batch, t) term after the other.
+    Shapes: g (..., I), x (..., J) with the same leading axes -> (I, J)."""
+    G = g.reshape(-1, g.shape[-1])
+    X = x.reshape(-1, x.shape[-1])
+    acc = onp.zeros((G.shape[1], X.shape[1]), dtype=onp.result_type(G, X))
+    for i in range(G.shape[0]):
+        acc = acc + onp.multiply.outer(G[i], X[i])
+        if qa is not None:
+            acc = qa(acc)
+    return onp.asarray(acc, dtype=acc.dtype)
+
+
+@primitive
+def _expand(p, lead, qa):
+    return onp.broadcast_to(p, lead + onp.shape(p))
+
+
+defvjp(_expand, lambda ans, p, lead, qa: lambda g: seq_sum(g, len(lead), qa))
+
+
+@primitive
+def _proj(x, W, qa):
+    return onp.einsum("...j,ij->...i", x, W)
+
+
+defvjp(_proj,
+       lambda ans, x, W, qa: lambda g: onp.einsum("...i,ij->...j", g, W),
+       lambda ans, x, W, qa: lambda g: seq_outer_sum(g, x, qa))
+
+
+def _check_cotangent(G, out):
+    if onp.result_type(G) != out.dtype:
+        raise AssertionError(f"emulation: a scan's cotangent is {onp.result_type(G)} "
+                             f"(expected {out.dtype}, the dtype of its forward)")
 
 
 # ------------------------------------------------------------ the three scans
@@ -197,6 +294,7 @@ def _diag_scan_vjp(argnums, H, args, kwargs):
     a, b, q = args
 
     def vjp(G):
+        _check_cotangent(G, H)
         # adjoint mu_t = dLoss/dh(t+1): mu_t = G_t + a_{t+1} ⊙ mu_{t+1}
         mu = onp.empty_like(G)
         m = onp.zeros_like(G[:, 0])
@@ -214,9 +312,10 @@ defvjp_argnums(diag_scan, _diag_scan_vjp)
 
 
 @primitive
-def state_scan(A, w, qn):
+def state_scan(A, w, qn, qa=None):
     """x(t+1) = A x(t) + w(t), x(0) = 0. Shapes: A (n, n), w (batch, L, n) -> X (batch, L, n),
-    X[:, t] = x(t+1); the matrix-vector products accumulate in the working dtype."""
+    X[:, t] = x(t+1); the matrix-vector products accumulate in the working dtype (the
+    gradient of A over (batch, t) term by term, partial sums rounded by ``qa``)."""
     q = qn
     X = onp.empty_like(w)
     x = onp.zeros_like(w[:, 0])
@@ -237,9 +336,11 @@ def state_scan_ref(ar, A, w):
 
 
 def _state_scan_vjp(argnums, X, args, kwargs):
-    A, w, q = args
+    A, w, q = args[:3]
+    qa = args[3] if len(args) > 3 else None
 
     def vjp(G):
+        _check_cotangent(G, X)
         # mu_t = dLoss/dx(t+1) = G_t + A^T mu_{t+1}
         mu = onp.empty_like(G)
         m = onp.zeros_like(G[:, 0])
@@ -247,7 +348,7 @@ def _state_scan_vjp(argnums, X, args, kwargs):
             m = q(G[:, t] + q(m @ A)) if t + 1 < G.shape[1] else G[:, t]
             mu[:, t] = m
         Xprev = onp.concatenate([onp.zeros_like(X[:, :1]), X[:, :-1]], axis=1)
-        grads = {0: q(onp.einsum("btn,btk->nk", mu, Xprev)), 1: mu}
+        grads = {0: q(seq_outer_sum(mu, Xprev, qa)), 1: mu}
         return tuple(grads[i] for i in argnums)
     return vjp
 
@@ -256,11 +357,12 @@ defvjp_argnums(state_scan, _state_scan_vjp)
 
 
 @primitive
-def iir_scan(a, v, qn):
+def iir_scan(a, v, qn, qa=None):
     """y(t) = v(t) - sum_{l=1}^{r} a_l y(t-l), zero initial conditions, per row p.
 
     Shapes: a (p, r), v (batch, L, p) -> y (batch, L, p). The sum over l accumulates in
-    the working dtype and is rounded once.
+    the working dtype and is rounded once (the gradient of a: over (batch, t) term by
+    term, partial sums rounded by ``qa``).
     """
     q = qn
     batch, L, p = v.shape
@@ -284,10 +386,12 @@ def iir_scan_ref(ar, a, v):
 
 
 def _iir_scan_vjp(argnums, y, args, kwargs):
-    a, v, q = args
+    a, v, q = args[:3]
+    qa = args[3] if len(args) > 3 else None
     r = a.shape[1]
 
     def vjp(G):
+        _check_cotangent(G, y)
         # lam(t) = dLoss/dy(t) = G(t) - sum_l a_l lam(t+l): the filter run backwards
         batch, L, p = G.shape
         lam = onp.zeros((batch, L + r, p), dtype=G.dtype)      # r trailing zeros
@@ -296,7 +400,7 @@ def _iir_scan_vjp(argnums, y, args, kwargs):
             lam[:, t] = q(G[:, t] - q(onp.einsum("brp,pr->bp", ahead, a)))
         lam = lam[:, :L]
         # dLoss/da_l = -sum_t lam(t) y(t-l)
-        ga = onp.stack([-q(onp.einsum("btp,btp->p", lam[:, l:], y[:, :L - l]))
+        ga = onp.stack([-q(seq_sum(lam[:, l:] * y[:, :L - l], 2, qa))
                         for l in range(1, r + 1)], axis=1).astype(G.dtype)
         grads = {0: ga, 1: lam}
         return tuple(grads[i] for i in argnums)
@@ -307,18 +411,41 @@ defvjp_argnums(iir_scan, _iir_scan_vjp)
 
 
 # ------------------------------------------------------------------ building blocks
+# Selection and max(z, 0) as primitives whose VJPs keep the cotangent's dtype: autograd's
+# own VJPs of np.where and np.maximum build float64 masks/zeros, which would carry a
+# float32 gradient into float64 (issue 12). Shapes: c, x, y, z all the same shape.
+@primitive
+def _select(c, x, y):
+    """where(c, x, y) for same-shaped x, y."""
+    return onp.where(c, x, y)
+
+
+defvjp(_select, None,
+       lambda ans, c, x, y: lambda g: onp.where(c, g, onp.zeros_like(g)),
+       lambda ans, c, x, y: lambda g: onp.where(c, onp.zeros_like(g), g))
+
+
+@primitive
+def _relu(z):
+    """max(z, 0), exact in every format; VJP g * [z > 0] in g's dtype."""
+    return onp.where(z > 0, z, onp.zeros_like(z))
+
+
+defvjp(_relu, lambda ans, z: lambda g: onp.where(z > 0, g, onp.zeros_like(g)))
+
+
 def _sigmoid(ar, z):
     # s = σ(z) in the two-sided form: exp of a non-positive number never overflows.
     q = ar.q
     e = q(np.exp(-np.abs(z)))
     one_e = q(1.0 + e)
-    return np.where(z >= 0, q(1.0 / one_e), q(e / one_e))
+    return _select(getval(z) >= 0, q(1.0 / one_e), q(e / one_e))
 
 
 def _softplus(ar, z):
     # τ(z) = log(1 + e^z) = max(z, 0) + log1p(e^{-|z|}), eq. (4a)
     q = ar.q
-    return q(np.maximum(z, 0.0) + q(np.log1p(q(np.exp(-np.abs(z))))))
+    return q(_relu(z) + q(np.log1p(q(np.exp(-np.abs(z))))))
 
 
 def _shift(ar, H):
@@ -333,11 +460,11 @@ def ss_scan(ar, A, B, C, D, u, ref=False):
     """
     q = ar.q
     # B u(t) and D u(t) for every t at once: no recurrence in them.
-    w = q(np.einsum("blm,nm->bln", u, B))
-    Du = q(np.einsum("blm,pm->blp", u, D))
-    X = state_scan_ref(ar, A, w) if ref else state_scan(A, w, ar.qn)
+    w = q(ar.proj(u, B))
+    Du = q(ar.proj(u, D))
+    X = state_scan_ref(ar, A, w) if ref else state_scan(A, w, ar.qn, ar.qa)
     # y(t) = C x(t) + D u(t), x(t) the state before the update with u(t)
-    return q(q(np.einsum("bln,pn->blp", _shift(ar, X), C)) + Du)
+    return q(q(ar.proj(_shift(ar, X), C)) + Du)
 
 
 def tf_scan(ar, num, den, u, ref=False):
@@ -357,11 +484,11 @@ def tf_scan(ar, num, den, u, ref=False):
     # FIR part v_i(t) = sum_l sum_j b_ijl u_j(t - l), accumulated over l in the precision
     v = None
     for lag in range(k):
-        term = q(np.einsum("btj,ij->bti", upad[:, k - 1 - lag:k - 1 - lag + L], b[:, :, lag]))
+        term = q(ar.proj(upad[:, k - 1 - lag:k - 1 - lag + L], b[:, :, lag]))
         v = term if v is None else q(v + term)
     if k == 1:
         return v
-    return iir_scan_ref(ar, a, v) if ref else iir_scan(a, v, ar.qn)
+    return iir_scan_ref(ar, a, v) if ref else iir_scan(a, v, ar.qn, ar.qa)
 
 
 def _lti_block(ar, P, prefix, u, ref=False):
@@ -383,7 +510,7 @@ def residual_scan(ar, P, u, gate="euler", ref=False):
     q = ar.q
     y_s = _lti_block(ar, P, "sigma_", u, ref)
     r = _lti_block(ar, P, "r_", q(y_s - u), ref)[:, :, 0]
-    z = q(r + P["gate_bias"]) if "gate_bias" in P else r
+    z = q(r + ar.expand(P["gate_bias"], r.shape)) if "gate_bias" in P else r
     s = _sigmoid(ar, z)[..., None]
     zeros = ar.zeros(y_s.shape)
     if gate == "euler":
@@ -406,37 +533,70 @@ def selective_scan(ar, P, u, discretization="zoh", output="before", ref=False):
     {"delta": (batch, L, m), "h": (batch, L, m, n) = h(t+1)}.
     """
     q = ar.q
-    A = P["A"]
-    zd = q(np.einsum("blj,ij->bli", u, P["W_delta"]))
+    zd = q(ar.proj(u, P["W_delta"]))
     if "delta_bias" in P:
-        zd = q(zd + P["delta_bias"])
+        zd = q(zd + ar.expand(P["delta_bias"], zd.shape[:2]))
+    Bbar = q(ar.proj(u, P["W_B"]))
+    Cbar = q(ar.proj(u, P["W_C"]))
+    return _selective_core(ar, P["A"], zd, Bbar, Cbar, P.get("D"), u, discretization, output,
+                           ref)
+
+
+def mamba_scan(ar, P, u, discretization="euler", output="after", ref=False):
+    """A Mamba layer's SSM under its own parameter names (rssm_ref.oracle.mamba), rounded
+    in the order mamba_ssm computes: x_dbl = x_proj(u) (batch, L, dt_rank + 2n) split into
+    dt, B̄, C̄; the pre-activation of Δ is dt_proj.weight·dt (+ dt_proj.bias); A = -exp(A_log).
+    Then as ``selective_scan``. Shapes: A_log (m, n), u (batch, L, m) -> y (batch, L, m).
+    """
+    q = ar.q
+    r, n = P["dt_proj.weight"].shape[1], P["A_log"].shape[1]
+    x_dbl = q(ar.proj(u, P["x_proj.weight"]))
+    zd = q(ar.proj(x_dbl[..., :r], P["dt_proj.weight"]))
+    if "dt_proj.bias" in P:
+        zd = q(zd + ar.expand(P["dt_proj.bias"], zd.shape[:2]))
+    A = -q(np.exp(P["A_log"]))
+    return _selective_core(ar, A, zd, x_dbl[..., r:r + n], x_dbl[..., r + n:], P.get("D"), u,
+                           discretization, output, ref)
+
+
+def _selective_core(ar, A, zd, Bbar, Cbar, D, u, discretization, output, ref):
+    """Eqs. (3)-(2) from the pre-activation zd of Δ and B̄_t, C̄_t (batch, L, n)."""
+    q = ar.q
     delta = _softplus(ar, zd)
-    dA = q(delta[..., None] * A)                               # (batch, L, m, n)
+    # A broadcast over (batch, L) once per use: each use's gradient is its own sum over
+    # (batch, t), added at the end, as a plain implementation writes them
+    dA = q(delta[..., None] * ar.expand(A, zd.shape[:2]))     # (batch, L, m, n)
     A_t = q(np.exp(dA))
-    Bbar = q(np.einsum("blj,nj->bln", u, P["W_B"]))
-    Cbar = q(np.einsum("blj,nj->bln", u, P["W_C"]))
     if discretization == "zoh":
-        B_t = q(q(q(np.expm1(dA)) / A) * Bbar[:, :, None, :])
+        B_t = q(q(q(np.expm1(dA)) / ar.expand(A, zd.shape[:2])) * Bbar[:, :, None, :])
     else:
         B_t = q(delta[..., None] * Bbar[:, :, None, :])
     H = _diag(ar, A_t, q(B_t * u[..., None]), ref)              # H[:, t] = h(t+1)
     read = _shift(ar, H) if output == "before" else H
     y = q(np.einsum("blmn,bln->blm", read, Cbar))
-    if "D" in P:
-        y = q(y + q(P["D"] * u))
-    return y, {"delta": delta, "h": H}
+    if D is not None:
+        y = q(y + q(ar.expand(D, u.shape[:2]) * u))
+    return y, {"delta": delta, "h": H, "last_state": H[:, -1]}
 
 
 def _model_fn(model, options):
     if model == "lti":
         return lambda ar, P, u: (_lti_block(ar, P, "", u), {})
     if model == "residual":
-        return lambda ar, P, u: residual_scan(ar, P, u, gate=options.get("gate") or "euler")
+        def residual(ar, P, u):
+            y, inter = residual_scan(ar, P, u, gate=options.get("gate") or "euler")
+            # output "before": y(0..L-1), the gate's state before the update with u(t)
+            return (_shift(ar, y) if options.get("output") == "before" else y), inter
+        return residual
     if model == "selective":
         return lambda ar, P, u: selective_scan(
             ar, P, u, discretization=options.get("discretization") or "zoh",
             output=options.get("output") or "before")
-    raise ValueError(f"model: {model!r} (expected lti, residual or selective)")
+    if model == "mamba":
+        return lambda ar, P, u: mamba_scan(
+            ar, P, u, discretization=options.get("discretization") or "euler",
+            output=options.get("output") or "after")
+    raise ValueError(f"model: {model!r} (expected lti, residual, selective or mamba)")
 
 
 def emulate(model, params, inputs, options, precision, grads=False, seed=None):

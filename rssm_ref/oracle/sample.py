@@ -123,7 +123,9 @@ def init_params(model, seed, form=None, m=None, p=None, order=None, n=None, orde
 
     Sizes (defaults): lti m=1, p=1, order=2 (k = order + 1, or n = order);
     residual m=2, order=4, order_r=4 (Σ and Σ_r in ``form``, default "tf"); selective m=4, n=8 (no
-    ``form``). ``vocab`` adds an ``embedding`` (vocab, m) for token inputs.
+    ``form``); mamba m=4 (d_inner), n=8 (d_state), dt_rank = ceil(m / 16), initialised as
+    mamba_ssm (rssm_ref.oracle.mamba.random_params). ``vocab`` adds an ``embedding``
+    (vocab, m) for token inputs.
 
     >>> sorted(init_params("selective", seed=1, m=2, n=3))
     ['A', 'D', 'W_B', 'W_C', 'W_delta', 'delta_bias']
@@ -137,7 +139,13 @@ def init_params(model, seed, form=None, m=None, p=None, order=None, n=None, orde
         raise ValueError(f"seed: {seed!r} (expected a non-negative integer)")
     rng = onp.random.default_rng(seed)
     P = {}
-    if model == "selective":
+    if model == "mamba":
+        if form is not None:
+            raise ValueError(f"form: {form!r} given for --model mamba (expected none: it has "
+                             "one form)")
+        from rssm_ref.oracle.mamba import random_params
+        P = random_params(m=m or 4, n=n or 8, seed=int(seed))
+    elif model == "selective":
         if form not in (None, "diag"):
             raise ValueError(f"form: {form!r} given for --model selective (expected none: it "
                              "has one form)")
@@ -185,6 +193,8 @@ def P_width(model, P):
         return P["num"].shape[1] if "num" in P else P["B"].shape[1]
     if model == "residual":
         return P["sigma_num"].shape[0] if "sigma_num" in P else P["sigma_C"].shape[0]
+    if model == "mamba":
+        return P["A_log"].shape[0]
     return P["A"].shape[0]
 
 
@@ -239,7 +249,7 @@ class InitConfig:
 # the size options of ``init`` that mean something, per model (others are refused)
 INIT_OPTIONS = {"lti": ("form", "m", "p", "order"),
                 "residual": ("form", "m", "order", "order_r"),
-                "selective": ("m", "n")}
+                "selective": ("m", "n"), "mamba": ("m", "n")}
 
 
 def _refuse_unused(config, inputs_out):

@@ -88,6 +88,11 @@ class VerifyReport:
     tensors: List[TensorReport]
     reference: str = ""
     candidate: str = ""
+    # the reference's model and conventions (``describe_reference``), and the candidate's
+    # keys that the reference lacks: [{"name": key, "reason": ...}], reported, not judged
+    model: str = ""
+    options: dict = dataclasses.field(default_factory=dict)
+    unchecked: list = dataclasses.field(default_factory=list)
 
     @property
     def passed(self):
@@ -96,57 +101,112 @@ class VerifyReport:
     def as_dict(self):
         return {"reference": self.reference, "candidate": self.candidate,
                 "precision": self.precision, "factor": self.factor, "floor": self.floor,
-                "passed": self.passed, "tensors": [t.as_dict() for t in self.tensors]}
+                "passed": self.passed, "model": self.model, "options": dict(self.options),
+                "tensors": [t.as_dict() for t in self.tensors],
+                "unchecked": [dict(u) for u in self.unchecked]}
 
     def to_json(self):
         return json.dumps(self.as_dict(), indent=1)
 
     def to_text(self):
+        # the name column fits the longest name (mamba's grad_dt_proj.weight)
+        w = max([14] + [len(t.name) + 2 for t in self.tensors])
         lines = [f"verify {self.candidate or 'candidate'} against {self.reference or 'reference'}"
                  f" at precision {self.precision}: pass when rel_err <= {self.factor:g} x "
                  f"oracle_err + {self.floor:.3g}",
-                 f"{'tensor':<14}{'shape':<18}{'max_abs':>11}{'rel_err':>11}{'oracle_err':>11}"
+                 f"reference: {describe_text(self.model, self.options)}",
+                 f"{'tensor':<{w}}{'shape':<18}{'max_abs':>11}{'rel_err':>11}{'oracle_err':>11}"
                  f"{'threshold':>11}  {'worst_index':<16}{'first_bad_t':>11}  verdict"]
         for t in self.tensors:
             fb = "-" if t.first_bad_t is None else str(t.first_bad_t)
-            lines.append(f"{t.name:<14}{str(tuple(t.shape)):<18}{t.max_abs:>11.3e}{t.rel:>11.3e}"
+            lines.append(f"{t.name:<{w}}{str(tuple(t.shape)):<18}{t.max_abs:>11.3e}{t.rel:>11.3e}"
                          f"{t.oracle_rel:>11.3e}{t.threshold:>11.3e}  {str(tuple(t.worst_index)):<16}"
                          f"{fb:>11}  {'ok' if t.passed else 'MISMATCH'}{(' ' + t.note) if t.note else ''}")
+        for u in self.unchecked:
+            lines.append(f"{u['name']:<{w}}unchecked: {u['reason']}")
         bad = sum(not t.passed for t in self.tensors)
         lines.append("PASS" if not bad else f"FAIL: {bad} of {len(self.tensors)} tensors mismatch")
+        if bad and self.model in ("residual", "selective", "mamba"):
+            lines.append(f"which conventions do your tensors follow? rssm-ref diagnose --reference "
+                         f"{self.reference or 'O.npz'} --candidate {self.candidate or 'C.npz'}")
         return "\n".join(lines)
 
 
-def check_candidate(arrays, ref_outputs, where="candidate"):
-    """The candidate's comparable tensors as float64, checked against the reference's keys.
+def describe_reference(opts, params):
+    """The reference's conventions that apply to its model, as a dict for the report:
+    path (lti, residual), gate and output (residual), discretization and output
+    (selective, mamba), D ("yes"/"no": the skip D u, selective and mamba), layout.
 
-    Any float dtype is accepted (it is the candidate's precision); embedded
-    ``param__*``/``input__*``/``options_json`` keys (a forward file used as candidate)
-    are ignored. NaN/inf are *not* refused here: they are a numerical verdict.
+    >>> describe_reference({"model": "selective", "discretization": "euler",
+    ...                     "output": "after"}, {"A": 0})
+    {'discretization': 'euler', 'output': 'after', 'D': 'no', 'layout': 'channel-last'}
     """
+    from rssm_ref.oracle.forward import DEFAULTS
+    model = opts.get("model")
     out = {}
+    if model in ("lti", "residual"):
+        out["path"] = opts.get("path") or "recurrent"
+    for key, default in DEFAULTS.get(model, {}).items():
+        out[key] = opts.get(key) or default
+    if model in ("selective", "mamba"):
+        out["D"] = "yes" if "D" in params else "no"
+    out["layout"] = opts.get("layout") or "channel-last"
+    return out
+
+
+def describe_text(model, options):
+    """'model mamba (discretization euler, output after, D yes, layout channel-first)'."""
+    inner = ", ".join(f"{k} {v}" for k, v in options.items())
+    return f"model {model or '?'}" + (f" ({inner})" if inner else "")
+
+
+def check_candidate(arrays, ref_outputs, where="candidate", allowed=None,
+                    layout="channel-last"):
+    """The candidate's comparable tensors as float64, and the keys left unchecked.
+
+    Returns ``(tensors, unchecked)``. Any float dtype is accepted (it is the candidate's
+    precision); embedded ``param__*``/``input__*``/``options_json`` keys (a forward file
+    used as candidate) are ignored. A key the model can output (``allowed``: grad_*,
+    intermediates) but the reference lacks is listed in ``unchecked`` with the rerun
+    that adds it; a key no forward file can hold is bad input (a typo must not pass
+    silently). NaN/inf are *not* refused here: they are a numerical verdict.
+    """
+    out, unchecked = {}, []
+    allowed = set(ref_outputs) if allowed is None else set(allowed) | set(ref_outputs)
+    inter = {k for spec in formats.SPECS.values() for k in spec["intermediates"]}
     for key, arr in arrays.items():
         if key == formats.OPTIONS_KEY or key.startswith(formats.PARAM_PREFIX) or \
                 key.startswith(formats.INPUT_PREFIX):
             continue
         if key not in ref_outputs:
-            inter = {k for spec in formats.SPECS.values() for k in spec["intermediates"]}
-            hint = (" (rerun forward with --grads)" if key.startswith("grad_") else
-                    " (rerun forward with --intermediates)" if key in inter else "")
-            raise ValueError(f"{where}: key '{key}' is not in the reference (expected keys among "
-                             f"{', '.join(sorted(ref_outputs))}){hint}")
+            hint = ("rerun forward with --grads" if key.startswith("grad_") else
+                    "rerun forward with --intermediates" if key in inter else "")
+            if key in allowed:
+                unchecked.append({"name": key, "reason": f"not in the reference ({hint})"})
+                continue
+            raise ValueError(f"{where}: key '{key}' is not in the reference and no output of "
+                             f"this model (expected keys among {', '.join(sorted(allowed))})"
+                             + (f"; {hint}" if hint else ""))
         arr = onp.asarray(arr)
         if arr.dtype.kind != "f":
             raise TypeError(f"{where}: key '{key}': dtype {arr.dtype} (expected a floating-point "
                             "array: float64, float32 or float16)")
-        if arr.shape != ref_outputs[key].shape:
+        want = ref_outputs[key].shape
+        if arr.shape != want:
+            other = "channel-first" if layout == "channel-last" else "channel-last"
+            flipped = formats.layout_shape(key, formats.from_layout(
+                key, onp.empty(want, dtype=onp.int8), layout).shape, other)
+            hint = (f"; it has the {other} layout: rerun forward with --layout {other}"
+                    if arr.shape == tuple(flipped) and flipped != want else "")
             raise ValueError(f"{where}: key '{key}': shape {arr.shape} (expected "
-                             f"{ref_outputs[key].shape}, as in the reference)")
+                             f"{want}, as in the {layout} reference){hint}")
         out[key] = arr.astype(onp.float64)
     if not out:
-        raise ValueError(f"{where}: no tensor to compare (expected at least one of "
-                         f"{', '.join(sorted(ref_outputs))})")
-    return out
+        left = (f": {', '.join(u['name'] for u in unchecked)} "
+                f"{unchecked[0]['reason']}" if unchecked else "")
+        raise ValueError(f"{where}: no tensor to compare with the reference{left}; expected at "
+                         f"least one of {', '.join(sorted(ref_outputs))}")
+    return out, unchecked
 
 
 def _order(keys):
@@ -176,12 +236,17 @@ def verify(reference, candidate, precision="float64", where=("reference", "candi
     if precision not in PRECISIONS:
         raise ValueError(f"precision: {precision!r} (expected one of {', '.join(PRECISIONS)})")
     opts, params, inputs, ref_out = formats.check_reference(reference, where=where[0])
-    cand = check_candidate(candidate, ref_out, where=where[1])
+    layout = opts.get("layout") or "channel-last"
+    cand, unchecked = check_candidate(candidate, ref_out, where=where[1], layout=layout,
+                                      allowed=formats.allowed_output_keys(opts["model"], params))
     need_grads = any(k.startswith("grad_") for k in cand)
     # the oracle's own error in this precision: round-to-nearest, and the worst of a few
-    # stochastically rounded runs (other rounding orders; float64 has one run)
+    # stochastically rounded runs (other rounding orders; float64 has one run); emulate
+    # works in (batch, L, ...), the reference file in its layout
     seeds = [None] + ([] if precision == "float64" else list(range(STOCHASTIC_RUNS)))
-    runs = [emulate(opts["model"], params, inputs, opts, precision, grads=need_grads, seed=s)
+    runs = [{k: formats.to_layout(k, v, layout) for k, v in
+             emulate(opts["model"], params, inputs, opts, precision, grads=need_grads,
+                     seed=s).items()}
             for s in seeds]
     factor = TOLERANCES["verify_factor"]
     floor = TOLERANCES["verify_floor_" + precision]
@@ -202,13 +267,16 @@ def verify(reference, candidate, precision="float64", where=("reference", "candi
                 note = f"(the oracle's own {precision} error is {oracle_rel:.1e}: {precision} cannot resolve this case)"
         passed = bool(rel <= threshold)
         first_bad = None
-        if not passed and key in formats.TIME_AXIS_TENSORS and diff.ndim >= 2:
-            per_t = onp.max(onp.moveaxis(diff, 1, 0).reshape(diff.shape[1], -1), axis=1) / scale
+        t_ax = formats.time_axis(key, diff.ndim, layout)
+        if not passed and t_ax is not None:
+            per_t = onp.max(onp.moveaxis(diff, t_ax, 0).reshape(diff.shape[t_ax], -1),
+                            axis=1) / scale
             bad = onp.flatnonzero(per_t > threshold)
             first_bad = int(bad[0]) if bad.size else None
         reports.append(TensorReport(key, tuple(ref.shape), max_abs, rel, worst, oracle_rel,
                                     threshold, passed, first_bad, note))
-    return VerifyReport(precision, factor, floor, reports)
+    return VerifyReport(precision, factor, floor, reports, model=opts["model"],
+                        options=describe_reference(opts, params), unchecked=unchecked)
 
 
 def verify_files(reference_path, candidate_path, precision="float64"):

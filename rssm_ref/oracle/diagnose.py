@@ -1,0 +1,295 @@
+"""``diagnose``: which of the conventions the oracle knows a candidate's tensors follow.
+
+A candidate that follows other conventions than its reference (mamba_ssm's Euler B and
+"after" output against the paper's defaults, a forgotten skip D, the other layout)
+fails ``verify`` with errors of order 1 from the first steps and no hint. ``diagnose``
+recomputes the reference from the params and inputs embedded in the reference file
+under every combination of
+
+    lti               layout
+    residual          gate (euler eq. 5, zoh Remark 3.1) x output (after: y(1..L), the
+                      format's; before: y(0..L-1)) x layout
+    selective, mamba  discretization (zoh, euler) x output (before, after) x D (with,
+                      without; when the params hold D) x layout
+
+(layout: channel-last (batch, L, m) or channel-first (batch, m, L); tried only where the
+candidate's shapes fit), ranks them by the candidate's worst error (relative to max|T|
+of each tensor, as ``verify``), and runs ``verify`` on the best one at float64, float32,
+float16, bfloat16 in turn: the first precision that passes is the one it matches at.
+The report names the conventions and the ``forward`` flags that reproduce them.
+
+Glossary
+--------
+Combo            dict of conventions, keys as ``verify.describe_reference`` (gate,
+                 discretization, output, D, layout; path for lti/residual is kept)
+DiagnoseReport   rows (every combo: worst rel_err, worst tensor), best, precision, advice
+diagnose(reference, candidate) -> DiagnoseReport       (mappings of arrays)
+diagnose_files(reference_path, candidate_path) -> DiagnoseReport
+
+>>> import numpy
+>>> from rssm_ref.oracle import mamba, forward
+>>> P, U = mamba.random_params(m=3, n=2, seed=0), {"u": numpy.ones((1, 6, 3))}
+>>> ref = forward.bundle(forward.resolve_options("mamba", discretization="zoh"), P, U,
+...                      forward.compute("mamba", P, U, discretization="zoh"))
+>>> cand = forward.compute("mamba", P, U)                 # euler, after: mamba_ssm's
+>>> rep = diagnose(ref, {"y": cand["y"]})
+>>> rep.best, rep.precision
+({'discretization': 'euler', 'output': 'after', 'D': 'yes', 'layout': 'channel-last'}, 'float64')
+>>> rep.rerun_flags
+'--discretization euler'
+"""
+import dataclasses
+import itertools
+import json
+import os
+from typing import Optional
+
+import numpy as onp
+
+from rssm_ref.oracle import formats, forward
+from rssm_ref.oracle.precision import PRECISIONS
+from rssm_ref.oracle.verify import describe_reference, describe_text, verify
+from rssm_ref.tolerances import TINY
+
+# names for convention sets a user will recognise
+KNOWN = {
+    ("selective", "euler", "after"): "mamba_ssm's and mambapy's conventions",
+    ("mamba", "euler", "after"): "mamba_ssm's and mambapy's conventions",
+    ("selective", "zoh", "before"): "the paper's eqs. (2)-(3b)",
+    ("mamba", "zoh", "before"): "the paper's eqs. (2)-(3b)",
+}
+
+
+def _grid(model, ref_conv, has_D):
+    """Every combination of conventions for ``model`` (dicts in describe_reference's keys)."""
+    axes = {}
+    if "path" in ref_conv:
+        axes["path"] = [ref_conv["path"]]          # fft vs recurrent: not a convention
+    if model == "residual":
+        axes["gate"] = list(forward.GATES)
+        axes["output"] = ["after", "before"]
+    if model in ("selective", "mamba"):
+        axes["discretization"] = list(forward.DISCRETIZATIONS)
+        axes["output"] = list(forward.OUTPUTS)
+        axes["D"] = ["yes", "no"] if has_D else ["no"]
+    axes["layout"] = list(formats.LAYOUTS)
+    keys = list(axes)
+    return [dict(zip(keys, vals)) for vals in itertools.product(*(axes[k] for k in keys))]
+
+
+def _label(model, combo):
+    parts = ", ".join(f"{k}={v}" for k, v in combo.items() if k != "path")
+    known = KNOWN.get((model, combo.get("discretization"), combo.get("output")))
+    if model == "residual":
+        known = ("gate eq. (5)" if combo["gate"] == "euler" else "the ZOH gate of Remark 3.1") + \
+            (", y(1..L)" if combo["output"] == "after" else ", y(0..L-1)")
+    return parts + (f" ({known})" if known else "")
+
+
+def rerun_flags(model, combo, ref_conv):
+    """The forward flags that reproduce ``combo`` (those that differ from the reference,
+    plus the model's convention flags when any differs), and advice for D.
+
+    >>> rerun_flags("selective", {"discretization": "euler", "output": "after", "D": "no",
+    ...   "layout": "channel-last"}, {"discretization": "zoh", "output": "after", "D": "no",
+    ...   "layout": "channel-last"})
+    '--discretization euler'
+    """
+    flags = []
+    for key in ("gate", "discretization", "output", "layout"):
+        if key in combo and combo[key] != ref_conv.get(key):
+            flags.append(f"--{key} {combo[key]}")
+    return " ".join(flags)
+
+
+@dataclasses.dataclass
+class DiagnoseReport:
+    """Every combination tried, the best one and the precision it matches at."""
+    model: str
+    reference_options: dict
+    keys: list
+    rows: list                      # [{"conventions", "label", "rel_err", "worst_tensor"}]
+    best: Optional[dict]
+    precision: Optional[str]
+    rerun_flags: str
+    advice: str
+    unchecked: list
+    reference: str = ""
+    candidate: str = ""
+    best_report: Optional[object] = None    # the VerifyReport of the best combo
+
+    @property
+    def passed(self):
+        """True when some combination matches at some precision."""
+        return self.precision is not None
+
+    def as_dict(self):
+        return {"reference": self.reference, "candidate": self.candidate, "model": self.model,
+                "reference_options": self.reference_options, "keys": list(self.keys),
+                "unchecked": list(self.unchecked), "passed": self.passed,
+                "best": self.best, "precision": self.precision,
+                "rerun_flags": self.rerun_flags, "advice": self.advice,
+                "rows": [dict(r, rel_err=_json_float(r["rel_err"])) for r in self.rows],
+                "best_report": self.best_report.as_dict() if self.best_report else None}
+
+    def to_json(self):
+        return json.dumps(self.as_dict(), indent=1)
+
+    def to_text(self):
+        lines = [f"diagnose {self.candidate or 'candidate'} against {self.reference or 'reference'}",
+                 f"reference: {describe_text(self.model, self.reference_options)}",
+                 f"compared: {', '.join(self.keys)}"
+                 + (f"; unchecked (not in the reference): "
+                    f"{', '.join(u['name'] for u in self.unchecked)}" if self.unchecked else ""),
+                 f"{'rel_err':>10}  {'worst tensor':<20} conventions"]
+        for r in self.rows:
+            mark = []
+            if r["conventions"] == self.best:
+                mark.append("best")
+            if r.get("is_reference"):
+                mark.append("the reference's")
+            tail = f"   <- {', '.join(mark)}" if mark else ""
+            lines.append(f"{r['rel_err']:>10.2e}  {r['worst_tensor']:<20} {r['label']}{tail}")
+        if self.best_report is not None:
+            lines.append("")
+            lines.extend(l for l in self.best_report.to_text().split("\n")
+                         if not l.startswith("which conventions"))
+        lines.append("")
+        lines.append(self.advice)
+        return "\n".join(lines)
+
+
+def _json_float(x):
+    x = float(x)
+    return x if onp.isfinite(x) else ("inf" if x > 0 else "nan")
+
+
+def _candidate_tensors(candidate, ref_out, allowed, where):
+    """Float64 candidate tensors with keys in the reference; unchecked keys listed."""
+    out, unchecked = {}, []
+    for key, arr in candidate.items():
+        if key == formats.OPTIONS_KEY or key.startswith((formats.PARAM_PREFIX,
+                                                          formats.INPUT_PREFIX)):
+            continue
+        if key not in ref_out:
+            if key in allowed:
+                unchecked.append({"name": key, "reason": "not in the reference"})
+                continue
+            raise ValueError(f"{where}: key '{key}' is not in the reference and no output of "
+                             f"this model (expected keys among {', '.join(sorted(allowed))})")
+        arr = onp.asarray(arr)
+        if arr.dtype.kind != "f":
+            raise TypeError(f"{where}: key '{key}': dtype {arr.dtype} (expected a floating-point "
+                            "array: float64, float32 or float16)")
+        out[key] = arr.astype(onp.float64)
+    if not out:
+        raise ValueError(f"{where}: no tensor to compare with the reference (expected at least "
+                         f"one of {', '.join(sorted(ref_out))})")
+    return out, unchecked
+
+
+def _rel(actual, desired):
+    scale = max(float(onp.max(onp.abs(desired))) if desired.size else 0.0, TINY)
+    d = onp.abs(actual - desired)
+    d = onp.where(onp.isnan(d), onp.inf, d)
+    return float(onp.max(d)) / scale if d.size else 0.0
+
+
+def diagnose(reference, candidate, where=("reference", "candidate"), precisions=PRECISIONS):
+    """Try every convention combination; see the module docstring. Returns DiagnoseReport.
+
+    ``reference``: mapping of a forward file; ``candidate``: mapping key -> array
+    (keys among the reference's outputs; others the model can output are unchecked).
+    Bad input (no comparable key, shapes that fit no layout) raises ValueError.
+    """
+    opts, params, inputs, ref_out = formats.check_reference(reference, where=where[0])
+    model = opts["model"]
+    ref_conv = describe_reference(opts, params)
+    cand, unchecked = _candidate_tensors(candidate, ref_out,
+                                         formats.allowed_output_keys(model, params), where[1])
+    keys = sorted(cand, key=lambda k: (k != "y", not k.startswith("grad_"), k))
+    need_grads = any(k.startswith("grad_") for k in cand)
+    need_inter = any(k in formats.SPECS[model]["intermediates"] for k in cand)
+    rows, bundles = [], {}
+    for combo in _grid(model, ref_conv, "D" in params):
+        P = {k: v for k, v in params.items() if not (k == "D" and combo.get("D") == "no")}
+        o = forward.resolve_options(model, path=opts.get("path"), gate=combo.get("gate"),
+                                    discretization=combo.get("discretization"),
+                                    output=combo.get("output"),
+                                    allow_unstable=bool(opts.get("allow_unstable")),
+                                    grads=need_grads, intermediates=need_inter,
+                                    layout=combo["layout"])
+        lay = combo["layout"]
+        # shapes in this layout must fit the candidate's (the layout is tried, not assumed)
+        canon = {k: formats.from_layout(k, onp.empty(ref_out[k].shape, onp.int8),
+                                        ref_conv["layout"]).shape for k in cand}
+        if any(formats.layout_shape(k, canon[k], lay) != cand[k].shape for k in cand):
+            continue
+        out = forward._compute_checked(model, P, inputs, o)
+        if any(k not in out for k in cand):         # e.g. grad_D without D
+            continue
+        out = {k: formats.to_layout(k, v, lay) for k, v in out.items()}
+        errs = {k: _rel(cand[k], out[k]) for k in cand}
+        worst = max(errs, key=errs.get)
+        U = dict(inputs)
+        if need_grads and "dy" not in U:
+            U["dy"] = onp.ones(formats.from_layout("y", out["y"], lay).shape)
+        U = {k: formats.to_layout(k, v, lay) for k, v in U.items()}
+        bundles[len(rows)] = forward.bundle(o, P, U, out)
+        rows.append({"conventions": combo, "label": _label(model, combo),
+                     "rel_err": errs[worst], "worst_tensor": worst,
+                     "is_reference": combo == ref_conv})
+    if not rows:
+        k = keys[0]
+        raise ValueError(f"{where[1]}: key '{k}': shape {cand[k].shape} fits neither layout "
+                         f"(expected {ref_out[k].shape} as in the reference, or its "
+                         "channel-first/channel-last transpose)")
+    order = sorted(range(len(rows)), key=lambda i: (rows[i]["rel_err"],
+                                                   not rows[i]["is_reference"]))
+    rows_sorted = [rows[i] for i in order]
+    best_i = order[0]
+    best = rows[best_i]["conventions"]
+    precision, best_report = None, None
+    for p in precisions:
+        rep = verify(bundles[best_i], cand, p, where=(where[0] + " (recomputed)", where[1]))
+        best_report = rep
+        if rep.passed:
+            precision = p
+            break
+    flags = rerun_flags(model, best, ref_conv)
+    label = rows[best_i]["label"]
+    if precision is None:
+        advice = (f"no combination of the conventions the oracle knows matches: the closest is "
+                  f"{label} with rel_err {rows[best_i]['rel_err']:.2e} at "
+                  f"{rows[best_i]['worst_tensor']} (a bug beyond conventions; the table above "
+                  "shows where it starts)")
+    else:
+        d_note = ""
+        if best.get("D") == "no" and ref_conv.get("D") == "yes":
+            d_note = " and the key 'D' left out of the params (your tensors omit the skip D u)"
+        if best == ref_conv:
+            advice = (f"matches the reference's own conventions ({label}) at {precision} "
+                      f"precision: verify --precision {precision} passes")
+        else:
+            how = f"rerun forward with {flags}" if flags else "rerun forward"
+            advice = f"matches {label} at {precision} precision; {how}{d_note}"
+    return DiagnoseReport(model, ref_conv, keys, rows_sorted, best, precision, flags, advice,
+                          unchecked, best_report=best_report)
+
+
+def diagnose_files(reference_path, candidate_path):
+    """Load both files (allow_pickle=False) and ``diagnose``; errors name the file and key.
+
+    >>> diagnose_files("/nonexistent/O.npz", "C.npz")
+    Traceback (most recent call last):
+    ...
+    ValueError: /nonexistent/O.npz: no such file (expected a .npz reference file)
+    """
+    ref = formats.load_npz(reference_path, "reference")
+    cand = formats.load_npz(candidate_path, "candidate")
+    rep = diagnose(ref, cand, where=(os.fspath(reference_path), os.fspath(candidate_path)))
+    rep.reference, rep.candidate = os.fspath(reference_path), os.fspath(candidate_path)
+    if rep.best_report is not None:
+        rep.best_report.candidate = os.fspath(candidate_path)
+        rep.best_report.reference = os.fspath(reference_path) + " recomputed"
+    return rep
