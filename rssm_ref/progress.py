@@ -44,7 +44,7 @@ import time
 
 __all__ = ["Progress", "Task", "format_duration"]
 
-LINE_EVERY_FRACTION = 0.10     # a non-terminal stream gets a line per 10 % of a task
+LINE_EVERY_PARTS = 10          # a non-terminal stream gets a line per 1/10 of a task
 BAR_REDRAW_S = 0.1             # a terminal bar is redrawn at most this often
 
 
@@ -101,7 +101,7 @@ class Task:
         self.done = self.start = int(start)   # a resumed run starts past 0
         self.rate = None                       # given by the caller, else measured here
         self.info = {}
-        self.next_fraction = LINE_EVERY_FRACTION
+        self.last_share = 0          # shares of LINE_EVERY_PARTS already reported
         self.last_line_t = self.t0
         self.last_draw_t = -math.inf
         self.closed = False
@@ -138,11 +138,12 @@ class Task:
             if now - self.last_draw_t >= BAR_REDRAW_S or self.done >= self.total:
                 self.p._bar(self, now)
                 self.last_draw_t = now
-        elif self.done / self.total >= self.next_fraction or now - self.last_line_t >= self.p.interval:
-            self.p._line(line, log=False, stream=True)
-            self.last_line_t = now
-            while self.next_fraction <= self.done / self.total:
-                self.next_fraction += LINE_EVERY_FRACTION
+        else:
+            share = self.done * LINE_EVERY_PARTS // self.total      # integers: no rounding
+            if share > self.last_share or now - self.last_line_t >= self.p.interval:
+                self.p._line(line, log=False, stream=True)
+                self.last_line_t = now
+                self.last_share = share
 
     def close(self, done=None, **info):
         """The task's last line: units done, wall time, mean rate, last ``info``."""
