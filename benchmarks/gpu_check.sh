@@ -13,5 +13,5 @@ python -c "import cupy; print('CuPy', cupy.__version__, 'devices', cupy.cuda.run
 # every backend test, CuPy included; -rs lists anything still skipped, with its reason
 python -m pytest tests/test_backend.py tests/test_backend_cli.py -rs 2>&1 | tee "$out/gpu-tests.txt"
 # the issue's figure: Residual SSM forward, batch 1000, L = 65536, CuPy vs the NumPy cores
-python cli.py bench --only backend_forward --backend cupy --backend-size 1000x65536 --json "$out/gpu-bench.json" 2>&1 \
+python cli.py bench --only backend_forward --backend cupy --backend-size 1000x65536 --json-out "$out/gpu-bench.json" 2>&1 \
     | tee "$out/gpu-bench.txt"

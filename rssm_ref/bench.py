@@ -21,7 +21,10 @@ Glossary
 --------
 run_bench(quick=False, progress=None, only=None, backend="numpy", backend_size=None)
   -> list of dict(figure, value, unit, baseline, target, pass, detail)
-format_bench(rows) -> str;  write_json(rows, path);  parse_size("1000x65536") -> (1000, 65536)
+format_bench(rows, quick=False) -> str;  bench_document(rows, quick=False) -> dict;
+write_json(rows, path, quick=False);  parse_size("1000x65536") -> (1000, 65536)
+A ``quick`` run is a smoke run (small sizes, 2 repeats): the table's first line, its
+verdicts ("MISS (smoke)") and the JSON's ``quick`` and ``note`` say so.
 
 >>> rows = run_bench(quick=True, only=("lti_recurrent",))
 >>> rows[0]["figure"], rows[0]["unit"]
@@ -38,7 +41,10 @@ import numpy as onp
 import scipy.signal as ssig
 from autograd import value_and_grad
 
-__all__ = ["run_bench", "format_bench", "write_json", "FIGURES"]
+__all__ = ["run_bench", "format_bench", "bench_document", "write_json", "FIGURES"]
+
+SMOKE_NOTE = ("SMOKE RUN (--quick): small sizes and 2 repeats check that every figure runs; "
+              "the ratios are noisy and the verdicts are not the benchmark's")
 
 FIGURES = ("lti_recurrent", "fft_exact", "gate_forward", "residual_grad", "selective_fast_vs_ref",
            "residual_eval_L1024", "residual_train_step", "scaling", "backend_forward")
@@ -259,13 +265,16 @@ def run_bench(quick=False, progress=None, only=None, backend="numpy", backend_si
     return rows
 
 
-def format_bench(rows):
-    """A table: figure, value, target, verdict."""
-    lines = [f"{'figure':<24}{'value':>14}  {'target':<20}{'verdict':<8} baseline"]
+def format_bench(rows, quick=False):
+    """A table: figure, value, target, verdict (a smoke run says so)."""
+    lines = [SMOKE_NOTE] if quick else []
+    lines.append(f"{'figure':<24}{'value':>14}  {'target':<20}{'verdict':<8} baseline")
     for r in rows:
         v = r["value"]
         val = f"{v:.3f}x" if r["unit"] == "ratio" else (f"{v * 1e3:.1f} ms" if r["unit"] == "s" else f"{v:.2f}")
         verdict = "PASS" if r["pass"] else ("MISS" if r["pass"] is False else "-")
+        if quick and r["pass"] is not None:
+            verdict += " (smoke)"
         lines.append(f"{r['figure']:<24}{val:>14}  {r['target']:<20}{verdict:<8} {r['baseline'] or ''}")
         if r["figure"] == "residual_eval_L1024":
             lines[-1] += f" (peak {r['detail']['peak_MiB']:.0f} MiB)"
@@ -277,13 +286,22 @@ def format_bench(rows):
     return "\n".join(lines)
 
 
-def write_json(rows, path):
-    """Write {"machine", "rows"} atomically (temporary name, then rename)."""
-    doc = {"machine": {"python": platform.python_version(), "numpy": onp.__version__,
-                       "cpus": os.cpu_count(), "load_avg": list(os.getloadavg())},
-           "rows": rows}
+def bench_document(rows, quick=False):
+    """{"quick", "note", "machine", "rows"}: what --json prints and --json-out writes."""
+    return {"quick": bool(quick), "note": SMOKE_NOTE if quick else "full sizes, 7 repeats",
+            "machine": {"python": platform.python_version(), "numpy": onp.__version__,
+                        "cpus": os.cpu_count(), "load_avg": list(os.getloadavg())},
+            "rows": rows}
+
+
+def write_json(rows, path, quick=False):
+    """Write ``bench_document`` atomically (temporary name, then rename); the folder
+    must exist."""
+    doc = bench_document(rows, quick)
     d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
+    if not os.path.isdir(d):
+        raise ValueError(f"--json-out: {path}: folder {d} does not exist (expected an existing "
+                         "folder)")
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
     try:
         with os.fdopen(fd, "w") as fh:

@@ -347,27 +347,49 @@ def reproduce_cmd(task, model, seeds, steps, quick, out, gate, discretization, o
 
 # benchmarks (issue 8): ratios against baselines timed in the same run.
 @main.command("bench")
-@click.option("--quick", is_flag=True, help="Small sizes, few repeats (seconds).")
-@click.option("--json", "json_path", default=None, metavar="OUT", help="Also write the rows as JSON.")
+@click.option("--quick", is_flag=True,
+              help="A smoke run: small sizes, 2 repeats (seconds); marked as such in the table "
+                   "and the JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON on stdout.")
+@click.option("--json-out", "json_path", default=None, metavar="PATH",
+              help="Also write the rows as JSON to PATH (its folder must exist).")
 @_BACKEND
 @click.option("--backend-size", default=None, metavar="BATCHxL",
               help="Size of the backend_forward figure, e.g. 1000x65536 (default 100x65536).")
 @click.option("--only", multiple=True, metavar="FIGURE", help="Run only these figures (repeatable).")
-def bench_cmd(quick, json_path, backend, backend_size, only):
+def bench_cmd(quick, as_json, json_path, backend, backend_size, only):
     """Speed and memory as ratios against baselines timed in the same run."""
+    import os
     from rssm_ref.backend import get_backend_name
-    from rssm_ref.bench import check_figures, format_bench, parse_size, run_bench, write_json
+    from rssm_ref.bench import (bench_document, check_figures, format_bench, parse_size,
+                                run_bench, write_json)
     from rssm_ref.backend import namespace
+    from rssm_ref.progress import Progress
     backend = backend or run_guarded(get_backend_name)
     run_guarded(namespace, backend)
     size = run_guarded(parse_size, backend_size) if backend_size else None
     names = run_guarded(check_figures, only)
-    with click.progressbar(length=len(names), label="bench", file=sys.stderr) as bar:
-        rows = run_guarded(run_bench, quick=quick, progress=lambda name, row: bar.update(1),
-                           only=names, backend=backend, backend_size=size)
-    click.echo(format_bench(rows))
+    if json_path and not os.path.isdir(os.path.dirname(os.path.abspath(json_path))):
+        raise UserError(f"--json-out: {json_path}: folder "
+                        f"{os.path.dirname(os.path.abspath(json_path))} does not exist "
+                        "(expected an existing folder)")
+    task = Progress.to_stderr().task("bench" + (" (smoke run)" if quick else ""), len(names),
+                                     unit="figure")
+    done = []
+
+    def progress(name, row):
+        done.append(name)
+        task.update(len(done))
+    rows = run_guarded(run_bench, quick=quick, progress=progress, only=names, backend=backend,
+                       backend_size=size)
+    task.close()
     if json_path:
-        run_guarded(write_json, rows, json_path)
+        run_guarded(write_json, rows, json_path, quick)
+    if as_json:
+        _json_out(bench_document(rows, quick))
+        return
+    click.echo(format_bench(rows, quick))
+    if json_path:
         click.echo(f"wrote {json_path}")
 
 

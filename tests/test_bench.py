@@ -1,4 +1,5 @@
-"""`python cli.py bench --quick` runs and writes valid JSON (timings are not asserted)."""
+"""`rssm-ref bench --quick` runs, is marked as a smoke run, and writes valid JSON (timings
+are not asserted)."""
 import json
 
 from click.testing import CliRunner
@@ -9,9 +10,10 @@ from rssm_ref.bench import FIGURES
 
 def test_bench_quick_writes_schema(tmp_path):
     out = tmp_path / "bench.json"
-    res = CliRunner().invoke(main, ["bench", "--quick", "--json", str(out)])
+    res = CliRunner().invoke(main, ["bench", "--quick", "--json-out", str(out)])
     assert res.exit_code == 0, res.output
     doc = json.loads(out.read_text())
+    assert doc["quick"] is True and doc["note"].startswith("SMOKE RUN")
     assert [r["figure"] for r in doc["rows"]] == list(FIGURES)
     for r in doc["rows"]:
         assert set(r) == {"figure", "value", "unit", "baseline", "target", "pass", "detail"}
@@ -19,4 +21,19 @@ def test_bench_quick_writes_schema(tmp_path):
         assert r["pass"] in (True, False, None)
         if r["unit"] == "ratio":
             assert r["detail"]["fast_s"] > 0 and r["detail"]["baseline_s"] > 0
-    assert "PASS" in res.output or "MISS" in res.output
+    assert res.stdout.splitlines()[0].startswith("SMOKE RUN (--quick)")
+    assert "PASS (smoke)" in res.stdout or "MISS (smoke)" in res.stdout
+    assert "[bench (smoke run)] done: " in res.stderr
+
+
+def test_bench_json_to_stdout_and_bad_json_out(tmp_path):
+    r = CliRunner()
+    res = r.invoke(main, ["bench", "--quick", "--only", "lti_recurrent", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["quick"] is True and [row["figure"] for row in doc["rows"]] == ["lti_recurrent"]
+    # --json-out into a missing folder: refused before any timing, JSON error on stdout
+    res = r.invoke(main, ["bench", "--quick", "--json", "--json-out", str(tmp_path / "no" / "b.json")])
+    assert res.exit_code == 2
+    err = json.loads(res.stdout)
+    assert err["exit_code"] == 2 and "--json-out" in err["error"]
