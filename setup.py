@@ -20,6 +20,9 @@ setup(
         "plot": ["matplotlib>=3.5"],
         # CuPy for CUDA 12 and the array-API wrapper the neutral kernels use on it
         "gpu": ["cupy-cuda12x>=13", "array-api-compat>=1.4"],
+        # optional: real third-party Mamba code against the oracle
+        # (tests/test_mamba_third_party.py, docs/12-verify-mamba.md); CPU torch suffices
+        "thirdparty": ["torch>=2.0", "mambapy>=1.2", "einops>=0.7"],
     },
     entry_points={"console_scripts": ["rssm-ref=rssm_ref.cli:main"]},
 )
