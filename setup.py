@@ -16,7 +16,10 @@ setup(
     extras_require={
         # array-api-strict: the CPU stand-in that keeps NumPy-only calls out of the
         # backend-neutral kernels (rssm_ref.xp_core, rssm_ref.xp_models)
-        "test": ["pytest>=7", "hypothesis>=6.50", "matplotlib>=3.5", "array-api-strict>=2.0"],
+        # control: python-control, for rssm_ref.lti.from_control / .to_control (optional)
+        "test": ["pytest>=7", "hypothesis>=6.50", "matplotlib>=3.5", "array-api-strict>=2.0",
+                 "control>=0.10"],
+        "control": ["control>=0.10"],
         "plot": ["matplotlib>=3.5"],
         # CuPy for CUDA 12 and the array-API wrapper the neutral kernels use on it
         "gpu": ["cupy-cuda12x>=13", "array-api-compat>=1.4"],

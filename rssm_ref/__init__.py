@@ -6,5 +6,50 @@ state space and transfer function), ``recurrence`` and ``convolution`` (the two
 computation paths), ``discretize`` (eq. 3 and classic methods), ``gate`` (eq. 5 and
 Remark 3.1), ``residual_ssm`` (Section 3.2.2), ``selective_ssm`` (Section 3.2.1),
 ``tasks``, ``train``, ``experiments``, ``oracle``, ``testing``, ``backend``.
+
+The main types and functions are importable from the top level (loaded on first use,
+so ``import rssm_ref`` stays light):
+
+>>> from rssm_ref import StateSpace, TransferFunction
+>>> TransferFunction([1.0, 0.0], [1.0, -0.5]).filter([1.0, 1.0, 1.0]).tolist()
+[1.0, 1.5, 1.75]
+>>> "StateSpace" in __all__ and "compute" in __all__
+True
 """
 __version__ = "0.1.0"
+
+# public name -> module that defines it (PEP 562 lazy attributes). Functions named like
+# their module (rssm_ref.gate.gate, rssm_ref.train.train, rssm_ref.explain.explain,
+# rssm_ref.selective_ssm.selective_ssm) stay
+# in their module: a package attribute would shadow the submodule.
+_EXPORTS = {
+    "rssm_ref.lti": ("StateSpace", "TransferFunction", "from_scipy", "from_control", "ss2tf",
+                     "tf2ss", "markov_parameters", "den_from_reflection"),
+    "rssm_ref.recurrence": ("tf_filter", "ss_filter"),
+    "rssm_ref.convolution": ("fft_conv", "tf_kernel", "tf_fft_filter", "ss_fft_filter"),
+    "rssm_ref.discretize": ("cont2discrete", "mamba_discretize"),
+    "rssm_ref.residual_ssm": ("residual_ssm_tf", "residual_ssm_ss", "ResidualSSM"),
+    "rssm_ref.tasks": ("induction_head", "extended_induction_head"),
+    "rssm_ref.models": ("ModelConfig",),
+    "rssm_ref.train": ("TrainConfig",),
+    "rssm_ref.experiments": ("ReproduceConfig", "reproduce"),
+    "rssm_ref.explain": ("ExplainConfig",),
+    "rssm_ref.oracle.forward": ("compute",),
+    "rssm_ref.oracle.verify": ("verify",),
+    "rssm_ref.progress": ("Progress",),
+}
+_WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name):
+    if name in _WHERE:
+        import importlib
+        value = getattr(importlib.import_module(_WHERE[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'rssm_ref' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

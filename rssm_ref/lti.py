@@ -32,6 +32,8 @@ den_from_reflection(k) -> den (..., n+1)              (step-up / Levinson; diffe
 den_from_reflection_ref(k)
 ss2tf(A, B, C, D) -> (num, den);  tf2ss(num, den) -> (A, B, C, D)
 StateSpace(A, B, C, D), TransferFunction(num, den), from_scipy(sys)
+sys.filter(u, path="recurrent"|"fft") -> y     (simulate: scipy.signal.dlsim / lfilter's job)
+from_control(sys), sys.to_control()            (python-control, optional: pip install control)
 
 >>> sys = TransferFunction([1.0, 0.0], [1.0, -0.5])      # H(z) = z / (z - 0.5)
 >>> sys.impulse(4)[:, 0, 0].tolist()
@@ -49,8 +51,28 @@ from rssm_ref.validation import _is_traced, check_array, check_state_space
 __all__ = [
     "markov_parameters", "markov_parameters_ref", "den_from_reflection",
     "den_from_reflection_ref", "ss2tf", "tf2ss", "observable_realization", "StateSpace", "TransferFunction",
-    "from_scipy",
+    "from_scipy", "from_control",
 ]
+
+
+def _filter_io(u, m):
+    """Shape u for the batched filters: (batch, L, m) as is, (L, m) and, when m == 1,
+    (L,) as one sequence. Returns (u3, unshape) with unshape(y3) giving y back in u's
+    layout ((L, p), or (L,) for a SISO 1-D u)."""
+    nd = onp.ndim(u)
+    if nd == 3:
+        return u, lambda y: y
+    if nd == 2:
+        return np.reshape(u, (1,) + onp.shape(u)), lambda y: y[0]
+    if nd == 1 and m == 1:
+        return np.reshape(u, (1, onp.shape(u)[0], 1)), lambda y: y[0, :, 0] if onp.shape(y)[2] == 1 else y[0]
+    raise ValueError(f"u: expected shape (batch, L, {m}) or (L, {m})"
+                     + (" or (L,)" if m == 1 else "") + f", got {onp.shape(u)}")
+
+
+def _check_path(path):
+    if path not in ("recurrent", "fft"):
+        raise ValueError(f"path: {path!r} (expected 'recurrent' or 'fft')")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -402,6 +424,32 @@ class StateSpace:
         X = onp.linalg.solve(M, onp.broadcast_to(self.B.astype(complex), (z.size,) + self.B.shape))
         return onp.matmul(self.C, X) + self.D
 
+    def filter(self, u, path="recurrent", x0=None):
+        """Simulate the system on input sequences (what scipy.signal.dlsim does), eq. (2).
+
+        Shapes: u (batch, L, m) -> y (batch, L, p); u (L, m) -> y (L, p); a SISO system
+        also takes u (L,) -> y (L,). ``path``: "recurrent" (the state recursion,
+        rssm_ref.recurrence.ss_filter; ``x0`` (batch, n) or (n,) an initial state) or
+        "fft" (FFT convolution with the Markov parameters h, rssm_ref.convolution.
+        ss_fft_filter; zero initial state). Both are differentiable with autograd.
+
+        >>> sys = StateSpace([[0.5]], [[1.0]], [[1.0]], [[0.0]])
+        >>> sys.filter(np.ones(4)).tolist()
+        [0.0, 1.0, 1.5, 1.75]
+        >>> bool(np.allclose(sys.filter(np.ones(4), path="fft"), sys.filter(np.ones(4))))
+        True
+        """
+        _check_path(path)
+        u3, back = _filter_io(u, self.n_inputs)
+        if path == "fft":
+            if x0 is not None:
+                raise ValueError("x0: given with path 'fft' (the FFT path starts from a zero "
+                                 "state; expected path 'recurrent')")
+            from rssm_ref.convolution import ss_fft_filter
+            return back(ss_fft_filter(self.A, self.B, self.C, self.D, u3))
+        from rssm_ref.recurrence import ss_filter
+        return back(ss_filter(self.A, self.B, self.C, self.D, u3, x0=x0))
+
     def step(self, x, u_t):
         """One streaming step: (x(t), u(t)) -> (x(t+1), y(t)), batched.
 
@@ -451,6 +499,15 @@ class StateSpace:
         1
         """
         return ssig.dlti(self.A, self.B, self.C, self.D, dt=1)
+
+    def to_control(self):
+        """python-control StateSpace, dt = 1 (needs ``pip install control``).
+
+        >>> StateSpace([[0.5]], [[1.0]], [[1.0]], [[0.0]]).to_control().dt
+        1
+        """
+        control = _control()
+        return control.ss(self.A, self.B, self.C, self.D, 1)
 
 
 class TransferFunction:
@@ -527,6 +584,29 @@ class TransferFunction:
         an = onp.einsum("ik,nk->ni", self.den, zp)
         return bn / an[:, :, None]
 
+    def filter(self, u, path="recurrent"):
+        """Simulate the transfer matrix on input sequences (scipy.signal.lfilter per
+        channel, summed over inputs), zero initial conditions (Remark 3.2).
+
+        Shapes: u (batch, L, m) -> y (batch, L, p); u (L, m) -> y (L, p); a SISO system
+        also takes u (L,) -> y (L,). ``path``: "recurrent" (the difference equation,
+        rssm_ref.recurrence.tf_filter) or "fft" (the exact FFT route of Section 4.1,
+        rssm_ref.convolution.tf_fft_filter). Both are differentiable with autograd.
+
+        >>> sys = TransferFunction([1.0, 0.0], [1.0, -0.5])
+        >>> sys.filter(np.ones(3)).tolist()
+        [1.0, 1.5, 1.75]
+        >>> np.round(sys.filter(np.ones(3), path="fft"), 12).tolist()
+        [1.0, 1.5, 1.75]
+        """
+        _check_path(path)
+        u3, back = _filter_io(u, self.n_inputs)
+        if path == "fft":
+            from rssm_ref.convolution import tf_fft_filter
+            return back(tf_fft_filter(self.num, self.den, u3))
+        from rssm_ref.recurrence import tf_filter
+        return back(tf_filter(self.num, self.den, u3))
+
     def to_tf(self):
         """Itself (a copy).
 
@@ -555,6 +635,17 @@ class TransferFunction:
             return ssig.dlti(b if b.size else onp.zeros(1), self.den[0], dt=1)
         return ssig.dlti(*tf2ss(self.num, self.den), dt=1)
 
+    def to_control(self):
+        """python-control TransferFunction (p x m), dt = 1 (needs ``pip install control``).
+
+        >>> TransferFunction([0.0, 1.0], [1.0, -0.5]).to_control().dt
+        1
+        """
+        control = _control()
+        num = [[_trim(self.num[i, j]) for j in range(self.n_inputs)] for i in range(self.n_outputs)]
+        den = [[self.den[i].copy() for _ in range(self.n_inputs)] for i in range(self.n_outputs)]
+        return control.tf(num, den, 1)
+
 
 def from_scipy(sys):
     """StateSpace or TransferFunction from a discrete scipy.signal.dlti (ss, tf or zpk form).
@@ -567,6 +658,9 @@ def from_scipy(sys):
     >>> from_scipy(ssig.dlti([1.0], [1.0, -0.5], dt=1)).impulse(3)[:, 0, 0].tolist()
     [0.0, 1.0, 0.5]
     """
+    if type(sys).__module__.split(".")[0] == "control":
+        raise TypeError(f"sys: a python-control {type(sys).__name__} (expected a scipy.signal.dlti; "
+                        "use rssm_ref.lti.from_control for python-control systems)")
     if not isinstance(sys, ssig.dlti):
         raise TypeError(f"sys: expected a discrete-time scipy.signal.dlti, got {type(sys).__name__}")
     if isinstance(sys, ssig.StateSpace):
@@ -581,3 +675,78 @@ def from_scipy(sys):
         p = num.shape[0]
         return TransferFunction(num[:, None, :], onp.tile(onp.atleast_1d(den), (p, 1)))
     raise TypeError(f"sys: unsupported dlti form {type(sys).__name__} (expected ss, tf or zpk)")
+
+
+# ------------------------------------------------------------------ python-control
+def _control():
+    try:
+        import control
+    except ImportError:
+        raise ImportError("python-control is not installed (pip install control, or "
+                          "pip install 'rssm-ref[control]')") from None
+    return control
+
+
+def _trim(b):
+    """Leading zeros off a numerator (at least one coefficient kept)."""
+    t = onp.trim_zeros(onp.asarray(b, dtype=float), "f")
+    return t if t.size else onp.zeros(1)
+
+
+def from_control(sys):
+    """StateSpace or TransferFunction from a discrete-time python-control system.
+
+    ``control.StateSpace`` -> StateSpace(A, B, C, D). ``control.TransferFunction`` (p x m,
+    one denominator per channel) -> TransferFunction with one common denominator per
+    output row: equal denominators in a row are kept once, different ones multiplied
+    together (and each numerator by the others). The sampling period is taken as one
+    step; a continuous-time system (dt = 0) is refused: discretize it first
+    (``control.sample_system`` or rssm_ref.discretize.cont2discrete).
+
+    >>> import control
+    >>> h = from_control(control.tf([1.0, 0.5], [1.0, -0.9], True)).impulse(3)[:, 0, 0]
+    >>> np.round(h, 12).tolist()
+    [1.0, 1.4, 1.26]
+    """
+    control = _control()
+    if not isinstance(sys, (control.StateSpace, control.TransferFunction)):
+        raise TypeError(f"sys: expected a python-control StateSpace or TransferFunction, got "
+                        f"{type(sys).__name__}")
+    if not sys.isdtime(strict=True):
+        raise ValueError("sys: a continuous-time system (dt = 0; expected a discrete-time one: "
+                         "discretize with control.sample_system or rssm_ref.discretize.cont2discrete)")
+    if isinstance(sys, control.StateSpace):
+        return StateSpace(sys.A, sys.B, sys.C, sys.D)
+    p, m = sys.noutputs, sys.ninputs
+    nums, dens = [], []
+    for i in range(p):
+        row_num = []
+        row_den = []
+        for j in range(m):
+            a = onp.trim_zeros(onp.asarray(sys.den[i][j], dtype=float), "f")
+            b = _trim(sys.num[i][j])
+            row_num.append(b / a[0])
+            row_den.append(a / a[0])
+        distinct = []
+        for a in row_den:
+            if not any(a.shape == d.shape and onp.array_equal(a, d) for d in distinct):
+                distinct.append(a)
+        common = onp.ones(1)
+        for d in distinct:
+            common = onp.polymul(common, d)
+        row = []
+        for b, a in zip(row_num, row_den):
+            for d in distinct:
+                if not (a.shape == d.shape and onp.array_equal(a, d)):
+                    b = onp.polymul(b, d)
+            row.append(b)
+        nums.append(row)
+        dens.append(common)
+    k = max(max(len(d) for d in dens), max(len(b) for row in nums for b in row))
+    num = onp.zeros((p, m, k))
+    den = onp.zeros((p, k))
+    for i in range(p):
+        den[i, k - len(dens[i]):] = dens[i]
+        for j in range(m):
+            num[i, j, k - len(nums[i][j]):] = nums[i][j]
+    return TransferFunction(num, den)
