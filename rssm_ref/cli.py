@@ -13,8 +13,9 @@ One vocabulary for every command:
 - ``--json-out PATH``: where a command also writes its JSON to a file (bench).
 - ``--out``: the output file or folder itself is created (written atomically); its
   parent folder must exist. No command creates parent folders.
-- ``--gate`` (residual), ``--discretization`` and ``--output`` (selective): the
-  conventions, with the same names on forward, reproduce and explain.
+- ``--gate`` (residual), ``--discretization`` and ``--output`` (selective, mamba;
+  ``--output`` also residual), ``--layout``: the conventions, with the same names on
+  forward, reproduce and explain; ``diagnose`` finds which of them a candidate follows.
 - An option that does nothing for the chosen model or mode is refused (exit 2).
 """
 import json

@@ -317,7 +317,9 @@ def test_diagnose_finds_a_forgotten_D_and_the_other_layout():
     assert rep.best == {"discretization": "euler", "output": "after", "D": "no",
                         "layout": "channel-first"}
     assert rep.precision == "float64" and rep.rerun_flags == "--layout channel-first"
-    assert "key 'D' left out of the params" in rep.advice
+    assert rep.advice.endswith("rerun forward with --layout channel-first and without the key "
+                               "'D' in the params (your tensors leave out the skip D u(t); or "
+                               "add it to your code)"), rep.advice
 
 
 def test_diagnose_residual_gate_and_alignment():

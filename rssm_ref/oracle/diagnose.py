@@ -264,15 +264,15 @@ def diagnose(reference, candidate, where=("reference", "candidate"), precisions=
                   f"{rows[best_i]['worst_tensor']} (a bug beyond conventions; the table above "
                   "shows where it starts)")
     else:
-        d_note = ""
+        how = [f"with {flags}"] if flags else []
         if best.get("D") == "no" and ref_conv.get("D") == "yes":
-            d_note = " and the key 'D' left out of the params (your tensors omit the skip D u)"
+            how.append("without the key 'D' in the params (your tensors leave out the skip "
+                       "D u(t); or add it to your code)")
         if best == ref_conv:
             advice = (f"matches the reference's own conventions ({label}) at {precision} "
                       f"precision: verify --precision {precision} passes")
         else:
-            how = f"rerun forward with {flags}" if flags else "rerun forward"
-            advice = f"matches {label} at {precision} precision; {how}{d_note}"
+            advice = f"matches {label} at {precision} precision; rerun forward {' and '.join(how)}"
     return DiagnoseReport(model, ref_conv, keys, rows_sorted, best, precision, flags, advice,
                           unchecked, best_report=best_report)
 
