@@ -353,3 +353,15 @@ def test_diagnose_bad_input_is_one_line(tmp_path):
                                     "--candidate", str(tmp_path / "C.npz")])
     assert res.exit_code == 2, res.output
     assert res.output.strip().count("\n") == 0 and "fits neither layout" in res.output
+
+
+def test_assert_matches_reference_takes_mamba_keys_in_the_channel_first_layout():
+    from rssm_ref.testing import assert_matches_reference
+    P, U = _case()
+    out = forward.compute("mamba", P, _cf(U), grads=True, layout="channel-first")
+    cand = {k: v.astype(onp.float32) for k, v in out.items()}
+    assert assert_matches_reference("mamba", P, _cf(U), cand, "float32",
+                                    layout="channel-first").passed
+    cand["grad_A_log"] = cand["grad_A_log"] * onp.float32(1.001)
+    with pytest.raises(AssertionError, match="grad_A_log"):
+        assert_matches_reference("mamba", P, _cf(U), cand, "float32", layout="channel-first")
