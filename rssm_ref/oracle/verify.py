@@ -111,16 +111,18 @@ class VerifyReport:
     def to_text(self):
         # the name column fits the longest name (mamba's grad_dt_proj.weight)
         w = max([14] + [len(t.name) + 2 for t in self.tensors])
+        ws = max([18] + [len(str(tuple(t.shape))) + 2 for t in self.tensors])
+        wi = max([16] + [len(str(tuple(t.worst_index))) + 2 for t in self.tensors])
         lines = [f"verify {self.candidate or 'candidate'} against {self.reference or 'reference'}"
                  f" at precision {self.precision}: pass when rel_err <= {self.factor:g} x "
                  f"oracle_err + {self.floor:.3g}",
                  f"reference: {describe_text(self.model, self.options)}",
-                 f"{'tensor':<{w}}{'shape':<18}{'max_abs':>11}{'rel_err':>11}{'oracle_err':>11}"
-                 f"{'threshold':>11}  {'worst_index':<16}{'first_bad_t':>11}  verdict"]
+                 f"{'tensor':<{w}}{'shape':<{ws}}{'max_abs':>11}{'rel_err':>11}{'oracle_err':>11}"
+                 f"{'threshold':>11}  {'worst_index':<{wi}}{'first_bad_t':>11}  verdict"]
         for t in self.tensors:
             fb = "-" if t.first_bad_t is None else str(t.first_bad_t)
-            lines.append(f"{t.name:<{w}}{str(tuple(t.shape)):<18}{t.max_abs:>11.3e}{t.rel:>11.3e}"
-                         f"{t.oracle_rel:>11.3e}{t.threshold:>11.3e}  {str(tuple(t.worst_index)):<16}"
+            lines.append(f"{t.name:<{w}}{str(tuple(t.shape)):<{ws}}{t.max_abs:>11.3e}{t.rel:>11.3e}"
+                         f"{t.oracle_rel:>11.3e}{t.threshold:>11.3e}  {str(tuple(t.worst_index)):<{wi}}"
                          f"{fb:>11}  {'ok' if t.passed else 'MISMATCH'}{(' ' + t.note) if t.note else ''}")
         for u in self.unchecked:
             lines.append(f"{u['name']:<{w}}unchecked: {u['reason']}")
@@ -226,12 +228,26 @@ def _rel(actual, desired):
     return max_abs, max_abs / scale, worst, scale, diff
 
 
-def verify(reference, candidate, precision="float64", where=("reference", "candidate")):
+def _positive(name, value):
+    """A user's threshold override: a finite number >= 0."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: {value!r} (expected a number >= 0)") from None
+    if not (onp.isfinite(v) and v >= 0):
+        raise ValueError(f"{name}: {value!r} (expected a finite number >= 0)")
+    return v
+
+
+def verify(reference, candidate, precision="float64", where=("reference", "candidate"),
+           factor=None, floor=None):
     """Compare ``candidate`` tensors with a forward/golden ``reference`` at ``precision``.
 
     ``reference``: mapping of a forward output file (outputs + embedded params, inputs,
     options); ``candidate``: mapping key -> array with keys among the reference's
-    outputs. Returns a VerifyReport. Bad input raises ValueError/TypeError.
+    outputs. ``factor``/``floor``: the threshold factor × oracle_err + floor (default
+    TOLERANCES["verify_factor"] and TOLERANCES["verify_floor_<precision>"]); the report
+    states the values used. Returns a VerifyReport. Bad input raises ValueError/TypeError.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision: {precision!r} (expected one of {', '.join(PRECISIONS)})")
@@ -248,8 +264,8 @@ def verify(reference, candidate, precision="float64", where=("reference", "candi
              emulate(opts["model"], params, inputs, opts, precision, grads=need_grads,
                      seed=s).items()}
             for s in seeds]
-    factor = TOLERANCES["verify_factor"]
-    floor = TOLERANCES["verify_floor_" + precision]
+    factor = TOLERANCES["verify_factor"] if factor is None else _positive("factor", factor)
+    floor = TOLERANCES["verify_floor_" + precision] if floor is None else _positive("floor", floor)
     reports = []
     for key in _order(cand):
         ref = ref_out[key]

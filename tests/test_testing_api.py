@@ -1,0 +1,65 @@
+"""rssm_ref.testing additions of issue 16: params and inputs drawn together, a documented
+threshold override in assert_matches_reference; verify's table on long names."""
+import numpy as onp
+import pytest
+from hypothesis import given, settings
+
+from rssm_ref.oracle import forward
+from rssm_ref.oracle.verify import verify
+from rssm_ref.testing import assert_matches_reference, params_and_inputs
+
+
+@pytest.mark.parametrize("model", ["lti", "residual", "selective"])
+def test_params_and_inputs_always_fit_together(model):
+    seen = set()
+
+    @settings(max_examples=15, database=None, deadline=None)
+    @given(params_and_inputs(model, L=8))
+    def check(case):
+        P, U = case
+        out = forward.compute(model, P, U, grads=True)      # refuses any shape mismatch
+        assert out["y"].shape == U["dy"].shape
+        assert out["grad_u"].shape == U["u"].shape
+        seen.add(U["u"].shape[2])
+    check()
+    assert len(seen) >= 2        # the width m varies, and the inputs follow it
+
+
+def _case():
+    P = {"num": onp.array([[[1.0, 0.5]]]), "den": onp.array([[1.0, -0.9]])}
+    U = {"u": onp.random.default_rng(0).standard_normal((1, 64, 1))}
+    y = forward.compute("lti", P, U)["y"]
+    return P, U, y
+
+
+def test_assert_matches_reference_floor_override():
+    P, U, y = _case()
+    bumped = y + 1e-9 * onp.max(onp.abs(y))          # rel_err 1e-9 > the float64 floor 1e-12
+    with pytest.raises(AssertionError, match="MISMATCH"):
+        assert_matches_reference("lti", P, U, {"y": bumped})
+    rep = assert_matches_reference("lti", P, U, {"y": bumped}, floor=1e-8)
+    assert rep.passed and rep.floor == 1e-8 and "+ 1e-08" in rep.to_text()
+    with pytest.raises(AssertionError):                # 1e-10 is still below 1e-9
+        assert_matches_reference("lti", P, U, {"y": bumped}, floor=1e-10)
+    with pytest.raises(ValueError, match="factor"):
+        assert_matches_reference("lti", P, U, {"y": y}, factor=-1)
+
+
+def test_verify_table_aligns_on_long_names():
+    rng = onp.random.default_rng(1)
+    m, n = 16, 4
+    P = {"A": -onp.abs(rng.standard_normal((m, n))) - 0.1,
+         "W_delta": rng.standard_normal((m, m)) / 4, "W_B": rng.standard_normal((n, m)) / 4,
+         "W_C": rng.standard_normal((n, m)) / 4, "delta_bias": rng.standard_normal(m)}
+    U = {"u": rng.standard_normal((1, 6, m))}
+    opts = forward.resolve_options("selective", grads=True)
+    out = forward.compute("selective", P, U, grads=True)
+    ref = forward.bundle(opts, P, dict(U, dy=onp.ones(out["y"].shape)), out)
+    lines = verify(ref, {k: out[k] for k in ("y", "grad_delta_bias", "grad_W_delta")}).to_text().splitlines()
+    header = next(ln for ln in lines if ln.startswith("tensor"))
+    col = header.index("shape")
+    rows = [ln for ln in lines if ln.startswith(("y ", "grad_delta_bias", "grad_W_delta"))]
+    assert len(rows) == 3
+    for ln in rows:
+        assert ln[col - 1] == " " and ln[col] == "(", ln       # the shape starts under 'shape'
+    assert len({ln.index(" ok") for ln in rows}) == 1          # the verdicts line up
