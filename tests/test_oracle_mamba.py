@@ -365,3 +365,22 @@ def test_assert_matches_reference_takes_mamba_keys_in_the_channel_first_layout()
     cand["grad_A_log"] = cand["grad_A_log"] * onp.float32(1.001)
     with pytest.raises(AssertionError, match="grad_A_log"):
         assert_matches_reference("mamba", P, _cf(U), cand, "float32", layout="channel-first")
+
+
+def test_mamba_and_residual_before_run_on_the_array_api_strict_backend():
+    pytest.importorskip("array_api_strict")
+    P, U = _case()
+    ref = forward.compute("mamba", P, _cf(U), grads=True, intermediates=True,
+                          layout="channel-first")
+    got = forward.compute("mamba", P, _cf(U), grads=True, intermediates=True,
+                          layout="channel-first", backend="array_api_strict")
+    assert set(got) == set(ref)
+    for k in ref:
+        assert_close(got[k], ref[k], "backend_agreement", what=k)
+    Pr = sample.init_params("residual", seed=0, m=2)
+    Ur = sample.init_inputs("residual", Pr, seed=1, L=10)
+    ref = forward.compute("residual", Pr, Ur, grads=True, output="before")
+    got = forward.compute("residual", Pr, Ur, grads=True, output="before",
+                          backend="array_api_strict")
+    for k in ref:
+        assert_close(got[k], ref[k], "backend_agreement", what=k)
