@@ -122,14 +122,36 @@ def test_tampered_file_via_cli_exits_2_with_one_line(suite, tmp_path):
     _assert_tamper_caught(_check_cli(d), "residual_tf_zoh/reference.npz")
 
 
-def test_missing_and_unlisted_files_are_caught(suite, tmp_path):
+def test_unlisted_files_are_reported_and_missing_ones_caught(suite, tmp_path):
     d = tmp_path / "s"
     shutil.copytree(suite[0], d)
-    (d / "selective_zoh_after" / "extra.npz").write_bytes(b"x")
-    _assert_tamper_caught(_check_cli(d), "not listed in the manifest")
-    os.remove(d / "selective_zoh_after" / "extra.npz")
+    # a suite kept in version control: a README, a .gitkeep, an empty folder
+    (d / "README.md").write_text("golden suite of my project\n")
+    (d / "selective_zoh_after" / ".gitkeep").write_bytes(b"")
+    (d / "notes").mkdir()
+    res = _check_cli(d)
+    assert res.exit_code == 0, res.output
+    assert "note: 3 file(s) not listed in the manifest, not checked: " in res.stdout
+    assert "README.md" in res.stdout and "selective_zoh_after/.gitkeep" in res.stdout
+    res = CliRunner().invoke(main, ["golden", "--check", str(d), "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["unlisted"] == [
+        "README.md", "notes", "selective_zoh_after/.gitkeep"]
     os.remove(d / "selective_zoh_after" / "inputs.npz")
     _assert_tamper_caught(_check_cli(d), "selective_zoh_after/inputs.npz")
+
+
+def test_crlf_manifest_is_the_same_manifest(suite, tmp_path):
+    d = tmp_path / "s"
+    shutil.copytree(suite[0], d)
+    raw = (d / "manifest.json").read_bytes()
+    crlf = raw.replace(b"\n", b"\r\n")
+    (d / "manifest.json").write_bytes(crlf)
+    res = _check_cli(d)
+    assert res.exit_code == 0, res.output
+    # line endings aside, every byte still counts
+    i = crlf.index(b'"seed": 0') + len(b'"seed": ')
+    (d / "manifest.json").write_bytes(crlf[:i] + b"1" + crlf[i + 1:])
+    _assert_tamper_caught(_check_cli(d), "manifest.json")
 
 
 def _resign(d, case, fname):

@@ -8,13 +8,15 @@ Layout of a suite directory::
     DIR/<case>/reference.npz          forward output: y, intermediates, grad_*, embedded
                                       params/inputs/options
 
-``check_golden`` trusts nothing: it re-derives the manifest's own checksum
+``check_golden`` trusts nothing it checks: it re-derives the manifest's own checksum
 (``manifest_sha256`` over its canonical JSON, and the file must be byte-for-byte that
-canonical JSON), the sha256 of every listed file, refuses unlisted files, then
-recomputes every case in float64 and compares each stored tensor with
+canonical JSON, line endings aside: a CRLF checkout of manifest.json is accepted), the
+sha256 of every listed file, then recomputes every case in float64 and compares each
+stored tensor with
 ``TOLERANCES["golden_recompute"]``. Any tampering (one flipped byte anywhere) raises
 ValueError (CLI exit 2); a numeric disagreement with intact checksums is a failed
-report (CLI exit 1).
+report (CLI exit 1). Files the manifest does not list (a README, a .gitkeep: suites live
+in version control) are not checked and not trusted; they are reported, never fatal.
 
 Glossary
 --------
@@ -232,11 +234,31 @@ def write_golden(out_dir, cases=None, seed=0):
     return manifest
 
 
+def unlisted_files(golden_dir, manifest):
+    """Relative paths under the suite that the manifest does not list (files and empty
+    folders), sorted: reported by ``golden --check``, never checked or used.
+
+    >>> unlisted_files("/nonexistent", {"cases": []})
+    []
+    """
+    gdir = os.fspath(golden_dir)
+    listed = {"manifest.json"} | {os.path.join(c["case"], f) for c in manifest["cases"]
+                                  for f in FILES}
+    extra = []
+    for root, dirs, files in os.walk(gdir):
+        for f in files + [d for d in dirs if not os.listdir(os.path.join(root, d))]:
+            rel = os.path.relpath(os.path.join(root, f), gdir)
+            if rel not in listed:
+                extra.append(rel)
+    return sorted(extra)
+
+
 def read_manifest(golden_dir):
-    """The suite's manifest after checking its own checksum and every file's sha256.
+    """The suite's manifest after checking its own checksum and every listed file's sha256.
 
     Raises ValueError naming the file on any discrepancy: unparsable or non-canonical
-    manifest, wrong ``manifest_sha256``, a missing, altered or unlisted file.
+    manifest (CRLF line endings are accepted), wrong ``manifest_sha256``, a missing or
+    altered listed file. Unlisted files are not an error (see ``unlisted_files``).
     """
     gdir = os.fspath(golden_dir)
     mpath = os.path.join(gdir, "manifest.json")
@@ -247,7 +269,7 @@ def read_manifest(golden_dir):
         raise ValueError(f"{mpath}: no such file (expected the manifest of a golden suite "
                          "written by `golden --out`)")
     with open(mpath, "rb") as fh:
-        raw = fh.read()
+        raw = fh.read().replace(b"\r\n", b"\n")   # a CRLF checkout is the same manifest
     try:
         manifest = json.loads(raw.decode("ascii"))
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -263,13 +285,11 @@ def read_manifest(golden_dir):
     if manifest.get("manifest_sha256") != hashlib.sha256(_canonical(body).encode()).hexdigest():
         raise ValueError(f"{mpath}: key 'manifest_sha256' does not match the manifest's content "
                          "(expected an unmodified manifest; the file is tampered)")
-    listed = {"manifest.json"}
     try:
         for entry in manifest["cases"]:
             name = entry["case"]
             for f in FILES:
                 rel = os.path.join(name, f)
-                listed.add(rel)
                 path = os.path.join(gdir, rel)
                 if not os.path.isfile(path):
                     raise ValueError(f"{path}: no such file (listed in the manifest; the suite "
@@ -282,12 +302,6 @@ def read_manifest(golden_dir):
     except (KeyError, TypeError):
         raise ValueError(f"{mpath}: missing or malformed key in 'cases' (expected the manifest "
                          "written by `golden --out`)") from None
-    for root, dirs, files in os.walk(gdir):
-        for f in files + [d for d in dirs if not os.listdir(os.path.join(root, d))]:
-            rel = os.path.relpath(os.path.join(root, f), gdir)
-            if rel not in listed:
-                raise ValueError(f"{os.path.join(gdir, rel)}: not listed in the manifest "
-                                 "(expected only the suite's own files)")
     return manifest
 
 
@@ -296,6 +310,7 @@ class GoldenCheckReport:
     """Per case and tensor: relative error of the recomputation against the stored file."""
     errors: dict
     tolerance: float
+    unlisted: list = dataclasses.field(default_factory=list)
 
     @property
     def passed(self):
@@ -308,13 +323,17 @@ class GoldenCheckReport:
             ok = all(e <= self.tolerance for e in errs.values())
             lines.append(f"{case:<36} {'ok' if ok else 'MISMATCH':<9} {len(errs)} tensors, "
                          f"worst {worst} rel_err {errs[worst]:.2e}")
+        if self.unlisted:
+            shown = ", ".join(self.unlisted[:5]) + (", ..." if len(self.unlisted) > 5 else "")
+            lines.append(f"note: {len(self.unlisted)} file(s) not listed in the manifest, not "
+                         f"checked: {shown}")
         lines.append(("PASS" if self.passed else "FAIL") + f": {len(self.errors)} cases, "
                      f"checksums intact, recomputed within {self.tolerance:.0e}")
         return "\n".join(lines)
 
     def to_json(self):
         return json.dumps({"passed": self.passed, "tolerance": self.tolerance,
-                           "errors": self.errors}, indent=1)
+                           "errors": self.errors, "unlisted": self.unlisted}, indent=1)
 
 
 def check_golden(golden_dir, backend="numpy"):
@@ -353,7 +372,7 @@ def check_golden(golden_dir, backend="numpy"):
             raise ValueError(f"{rpath}: missing key '{missing[0]}' (expected every output of "
                              "the case)")
         errors[name] = {k: rel_err(routs[k], fresh[k]) for k in sorted(fresh)}
-    return GoldenCheckReport(errors, tol)
+    return GoldenCheckReport(errors, tol, unlisted_files(golden_dir, manifest))
 
 
 @dataclasses.dataclass
