@@ -223,7 +223,7 @@ class Progress:
         if extra:
             tail += " " + extra
         if rate:
-            tail += " " + _rate_text(rate, self.unit)
+            tail += " " + _rate_text(rate, task.unit)
         tail += f" ETA {format_duration(eta)}"
         head = f"{task.label} "
         n = max(10, min(40, width - len(head) - len(tail) - 3))
