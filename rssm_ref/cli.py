@@ -227,7 +227,8 @@ def init_cmd(model, seed, out, inputs_out, form, m, p, order, order_r, n, vocab,
 @click.option("--golden", default=None, metavar="DIR", help="A golden suite directory.")
 @click.option("--candidates", default=None, metavar="DIR2", help="<case>.npz per golden case.")
 @click.option("--precision", type=click.Choice(["float64", "float32", "float16", "bfloat16"]),
-              default="float64", show_default=True, help="The candidate's arithmetic.")
+              default=None, help="The candidate's arithmetic (default: its dtype, float32 "
+                                 "for a float32 file; bfloat16 must be given).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 def verify_cmd(reference, candidate, golden, candidates, precision, as_json):
     """Judge a candidate against the oracle; exit 0 pass, 1 mismatch, 2 bad input."""
@@ -286,7 +287,7 @@ def _deprecated_alias(new_value, old_value, new_flag, old_flag):
               help="Gradient steps per model and seed in all, restart candidates included "
                    "(default: the recipe, residual 27000 = 3 x 1000 + 24000, selective 3000).")
 @click.option("--quick", is_flag=True,
-              help="A smoke run (about a minute) that checks the pipeline; its numbers are "
+              help="A smoke run (seconds) that checks the pipeline; its numbers are "
                    "marked as such everywhere.")
 @click.option("--out", default="results", show_default=True, metavar="DIR",
               help="Run folder (created; its parent must exist).")
