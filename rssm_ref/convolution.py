@@ -103,14 +103,17 @@ array([0.  , 1.  , 0.5 , 0.25])
 >>> numpy.round(tf_kernel_aliased(num, den, 4)[:, 0, 0], 6)   # h_4[t] = sum_j h[t + 4j]
 array([0.133333, 1.066667, 0.533333, 0.266667])
 """
+import functools
+
 import autograd.numpy as np
 import numpy as onp
+from autograd.extend import defvjp_argnums, primitive
 from autograd.tracer import getval
 
 from rssm_ref.validation import check_array, check_stable_den, check_state_space
 
 __all__ = [
-    "fft_conv", "fft_conv_ref",
+    "causal_conv", "fft_conv", "fft_conv_ref",
     "ss_fft_filter", "ss_fft_filter_ref",
     "tf_kernel_aliased", "tf_kernel_aliased_ref",
     "tf_kernel", "tf_kernel_ref",
@@ -372,6 +375,118 @@ def fft_conv(h, u):
     K = _even_fast_len(L + onp.shape(h)[0] - 1)
     Hf = np.fft.rfft(h, K, axis=0)                        # (F, p, m), K positional
     return _conv_spectral(np.transpose(Hf, (0, 2, 1)), u, K)
+
+
+# ------------------------------------------- (C1) by length: direct or FFT, hand VJP
+# direct (block-Toeplitz matmul) up to this L, FFT above: at m = 2 the matmul's L^2 cost
+# meets the FFT's L log L near L = 64 (bench: residual training and evaluation)
+DIRECT_MAX_L = 64
+
+
+@functools.lru_cache(maxsize=64)
+def _toeplitz_index(L, p, m):
+    """Indices that lay a kernel h (L, p, m) out as the block-Toeplitz matrix
+    T (L m, L p), T[(s, j), (t, i)] = h[t - s, i, j] (zero for t < s), with h padded by
+    one zero block at index 0; and, for the VJP, the lag of every entry."""
+    s, j, t, i = onp.meshgrid(onp.arange(L), onp.arange(m), onp.arange(L), onp.arange(p),
+                              indexing="ij")
+    lag = t - s
+    flat = onp.where(lag >= 0, ((lag + 1) * p + i) * m + j, j)          # 0..m-1: the zero block
+    return flat.reshape(L * m, L * p), lag.reshape(-1), ((lag * p + i) * m + j).reshape(-1)
+
+
+def _toeplitz(h, L):
+    p, m = h.shape[1], h.shape[2]
+    hp = onp.concatenate([onp.zeros((1, p, m)), h[:L]], axis=0).reshape(-1)
+    return hp[_toeplitz_index(L, p, m)[0]]
+
+
+def _fft_causal(h, u, K):
+    """y[b, t, i] = sum_s sum_j h[t - s, i, j] u[b, s, j], t < L, by real FFTs of length K."""
+    L = u.shape[1]
+    Hf = onp.fft.rfft(h, K, axis=0)                                    # (F, p, m)
+    Uf = onp.fft.rfft(u, K, axis=1)                                    # (batch, F, m)
+    return onp.fft.irfft(onp.einsum("fij,bfj->bfi", Hf, Uf), K, axis=1)[:, :L]
+
+
+@primitive
+def _causal_conv_prim(h, u):
+    batch, L, m = u.shape
+    p = h.shape[1]
+    if L <= DIRECT_MAX_L:
+        # (C1) as one matmul with the block-Toeplitz matrix of h
+        return (u.reshape(batch, L * m) @ _toeplitz(h, L)).reshape(batch, L, p)
+    return _fft_causal(h[:L], u, _even_fast_len(2 * L))
+
+
+def _causal_conv_vjp(argnums, ans, args, kwargs):
+    h, u = args
+    batch, L, m = u.shape
+    Lh, p = h.shape[0], h.shape[1]
+
+    def vjp(g):
+        g = onp.asarray(g)
+        out = {}
+        if L <= DIRECT_MAX_L:
+            g2 = g.reshape(batch, L * p)
+            if 0 in argnums:
+                # dh[d, i, j] = sum over (s, t) with t - s = d of (u^T g)[(s, j), (t, i)]
+                _, lag, dst = _toeplitz_index(L, p, m)
+                Tbar = (u.reshape(batch, L * m).T @ g2).reshape(-1)
+                keep = lag >= 0
+                dh = onp.bincount(dst[keep], weights=Tbar[keep], minlength=L * p * m)
+                out[0] = _pad_kernel(dh.reshape(L, p, m), Lh)
+            if 1 in argnums:
+                out[1] = (g2 @ _toeplitz(h, L).T).reshape(batch, L, m)
+            return tuple(out[k] for k in argnums)
+        # the adjoints are correlations: with gr = g reversed in time,
+        # du[s] = sum_t h[t - s]^T g[t] = (h^T * gr)[L-1-s],  dh[d] = sum_b (gr * u)[L-1-d]
+        K = _even_fast_len(2 * L)
+        Gf = onp.fft.rfft(g[:, ::-1], K, axis=1)                         # (batch, F, p)
+        if 0 in argnums:
+            Uf = onp.fft.rfft(u, K, axis=1)
+            dh = onp.fft.irfft(onp.einsum("bfi,bfj->fij", Gf, Uf), K, axis=0)[:L][::-1]
+            out[0] = _pad_kernel(dh, Lh)
+        if 1 in argnums:
+            Hf = onp.fft.rfft(h[:L], K, axis=0)
+            out[1] = onp.fft.irfft(onp.einsum("fij,bfi->bfj", Hf, Gf), K, axis=1)[:, :L][:, ::-1]
+        return tuple(out[k] for k in argnums)
+    return vjp
+
+
+def _pad_kernel(dh, Lh):
+    """The gradient of h (Lh, p, m) from that of its first min(Lh, L) samples."""
+    if Lh <= dh.shape[0]:
+        return onp.ascontiguousarray(dh[:Lh])
+    return onp.concatenate([dh, onp.zeros((Lh - dh.shape[0],) + dh.shape[1:])], axis=0)
+
+
+defvjp_argnums(_causal_conv_prim, _causal_conv_vjp)
+
+
+def causal_conv(h, u):
+    """Causal convolution ``y(t) = sum_{s<=t} h(t-s) u(s)``, (C1), the fastest way for L.
+
+    h (Lh, p, m) kernel (samples beyond L are unused; a shorter kernel is zero beyond
+    Lh), u (batch, L, m) -> y (batch, L, p). L <= ``DIRECT_MAX_L``: one matmul with the
+    (L m, L p) block-Toeplitz matrix of h (the training length, L = 16); longer: zero-
+    padded real FFTs of an even length >= 2L. An autograd primitive with a hand-written
+    VJP (the transposed matmul / FFT correlations), differentiable in h and u. Twin:
+    :func:`fft_conv_ref`.
+
+    >>> import numpy
+    >>> h = numpy.array([1.0, 0.5, 0.25]).reshape(3, 1, 1)
+    >>> u = numpy.array([1.0, 0.0, 0.0, 2.0, 0.0]).reshape(1, 5, 1)
+    >>> numpy.round(causal_conv(h, u)[0, :, 0], 12)
+    array([1.  , 0.5 , 0.25, 2.  , 1.  ])
+    """
+    h = check_array("h", h, ndim=3)
+    if onp.shape(h)[0] < 1:
+        raise ValueError(f"h: shape {onp.shape(h)} has no samples (expected (Lh, p, m), Lh >= 1)")
+    u, L = _check_u(u, onp.shape(h)[2], what="h (Lh, p, m)")
+    if onp.shape(h)[0] < L:
+        h = np.concatenate([h, onp.zeros((L - onp.shape(h)[0],) + onp.shape(h)[1:])], axis=0)
+    return _causal_conv_prim(h, u)
 
 
 def fft_conv_ref(h, u):

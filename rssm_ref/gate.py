@@ -47,7 +47,7 @@ from autograd.extend import defvjp_argnums, primitive
 
 from rssm_ref.validation import _is_traced, check_array
 
-__all__ = ["gate", "gate_ref", "gate_step"]
+__all__ = ["gate", "gate_ref", "gate_step", "gate_final", "gate_final_ref"]
 
 _MODES = ("euler", "zoh")
 # rows per LAPACK call: ~2^15 rows keep the scratch (24 bytes a row for m = 1) in cache
@@ -260,6 +260,98 @@ def gate_ref(y_s, s, y0=None, mode="euler"):
             y = np.exp(-s_t) * y + (-np.expm1(-s_t)) * y_s[:, t]
         ys.append(y)
     return np.stack(ys, axis=1)
+
+
+# ------------------------------------------------ the last output only (training path)
+def _suffix_products(a):
+    """P (batch, L) with P[:, t] = prod_{k=t+1}^{L-1} a[:, k] (P[:, L-1] = 1).
+
+    A reversed cumulative product: a lies in [0, 1], so the products only shrink
+    (underflow to 0 is harmless), never overflow; relative rounding error <= (L-1-t) u.
+    """
+    P = onp.cumprod(a[:, :0:-1], axis=1)[:, ::-1]           # prod_{k>=t+1}, t = 0..L-2
+    return onp.concatenate([P, onp.ones((a.shape[0], 1))], axis=1)
+
+
+def _projected_states(y_s, b, a, g):
+    """z (batch, L) with z[:, t] = g · y(t), y(0) = 0, y(t+1) = a(t) y(t) + b(t) y_s(t):
+    the gate's states seen through g (batch, m), by the scalar recursion
+    z(t+1) = a(t) z(t) + b(t) (g · y_s(t)). Short sequences: a loop over t on (batch,)
+    rows; long ones: the LAPACK scan of :func:`gate` on the one projected channel."""
+    c = onp.einsum("btm,bm->bt", y_s, g)
+    batch, L = c.shape
+    if L > 64:
+        # both modes have a = 1 - b (``_a_np``): the euler scan with s := b is this recursion
+        z = _gate_forward(c[:, :, None], b, onp.zeros((batch, 1)), "euler")[:, :, 0]
+        return onp.concatenate([onp.zeros((batch, 1)), z[:, :-1]], axis=1)
+    z = onp.empty((batch, L))
+    acc = onp.zeros(batch)
+    for t in range(L):
+        z[:, t] = acc
+        acc = a[:, t] * acc + b[:, t] * c[:, t]
+    return z
+
+
+@primitive
+def _gate_final_prim(y_s, s, mode):
+    b = _b_np(s, mode)
+    # y(L) = sum_t b(t) prod_{k>t} a(k) y_s(t)      (eq. (5) unrolled, y(0) = 0)
+    w = b * _suffix_products(_a_np(b))
+    return onp.einsum("bt,btm->bm", w, y_s)
+
+
+def _gate_final_vjp(argnums, ans, args, kwargs):
+    y_s, s, mode = args
+
+    def vjp(g):
+        g = onp.asarray(g)
+        b = _b_np(s, mode)
+        a = _a_np(b)
+        P = _suffix_products(a)
+        out = {}
+        if 0 in argnums:
+            # dy(L)/dy_s(t) = b(t) P(t)
+            out[0] = (b * P)[:, :, None] * g[:, None, :]
+        if 1 in argnums:
+            # the adjoint of y(L) reaching step t is lam(t) = P(t) g, and
+            # dy(t+1)/ds(t) = y_s(t) - y(t) (euler), a(t) (y_s(t) - y(t)) (zoh),
+            # with y(t) = 0, y(1), ..., y(L-1) from the full scan
+            ds = P * (onp.einsum("btm,bm->bt", y_s, g) - _projected_states(y_s, b, a, g))
+            out[1] = ds * a if mode == "zoh" else ds
+        return tuple(out[k] for k in argnums)
+    return vjp
+
+
+defvjp_argnums(_gate_final_prim, _gate_final_vjp)
+
+
+def gate_final(y_s, s, mode="euler"):
+    """The gate's last output y(L) only, from y(0) = 0: what the models' readout uses.
+
+    Shapes: y_s (batch, L, m), s (batch, L) -> y(L) (batch, m). Eq. (5) (or Remark 3.1
+    with ``mode="zoh"``) unrolled:
+
+        y(L) = sum_{t<L} b(t) [prod_{t<k<L} a(k)] y_s(t),   (a, b) as in :func:`gate`
+
+    one reversed cumulative product and one weighted sum, O(batch L m) with no scan and
+    no (batch, L, m) output. Its VJP (hand-written) needs the states y(t), recomputed by
+    the LAPACK scan of :func:`gate`. Same checks as :func:`gate`; equal to
+    ``gate(y_s, s, mode=mode)[:, -1]`` to rounding (tests: ``fast_vs_ref``).
+
+    >>> gate_final(np.ones((1, 3, 1)), np.full((1, 3), 0.5)).tolist()
+    [[0.875]]
+    """
+    y_s, s, _ = _check_gate_args(y_s, s, None, mode)
+    return _gate_final_prim(y_s, s, mode)
+
+
+def gate_final_ref(y_s, s, mode="euler"):
+    """Twin of :func:`gate_final`: the loop of eq. (5) / Remark 3.1, last step kept.
+
+    >>> gate_final_ref(np.ones((1, 3, 1)), np.full((1, 3), 0.5)).tolist()
+    [[0.875]]
+    """
+    return gate_ref(y_s, s, None, mode)[:, -1]
 
 
 def gate_step(y, y_s_t, s_t, mode="euler"):

@@ -39,21 +39,24 @@ from dataclasses import dataclass
 
 import autograd.numpy as np
 import numpy as onp
+from autograd.extend import defvjp_argnums, primitive
 
-from rssm_ref.lti import den_from_reflection
+from rssm_ref.lti import den_from_theta
 from rssm_ref.residual_ssm import param_count as residual_core_count
-from rssm_ref.residual_ssm import residual_ssm_tf
-from rssm_ref.selective_ssm import A_from_log, selective_ssm
+from rssm_ref.residual_ssm import residual_ssm_final, residual_ssm_tf
+from rssm_ref.selective_ssm import A_from_log, selective_ssm, selective_ssm_final
 from rssm_ref.selective_ssm import param_count as selective_core_count
 from rssm_ref.tasks import vocab_size
 
 __all__ = ["ModelConfig", "init_params", "residual_core_arrays", "final_output", "logits",
-           "loss", "accuracy", "param_count", "PAPER_PARAM_COUNTS"]
+           "loss", "accuracy", "param_count", "PAPER_PARAM_COUNTS", "embed", "cosine_logits",
+           "cross_entropy", "final_output_ref", "loss_ref"]
 
 GAIN = 3.0          # fixed gain in front of the gate's sigmoid (documented above)
 SCALE = 10.0        # cosine readout scale
 REFLECTION_SCALE = 0.5
 MODELS = ("residual", "selective")
+PATHS = ("auto", "kernel", "recurrent", "fft")
 PAPER_PARAM_COUNTS = {"residual": 50, "selective": 700}   # Section 4.2, "about"
 
 
@@ -75,12 +78,14 @@ class ModelConfig:
     gate: str = "euler"
     discretization: str = "zoh"
     output: str = "before"
-    path: str = "fft"        # residual training/evaluation path
+    path: str = "auto"       # residual path: auto | kernel | recurrent | fft (see final_output)
 
     def __post_init__(self):
         if self.model not in MODELS:
             raise ValueError(f"model: {self.model!r} (expected 'residual' or 'selective')")
         vocab_size(self.task, self.n_tokens)  # validates the task name
+        if self.path not in PATHS:
+            raise ValueError(f"path: {self.path!r} (expected one of {', '.join(PATHS)})")
         if self.m == 0:
             object.__setattr__(self, "m", 2 if self.model == "residual" else 16)
 
@@ -130,14 +135,121 @@ def residual_core_arrays(params):
     >>> [a.shape for a in arrs[:4]]
     [(2, 2, 5), (2, 5), (1, 2, 5), (1, 5)]
     """
-    sigma_den = den_from_reflection(REFLECTION_SCALE * np.tanh(params["sigma_theta"]))
-    r_den = den_from_reflection(REFLECTION_SCALE * np.tanh(params["r_theta"]))
+    sigma_den = den_from_theta(params["sigma_theta"], REFLECTION_SCALE)
+    r_den = den_from_theta(params["r_theta"], REFLECTION_SCALE)
     return (params["sigma_num"], sigma_den, GAIN * params["r_num"], r_den, GAIN * params["c"])
 
 
+# ---------------------------------------------------- hot-path primitives, hand VJPs
+@primitive
+def embed(E, tokens):
+    """u = E[tokens]: (V, m), (batch, L) int -> (batch, L, m) (Section 3.1's embedding).
+
+    An autograd primitive: its VJP sums the cotangent rows per token id with one
+    ``bincount`` (autograd's generic VJP of indexing, ``np.add.at``, is ~20x slower).
+
+    >>> embed(onp.arange(6.0).reshape(3, 2), onp.array([[2, 0]])).tolist()
+    [[[4.0, 5.0], [0.0, 1.0]]]
+    """
+    return E[tokens]
+
+
+def _embed_vjp(ans, E, tokens):
+    V, m = E.shape
+
+    def vjp(g):
+        idx = (onp.asarray(tokens).reshape(-1, 1) * m + onp.arange(m)).reshape(-1)
+        return onp.bincount(idx, weights=onp.asarray(g).reshape(-1), minlength=V * m).reshape(V, m)
+    return vjp
+
+
+defvjp_argnums(embed, lambda argnums, ans, args, kwargs: (
+    lambda g: (_embed_vjp(ans, *args)(g),)))
+
+
+def _unit_rows(x):
+    n = onp.sqrt(onp.sum(x * x, axis=1, keepdims=True) + 1e-12)
+    return x / n, n
+
+
+@primitive
+def cosine_logits(y, E, scale, n_rows=None):
+    """z = scale · cos(E_k, y): y (batch, m), E (V, m) -> (batch, N) over the first
+    N = ``n_rows`` rows of E (default all): the tied readout.
+
+    cos(a, b) = a·b / (‖a‖_ε ‖b‖_ε) with ‖x‖_ε = sqrt(‖x‖² + 1e-12) (no 0/0 at x = 0).
+    A primitive with a hand-written VJP (d(x/‖x‖_ε) = (dx − x̂ (x̂·dx) ‖x‖²/‖x‖_ε²)/‖x‖_ε).
+
+    >>> cosine_logits(onp.array([[1.0, 0.0]]), onp.array([[2.0, 0.0], [0.0, 3.0]]), 10.0).round(6).tolist()
+    [[10.0, 0.0]]
+    """
+    return scale * (_unit_rows(y)[0] @ _unit_rows(E[:n_rows])[0].T)
+
+
+def _unit_rows_vjp(x, xh, n, g_hat):
+    # x̂ = x / n, n = sqrt(|x|² + ε): dx = g/n − x (x·g) / n³
+    return g_hat / n - x * (onp.sum(x * g_hat, axis=1, keepdims=True) / n ** 3)
+
+
+def _cosine_logits_vjp(argnums, ans, args, kwargs):
+    y, E_all, scale = args[:3]
+    n_rows = args[3] if len(args) > 3 else None
+    E = E_all[:n_rows]
+    yh, ny = _unit_rows(y)
+    Eh, nE = _unit_rows(E)
+
+    def dE(g):
+        d = _unit_rows_vjp(E, Eh, nE, g.T @ yh)
+        if d.shape[0] == E_all.shape[0]:
+            return d
+        return onp.concatenate([d, onp.zeros((E_all.shape[0] - d.shape[0], E_all.shape[1]))])
+
+    def vjp(g):
+        g = onp.asarray(g) * scale
+        out = {0: lambda: _unit_rows_vjp(y, yh, ny, g @ Eh),
+               1: lambda: dE(g),
+               2: lambda: float(onp.sum(g * (yh @ Eh.T)) / scale)}
+        return tuple(out[k]() for k in argnums)
+    return vjp
+
+
+defvjp_argnums(cosine_logits, _cosine_logits_vjp)
+
+
+@primitive
+def cross_entropy(z, targets):
+    """Mean over the batch of −log softmax(z)[target]: z (batch, N), targets (batch,) int
+    -> scalar (stable: the row maximum is subtracted). Hand-written VJP
+    (softmax(z) − onehot(target)) / batch.
+
+    >>> round(float(cross_entropy(onp.zeros((2, 4)), onp.array([0, 3]))), 12) == round(float(onp.log(4)), 12)
+    True
+    """
+    zmax = onp.max(z, axis=1, keepdims=True)
+    lse = zmax[:, 0] + onp.log(onp.sum(onp.exp(z - zmax), axis=1))
+    return onp.mean(lse - z[onp.arange(len(targets)), targets])
+
+
+def _cross_entropy_vjp(ans, z, targets):
+    def vjp(g):
+        p = onp.exp(z - onp.max(z, axis=1, keepdims=True))
+        p /= onp.sum(p, axis=1, keepdims=True)
+        p[onp.arange(len(targets)), targets] -= 1.0
+        return p * (g / len(targets))
+    return vjp
+
+
+defvjp_argnums(cross_entropy, lambda argnums, ans, args, kwargs: (
+    lambda g: (_cross_entropy_vjp(ans, *args)(g),)))
+
+
+# ------------------------------------------------------------------ the models
 def _core(cfg, params, u, return_intermediates=False, path=None):
+    """The whole output sequence (batch, L, m) of the core: the oracle's full forward."""
     if cfg.model == "residual":
-        return residual_ssm_tf(*residual_core_arrays(params), u, path=path or cfg.path,
+        path = path or cfg.path
+        return residual_ssm_tf(*residual_core_arrays(params), u,
+                               path="fft" if path == "fft" else "recurrent",
                                gate=cfg.gate, return_intermediates=return_intermediates)
     return selective_ssm(u, A_from_log(params["A_log"]), params["W_delta"], params["W_B"],
                          params["W_C"], delta_bias=params["delta_bias"],
@@ -145,21 +257,48 @@ def _core(cfg, params, u, return_intermediates=False, path=None):
                          return_intermediates=return_intermediates)
 
 
+def _residual_final(cfg, params, u, path):
+    """y(L) of the Residual SSM (Fig. 3): ``residual_ssm_final`` on the trained arrays."""
+    return residual_ssm_final(*residual_core_arrays(params), u, path=path, gate=cfg.gate)
+
+
 def final_output(cfg, params, tokens, path=None, backend="numpy"):
     """y(L) (batch, m): the core's output after the last token.
 
+    The fast paths compute only the last output: ``gate_final`` (Residual SSM) and
+    ``selective_ssm_final`` (Selective SSM), primitives with hand-written VJPs.
+    ``path`` (Residual SSM, see ``residual_ssm_final``): "auto" (default: "kernel" for
+    L <= 64, else "recurrent"), "kernel" (exact Markov kernel + causal convolution, one
+    fused primitive), "recurrent" (scipy lfilter), "fft" (the exact state-free FFT route
+    of Section 4.1).
+    Twin: :func:`final_output_ref` (the full-sequence cores, last step).
     ``backend`` other than "numpy" runs the core with rssm_ref.xp_models on that array
-    module (evaluation only: training differentiates the NumPy cores with autograd);
-    y(L) comes back as a host array.
+    module (evaluation only); y(L) comes back as a host array.
 
     >>> cfg = ModelConfig("selective", "induction", m=4, n=2)
     >>> final_output(cfg, init_params(cfg), onp.array([[0, 8, 1, 8]])).shape
     (1, 4)
     """
-    u = params["E"][tokens]
     if backend != "numpy":
-        return _final_output_xp(cfg, params, u, path, backend)
-    return _core(cfg, params, u, path=path)[:, -1, :]
+        return _final_output_xp(cfg, params, params["E"][tokens], path, backend)
+    u = embed(params["E"], tokens)
+    if cfg.model == "residual":
+        return _residual_final(cfg, params, u, path or cfg.path)
+    return selective_ssm_final(u, A_from_log(params["A_log"]), params["W_delta"], params["W_B"],
+                               params["W_C"], delta_bias=params["delta_bias"],
+                               discretization=cfg.discretization, output=cfg.output)
+
+
+def final_output_ref(cfg, params, tokens, path=None):
+    """Twin of :func:`final_output`: the whole sequence by the reference cores
+    (``residual_ssm_tf`` / ``selective_ssm``), then its last step.
+
+    >>> cfg = ModelConfig("residual", "induction")
+    >>> p, tok = init_params(cfg), onp.array([[0, 8, 1, 8]])
+    >>> bool(onp.allclose(final_output(cfg, p, tok), final_output_ref(cfg, p, tok), rtol=0, atol=1e-14))
+    True
+    """
+    return _core(cfg, params, params["E"][tokens], path=path)[:, -1, :]
 
 
 def _final_output_xp(cfg, params, u, path, backend):
@@ -169,7 +308,8 @@ def _final_output_xp(cfg, params, u, path, backend):
     if cfg.model == "residual":
         keys = ("sigma_num", "sigma_den", "r_num", "r_den", "gate_bias")
         P = dict(zip(keys, residual_core_arrays(params)))
-        y = residual_ssm_xp(P, u, path=path or cfg.path, gate=cfg.gate)["y"]
+        y = residual_ssm_xp(P, u, path="fft" if (path or cfg.path) == "fft" else "recurrent",
+                            gate=cfg.gate)["y"]
     else:
         P = {"A": A_from_log(params["A_log"]), "W_delta": params["W_delta"], "W_B": params["W_B"],
              "W_C": params["W_C"], "delta_bias": params["delta_bias"]}
@@ -185,10 +325,7 @@ def logits(cfg, params, tokens, path=None, backend="numpy"):
     True
     """
     y = final_output(cfg, params, tokens, path, backend)
-    E = params["E"][: cfg.n_tokens]
-    y_n = y / np.sqrt(np.sum(y * y, axis=1, keepdims=True) + 1e-12)
-    E_n = E / np.sqrt(np.sum(E * E, axis=1, keepdims=True) + 1e-12)
-    return SCALE * np.dot(y_n, E_n.T)
+    return cosine_logits(y, params["E"], SCALE, cfg.n_tokens)
 
 
 def loss(cfg, params, tokens, targets):
@@ -198,7 +335,23 @@ def loss(cfg, params, tokens, targets):
     >>> round(float(loss(cfg, init_params(cfg), onp.array([[0, 8, 1, 8]]), onp.array([1]))), 3) > 0
     True
     """
-    z = logits(cfg, params, tokens)
+    return cross_entropy(logits(cfg, params, tokens), onp.asarray(targets))
+
+
+def loss_ref(cfg, params, tokens, targets):
+    """Twin of :func:`loss` written with autograd's own operations only: the reference
+    cores' last output, the cosine readout and the log-softmax as plain expressions.
+
+    >>> cfg = ModelConfig("residual", "induction")
+    >>> p, tok, tgt = init_params(cfg), onp.array([[0, 8, 1, 8]]), onp.array([1])
+    >>> bool(abs(loss(cfg, p, tok, tgt) - loss_ref(cfg, p, tok, tgt)) < 1e-13)
+    True
+    """
+    y = final_output_ref(cfg, params, tokens)
+    E = params["E"][: cfg.n_tokens]
+    y_n = y / np.sqrt(np.sum(y * y, axis=1, keepdims=True) + 1e-12)
+    E_n = E / np.sqrt(np.sum(E * E, axis=1, keepdims=True) + 1e-12)
+    z = SCALE * np.dot(y_n, E_n.T)
     logp = z - _logsumexp(z)
     return -np.mean(logp[onp.arange(len(targets)), targets])
 
@@ -210,7 +363,7 @@ def _logsumexp(z):
 
 def accuracy(cfg, params, tokens, targets, chunk=None, path=None, backend="numpy"):
     """Fraction of rows whose argmax logit is the target; evaluated in chunks of rows so
-    long sequences fit in memory (the selective state is (batch, L, m, n)).
+    long sequences fit in memory.
 
     >>> cfg = ModelConfig("residual", "induction")
     >>> 0.0 <= accuracy(cfg, init_params(cfg), onp.array([[0, 8, 1, 8]]), onp.array([1])) <= 1.0

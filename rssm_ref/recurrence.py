@@ -39,7 +39,8 @@ from autograd.extend import defvjp, defvjp_argnums, primitive
 
 from rssm_ref.validation import _is_traced, check_array, check_state_space
 
-__all__ = ["lfilter_prim", "tf_filter", "tf_filter_ref", "ss_filter", "ss_filter_ref"]
+__all__ = ["lfilter_prim", "tf_filter", "tf_filter_ref", "ss_filter", "ss_filter_ref",
+           "impulse_response", "impulse_response_ref"]
 
 
 # ------------------------------------------------------------------ lfilter primitive
@@ -121,6 +122,82 @@ def _lfilter_vjp(argnums, ans, args, kwargs):
 
 
 defvjp_argnums(_lfilter, _lfilter_vjp)
+
+
+# ------------------------------------------------------------ impulse response
+def _lags(x, k):
+    """(L, k, ...) with [t, l] = x[t - l] (zero for t < l): the k most recent samples."""
+    L = x.shape[0]
+    xp = onp.concatenate([onp.zeros((k - 1,) + x.shape[1:]), x], axis=0)
+    return onp.stack([xp[k - 1 - l:k - 1 - l + L] for l in range(k)], axis=1)
+
+
+def _all_pole_impulses(den, L):
+    """g (L, p): g_i = lfilter([1], den_i, delta), the impulse response of 1/a_i(q)."""
+    delta = onp.zeros(L)
+    delta[0] = 1.0
+    return onp.stack([ssig.lfilter(onp.ones(1), a_i, delta) for a_i in den], axis=1)
+
+
+@primitive
+def _impulse_prim(num, den, L):
+    # h_ij = b_ij * g_i: h[t, i, j] = sum_l num[i, j, l] g_i(t - l)
+    G = _lags(_all_pole_impulses(den, L), num.shape[2])          # (L, k, p)
+    return onp.einsum("tli,ijl->tij", G, num)
+
+
+def _impulse_vjp(argnums, ans, args, kwargs):
+    num, den, L = args
+    k = num.shape[2]
+
+    def vjp(dh):
+        dh = onp.asarray(dh)                                       # (L, p, m)
+        out = {}
+        if 0 in argnums:   # dnum[i, j, l] = sum_t dh[t, i, j] g_i(t - l)
+            G = _lags(_all_pole_impulses(den, L), k)
+            out[0] = onp.einsum("tij,tli->ijl", dh, G)
+        if 1 in argnums:   # T_(a_i) h_ij = T_(b_ij) delta  =>  dden[i, l] = -sum_j,t lam_ij(t) h_ij(t - l)
+            lam = onp.stack([_adjoint_g(dh[:, i, :].T, den[i]) for i in range(den.shape[0])],
+                            axis=1)                                # (m, p, L): T_(a_i)^-T dh_ij
+            out[1] = -onp.einsum("jit,tlij->il", lam, _lags(ans, k))
+        return tuple(out[n] for n in argnums)
+    return vjp
+
+
+defvjp_argnums(_impulse_prim, _impulse_vjp)
+
+
+def impulse_response(num, den, L):
+    """The first L Markov parameters of a transfer matrix by its difference equation.
+
+    Shapes: num (p, m, k), den (p, k) (descending powers of z, den[:, 0] != 0), L >= 1
+    -> h (L, p, m), h[t] the response at time t to a unit impulse at 0 (Remark 3.2):
+
+        g_i = lfilter([1], den_i, delta),   h[t, i, j] = sum_l num[i, j, l] g_i(t - l)
+
+    p scipy calls and one small contraction: the training path's kernel. Its VJP
+    (hand-written) runs one backward all-pole filter per row, as in :func:`lfilter_prim`:
+    dnum_ijl = sum_t dh_ij(t) g_i(t - l), dden_il = -sum_j,t lam_ij(t) h_ij(t - l) with
+    lam_ij = T_(a_i)^-T dh_ij. Twin: ``rssm_ref.convolution.tf_kernel_ref``.
+
+    >>> impulse_response(np.array([[[0.0, 1.0]]]), np.array([[1.0, -0.5]]), 4)[:, 0, 0].tolist()
+    [0.0, 1.0, 0.5, 0.25]
+    """
+    num, den, _ = _check_tf_filter_args(num, den, onp.zeros((1, 1, onp.shape(num)[1])))
+    if int(L) != L or L < 1:
+        raise ValueError(f"L: {L!r} (expected an integer >= 1)")
+    return _impulse_prim(num, den, int(L))
+
+
+def impulse_response_ref(num, den, L):
+    """Twin of :func:`impulse_response`: the difference equation on an impulse, a loop
+    (``rssm_ref.convolution.tf_kernel_ref``).
+
+    >>> impulse_response_ref([[[0.0, 1.0]]], [[1.0, -0.5]], 3)[:, 0, 0].tolist()
+    [0.0, 1.0, 0.5]
+    """
+    from rssm_ref.convolution import tf_kernel_ref
+    return tf_kernel_ref(num, den, L)
 
 
 # ------------------------------------------------------------- transfer function

@@ -45,18 +45,22 @@ True
 """
 import autograd.numpy as np
 import numpy as onp
+from autograd.extend import defvjp_argnums, primitive
 
-from rssm_ref.convolution import ss_fft_filter, tf_fft_filter
+from rssm_ref._kept import park, take
+from rssm_ref.convolution import (DIRECT_MAX_L, _causal_conv_prim, _causal_conv_vjp,
+                                  ss_fft_filter, tf_fft_filter)
+from rssm_ref.gate import _gate_final_prim, _gate_final_vjp
 from rssm_ref.gate import gate as gate_scan
-from rssm_ref.gate import gate_step
+from rssm_ref.gate import gate_final, gate_step
 from rssm_ref.lti import StateSpace, TransferFunction, den_from_reflection
-from rssm_ref.recurrence import ss_filter, tf_filter
+from rssm_ref.recurrence import _impulse_prim, _impulse_vjp, ss_filter, tf_filter
 from rssm_ref.validation import (_is_traced, _on_other_backend, check_array, check_stable_den,
                                  check_state_space)
 
 __all__ = [
     "sigmoid", "log_sigmoid", "residual_ssm_tf", "residual_ssm_ss", "residual_ssm_ref",
-    "ResidualSSM", "param_count",
+    "residual_ssm_final", "residual_ssm_final_ref", "ResidualSSM", "param_count",
 ]
 
 PATHS = ("fft", "recurrent")
@@ -202,6 +206,104 @@ def residual_ssm_tf(sigma_num, sigma_den, r_num, r_den, gate_bias, u, path="fft"
     # Σ_r : r = Σ_r(y_s − u), the residual of the fault-detection analogy
     r = filt(r_num, r_den, y_s - u)[:, :, 0]
     return _gate_and_pack(y_s, r, gate_bias, gate, return_intermediates)
+
+
+# ------------------------------------------ the last output only (training path)
+def _final_kernel_forward(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate):
+    L = u.shape[1]
+    h_sigma = _impulse_prim(sigma_num, sigma_den, L)                  # Σ's Markov parameters
+    y_s = _causal_conv_prim(h_sigma, u)                               # y_s = Σ(u)
+    h_r = _impulse_prim(r_num, r_den, L)
+    e = y_s - u
+    r = _causal_conv_prim(h_r, e)                                     # r = Σ_r(y_s − u)
+    s = 0.5 * (onp.tanh(0.5 * (r[:, :, 0] + gate_bias)) + 1.0)        # s = σ(r + c)
+    y_L = _gate_final_prim(y_s, s, gate)                              # eq. (5) down to y(L)
+    return y_L, (h_sigma, y_s, h_r, e, r, s)
+
+
+@primitive
+def _final_kernel_prim(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate, keep):
+    y_L, cache = _final_kernel_forward(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate)
+    if keep:          # traced: hand the intermediates to the VJP (rssm_ref._kept)
+        park(y_L, cache)
+    return y_L
+
+
+def _final_kernel_vjp(argnums, ans, args, kwargs):
+    sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate, keep = args
+    L = u.shape[1]
+    cache = take(ans)
+
+    def vjp(g):
+        # the blocks' own VJPs, chained by hand in reverse order (Fig. 3 read backwards)
+        h_sigma, y_s, h_r, e, r, s = cache or _final_kernel_forward(*args[:-1])[1]
+        d_ys, d_s = _gate_final_vjp((0, 1), ans, (y_s, s, gate), {})(g)
+        d_x = d_s * s * (1.0 - s)                                      # σ' = σ (1 − σ)
+        d_hr, d_e = _causal_conv_vjp((0, 1), r, (h_r, e), {})(d_x[:, :, None])
+        d_ys = d_ys + d_e
+        d_hs, d_u = _causal_conv_vjp((0, 1), y_s, (h_sigma, u), {})(d_ys)
+        d_rn, d_rd = _impulse_vjp((0, 1), h_r, (r_num, r_den, L), {})(d_hr)
+        d_sn, d_sd = _impulse_vjp((0, 1), h_sigma, (sigma_num, sigma_den, L), {})(d_hs)
+        grads = {0: d_sn, 1: d_sd, 2: d_rn, 3: d_rd, 4: float(onp.sum(d_x)), 5: d_u - d_e}
+        return tuple(grads[k] for k in argnums)
+    return vjp
+
+
+defvjp_argnums(_final_kernel_prim, _final_kernel_vjp)
+
+
+def residual_ssm_final(sigma_num, sigma_den, r_num, r_den, gate_bias, u, path="auto",
+                       gate="euler", allow_unstable=False):
+    """The Residual SSM's last output y(L) only (Fig. 3, eq. 5): what the readout uses.
+
+    Shapes and arguments as :func:`residual_ssm_tf`; returns (batch, m).
+    ``path="kernel"``: Σ and Σ_r as their exact first L Markov parameters (the
+    difference equation on an impulse) applied by causal convolution (one block-Toeplitz
+    matmul for L <= DIRECT_MAX_L, FFTs above), then :func:`rssm_ref.gate.gate_final`;
+    one autograd primitive whose VJP chains the blocks' hand-written VJPs (the training
+    path: ~1/20 of autograd's bookkeeping). ``path="recurrent"`` / ``"fft"``: the
+    difference equation (scipy lfilter) / the exact state-free FFT route for Σ and Σ_r,
+    then ``gate_final``. ``"auto"``: "kernel" for L <= DIRECT_MAX_L, else "recurrent"
+    (at m = 2, p m lfilter calls beat the FFTs of a long convolution). Equal to
+    ``residual_ssm_tf(...)[:, -1]`` to rounding (tests: ``fast_vs_ref``).
+
+    >>> m = ResidualSSM.random(seed=1)
+    >>> u = onp.random.default_rng(0).normal(size=(2, 12, 2))
+    >>> bool(onp.allclose(residual_ssm_final(*m.tf_arrays(), u), residual_ssm_tf(*m.tf_arrays(), u)[:, -1], rtol=0, atol=1e-14))
+    True
+    """
+    _check_option("path", path, ("auto",) + _FINAL_PATHS)
+    _check_option("gate", gate, GATES)
+    sigma_num, sigma_den, r_num, r_den, m = _check_tf(sigma_num, sigma_den, r_num, r_den, allow_unstable)
+    u = _check_u(u, m)
+    gate_bias = _check_bias(gate_bias)
+    L = onp.shape(u)[1]
+    if path == "auto":
+        path = "kernel" if L <= DIRECT_MAX_L else "recurrent"
+    if path == "kernel":
+        keep = any(_is_traced(a) for a in (sigma_num, sigma_den, r_num, r_den, gate_bias, u))
+        return _final_kernel_prim(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate, keep)
+    filt = tf_fft_filter if path == "fft" else tf_filter
+    y_s = filt(sigma_num, sigma_den, u)
+    r = filt(r_num, r_den, y_s - u)[:, :, 0]
+    return gate_final(y_s, sigmoid(r + gate_bias), gate)
+
+
+def residual_ssm_final_ref(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate="euler"):
+    """Twin of :func:`residual_ssm_final`: the loop of ``residual_ssm_ref`` (Σ, Σ_r and
+    the gate stepped together) on the observable realization, last output kept.
+
+    >>> m = ResidualSSM.random(seed=2)
+    >>> residual_ssm_final_ref(*m.tf_arrays(), onp.ones((1, 3, 2))).shape
+    (1, 2)
+    """
+    from rssm_ref.lti import tf2ss
+    sigma = tf2ss(sigma_num, sigma_den)
+    r_sys = tf2ss(r_num, r_den)
+    return residual_ssm_ref(*sigma, *r_sys, gate_bias, u, gate=gate)[:, -1]
+
+
+_FINAL_PATHS = ("kernel", "recurrent", "fft")
 
 
 def residual_ssm_ss(sigma_A, sigma_B, sigma_C, sigma_D, r_A, r_B, r_C, r_D, gate_bias, u,

@@ -34,14 +34,19 @@ delta (batch, L, m)        Δ_t^i;  h (batch, L, m, n) the state h(t+1) after co
 >>> bool(onp.allclose(y, selective_ssm_ref(u, **P), rtol=0, atol=1e-12))
 True
 """
+import functools
+
 import autograd.numpy as np
 import numpy as onp
-from autograd.extend import defvjp, primitive
+from autograd.extend import defvjp, defvjp_argnums, primitive
 
+from rssm_ref._kept import park, take
+from rssm_ref._threads import batch_halves, map_parts
 from rssm_ref.discretize import mamba_discretize
 from rssm_ref.validation import _is_traced, _on_other_backend, check_array
 
-__all__ = ["selective_ssm", "selective_ssm_ref", "linear_scan", "linear_scan_ref", "softplus",
+__all__ = ["selective_ssm", "selective_ssm_ref", "selective_ssm_final", "selective_ssm_final_ref",
+           "linear_scan", "linear_scan_ref", "softplus",
            "A_from_log", "random_params", "param_count"]
 
 DISCRETIZATIONS = ("zoh", "euler")
@@ -270,6 +275,230 @@ def selective_ssm_ref(u, A, W_delta, W_B, W_C, delta_bias=None, D=None, discreti
     if return_intermediates:
         return y, {"delta": deltas, "h": hs}
     return y
+
+
+# ------------------------------------------- the last output only (training path)
+def _sigmoid_np(x):
+    return 0.5 * (onp.tanh(0.5 * x) + 1.0)
+
+
+def _per_channel(X, m, n):
+    """sum_j X[..., i n + j]: (…, m n) -> (…, m), the adjoint of ``onp.repeat(·, n, -1)``."""
+    return onp.einsum("...ij->...i", X.reshape(X.shape[:-1] + (m, n)))
+
+
+def _per_state(X, m, n):
+    """sum_i X[..., i n + j]: (…, m n) -> (…, n), the adjoint of ``onp.tile(·, m)``."""
+    return onp.einsum("...ij->...j", X.reshape(X.shape[:-1] + (m, n)))
+
+
+def _J1_negative(x):
+    """φ1'(x) = J_1(x) = ∫_0^1 t e^{x t} dt for x <= 0 (here x = Δ A < 0), elementwise.
+
+    x <= -1/2: the closed form (x e^x − expm1(x)) / x², which loses at most a few ulps
+    there; -1/2 < x <= 0: Taylor series about c = -1/4, sum_j J_{j+1}(c) (x − c)^j / j!
+    (13 terms: truncation < 1e-17 relative; the coefficients come from the stable
+    scheme of ``rssm_ref.discretize``). Both are computed on the whole array and the
+    right one is kept: cheaper than gathering the small arguments.
+    """
+    acc = onp.full_like(x, _J1_COEFS[0])
+    d = onp.maximum(x, -_J1_SERIES_RADIUS)
+    d -= _J1_CENTER
+    for c in _J1_COEFS[1:]:
+        acc *= d
+        acc += c
+    with onp.errstate(divide="ignore", invalid="ignore"):    # x = 0: the series is kept
+        closed = (x * onp.exp(x) - onp.expm1(x)) / (x * x)
+    return onp.where(x > -_J1_SERIES_RADIUS, acc, closed)
+
+
+def _j1_coefficients(center, terms):
+    from math import factorial
+    from rssm_ref.discretize import _phi_deriv_np
+    # d^j/dx^j J_1 = J_{j+1}; Horner order, highest power first
+    return [float(_phi_deriv_np(onp.array(center), j + 1)) / factorial(j)
+            for j in range(terms - 1, -1, -1)]
+
+
+_J1_SERIES_RADIUS = 0.5
+_J1_CENTER = -0.25
+_J1_COEFS = _j1_coefficients(_J1_CENTER, 13)
+
+
+def _mm(x, M):
+    """(…, k) @ (k, r) as one 2-D BLAS call (a stacked 3-D matmul calls gemm per slice)."""
+    return (x.reshape(-1, x.shape[-1]) @ M).reshape(x.shape[:-1] + (M.shape[1],))
+
+
+def _softplus_np(x):
+    """τ(x) = log(1 + e^x) = max(x, 0) + log1p(e^{-|x|}) (eq. 4a), stable for any x."""
+    return onp.maximum(x, 0.0) + onp.log1p(onp.exp(-onp.abs(x)))
+
+
+def _final_forward(u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output):
+    """y(L-1) (batch, m) and what the VJP reuses; see :func:`selective_ssm_final`.
+
+    Per-state arrays are laid out as contiguous (batch, T, q), q = m n, index i n + j:
+    ``onp.repeat`` / ``onp.tile`` spread per-channel and per-state quantities (a
+    (…, m, 1) x (…, 1, n) broadcast has an 8-long inner loop and is several times
+    slower), ``_per_channel`` / ``_per_state`` sum them back (no BLAS: tiny threaded
+    gemms stall when another process holds a core). The readout is folded in early,
+    y_i = sum_t u_i(t) K_i(t) with K_i(t) = sum_j W_ij(t) C̄_j B̄_j(t), so that the
+    backward pass needs as few (batch, T, q) passes as possible.
+    """
+    batch, L, m = u.shape
+    n = A.shape[1]
+    Aq = A.reshape(-1)
+    # T inputs reach the state that is read: all L ("after"), or L-1 ("before")
+    T = L - (1 if output == "before" else 0)
+    uT = u[:, :T]
+    pre = _mm(uT, W_delta.T)
+    if delta_bias is not None:
+        pre = pre + delta_bias
+    delta = _softplus_np(pre)                                                 # (4a) (batch, T, m)
+    Bb = _mm(uT, W_B.T)                                                       # (4b) (batch, T, n)
+    C_last = u[:, -1] @ W_C.T                                                 # (4c) at t = L-1
+    CBq = onp.tile(Bb * C_last[:, None, :], (1, 1, m))                        # C̄_j B̄_j(t), spread
+    # S_t = sum_{t<k<T} Δ_k: prod_{t<k<T} exp(Δ_k A) = exp(S_t A)        (3a) composed
+    S = onp.concatenate([onp.cumsum(delta[:, :0:-1], axis=1)[:, ::-1],
+                         onp.zeros((batch, min(T, 1), m))], axis=1)
+    Sq = onp.repeat(S, n, axis=-1)
+    E = onp.exp(Sq * Aq)                                                      # (batch, T, q)
+    x = onp.repeat(delta, n, axis=-1) * Aq                                    # Δ_t A
+    # (3b): Δ φ1(ΔA) = expm1(ΔA)/A (zoh; A < 0 so no 0/0), or Δ (euler)
+    if discretization == "zoh":
+        phi = onp.expm1(x)
+        phi /= Aq
+    else:
+        phi = onp.repeat(delta, n, axis=-1)
+    W = E * phi                                     # exp(S_t A) B_t / B̄_t: what u(t) is worth
+    # (2) unrolled and read out: y_i = C̄ · h^i(T) = sum_t u_i(t) sum_j W_ij(t) C̄_j B̄_j(t)
+    K = _per_channel(W * CBq, m, n)                                           # (batch, T, m)
+    y = onp.einsum("bti,bti->bi", uT, K)
+    if D is not None:
+        y = y + D * u[:, -1]
+    return y, dict(T=T, Aq=Aq, pre=pre, delta=delta, Bb=Bb, C_last=C_last, CBq=CBq, Sq=Sq,
+                   E=E, x=x, W=W, K=K)
+
+
+def _final_backward(c, g, u, A, W_delta, W_B, W_C, D, discretization):
+    """The VJP of ``_final_forward`` for a cotangent g (batch, m), every argument at once:
+    (du, dA, dW_delta, dW_B, dW_C, d delta_bias, dD)."""
+    batch, L, m = u.shape
+    n = A.shape[1]
+    T, Aq, delta, E, W = (c[k] for k in ("T", "Aq", "delta", "E", "W"))
+    uT = u[:, :T]
+    # y_i = sum_t u_i(t) K_i(t),  K_i(t) = sum_j W_ij(t) (C̄_j B̄_j(t))
+    dK = g[:, None, :] * uT
+    du_direct = g[:, None, :] * c["K"]
+    dKq = onp.repeat(dK, n, axis=-1)
+    dW = dKq * c["CBq"]                                                      # ∂/∂W
+    dCB = _per_state(dKq * W, m, n)                                          # ∂/∂(C̄_j B̄_j(t))
+    dBb = dCB * c["C_last"][:, None, :]
+    dC = onp.einsum("btn,btn->bn", dCB, c["Bb"])
+    # W = E φ
+    X = dW * W                                                               # (∂/∂E) E
+    dphi = dW * E                                                            # ∂/∂φ
+    # E = exp(S A): dS_t = sum_j X A;  S_t = sum_{k>t} Δ_k, so dΔ_k = sum_{t<k} dS_t
+    dAq = onp.einsum("btq,btq->q", X, c["Sq"])
+    X *= Aq
+    dS = _per_channel(X, m, n)
+    ddelta = onp.concatenate([onp.zeros((batch, min(T, 1), m)),
+                              onp.cumsum(dS[:, :-1], axis=1)], axis=1)
+    if discretization == "zoh":
+        # ∂/∂Δ [expm1(ΔA)/A] = exp(ΔA);  ∂/∂A = Δ² φ1'(ΔA)
+        x = c["x"]
+        ddelta = ddelta + _per_channel(dphi * onp.exp(x), m, n)
+        dq = onp.repeat(delta * delta, n, axis=-1)
+        dq *= dphi
+        dAq = dAq + onp.einsum("btq,btq->q", dq, _J1_negative(x))
+    else:
+        ddelta = ddelta + _per_channel(dphi, m, n)
+    dpre = ddelta * _sigmoid_np(c["pre"])                                    # softplus' = σ
+    du = onp.zeros_like(u)
+    du[:, :T] = du_direct + _mm(dpre, W_delta) + _mm(dBb, W_B)
+    du[:, -1] += dC @ W_C
+    if D is not None:
+        du[:, -1] += g * D
+    return (du, dAq.reshape(m, n), dpre.reshape(-1, m).T @ uT.reshape(-1, m),
+            dBb.reshape(-1, n).T @ uT.reshape(-1, m), dC.T @ u[:, -1], dpre.sum(axis=(0, 1)),
+            onp.einsum("bi,bi->i", g, u[:, -1]))
+
+
+@primitive
+def _final_prim(u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output, keep):
+    # two halves of the batch on two cores (rssm_ref._threads: the cut depends on the
+    # batch size only, so the numbers are the same on any machine)
+    parts = batch_halves(u.shape[0])
+    outs = map_parts(_final_forward, [(u[p], A, W_delta, W_B, W_C, delta_bias, D,
+                                       discretization, output) for p in parts])
+    y = outs[0][0] if len(outs) == 1 else onp.concatenate([o[0] for o in outs], axis=0)
+    if keep:          # traced: hand the intermediates to the VJP (rssm_ref._kept)
+        park(y, [o[1] for o in outs])
+    return y
+
+
+def _final_vjp(argnums, ans, args, kwargs):
+    u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output, keep = args
+    caches = take(ans)
+
+    def vjp(g):
+        g = onp.asarray(g)                                                   # (batch, m)
+        parts = batch_halves(u.shape[0])
+        cs = caches or [_final_forward(u[p], A, W_delta, W_B, W_C, delta_bias, D,
+                                       discretization, output)[1] for p in parts]
+        outs = map_parts(_final_backward, [(c, g[p], u[p], A, W_delta, W_B, W_C, D,
+                                            discretization) for c, p in zip(cs, parts)])
+        # du by rows; the parameters' gradients summed over the parts in a fixed order
+        grads = [onp.concatenate([o[0] for o in outs], axis=0)]
+        for k in range(1, 7):
+            total = outs[0][k]
+            for o in outs[1:]:
+                total = total + o[k]
+            grads.append(total)
+        return tuple(grads[k] for k in argnums)
+    return vjp
+
+
+defvjp_argnums(_final_prim, _final_vjp)
+
+
+def selective_ssm_final(u, A, W_delta, W_B, W_C, delta_bias=None, D=None, discretization="zoh",
+                        output="before"):
+    """The Selective SSM's last output y(L-1) only, eqs. (2)-(4): what the readout uses.
+
+    Shapes and arguments as :func:`selective_ssm`; returns (batch, m). The state that is
+    read, h(T) with T = L ("after") or L - 1 ("before"), is the unrolled scan
+
+        h^i(T) = sum_{t<T} exp(A^i S_t^i) B_t^i u_i(t),   S_t^i = sum_{t<k<T} Δ_k^i,
+
+    (the product of the A_k of (3a) is one exponential of a reversed cumulative sum; the
+    sums only grow, so the exponentials only shrink), with B_t of (3b) as
+    expm1(Δ A)/A (zoh) or Δ B̄ (euler): no loop over time and no series in the forward
+    pass. One autograd primitive with a hand-written VJP (reverse cumulative sums; the
+    series of φ1' only for |Δ A| < 1/2 in ∂/∂A). Equal to
+    ``selective_ssm(...)[:, -1]`` to rounding (tests: ``fast_vs_ref``).
+
+    >>> P = random_params(m=3, n=2, seed=1)
+    >>> u = onp.random.default_rng(0).normal(size=(2, 5, 3))
+    >>> bool(onp.allclose(selective_ssm_final(u, **P), selective_ssm(u, **P)[:, -1], rtol=0, atol=1e-14))
+    True
+    """
+    u, A, W_delta, W_B, W_C, delta_bias, D = _check(
+        u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output)
+    keep = any(_is_traced(a) for a in (u, A, W_delta, W_B, W_C, delta_bias, D))
+    return _final_prim(u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output, keep)
+
+
+def selective_ssm_final_ref(u, A, W_delta, W_B, W_C, delta_bias=None, D=None,
+                            discretization="zoh", output="before"):
+    """Twin of :func:`selective_ssm_final`: the loops of ``selective_ssm_ref``, last step.
+
+    >>> P = random_params(m=2, n=2, seed=2)
+    >>> selective_ssm_final_ref(onp.ones((1, 2, 2)), **P).shape
+    (1, 2)
+    """
+    return selective_ssm_ref(u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output)[:, -1]
 
 
 # ------------------------------------------------------------------ construction, counts

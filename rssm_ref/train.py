@@ -33,7 +33,9 @@ from dataclasses import dataclass
 
 import numpy as onp
 from autograd import value_and_grad
+from autograd.extend import defvjp, primitive
 
+from rssm_ref._alloc import keep_freed_memory
 from rssm_ref.models import accuracy, init_params, loss
 from rssm_ref.tasks import make_batch
 
@@ -159,6 +161,75 @@ def _fresh(params):
     return params, {k: onp.zeros_like(v) for k, v in params.items()}, {k: onp.zeros_like(v) for k, v in params.items()}
 
 
+@primitive
+def _part(theta, start, stop, shape):
+    """theta[start:stop] reshaped: one parameter array read from the flat vector. A
+    primitive so that autograd sees one cheap operation per array (its generic dict and
+    slice bookkeeping cost more than the Residual SSM's whole gradient)."""
+    return theta[start:stop].reshape(shape)
+
+
+def _part_vjp(ans, theta, start, stop, shape):
+    def vjp(g):
+        out = onp.zeros(theta.shape)
+        out[start:stop] = onp.ravel(g)
+        return out
+    return vjp
+
+
+defvjp(_part, _part_vjp)
+
+
+class _FlatAdam:
+    """Adam on one flat vector whose slices are the parameter arrays (views), so an
+    update is a dozen NumPy calls whatever the number of arrays. Per element the same
+    formulas as the module docstring, in the same order. The loss is differentiated
+    with respect to the flat vector itself (``value_and_grad``)."""
+
+    def __init__(self, state, cfg):
+        params, adam_m, adam_v = state
+        self.names = list(params)
+        self.shapes = [onp.shape(params[k]) for k in self.names]
+        sizes = [int(onp.prod(shp, dtype=int)) for shp in self.shapes]
+        self.bounds = list(zip(onp.cumsum([0] + sizes[:-1]).tolist(), onp.cumsum(sizes).tolist()))
+        self.cfg = cfg
+        self.theta = onp.concatenate([onp.ravel(params[k]) for k in self.names])
+        self.m = onp.concatenate([onp.ravel(adam_m[k]) for k in self.names])
+        self.v = onp.concatenate([onp.ravel(adam_v[k]) for k in self.names])
+        self.params = self._views(self.theta)
+
+    def _views(self, flat):
+        return {k: flat[a:b].reshape(shp) for k, (a, b), shp in zip(self.names, self.bounds, self.shapes)}
+
+    def unflatten(self, theta):
+        """The params dict read from a (possibly traced) flat vector."""
+        return {k: _part(theta, a, b, shp) for k, (a, b), shp in zip(self.names, self.bounds, self.shapes)}
+
+    def step(self, g, k):
+        """One clipped Adam step with the flat gradient g at schedule position k; returns
+        the learning rate."""
+        cfg = self.cfg
+        g = onp.array(g, dtype=onp.float64)
+        norm = float(onp.sqrt(onp.dot(g, g)))
+        if norm > cfg.clip:                      # g <- g min(1, clip / ||g||)
+            g *= cfg.clip / norm
+        lr = lr_schedule(k, cfg)
+        b1, b2 = cfg.beta1, cfg.beta2
+        self.m *= b1
+        self.m += (1 - b1) * g
+        self.v *= b2
+        self.v += (1 - b2) * (g * g)
+        m_hat = self.m / (1 - b1 ** (k + 1))
+        v_hat = self.v / (1 - b2 ** (k + 1))
+        self.theta -= lr * m_hat / (onp.sqrt(v_hat) + cfg.eps)
+        return lr
+
+    def state(self):
+        """(params, adam_m, adam_v) as dicts of fresh arrays."""
+        copy = lambda flat: {k: onp.array(a) for k, a in self._views(flat).items()}
+        return copy(self.theta), copy(self.m), copy(self.v)
+
+
 def train(model_cfg, cfg, params=None, checkpoint=None, resume=False, progress=None):
     """Train ``model_cfg`` on its task at length cfg.L; returns (params, history).
 
@@ -175,27 +246,20 @@ def train(model_cfg, cfg, params=None, checkpoint=None, resume=False, progress=N
     ``checkpoint_every`` steps and at the end; with ``resume`` an existing checkpoint
     there is continued from its step.
     """
-    vg = value_and_grad(lambda p, tokens, targets: loss(model_cfg, p, tokens, targets))
+    keep_freed_memory()
     offset = [0]          # steps already run by discarded restart candidates
     t0 = time.perf_counter()
 
     def run(state, start, stop, history, save):
-        params, adam_m, adam_v = state
+        opt = _FlatAdam(state, cfg)
+        vg = value_and_grad(lambda theta, tokens, targets: loss(model_cfg, opt.unflatten(theta),
+                                                               tokens, targets))
         window_loss, window_n = 0.0, 0
         for k in range(start, stop):
             rng = onp.random.default_rng([cfg.seed, DATA_STREAM, k])
             tokens, targets = make_batch(model_cfg.task, rng, cfg.batch, cfg.L, model_cfg.n_tokens)
-            value, grads = vg(params, tokens, targets)
-            grads, _ = clip_by_global_norm(grads, cfg.clip)
-            lr = lr_schedule(k, cfg)
-            b1, b2 = cfg.beta1, cfg.beta2
-            for name in params:
-                g = grads[name]
-                adam_m[name] = b1 * adam_m[name] + (1 - b1) * g
-                adam_v[name] = b2 * adam_v[name] + (1 - b2) * g * g
-                m_hat = adam_m[name] / (1 - b1 ** (k + 1))
-                v_hat = adam_v[name] / (1 - b2 ** (k + 1))
-                params[name] = params[name] - lr * m_hat / (onp.sqrt(v_hat) + cfg.eps)
+            value, grad_theta = vg(opt.theta, tokens, targets)
+            lr = opt.step(grad_theta, k)
             history["step"].append(k)
             history["loss"].append(float(value))
             history["lr"].append(float(lr))
@@ -203,15 +267,15 @@ def train(model_cfg, cfg, params=None, checkpoint=None, resume=False, progress=N
             window_n += 1
             done = k + 1
             if progress is not None and (done % cfg.log_every == 0 or done == stop):
-                acc = accuracy(model_cfg, params, tokens, targets)
+                acc = accuracy(model_cfg, opt.params, tokens, targets)
                 elapsed = time.perf_counter() - t0
                 shown = offset[0] + done
                 progress(shown, {"loss": window_loss / window_n, "acc": acc, "lr": lr,
                                  "steps_per_s": (shown - first[0]) / max(elapsed, 1e-9)})
                 window_loss, window_n = 0.0, 0
             if save and checkpoint and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
-                save_checkpoint(checkpoint, params, adam_m, adam_v, done, cfg.seed)
-        return (params, adam_m, adam_v), history
+                save_checkpoint(checkpoint, *opt.state(), done, cfg.seed)
+        return opt.state(), history
 
     first = [0]
     start = 0

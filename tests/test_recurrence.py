@@ -368,4 +368,4 @@ def test_lfilter_prim_bad_input(b, a, x, err, msg):
 
 def test_module_exports():
     assert set(recurrence.__all__) == {"lfilter_prim", "tf_filter", "tf_filter_ref", "ss_filter",
-                                       "ss_filter_ref"}
+                                       "ss_filter_ref", "impulse_response", "impulse_response_ref"}
