@@ -44,12 +44,13 @@ True
 import autograd.numpy as np
 import numpy as onp
 import scipy.signal as ssig
+from autograd.extend import defvjp, primitive
 
 from rssm_ref.recurrence import _state_scan  # the scan primitive (recurrence never imports lti)
 from rssm_ref.validation import _is_traced, check_array, check_state_space
 
 __all__ = [
-    "markov_parameters", "markov_parameters_ref", "den_from_reflection",
+    "markov_parameters", "markov_parameters_ref", "den_from_reflection", "den_from_theta",
     "den_from_reflection_ref", "ss2tf", "tf2ss", "observable_realization", "StateSpace", "TransferFunction",
     "from_scipy", "from_control",
 ]
@@ -203,8 +204,9 @@ def den_from_reflection(k):
 
     maps the open cube (-1, 1)^n onto the monic polynomials with all roots strictly
     inside the unit circle (Schur-Cohn), so any unconstrained parameter squashed into
-    (-1, 1) (e.g. 0.5 tanh(theta)) gives a stable denominator. Differentiable (built by
-    concatenation only). Used for stable training denominators and Hypothesis strategies.
+    (-1, 1) (e.g. 0.5 tanh(theta)) gives a stable denominator. Differentiable: a
+    primitive whose VJP runs the recursion backwards (one NumPy pass, training path).
+    Used for stable training denominators and Hypothesis strategies.
 
     >>> den_from_reflection([0.5]).tolist()
     [1.0, 0.5]
@@ -219,15 +221,69 @@ def den_from_reflection(k):
         if onp.any(onp.abs(k) >= 1.0):
             raise ValueError("k: reflection coefficients must satisfy |k| < 1 "
                              f"(got max |k| = {float(onp.max(onp.abs(k))):.6g})")
-    shape = onp.shape(k)
-    lead = shape[:-1]
-    a = np.ones(lead + (1,))
-    zero = np.zeros(lead + (1,))
-    for i in range(shape[-1]):
-        ki = k[..., i:i + 1]
+    return _step_up(k)
+
+
+def _step_up_np(k):
+    """[a^(0), ..., a^(n)] of the step-up recursion, plain NumPy (k (..., n))."""
+    lead = k.shape[:-1]
+    a = onp.ones(lead + (1,))
+    zero = onp.zeros(lead + (1,))
+    out = [a]
+    for i in range(k.shape[-1]):
         # a^(i+1) = [a, 0] + k_i [0, reverse(a)]
-        a = np.concatenate([a, zero], axis=-1) + ki * np.concatenate([zero, a[..., ::-1]], axis=-1)
-    return a
+        a = onp.concatenate([a, zero], axis=-1) + k[..., i:i + 1] * onp.concatenate(
+            [zero, a[..., ::-1]], axis=-1)
+        out.append(a)
+    return out
+
+
+@primitive
+def _step_up(k):
+    return _step_up_np(onp.asarray(k, dtype=float))[-1]
+
+
+def _step_up_vjp(ans, k):
+    def vjp(g):
+        # reverse through a^(i+1)_j = a^(i)_j + k_i a^(i)_(i+1-j):
+        #   dk_i = sum_j g_j a^(i)_(i+1-j),   da^(i)_l = g_l + k_i g_(i+1-l)
+        k_np = onp.asarray(k, dtype=float)
+        steps = _step_up_np(k_np)
+        g = onp.asarray(g, dtype=float)
+        dk = []
+        for i in range(k_np.shape[-1] - 1, -1, -1):
+            a_i = steps[i]
+            dk.append(onp.sum(g[..., 1:] * a_i[..., ::-1], axis=-1))
+            g = g[..., :-1] + k_np[..., i:i + 1] * g[..., :0:-1]
+        return onp.stack(dk[::-1], axis=-1)
+    return vjp
+
+
+defvjp(_step_up, _step_up_vjp)
+
+
+@primitive
+def den_from_theta(theta, bound):
+    """den_from_reflection(bound · tanh(theta)): a stable monic denominator from
+    unconstrained parameters, as one primitive (the training parameterization).
+
+    Shapes: theta (..., n), 0 < bound <= 1 -> den (..., n+1), every root strictly inside
+    |z| < 1 (|z| <= bound-dependent radius). VJP: the step-up recursion backwards, times
+    bound (1 - tanh^2).
+
+    >>> den_from_theta(onp.array([0.0, 10.0]), 0.5).round(6).tolist()
+    [1.0, 0.0, 0.5]
+    """
+    return _step_up_np(bound * onp.tanh(theta))[-1]
+
+
+def _den_from_theta_vjp(ans, theta, bound):
+    t = onp.tanh(theta)
+    inner = _step_up_vjp(ans, bound * t)
+    return lambda g: inner(g) * (bound * (1.0 - t * t))
+
+
+defvjp(den_from_theta, _den_from_theta_vjp)
 
 
 def den_from_reflection_ref(k):
