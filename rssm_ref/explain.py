@@ -145,7 +145,8 @@ def _load(cfg, model_cfg, progress):
                 raise ValueError(f"{path}: parameters {sorted(params)} do not describe a "
                                  f"{cfg.model} model for the {cfg.task} task")
             P = oracle_params(model_cfg, params)
-            source = f"{path} (a reproduce checkpoint, step {load_checkpoint(path)[3]})"
+            source = (f"{path} (a reproduce checkpoint, saved at step {load_checkpoint(path)[3]} "
+                      "of its schedule)")
         else:
             P = arrays
             source = f"{path} (oracle format)"
@@ -478,10 +479,21 @@ def _pole_zero_figure(plt, systems, path):
     return path
 
 
-def _impulse_figure(plt, systems, path, n=24):
-    """One panel per system: h(t) of every channel, t = 0..n-1, legend below."""
+IMPULSE_MAX = 64      # impulse plots end where |h| has decayed below 1e-3 of its peak
+
+
+def _impulse_length(sys_):
+    """Samples worth showing: up to 4 past the last |h(t)| above 1e-3 max|h|, 8 to 64."""
+    h = onp.abs(sys_.impulse(IMPULSE_MAX)).reshape(IMPULSE_MAX, -1).max(axis=1)
+    big = onp.flatnonzero(h > 1e-3 * max(h.max(), 1e-300))
+    return int(min(IMPULSE_MAX, max(8, (big[-1] if big.size else 0) + 5)))
+
+
+def _impulse_figure(plt, systems, path):
+    """One panel per system: h(t) of every channel until it has decayed, legend below."""
     fig, axes = plt.subplots(1, len(systems), figsize=(5.2 * len(systems), 4.4), squeeze=False)
     for ax, (name, sys_, in_fmt, out_fmt) in zip(axes[0], systems):
+        n = _impulse_length(sys_)
         h = sys_.impulse(n)
         for i in range(h.shape[1]):
             for j in range(h.shape[2]):
@@ -490,7 +502,7 @@ def _impulse_figure(plt, systems, path, n=24):
         ax.set_title(f"{name}: impulse response per channel", fontsize=10)
         ax.set_xlabel("t (steps after a unit impulse at t = 0)")
         ax.set_ylabel("h(t)")
-        ax.set_xticks(range(0, n, 4))
+        ax.set_xticks(range(0, n, max(1, n // 8)))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2,
                   frameon=False, title="channel (input → output)", title_fontsize=8)
