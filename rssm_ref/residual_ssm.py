@@ -45,12 +45,13 @@ True
 """
 import autograd.numpy as np
 import numpy as onp
+import scipy.signal as ssig
 from autograd.extend import defvjp_argnums, primitive
 
 from rssm_ref._kept import park, take
 from rssm_ref.convolution import (DIRECT_MAX_L, _causal_conv_prim, _causal_conv_vjp,
                                   ss_fft_filter, tf_fft_filter)
-from rssm_ref.gate import _gate_final_prim, _gate_final_vjp
+from rssm_ref.gate import _b_np, _gate_final_prim, _gate_final_vjp, _suffix_products
 from rssm_ref.gate import gate as gate_scan
 from rssm_ref.gate import gate_final, gate_step
 from rssm_ref.lti import StateSpace, TransferFunction, den_from_reflection
@@ -252,6 +253,35 @@ def _final_kernel_vjp(argnums, ans, args, kwargs):
 defvjp_argnums(_final_kernel_prim, _final_kernel_vjp)
 
 
+def _final_recurrent_np(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate):
+    """The recurrent path of :func:`residual_ssm_final` for evaluation (nothing traced):
+    the same scipy lfilter calls as ``tf_filter``, on channel-major (batch, L) rows and in
+    place, so that little but the p m + m filters themselves is left (checked equal to
+    the traced route in tests)."""
+    p, m, _ = sigma_num.shape
+    # Σ : y_s,i = sum_j lfilter(b_ij, a_i, u_j)
+    y_s = []
+    for i in range(p):
+        row = ssig.lfilter(sigma_num[i, 0], sigma_den[i], u[:, :, 0], axis=-1)
+        for j in range(1, m):
+            row += ssig.lfilter(sigma_num[i, j], sigma_den[i], u[:, :, j], axis=-1)
+        y_s.append(row)
+    # Σ_r : r = sum_j lfilter(b_r,j, a_r, y_s,j − u_j)
+    r = None
+    for j in range(m):
+        term = ssig.lfilter(r_num[0, j], r_den[0], y_s[j] - u[:, :, j], axis=-1)
+        r = term if r is None else r.__iadd__(term)
+    # s = σ(r + c) = (1 + tanh((r + c)/2)) / 2
+    r += gate_bias
+    r *= 0.5
+    onp.tanh(r, out=r)
+    r += 1.0
+    r *= 0.5
+    b = _b_np(r, gate)
+    w = b * _suffix_products(1.0 - b)
+    return onp.stack([onp.einsum("bt,bt->b", w, y_s[i]) for i in range(p)], axis=1)
+
+
 def residual_ssm_final(sigma_num, sigma_den, r_num, r_den, gate_bias, u, path="auto",
                        gate="euler", allow_unstable=False):
     """The Residual SSM's last output y(L) only (Fig. 3, eq. 5): what the readout uses.
@@ -280,9 +310,11 @@ def residual_ssm_final(sigma_num, sigma_den, r_num, r_den, gate_bias, u, path="a
     L = onp.shape(u)[1]
     if path == "auto":
         path = "kernel" if L <= DIRECT_MAX_L else "recurrent"
+    traced = any(_is_traced(a) for a in (sigma_num, sigma_den, r_num, r_den, gate_bias, u))
     if path == "kernel":
-        keep = any(_is_traced(a) for a in (sigma_num, sigma_den, r_num, r_den, gate_bias, u))
-        return _final_kernel_prim(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate, keep)
+        return _final_kernel_prim(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate, traced)
+    if path == "recurrent" and not traced:
+        return _final_recurrent_np(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate)
     filt = tf_fft_filter if path == "fft" else tf_filter
     y_s = filt(sigma_num, sigma_den, u)
     r = filt(r_num, r_den, y_s - u)[:, :, 0]
