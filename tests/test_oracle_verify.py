@@ -118,8 +118,10 @@ def test_float32_arithmetic_fails_at_float64_and_passes_at_float32_lti():
     assert r32.passed, r32.to_text()
     # the candidate's float32 error is a real float32 error, not far below the yardstick
     assert all(t.rel > 0.05 * t.oracle_rel for t in r32.tensors), r32.to_text()
-    for prec in ("float16", "bfloat16"):
-        assert verify(ref, cand, prec).passed
+    assert verify(ref, cand, "float16").passed
+    # bfloat16 cannot resolve this pole over L = 1024 (oracle error > 1): its thresholds
+    # admit a candidate of zeros, so the verdict is INCONCLUSIVE, not PASS (issue 12)
+    assert verify(ref, cand, "bfloat16").verdict == "INCONCLUSIVE"
 
 
 @pytest.mark.parametrize("gate", ["euler", "zoh"])
@@ -256,4 +258,5 @@ def test_cli_exit_codes_and_json(tmp_path):
     bad = run("--candidate", str(tmp_path / "bad.npz"), "--precision", "float32")
     assert bad.exit_code == 1
     assert "MISMATCH" in bad.stdout and "FAIL" in bad.stdout
-    assert run("--candidate", str(tmp_path / "good.npz")).exit_code == 1   # float64: caught
+    # float32 held to float64 is caught; without --precision the file's dtype (float32) is used
+    assert run("--candidate", str(tmp_path / "good.npz"), "--precision", "float64").exit_code == 1

@@ -11,8 +11,9 @@ How each precision is emulated (documented in docs/verify.md):
 
 float64    NumPy float64; no extra rounding. (Used as a second, independent float64
            implementation: its distance to the reference is a few ulps.)
-float32    NumPy float32 arithmetic: every elementwise result is float32; dot products
-           accumulate in float32.
+float32    NumPy float32 arithmetic, forward and backward: every elementwise result and
+           every cotangent is float32 (checked at each rounding point: a float64 leak
+           is an AssertionError); dot products accumulate in float32.
 float16    Values held in float32, every result rounded to IEEE half (11-bit
            significand, overflow to inf): elementwise ops are correctly rounded, dot
            products accumulate in float32 and are rounded once, like tensor cores.
@@ -23,6 +24,9 @@ Gradients are autograd's reverse mode through the same rounded computation; ever
 cotangent passing a rounding point is rounded too (the VJP of rounding is rounding), and
 the three loops over time are custom primitives whose VJPs (adjoint recursions run
 backwards in time) round every result, so the backward pass runs in the same precision.
+A parameter's gradient sums over every (batch, t): ``seq_sum``/``seq_outer_sum`` add the
+terms one after the other in the working dtype (the order of a plain loop, the least
+favourable common one), one sum per use of the parameter (``Arith.expand``, ``proj``).
 
 Stochastic rounding (``seed=``): the same computation with every result rounded up or
 down at random, with probability given by the distance to each neighbour (values held
@@ -40,6 +44,7 @@ u                (batch, L, m) input; y (batch, L, p|m) output
 emulate(model, params, inputs, options, precision, grads=False, seed=None) -> dict
 Arith(precision, seed=None)   working dtype, rounding ``qn`` (plain) and ``q`` (autograd)
 diag_scan, state_scan, iir_scan   the loops over time, custom primitives (+ ``_ref`` twins)
+seq_sum(x, lead), seq_outer_sum(g, x)   sums over (batch, t) one term after the other
 round_to(x, precision) -> float64 array holding the rounded values
 
 >>> import numpy
