@@ -289,8 +289,9 @@ def _deprecated_alias(new_value, old_value, new_flag, old_flag):
 @click.option("--quick", is_flag=True,
               help="A smoke run (seconds) that checks the pipeline; its numbers are "
                    "marked as such everywhere.")
-@click.option("--out", default="results", show_default=True, metavar="DIR",
-              help="Run folder (created; its parent must exist).")
+@click.option("--out", default=None, metavar="DIR",
+              help="Run folder (created; its parent must exist). Default: results-<task>, "
+                   "one per task.")
 @click.option("--gate", type=click.Choice(["euler", "zoh"]), default="euler", show_default=True,
               help="Residual gate: eq. (5) or Remark 3.1's exact ZOH.")
 @click.option("--discretization", type=click.Choice(["zoh", "euler"]), default="zoh",
@@ -333,7 +334,7 @@ def reproduce_cmd(task, model, seeds, steps, quick, out, gate, discretization, o
     models = ("residual", "selective") if model == "both" else (model,)
     backend = backend or run_guarded(get_backend_name)
     config = run_guarded(ReproduceConfig, task=task, models=models, seeds=seed_list, steps=steps,
-                         quick=quick, out=out, gate=gate, eval_n=eval_n, resume=resume,
+                         quick=quick, out=out or "", gate=gate, eval_n=eval_n, resume=resume,
                          backend=backend, selective_discretization=discretization,
                          selective_output=output)
     progress = Progress.to_stderr()
@@ -343,6 +344,7 @@ def reproduce_cmd(task, model, seeds, steps, quick, out, gate, discretization, o
         return
     click.echo("")
     click.echo(format_table(results))
+    out = config.out
     click.echo(f"\nwrote {out}/results.json, {out}/accuracy.png and {out}/progress.log "
                f"(wall {results['wall_seconds']:.0f} s)")
 

@@ -30,7 +30,8 @@ Glossary
 ReproduceConfig, reproduce(cfg, progress=None) -> dict, format_table(results) -> str,
 PAPER_TABLES[task][model] -> list of 7 accuracies (%) at L = 2^4 … 2^10,
 split_steps(total, restarts, restart_steps) -> dict(steps, restarts, restart_steps),
-CHANCE = 1 / N (N = 8 content tokens; both tasks answer with a content token)
+chance(task) = 100 / (possible answers): induction 7 (the paper's N = 8 with the trigger),
+extended 8
 
 >>> sorted(PAPER_TABLES["induction"])
 ['residual', 'selective']
@@ -45,7 +46,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as onp
 
 from rssm_ref.models import ModelConfig, accuracy, param_count
-from rssm_ref.tasks import TASKS, make_batch
+from rssm_ref.paths import finish_tmp
+from rssm_ref.tasks import DEFAULT_TOKENS, TASKS, make_batch
 from rssm_ref.train import TrainConfig, load_checkpoint, train
 
 __all__ = ["ReproduceConfig", "reproduce", "format_table", "split_steps", "PAPER_TABLES",
@@ -69,8 +71,11 @@ QUICK = {"residual": dict(steps=300, warmup=20, restarts=1), "selective": dict(s
          "eval_n": 100}
 TASK_NAMES = {"induction": "induction head (Table 1)", "extended": "extended induction head (Table 2)"}
 MODEL_NAMES = {"residual": "Residual SSM", "selective": "Selective SSM"}
-N_CONTENT = 8                      # content tokens; the answer is one of them
-CHANCE = 100.0 / N_CONTENT         # % accuracy of a uniform guess
+
+
+def chance(task):
+    """% accuracy of a uniform guess among the task's possible answers (content tokens)."""
+    return 100.0 / DEFAULT_TOKENS[task]
 SMOKE_NOTE = ("SMOKE RUN (--quick): a few hundred training steps and 100 sequences per "
               "length check the pipeline; these accuracies are not the paper's experiment")
 
@@ -83,7 +88,7 @@ class ReproduceConfig:
     seeds: tuple = (0,)
     steps: int = 0                 # total steps per run, restarts included; 0: the recipe
     quick: bool = False
-    out: str = "results"
+    out: str = ""                  # "": results-<task>, one folder per task
     gate: str = "euler"
     selective_discretization: str = "zoh"
     selective_output: str = "before"
@@ -103,8 +108,87 @@ class ReproduceConfig:
             raise ValueError("seeds: empty (expected e.g. 0,1,2)")
         if self.steps < 0 or self.eval_n < 1:
             raise ValueError("steps must be >= 0 and eval_n >= 1")
+        if not self.out:
+            object.__setattr__(self, "out", default_out(self.task))
         from rssm_ref.backend import namespace
         namespace(self.backend)   # a clear error now, not after the training
+
+
+def default_out(task):
+    """Each task its own run folder, so that one never overwrites the other's results.
+
+    >>> default_out("extended")
+    'results-extended'
+    """
+    return f"results-{task}"
+
+
+# ---------------------------------------------------------------- the run config
+# Stored in every checkpoint (key run_config_json) so that --resume never continues or
+# evaluates a model trained for another task, conventions or recipe. Bookkeeping fields
+# that do not change the trained parameters are left out of the comparison.
+_NOT_COMPARED = ("log_every", "checkpoint_every")
+# the CLI flag that sets a field, for the refusal's message
+_FIELD_FLAGS = {"task": "--task", "model": "--model", "gate": "--gate",
+                "discretization": "--discretization", "output": "--output", "seed": "--seeds",
+                "steps": "--steps", "restarts": "--steps", "restart_steps": "--steps"}
+
+
+class RunCheckpoint(str):
+    """A checkpoint path that carries its run config: ``train`` passes the path through
+    to ``save_checkpoint``, which stores ``run_config`` in every checkpoint it writes."""
+
+    def __new__(cls, path, run_config):
+        obj = super().__new__(cls, path)
+        obj.run_config = run_config
+        return obj
+
+
+def run_config(cfg, model_cfg, tcfg):
+    """Everything that decides a run's parameters: task, model options, recipe.
+
+    >>> from rssm_ref.models import ModelConfig
+    >>> rc = run_config(ReproduceConfig(), ModelConfig("residual", "induction"),
+    ...                 _train_config(ReproduceConfig(), "residual", 0))
+    >>> rc["task"], rc["model"], rc["gate"], rc["seed"]
+    ('induction', 'residual', 'euler', 0)
+    """
+    out = {"task": cfg.task}
+    # the other model's conventions do not change this one (--gate on a selective run)
+    unused = {"residual": ("discretization", "output"), "selective": ("gate",)}
+    out.update({k: v for k, v in asdict(model_cfg).items()
+                if k not in unused.get(model_cfg.model, ())})
+    out.update({k: v for k, v in asdict(tcfg).items() if k not in _NOT_COMPARED})
+    return json.loads(json.dumps(out))          # tuples -> lists, as read back from a file
+
+
+def read_run_config(path):
+    """The run config stored in a checkpoint, or None (a checkpoint of an older rssm-ref)."""
+    with onp.load(path, allow_pickle=False) as z:
+        if "run_config_json" not in z.files:
+            return None
+        raw = z["run_config_json"]
+    try:
+        return json.loads(bytes(raw.astype(onp.uint8)).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise ValueError(f"{path}: key 'run_config_json' is not UTF-8 JSON (expected a "
+                         "checkpoint written by rssm-ref reproduce)") from None
+
+
+def check_resume(path, want):
+    """Refuse (ValueError, exit 2) to resume ``path`` for a run config other than ``want``,
+    naming the first field that differs and the flag that sets it."""
+    have = read_run_config(path)
+    if have is None:
+        raise ValueError(f"--resume: {path} holds no run config (written by an older rssm-ref: "
+                         "its task and options are unknown); expected a checkpoint of this "
+                         "run, or leave out --resume to train afresh")
+    for key in sorted(set(have) | set(want), key=lambda k: (k not in _FIELD_FLAGS, k)):
+        if have.get(key) != want.get(key):
+            flag = _FIELD_FLAGS.get(key, "the recipe")
+            raise ValueError(f"--resume: {path} was trained with {key} = {have.get(key)!r}, "
+                             f"this run asks for {key} = {want.get(key)!r} ({flag}); expected "
+                             "the same run config: use another --out, or leave out --resume")
 
 
 def _versions():
@@ -199,16 +283,8 @@ def _prepare_out(out, flag="--out"):
 
 
 def _atomic_write_text(path, text):
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    from rssm_ref.paths import atomic_write
+    atomic_write(path, lambda fh: fh.write(text), mode="w")
 
 
 def reproduce(cfg, progress=None):
@@ -218,14 +294,9 @@ def reproduce(cfg, progress=None):
     on stderr), or None (silent). Either way every line is appended to
     ``<out>/progress.log``. Returns the results dictionary (as written to results.json).
     """
+    from rssm_ref.paths import check_outputs
     from rssm_ref.progress import Progress
-    _prepare_out(cfg.out)
-    log = os.path.join(cfg.out, "progress.log")
-    progress = progress.with_log(log) if progress is not None else Progress(log_path=log)
-    if cfg.quick:
-        progress.message(SMOKE_NOTE)
-    t_all = time.perf_counter()
-    runs = []
+    plan = []
     for model in cfg.models:
         model_cfg = ModelConfig(model, cfg.task, gate=cfg.gate,
                                 discretization=cfg.selective_discretization,
@@ -233,44 +304,70 @@ def reproduce(cfg, progress=None):
         for seed in cfg.seeds:
             tcfg = _train_config(cfg, model, seed)
             ckpt = os.path.join(cfg.out, f"{model}-seed{seed}.npz")
-            progress.message(f"train {model} seed {seed} at L = {tcfg.L}: {_steps_text(tcfg)}, "
-                             f"batch {tcfg.batch}")
-            t0 = time.perf_counter()
-            if cfg.resume and os.path.exists(ckpt) and load_checkpoint(ckpt)[3] >= tcfg.steps:
-                params = load_checkpoint(ckpt)[0]
-                progress.message(f"  {ckpt}: already trained to step {tcfg.steps}; not trained again")
-            else:
-                task = progress.task(f"train {model}/seed {seed}", tcfg.total_steps)
-                params, _ = train(model_cfg, tcfg, checkpoint=ckpt, resume=cfg.resume,
-                                  progress=lambda k, info: task.update(
-                                      k, rate=info.get("steps_per_s"), loss=info.get("loss"),
-                                      acc=info.get("acc")))
-                task.close()
-            train_s = time.perf_counter() - t0
-            t1 = time.perf_counter()
-            n_eval = QUICK["eval_n"] if cfg.quick else cfg.eval_n
-            task = progress.task(f"evaluate {model}/seed {seed}", n_eval * sum(cfg.lengths),
-                                 unit="token")
-            accs, n = _evaluate(model_cfg, params, cfg, seed, task)
+            plan.append((model, seed, model_cfg, tcfg,
+                         RunCheckpoint(ckpt, run_config(cfg, model_cfg, tcfg))))
+    # before any training: the files written are files, and a checkpoint already in --out
+    # is of this run (--resume) or at least of this task (else it would be overwritten)
+    names = ["results.json", "accuracy.png", "progress.log"]
+    check_outputs([("--out", os.path.join(cfg.out, n)) for n in names] +
+                  [("--out", p[4]) for p in plan], folders=[("--out", cfg.out)])
+    for model, seed, model_cfg, tcfg, ckpt in plan:
+        if not os.path.exists(ckpt):
+            continue
+        if cfg.resume:
+            check_resume(ckpt, ckpt.run_config)
+            continue
+        have = read_run_config(ckpt)
+        if have is not None and have.get("task") != cfg.task:
+            raise ValueError(f"--task: {cfg.out} holds a run of the {have.get('task')} task "
+                             f"({ckpt}); this {cfg.task} run would overwrite it (expected "
+                             f"another --out, e.g. {default_out(cfg.task)})")
+    _prepare_out(cfg.out)
+    log = os.path.join(cfg.out, "progress.log")
+    progress = progress.with_log(log) if progress is not None else Progress(log_path=log)
+    if cfg.quick:
+        progress.message(SMOKE_NOTE)
+    t_all = time.perf_counter()
+    runs = []
+    for model, seed, model_cfg, tcfg, ckpt in plan:
+        progress.message(f"train {model} seed {seed} at L = {tcfg.L}: {_steps_text(tcfg)}, "
+                         f"batch {tcfg.batch}")
+        t0 = time.perf_counter()
+        if cfg.resume and os.path.exists(ckpt) and load_checkpoint(ckpt)[3] >= tcfg.steps:
+            params = load_checkpoint(ckpt)[0]
+            progress.message(f"  {ckpt}: already trained to step {tcfg.steps}; not trained again")
+        else:
+            task = progress.task(f"train {model}/seed {seed}", tcfg.total_steps)
+            params, _ = train(model_cfg, tcfg, checkpoint=ckpt, resume=cfg.resume,
+                              progress=lambda k, info: task.update(
+                                  k, rate=info.get("steps_per_s"), loss=info.get("loss"),
+                                  acc=info.get("acc")))
             task.close()
-            eval_s = time.perf_counter() - t1
-            progress.message(f"  {model} seed {seed}: accuracy (%) at L = "
-                             f"{', '.join(map(str, cfg.lengths))}: "
-                             + " ".join(f"{a:.1f}" for a in accs))
-            runs.append({
-                "model": model, "seed": seed, "lengths": list(cfg.lengths), "accuracy": accs,
-                "paper_accuracy": PAPER_TABLES[cfg.task][model], "eval_sequences": n,
-                "param_count": param_count(model_cfg), "steps": tcfg.steps,
-                "total_steps": tcfg.total_steps, "steps_text": _steps_text(tcfg),
-                "train_config": asdict(tcfg), "model_config": asdict(model_cfg),
-                "checkpoint": os.path.basename(ckpt), "eval_backend": cfg.backend,
-                "train_seconds": round(train_s, 3), "eval_seconds": round(eval_s, 3),
-            })
+        train_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        n_eval = QUICK["eval_n"] if cfg.quick else cfg.eval_n
+        task = progress.task(f"evaluate {model}/seed {seed}", n_eval * sum(cfg.lengths),
+                             unit="token")
+        accs, n = _evaluate(model_cfg, params, cfg, seed, task)
+        task.close()
+        eval_s = time.perf_counter() - t1
+        progress.message(f"  {model} seed {seed}: accuracy (%) at L = "
+                         f"{', '.join(map(str, cfg.lengths))}: "
+                         + " ".join(f"{a:.1f}" for a in accs))
+        runs.append({
+            "model": model, "seed": seed, "lengths": list(cfg.lengths), "accuracy": accs,
+            "paper_accuracy": PAPER_TABLES[cfg.task][model], "eval_sequences": n,
+            "param_count": param_count(model_cfg), "steps": tcfg.steps,
+            "total_steps": tcfg.total_steps, "steps_text": _steps_text(tcfg),
+            "train_config": asdict(tcfg), "model_config": asdict(model_cfg),
+            "checkpoint": os.path.basename(ckpt), "eval_backend": cfg.backend,
+            "train_seconds": round(train_s, 3), "eval_seconds": round(eval_s, 3),
+        })
     results = {"task": cfg.task, "quick": cfg.quick,
                "note": SMOKE_NOTE if cfg.quick else (
                    f"--steps {cfg.steps}: shorter or longer than the recipe" if cfg.steps
                    else "the recipe (docs/recipe.md)"),
-               "chance_accuracy": CHANCE, "lengths": list(cfg.lengths),
+               "chance_accuracy": chance(cfg.task), "lengths": list(cfg.lengths),
                "runs": runs, "summary": _summary(runs), "versions": _versions(),
                "wall_seconds": round(time.perf_counter() - t_all, 3)}
     _atomic_write_text(os.path.join(cfg.out, "results.json"), json.dumps(results, indent=2) + "\n")
@@ -316,7 +413,8 @@ def format_table(results):
         steps = s.get("total_steps")
         steps = f", {' / '.join(map(str, steps))} steps" if steps else ""
         lines.append(f"{'':<14} ({_seeds_text(s['seeds'])}{steps})")
-    lines.append(f"chance level (a uniform guess among {N_CONTENT} tokens): {CHANCE:.1f}%")
+    lines.append(f"chance level (a uniform guess among {DEFAULT_TOKENS[results['task']]} tokens): "
+                 f"{chance(results['task']):.1f}%")
     return "\n".join(lines)
 
 
@@ -353,8 +451,9 @@ def _plot(results, path):
         band = ", band min..max" if len(s["seeds"]) > 1 else ""
         ax.plot(L, s["mean"], "o-", color=c, ms=5, lw=1.8, zorder=3,
                 label=f"{MODEL_NAMES[model]}: {what} (mean{band})")
-    ax.axhline(CHANCE, color="gray", ls=":", lw=1.2, zorder=0,
-               label=f"chance (1/{N_CONTENT} = {CHANCE:.1f}%)")
+    n_ans = DEFAULT_TOKENS[results["task"]]
+    ax.axhline(chance(results["task"]), color="gray", ls=":", lw=1.2, zorder=0,
+               label=f"chance (1/{n_ans} = {chance(results['task']):.1f}%)")
     ax.set_xscale("log", base=2)
     ax.set_xticks(L)
     ax.set_xlabel("sequence length L at evaluation (trained at L = 16)")
@@ -379,6 +478,7 @@ def _plot(results, path):
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=110)
+        finish_tmp(tmp)                            # the usual mode, not mkstemp's 0600
         os.replace(tmp, path)
     finally:
         plt.close(fig)

@@ -12,8 +12,9 @@ run would, and the same seed gives bit-identical parameters.
            θ ← θ − lr(k) · m̂ / (√v̂ + ε),  m̂ = m/(1−β₁^{k+1}), v̂ = v/(1−β₂^{k+1})
 
 Checkpoints are .npz files (loadable with allow_pickle=False): ``param/<name>``,
-``adam_m/<name>``, ``adam_v/<name>``, ``step``, ``seed``, written to a temporary name in
-the same directory and renamed, so a crash never leaves half a file.
+``adam_m/<name>``, ``adam_v/<name>``, ``step``, ``seed``, ``run_config_json`` (the run's
+task, model options and recipe), written to a temporary name in the same directory and
+renamed, so a crash never leaves half a file.
 
 Glossary
 --------
@@ -26,6 +27,7 @@ train(model_cfg, train_cfg, params=None, checkpoint=None, resume=False, progress
 >>> len(hist["loss"])
 3
 """
+import json
 import os
 import tempfile
 import time
@@ -124,13 +126,25 @@ def atomic_savez(path, **arrays):
         raise
 
 
-def save_checkpoint(path, params, adam_m, adam_v, step, seed):
-    """Write a resumable checkpoint (see the module docstring for the keys)."""
+def save_checkpoint(path, params, adam_m, adam_v, step, seed, run_config=None):
+    """Write a resumable checkpoint (see the module docstring for the keys), whole and with
+    the usual file mode (0644 under umask 022).
+
+    ``run_config``: a JSON-able dict of everything that decides the run (task, model
+    options, recipe; rssm_ref.experiments.run_config), stored as the UTF-8 JSON uint8
+    array ``run_config_json`` so that a resume can refuse another run's checkpoint. When
+    not given, a ``path`` carrying one (experiments.RunCheckpoint, a str) supplies it.
+    """
+    from rssm_ref.paths import atomic_write
     arrays = {"step": onp.array(step), "seed": onp.array(seed)}
     for prefix, tree in (("param", params), ("adam_m", adam_m), ("adam_v", adam_v)):
         for k, v in tree.items():
             arrays[f"{prefix}/{k}"] = onp.asarray(v, dtype=onp.float64)
-    atomic_savez(path, **arrays)
+    run_config = getattr(path, "run_config", None) if run_config is None else run_config
+    if run_config is not None:
+        arrays["run_config_json"] = onp.frombuffer(
+            json.dumps(run_config, sort_keys=True).encode("utf-8"), dtype=onp.uint8).copy()
+    atomic_write(os.fspath(path), lambda fh: onp.savez(fh, **arrays), suffix=".npz")
 
 
 def load_checkpoint(path):

@@ -336,6 +336,9 @@ def run_forward(config, params_path, inputs_path, out_path):
     Returns ``{"out": out_path, "keys": [...], "y_shape": (...)}``.
     """
     from rssm_ref.backend import get_backend_name, namespace
+    from rssm_ref.paths import check_outputs
+    # before anything is read or computed: --out must not be an input, nor a directory
+    check_outputs([("--out", out_path)], [("--params", params_path), ("--inputs", inputs_path)])
     opts = config.options()
     backend = config.backend or get_backend_name()
     namespace(backend)   # fail early, before reading files, if the backend cannot run here

@@ -191,11 +191,15 @@ def write_golden(out_dir, cases=None, seed=0):
     >>> [c["case"] for c in m["cases"]], check_golden(d).passed
     (['selective_zoh_before'], True)
     """
+    from rssm_ref.paths import check_outputs
     out_dir = os.fspath(out_dir)
-    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
-        raise ValueError(f"{out_dir}: already exists and is not an empty directory (expected a "
-                         "new directory for the golden suite)")
-    parent = os.path.dirname(os.path.abspath(out_dir))
+    check_outputs([], folders=[("--out", out_dir)])
+    if os.path.exists(out_dir) and os.listdir(out_dir):
+        raise ValueError(f"--out: {out_dir} already exists and is not an empty directory "
+                         "(expected a new directory for the golden suite)")
+    # a symlink to an empty folder: the suite goes into the folder it points to
+    target = os.path.realpath(out_dir) if os.path.isdir(out_dir) else os.path.abspath(out_dir)
+    parent = os.path.dirname(target)
     if not os.path.isdir(parent):
         raise ValueError(f"{out_dir}: parent directory {parent} does not exist (expected an "
                          "existing directory)")
@@ -225,9 +229,9 @@ def write_golden(out_dir, cases=None, seed=0):
         with open(os.path.join(tmp, "manifest.json"), "w", encoding="ascii") as fh:
             fh.write(_canonical(manifest))
         os.chmod(tmp, 0o777 & ~formats._umask())     # mkdtemp makes 0700
-        if os.path.isdir(out_dir):
-            os.rmdir(out_dir)
-        os.replace(tmp, out_dir)
+        if os.path.isdir(target):
+            os.rmdir(target)
+        os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
