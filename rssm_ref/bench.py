@@ -395,6 +395,8 @@ def write_json(rows, path, quick=False):
     try:
         with os.fdopen(fd, "w") as fh:
             json.dump(doc, fh, indent=2, default=float)
+        from rssm_ref.paths import finish_tmp
+        finish_tmp(tmp)                          # the usual mode, not mkstemp's 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -38,7 +38,19 @@ def run_guarded(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except (ValueError, TypeError, OSError, KeyError) as exc:
-        raise UserError(str(exc).strip("'\"")) from None
+        raise UserError(_message(exc)) from None
+
+
+def _message(exc):
+    """The one line for an exception: a KeyError's key without repr quotes, an OSError as
+    'path: what went wrong' (never '[Errno 21] ...: '.tmp-x' -> 'dir''), else the text."""
+    if isinstance(exc, KeyError) and exc.args:
+        return str(exc.args[0])
+    if isinstance(exc, OSError) and exc.strerror:
+        path = exc.filename2 or exc.filename
+        what = exc.strerror[0].lower() + exc.strerror[1:]
+        return f"{path}: {what}" if path else what
+    return " ".join(str(exc).split())
 
 
 def _first_sentence(text):
@@ -373,6 +385,8 @@ def bench_cmd(quick, as_json, json_path, backend, backend_size, only):
     run_guarded(namespace, backend)
     size = run_guarded(parse_size, backend_size) if backend_size else None
     names = run_guarded(check_figures, only)
+    from rssm_ref.paths import check_outputs
+    run_guarded(check_outputs, [("--json-out", json_path)])   # not a directory, before timing
     if json_path and not os.path.isdir(os.path.dirname(os.path.abspath(json_path))):
         raise UserError(f"--json-out: {json_path}: folder "
                         f"{os.path.dirname(os.path.abspath(json_path))} does not exist "

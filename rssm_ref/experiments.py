@@ -106,8 +106,11 @@ class ReproduceConfig:
                 raise ValueError(f"model: {m!r} (expected 'residual', 'selective' or 'both')")
         if not self.seeds:
             raise ValueError("seeds: empty (expected e.g. 0,1,2)")
-        if self.steps < 0 or self.eval_n < 1:
-            raise ValueError("steps must be >= 0 and eval_n >= 1")
+        if self.steps < 0:
+            raise ValueError(f"--steps: {self.steps} (expected >= 0; 0: the recipe of each "
+                             "model)")
+        if self.eval_n < 1:
+            raise ValueError(f"--eval-n: {self.eval_n} (expected a positive integer)")
         if not self.out:
             object.__setattr__(self, "out", default_out(self.task))
         from rssm_ref.backend import namespace

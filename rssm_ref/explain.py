@@ -44,6 +44,7 @@ import numpy as onp
 
 from rssm_ref.lti import StateSpace, TransferFunction
 from rssm_ref.models import ModelConfig, init_params, residual_core_arrays
+from rssm_ref.paths import finish_tmp
 from rssm_ref.selective_ssm import A_from_log
 from rssm_ref.tasks import extended_induction_head, induction_head, vocab_size
 from rssm_ref.train import TrainConfig, load_checkpoint, train
@@ -77,14 +78,14 @@ class ExplainConfig:
             raise ValueError(f"model: {self.model!r} (expected one of {', '.join(MODELS)})")
         vocab_size(self.task)                      # validates the task name
         if self.params and self.checkpoint and self.params != self.checkpoint:
-            raise ValueError("checkpoint: given with params (expected only --params)")
+            raise ValueError("--checkpoint: given with --params (expected only --params)")
         if int(self.L) < 2 * TRIGGER_LEN[self.task] + 1:
-            raise ValueError(f"length: {self.L} (expected >= {2 * TRIGGER_LEN[self.task] + 1} "
+            raise ValueError(f"--length: {self.L} (expected >= {2 * TRIGGER_LEN[self.task] + 1} "
                              f"for the {self.task} task)")
         if int(self.steps) < 1:
-            raise ValueError(f"steps: {self.steps} (expected a positive integer)")
+            raise ValueError(f"--steps: {self.steps} (expected a positive integer)")
         if self.model == "lti" and not (self.params or self.checkpoint):
-            raise ValueError("params: required for --model lti (expected a params file, e.g. "
+            raise ValueError("--params: required for --model lti (expected a params file, e.g. "
                              "from `rssm-ref init --model lti`)")
 
     @property
@@ -191,7 +192,7 @@ def _savefig(fig, path):
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=100, bbox_inches="tight")   # titles and legends kept whole
-        os.chmod(tmp, 0o644)
+        finish_tmp(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -203,7 +204,7 @@ def _write_text(path, text):
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
-        os.chmod(tmp, 0o644)
+        finish_tmp(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -219,7 +220,13 @@ def explain(cfg, progress=None):
     """
     from rssm_ref.experiments import _prepare_out
     from rssm_ref.oracle import forward, formats
+    from rssm_ref.paths import check_outputs
     from rssm_ref.progress import Progress
+    # before anything is trained or read: the files written into --out are not inputs
+    check_outputs([("--out", os.path.join(cfg.out, n))
+                   for n in ("trace.json", "trace.npz", "progress.log")],
+                  [("--params", cfg.params_path), ("--inputs", cfg.inputs)],
+                  folders=[("--out", cfg.out)])
     _prepare_out(cfg.out)
     if not cfg.params_path:
         log = os.path.join(cfg.out, "progress.log")

@@ -67,8 +67,9 @@ def check_outputs(outputs, inputs=(), folders=()):
                              "to write into)")
     for i, (flag, p) in enumerate(outs):
         if os.path.isdir(p):
+            example = os.path.join(p, "out.json" if "json" in flag else "out.npz")
             raise ValueError(f"{flag}: {p} is a directory (expected a file name to write, "
-                             f"e.g. {os.path.join(p, 'out.npz')})")
+                             f"e.g. {example})")
         for iflag, ip in ins:
             if _same(p, ip):
                 raise ValueError(f"{flag}: {p} is the same file as {iflag} {ip} (expected a "

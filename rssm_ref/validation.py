@@ -82,7 +82,7 @@ def check_stable_den(name, den, allow_unstable=False):
     >>> check_stable_den("den", [[1.0, -1.5]])
     Traceback (most recent call last):
     ...
-    ValueError: den: row 0 has a pole of modulus 1.5 (expected all poles strictly inside the unit circle; pass allow_unstable to override)
+    ValueError: den: row 0 has a pole of modulus 1.5 (expected all poles strictly inside the unit circle; pass --allow-unstable (Python: allow_unstable=True) to override)
     """
     den = onp.atleast_2d(onp.asarray(den, dtype=float))
     for i, row in enumerate(den):
@@ -94,7 +94,8 @@ def check_stable_den(name, den, allow_unstable=False):
         if not rmax < 1.0:
             raise ValueError(
                 f"{name}: row {i} has a pole of modulus {rmax:.6g} (expected all poles "
-                "strictly inside the unit circle; pass allow_unstable to override)")
+                "strictly inside the unit circle; pass --allow-unstable (Python: "
+                "allow_unstable=True) to override)")
 
 
 def check_tokens(name, tokens, vocab_size):

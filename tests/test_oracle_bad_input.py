@@ -207,7 +207,7 @@ def c_selective_A_positive(t):
     P = _P("selective")
     P["A"][1, 2] = 0.5
     return _fwd(t, P=P, U=_U("selective", P), model="selective"), \
-        ["P.npz", "key 'A'", "entry (1, 2)", "not negative", "allow_unstable"]
+        ["P.npz", "key 'A'", "entry (1, 2)", "not negative", "does not apply"]
 
 
 def c_selective_D_shape(t):
@@ -219,13 +219,13 @@ def c_selective_D_shape(t):
 def c_lti_unstable_den(t):
     P = _P()
     P["den"] = onp.array([[1.0, -2.5, 1.0]])                 # roots 2 and 0.5
-    return _fwd(t, P=P), ["P.npz", "key 'den'", "pole of modulus 2", "allow_unstable"]
+    return _fwd(t, P=P), ["P.npz", "key 'den'", "pole of modulus 2", "--allow-unstable"]
 
 
 def c_lti_unstable_A(t):
     P = _P(form="ss")
     P["A"] = P["A"] * 3.0 / onp.max(onp.abs(onp.linalg.eigvals(P["A"])))
-    return _fwd(t, P=P), ["P.npz", "key 'A'", "eigenvalue of modulus 3", "allow_unstable"]
+    return _fwd(t, P=P), ["P.npz", "key 'A'", "eigenvalue of modulus 3", "--allow-unstable"]
 
 
 def c_residual_unstable_r(t):

@@ -52,5 +52,5 @@ def test_init_refuses_bad_sizes():
         sample.init_params("lti", seed=0, order=-1)
     with pytest.raises(ValueError, match="form: 'ss' given for --model selective"):
         sample.init_params("selective", seed=0, form="ss")
-    with pytest.raises(ValueError, match="L: 0"):
+    with pytest.raises(ValueError, match="--length: 0"):
         sample.init_inputs("lti", sample.init_params("lti", seed=0), seed=0, L=0)

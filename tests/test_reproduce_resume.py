@@ -99,5 +99,6 @@ def test_another_task_into_the_same_folder_is_refused(tmp_path):
     before = _bytes(out)
     res = _run("--model", "selective", "--task", "extended", "--out", out)
     assert res.exit_code == 2
-    assert _one_error_line(res).startswith(f"error: --task: {out} holds a run of the induction task")
+    assert _one_error_line(res).startswith(
+        f"error: --task: {out} holds a run of the induction task")
     assert _bytes(out) == before

@@ -52,7 +52,7 @@ message names the file, the key and what was expected:
 ...              where="P.npz")
 Traceback (most recent call last):
 ...
-ValueError: P.npz: key 'den': row 0 has a pole of modulus 2 (expected all poles strictly inside the unit circle; pass allow_unstable to override)
+ValueError: P.npz: key 'den': row 0 has a pole of modulus 2 (expected all poles strictly inside the unit circle; pass --allow-unstable (Python: allow_unstable=True) to override)
 """
 import json
 import os
@@ -264,7 +264,7 @@ def _ss_stable(where, key, A):
     if not rmax < 1.0:
         raise ValueError(f"{where}: key {_q(key)}: has an eigenvalue of modulus {rmax:.6g} "
                          "(expected all eigenvalues strictly inside the unit circle; pass "
-                         "allow_unstable to override)")
+                         "--allow-unstable (Python: allow_unstable=True) to override)")
 
 
 def param_form(model, params):
@@ -356,13 +356,20 @@ def check_params(model, params, where="params", allow_unstable=False):
     if model == "mamba":
         _check_mamba(where, out, sizes.as_dict())
     if model == "selective" and not allow_unstable:
-        pos = onp.argwhere(out["A"] >= 0.0)
-        if pos.size:
-            i, j = (int(v) for v in pos[0])
-            raise ValueError(f"{where}: key 'A': entry ({i}, {j}) = {out['A'][i, j]:.6g} is not "
-                             "negative (expected continuous-time diagonals A < 0, eq. 3a; pass "
-                             "allow_unstable to override)")
+        check_selective_A(where, out["A"])
     return out, sizes.as_dict()
+
+
+def check_selective_A(where, A):
+    """Selective ``A`` must be negative: the model computes nothing else (the ZOH step
+    divides by A, eq. 3b, and the cores refuse A >= 0), so --allow-unstable cannot help
+    and is not suggested; ``forward`` checks this with and without the flag."""
+    pos = onp.argwhere(onp.asarray(A) >= 0.0)
+    if pos.size:
+        i, j = (int(v) for v in pos[0])
+        raise ValueError(f"{where}: key 'A': entry ({i}, {j}) = {A[i, j]:.6g} is not negative "
+                         "(expected continuous-time diagonals A < 0, eq. 3a; --allow-unstable "
+                         "does not apply to the selective model)")
 
 
 def _check_mamba(where, params, sizes):

@@ -330,6 +330,31 @@ def bundle(opts, params, inputs, outputs):
     return arrays
 
 
+def check_finite(outputs, params_where="params", inputs_where="inputs"):
+    """Refuse (ValueError) outputs holding inf or NaN: a reference must be a number. The
+    message names every non-finite output and where the first one went wrong.
+
+    >>> import numpy
+    >>> check_finite({"y": numpy.array([1.0, numpy.inf]), "grad_u": numpy.array([numpy.nan])})
+    Traceback (most recent call last):
+    ...
+    ValueError: params with inputs: outputs y, grad_u are not finite (y overflowed to inf at index (1,)): the float64 computation overflowed; expected finite results (scale the params or inputs down); nothing was written
+    """
+    order = sorted(outputs, key=lambda k: (k != "y", k.startswith("grad_"), k))
+    bad = [k for k in order if not onp.all(onp.isfinite(outputs[k]))]
+    if not bad:
+        return
+    arr = onp.asarray(outputs[bad[0]])
+    idx = tuple(int(i) for i in onp.argwhere(~onp.isfinite(arr))[0])
+    what = "NaN" if onp.isnan(arr[idx]) else "inf" if arr[idx] > 0 else "-inf"
+    verb = "became NaN" if what == "NaN" else f"overflowed to {what}"
+    raise ValueError(f"{params_where} with {inputs_where}: output{'s' if len(bad) > 1 else ''} "
+                     f"{', '.join(bad)} {'are' if len(bad) > 1 else 'is'} not finite "
+                     f"({bad[0]} {verb} at index {idx}): the float64 computation overflowed; "
+                     "expected finite results (scale the params or inputs down); nothing was "
+                     "written")
+
+
 def run_forward(config, params_path, inputs_path, out_path):
     """Load, check, compute and write atomically (no file is left on any error).
 
@@ -344,6 +369,8 @@ def run_forward(config, params_path, inputs_path, out_path):
     namespace(backend)   # fail early, before reading files, if the backend cannot run here
     params, sizes = formats.load_params(params_path, config.model,
                                         allow_unstable=config.allow_unstable)
+    if config.model == "selective":
+        formats.check_selective_A(os.fspath(params_path), params["A"])
     inputs, sizes = formats.load_inputs(inputs_path, config.model, sizes,
                                         params_where=os.fspath(params_path),
                                         layout=opts["layout"])
@@ -352,6 +379,7 @@ def run_forward(config, params_path, inputs_path, out_path):
         raise ValueError(f"{os.fspath(out_path)}: directory {folder} does not exist (expected "
                          "an existing directory for --out)")
     outputs = _compute_checked(config.model, params, inputs, opts, backend)
+    check_finite(outputs, os.fspath(params_path), os.fspath(inputs_path))
     if opts["grads"] and "dy" not in inputs:
         # embed the cotangent actually used, so the file recomputes without a convention
         inputs = dict(inputs, dy=onp.ones(outputs["y"].shape))

@@ -117,6 +117,11 @@ def _tf(rng, p, m, order, r_max=0.95):
     return num, den
 
 
+# the ``init`` flag of each argument, for the messages (they speak the CLI's language)
+FLAGS = {"m": "--m", "p": "--p", "order": "--order", "order_r": "--order-r", "n": "--n",
+         "vocab": "--vocab", "batch": "--batch", "L": "--length", "form": "--form"}
+
+
 def init_params(model, seed, form=None, m=None, p=None, order=None, n=None, order_r=None,
                 vocab=None):
     """Valid random params for ``model`` (dict key -> float64 array), seeded.
@@ -134,20 +139,20 @@ def init_params(model, seed, form=None, m=None, p=None, order=None, n=None, orde
     for name, val in (("m", m), ("p", p), ("order", order), ("n", n), ("order_r", order_r),
                       ("vocab", vocab)):
         if val is not None and (not isinstance(val, (int, onp.integer)) or val < 1):
-            raise ValueError(f"{name}: {val!r} (expected a positive integer)")
+            raise ValueError(f"{FLAGS[name]}: {val!r} (expected a positive integer)")
     if not isinstance(seed, (int, onp.integer)) or seed < 0:
-        raise ValueError(f"seed: {seed!r} (expected a non-negative integer)")
+        raise ValueError(f"--seed: {seed!r} (expected a non-negative integer)")
     rng = onp.random.default_rng(seed)
     P = {}
     if model == "mamba":
         if form is not None:
-            raise ValueError(f"form: {form!r} given for --model mamba (expected none: it has "
+            raise ValueError(f"--form: {form!r} given for --model mamba (expected none: it has "
                              "one form)")
         from rssm_ref.oracle.mamba import random_params
         P = random_params(m=m or 4, n=n or 8, seed=int(seed))
     elif model == "selective":
         if form not in (None, "diag"):
-            raise ValueError(f"form: {form!r} given for --model selective (expected none: it "
+            raise ValueError(f"--form: {form!r} given for --model selective (expected none: it "
                              "has one form)")
         m, n = m or 4, n or 8
         # S4D-real style: A_ij = -(j + 1), jittered; Δ bias so softplus gives Δ in [1e-3, 1e-1]
@@ -161,7 +166,7 @@ def init_params(model, seed, form=None, m=None, p=None, order=None, n=None, orde
     else:
         form = form or "tf"
         if form not in ("tf", "ss"):
-            raise ValueError(f"form: {form!r} (expected tf or ss)")
+            raise ValueError(f"--form: {form!r} (expected tf or ss)")
         if model == "lti":
             m, p, order = m or 1, p or 1, order or 2
             if form == "tf":
@@ -171,7 +176,7 @@ def init_params(model, seed, form=None, m=None, p=None, order=None, n=None, orde
                 P.update(A=A, B=B, C=C, D=D)
         else:
             if p is not None:
-                raise ValueError("p: given for --model residual (expected none: Σ is m x m "
+                raise ValueError("--p: given for --model residual (expected none: Σ is m x m "
                                  "and Σ_r is 1 x m)")
             m, order, order_r = m or 2, order or 4, order_r or 4
             if form == "tf":
@@ -209,13 +214,13 @@ def init_inputs(model, params, seed, batch=2, L=32, dy=True, tokens=False):
     params, sizes = formats.check_params(model, params, allow_unstable=True)
     for name, val in (("batch", batch), ("L", L)):
         if not isinstance(val, (int, onp.integer)) or val < 1:
-            raise ValueError(f"{name}: {val!r} (expected a positive integer)")
+            raise ValueError(f"{FLAGS[name]}: {val!r} (expected a positive integer)")
     rng = onp.random.default_rng(seed)
     out = {}
     m = sizes["m"]
     if tokens:
         if "embedding" not in params:
-            raise ValueError("tokens: requested but the params hold no 'embedding' (expected "
+            raise ValueError("--tokens: requested but the params hold no 'embedding' (expected "
                              "params made with a vocab size)")
         out["tokens"] = rng.integers(0, sizes["vocab"], size=(batch, L)).astype(onp.int64)
     else:
@@ -259,20 +264,21 @@ def _refuse_unused(config, inputs_out):
     >>> _refuse_unused(InitConfig("selective", p=3), None)
     Traceback (most recent call last):
     ...
-    ValueError: p: given for --model selective (it does nothing there; expected only m, n with it)
+    ValueError: --p: given for --model selective (it does nothing there; expected only --m, --n with it)
     """
     applies = INIT_OPTIONS.get(config.model)
     if applies is not None:
         for name in ("form", "m", "p", "order", "order_r", "n"):
             if getattr(config, name, None) is not None and name not in applies:
-                raise ValueError(f"{name}: given for --model {config.model} (it does nothing "
-                                 f"there; expected only {', '.join(applies)} with it)")
+                raise ValueError(f"{FLAGS[name]}: given for --model {config.model} (it does "
+                                 f"nothing there; expected only "
+                                 f"{', '.join(FLAGS[a] for a in applies)} with it)")
     if inputs_out is None:
         if config.tokens:
-            raise ValueError("tokens: does nothing without inputs_out (expected --inputs-out "
+            raise ValueError("--tokens: does nothing without --inputs-out (expected --inputs-out "
                              "U.npz: token ids are inputs)")
         if not config.dy:
-            raise ValueError("dy: leaving dy out does nothing without inputs_out (expected "
+            raise ValueError("--no-dy: leaving dy out does nothing without --inputs-out (expected "
                              "--inputs-out U.npz)")
 
 
@@ -291,7 +297,7 @@ def run_init(config, out, inputs_out=None):
     check_outputs([("--out", out), ("--inputs-out", inputs_out)])
     _refuse_unused(config, inputs_out)
     if config.tokens and config.vocab is None:
-        raise ValueError("tokens: requested without vocab (expected --vocab V so the params "
+        raise ValueError("--tokens: requested without --vocab (expected --vocab V so the params "
                          "hold an embedding (V, m))")
     P = init_params(config.model, config.seed, form=config.form, m=config.m, p=config.p,
                     order=config.order, n=config.n, order_r=config.order_r, vocab=config.vocab)
