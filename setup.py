@@ -26,6 +26,8 @@ setup(
         # optional: real third-party Mamba code against the oracle
         # (tests/test_mamba_third_party.py, docs/12-verify-mamba.md); CPU torch suffices
         "thirdparty": ["torch>=2.0", "mambapy>=1.2", "einops>=0.7"],
+        # optional comparison peers for `bench --peers` (rssm_ref/bench_peers.py); CPU builds
+        "peers": ["jax", "torch"],
     },
     entry_points={"console_scripts": ["rssm-ref=rssm_ref.cli:main"]},
 )

@@ -78,6 +78,11 @@ TOLERANCES = {
     # phi1 = expm1(x)/x and phi1' vs an 80-digit decimal reference, relative to each
     # value (not the max): a few ulps (measured <= 1.8 ulps over |x| in 1e-300..630).
     "special_function": 8 * 2.0 ** -52,
+    # bench --peers (rssm_ref.bench_peers): the same model written by hand in JAX / PyTorch
+    # vs rssm-ref on the same inputs, losses, gradients, Adam steps and outputs: other
+    # algorithms (Toeplitz solves, TDF-II scans, other summation orders) for the same float64
+    # quantities (measured <= 1e-13); a wrong equation or constant shows as >= 1e-4.
+    "peer_agreement": 1e-10,
 }
 
 
