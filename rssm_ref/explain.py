@@ -46,14 +46,13 @@ from rssm_ref.lti import StateSpace, TransferFunction
 from rssm_ref.models import ModelConfig, init_params, residual_core_arrays
 from rssm_ref.paths import finish_tmp
 from rssm_ref.selective_ssm import A_from_log
-from rssm_ref.tasks import extended_induction_head, induction_head, vocab_size
+from rssm_ref.tasks import DEFAULT_TOKENS, extended_induction_head, induction_head, vocab_size
 from rssm_ref.train import TrainConfig, load_checkpoint, train
 
 __all__ = ["ExplainConfig", "explain", "oracle_params"]
 
 MODELS = ("residual", "selective", "lti")
 TASK_TITLES = {"induction": "induction-head", "extended": "extended induction-head"}
-N_CONTENT = 8                 # content tokens of both tasks (rssm_ref.tasks default)
 TRIGGER_LEN = {"induction": 1, "extended": 4}
 
 
@@ -106,7 +105,7 @@ def oracle_params(model_cfg, params):
     """
     if model_cfg.model == "residual":
         keys = ("sigma_num", "sigma_den", "r_num", "r_den", "gate_bias")
-        P = dict(zip(keys, residual_core_arrays(params)))
+        P = dict(zip(keys, residual_core_arrays(params, model_cfg)))
     else:
         P = {"A": A_from_log(params["A_log"]), "W_delta": params["W_delta"],
              "W_B": params["W_B"], "W_C": params["W_C"], "delta_bias": params["delta_bias"]}
@@ -170,7 +169,7 @@ def _sequence(cfg, P, sizes):
     if emb is not None and emb.shape[0] >= need:
         rng = onp.random.default_rng([cfg.seed, 7])
         gen = induction_head if cfg.task == "induction" else extended_induction_head
-        tok, tgt, p = gen(rng, 1, cfg.L, return_positions=True)
+        tok, tgt, p = gen(rng, 1, cfg.L, DEFAULT_TOKENS[cfg.task], return_positions=True)
         return (emb[tok[0]][None], tok[0], int(tgt[0]), int(p[0]),
                 f"one {cfg.task} sequence, seed {cfg.seed}")
     m = sizes["m"]
@@ -180,9 +179,9 @@ def _sequence(cfg, P, sizes):
     return u, None, None, None, f"u ~ N(0, 1), seed {cfg.seed} ({why})"
 
 
-def _prediction(P, y_last):
-    """argmax_k cos(E_k, y(L)) over the content tokens (the models' readout)."""
-    E = P["embedding"][:N_CONTENT]
+def _prediction(P, y_last, n_content):
+    """argmax_k cos(E_k, y(L)) over the content tokens (the tied cosine readout)."""
+    E = P["embedding"][:n_content]
     cos = E @ y_last / (onp.linalg.norm(E, axis=1) * onp.linalg.norm(y_last) + 1e-12)
     return int(onp.argmax(cos))
 
@@ -242,7 +241,7 @@ def explain(cfg, progress=None):
     opts = forward.resolve_options(cfg.model, **conv)
     y = out["y"]
     L = u.shape[1]
-    pred = _prediction(P, y[0, -1]) if tok is not None and target is not None else None
+    pred = _prediction(P, y[0, -1], DEFAULT_TOKENS[cfg.task]) if tok is not None and target is not None else None
     answer = p + TRIGGER_LEN[cfg.task] if p is not None else None
     rows, lines = _trace_rows(cfg, u, tok, y, out, p, answer)
     if target is not None:

@@ -7,22 +7,32 @@ Residual SSM (Section 3.2.2) — trainable arrays
     E (V, m)                    embedding table
     sigma_num (m, m, ν+1)       Σ numerators;   sigma_theta (m, ν)   Σ denominators
     r_num (1, m, ν_r+1)         Σ_r numerators; r_theta (1, ν_r)     Σ_r denominator
-    c ()                        gate bias
-  Denominators are stable by construction: reflection coefficients k = 0.5 tanh(θ)
-  (|k| < 1/2) turned into a monic polynomial by the step-up recursion
-  (``lti.den_from_reflection``). The gate is s = σ(GAIN (r + c)) with the fixed gain
-  GAIN = 3 folded into the core's convention s = σ(r' + c'): r' uses GAIN·r_num and
-  c' = GAIN·c (``residual_core_arrays``).
+    c ()                        gate bias, only with ``gate_bias=True`` (not in the paper)
+  The paper's gate is s(t) = σ(r(t)) (below eq. 5): the defaults. Options the paper does
+  not have, each measured in docs/recipe.md's deviations table: a fixed gain g in front
+  of the sigmoid, s = σ(g (r + c)) (``gate_gain``; folded into the core's convention
+  s = σ(r' + c') as r' = g·r, c' = g·c by ``residual_core_arrays``), and the learned bias c
+  (``gate_bias``). Denominators are stable by construction (the paper does not say how it
+  keeps them stable): reflection coefficients k = b tanh(θ), |k| < b, turned into a monic
+  polynomial by the step-up recursion (``lti.den_from_theta``); b = ``reflection_bound``
+  (1: every stable polynomial is reachable).
 
 Selective SSM (Section 3.2.1) — trainable arrays
     E (V, m), A_log (m, n) [A = −exp(A_log) < 0], W_delta (m, m), delta_bias (m,),
     W_B (n, m), W_C (n, m)
 
-Readout (both models, tied to the embedding, no extra parameters):
-    logits_k = SCALE · cos(E_k, y(L)),  k = 0..N−1,  SCALE = 10.
-  A plain dot product E·y(L) trained to 100% at L = 16 but generalized badly to L = 1024
-  (measured-facts); the cosine makes the decision depend on the direction of y(L) only,
-  which the gate preserves however long the sequence.
+Readout (the paper does not give one; ``readout``):
+    "cosine"  logits_k = SCALE · cos(E_k, y(L)), k = 0..N−1, SCALE = 10: tied to the
+              embedding, no extra parameters. A plain dot product E·y(L) trained to 100% at
+              L = 16 but generalized badly to L = 1024 (measured-facts); the cosine makes
+              the decision depend on the direction of y(L) only, which the gate preserves
+              however long the sequence.
+    "linear"  logits = W_out y(L) + b_out, untied: W_out (N, m), b_out (N,).
+  N = the answers: the content tokens (induction: the dictionary less the trigger).
+
+Vocabulary: the paper's dictionary of N = 8 tokens (§2.1.1, §4.2). Induction: 7 content
+tokens and the trigger (7 answers, chance 1/7); extended: 8 tokens, the trigger sequence
+made of them (8 answers).
 
 Glossary (shapes)
 -----------------
@@ -31,9 +41,9 @@ logits (batch, N), loss scalar
 
 >>> cfg = ModelConfig("residual", "induction")
 >>> params = init_params(cfg, seed=0)
->>> tok = onp.array([[1, 8, 3, 2, 8]])
+>>> tok = onp.array([[1, 7, 3, 2, 7]])
 >>> logits(cfg, params, tok).shape
-(1, 8)
+(1, 7)
 """
 from dataclasses import dataclass
 
@@ -46,17 +56,16 @@ from rssm_ref.residual_ssm import param_count as residual_core_count
 from rssm_ref.residual_ssm import residual_ssm_final, residual_ssm_tf
 from rssm_ref.selective_ssm import A_from_log, selective_ssm, selective_ssm_final
 from rssm_ref.selective_ssm import param_count as selective_core_count
-from rssm_ref.tasks import vocab_size
+from rssm_ref.tasks import DEFAULT_TOKENS, vocab_size
 
 __all__ = ["ModelConfig", "init_params", "residual_core_arrays", "final_output", "logits",
            "loss", "accuracy", "param_count", "PAPER_PARAM_COUNTS", "embed", "cosine_logits",
            "cross_entropy", "final_output_ref", "loss_ref"]
 
-GAIN = 3.0          # fixed gain in front of the gate's sigmoid (documented above)
 SCALE = 10.0        # cosine readout scale
-REFLECTION_SCALE = 0.5
 MODELS = ("residual", "selective")
 PATHS = ("auto", "kernel", "recurrent", "fft")
+READOUTS = ("cosine", "linear")
 PAPER_PARAM_COUNTS = {"residual": 50, "selective": 700}   # Section 4.2, "about"
 
 
@@ -67,10 +76,13 @@ class ModelConfig:
     residual: m = 2, ν = 4, ν_r = 4 (Section 4.2); selective: m = 16, n = 8.
     ``gate`` "euler" (eq. 5) or "zoh" (Remark 3.1); ``discretization`` and ``output``
     are the selective model's conventions (see ``rssm_ref.selective_ssm``).
+    ``n_tokens`` content tokens (0: the paper's N = 8 dictionary, i.e. 7 plus the
+    trigger for the induction task, 8 for the extended task). ``gate_gain``,
+    ``gate_bias``, ``reflection_bound`` and ``readout``: see the module docstring.
     """
     model: str
     task: str
-    n_tokens: int = 8
+    n_tokens: int = 0
     m: int = 0               # 0 = the paper's choice for the model
     nu: int = 4
     nu_r: int = 4
@@ -79,11 +91,23 @@ class ModelConfig:
     discretization: str = "zoh"
     output: str = "before"
     path: str = "auto"       # residual path: auto | kernel | recurrent | fft (see final_output)
+    gate_gain: float = 1.0   # s = σ(g (r + c)); the paper: g = 1
+    gate_bias: bool = False  # learned c; the paper: none
+    reflection_bound: float = 1.0   # |k| < b for the stable denominators; 1: no constraint
+    readout: str = "cosine"  # cosine (tied) | linear (untied)
 
     def __post_init__(self):
         if self.model not in MODELS:
             raise ValueError(f"model: {self.model!r} (expected 'residual' or 'selective')")
-        vocab_size(self.task, self.n_tokens)  # validates the task name
+        vocab_size(self.task)                 # validates the task name
+        if self.n_tokens == 0:                # the paper's dictionary (rssm_ref.tasks)
+            object.__setattr__(self, "n_tokens", DEFAULT_TOKENS[self.task])
+        if self.readout not in READOUTS:
+            raise ValueError(f"readout: {self.readout!r} (expected one of {', '.join(READOUTS)})")
+        if not 0.0 < self.reflection_bound <= 1.0:
+            raise ValueError(f"reflection_bound: {self.reflection_bound!r} (expected 0 < b <= 1)")
+        if not self.gate_gain > 0:
+            raise ValueError(f"gate_gain: {self.gate_gain!r} (expected > 0)")
         if self.path not in PATHS:
             raise ValueError(f"path: {self.path!r} (expected one of {', '.join(PATHS)})")
         if self.m == 0:
@@ -98,22 +122,35 @@ def init_params(cfg, seed=0):
     """Seeded initial parameters (dict of float64 arrays) for ``cfg``.
 
     >>> sorted(init_params(ModelConfig("residual", "extended"), seed=1))
-    ['E', 'c', 'r_num', 'r_theta', 'sigma_num', 'sigma_theta']
+    ['E', 'r_num', 'r_theta', 'sigma_num', 'sigma_theta']
+    >>> sorted(init_params(ModelConfig("residual", "extended", gate_bias=True, readout="linear")))
+    ['E', 'W_out', 'b_out', 'c', 'r_num', 'r_theta', 'sigma_num', 'sigma_theta']
     """
     rng = onp.random.default_rng(seed)
+    params = _init_core(cfg, rng)
+    if cfg.readout == "linear":
+        # drawn after the core so the core's initial values do not depend on the readout
+        params["W_out"] = rng.normal(0.0, 1.0 / onp.sqrt(cfg.m), size=(cfg.n_tokens, cfg.m))
+        params["b_out"] = onp.zeros(cfg.n_tokens)
+    return params
+
+
+def _init_core(cfg, rng):
     m = cfg.m
     E = rng.normal(0.0, 1.0, size=(cfg.vocab, m))
     if cfg.model == "residual":
         lag_nu = 0.3 ** onp.arange(cfg.nu + 1)
         lag_r = 0.3 ** onp.arange(cfg.nu_r + 1)
-        return {
+        params = {
             "E": E,
             "sigma_num": rng.normal(0.0, 0.5, size=(m, m, cfg.nu + 1)) * lag_nu,
             "sigma_theta": rng.normal(0.0, 0.3, size=(m, cfg.nu)),
             "r_num": rng.normal(0.0, 0.5, size=(1, m, cfg.nu_r + 1)) * lag_r,
             "r_theta": rng.normal(0.0, 0.3, size=(1, cfg.nu_r)),
-            "c": onp.array(0.0),
         }
+        if cfg.gate_bias:
+            params["c"] = onp.array(0.0)
+        return params
     n = cfg.n
     s = 1.0 / onp.sqrt(m)
     return {
@@ -127,17 +164,23 @@ def init_params(cfg, seed=0):
     }
 
 
-def residual_core_arrays(params):
-    """Map trainable arrays to the core's (sigma_num, sigma_den, r_num, r_den, gate_bias)
-    with the stable parameterization and the fixed gain folded in.
+def residual_core_arrays(params, cfg=None):
+    """Map trainable arrays to the core's (sigma_num, sigma_den, r_num, r_den, gate_bias):
+    the stable parameterization (bound ``cfg.reflection_bound``) and the gain
+    ``cfg.gate_gain`` folded in (s = σ(g (r + c)) = σ(r' + c')). ``cfg`` None: the
+    defaults (the paper's gate, bound 1). No ``c`` in params: gate_bias = 0.
 
     >>> arrs = residual_core_arrays(init_params(ModelConfig("residual", "induction")))
-    >>> [a.shape for a in arrs[:4]]
-    [(2, 2, 5), (2, 5), (1, 2, 5), (1, 5)]
+    >>> [a.shape for a in arrs[:4]], arrs[4]
+    ([(2, 2, 5), (2, 5), (1, 2, 5), (1, 5)], 0.0)
     """
-    sigma_den = den_from_theta(params["sigma_theta"], REFLECTION_SCALE)
-    r_den = den_from_theta(params["r_theta"], REFLECTION_SCALE)
-    return (params["sigma_num"], sigma_den, GAIN * params["r_num"], r_den, GAIN * params["c"])
+    gain = cfg.gate_gain if cfg is not None else 1.0
+    bound = cfg.reflection_bound if cfg is not None else 1.0
+    sigma_den = den_from_theta(params["sigma_theta"], bound)
+    r_den = den_from_theta(params["r_theta"], bound)
+    r_num = params["r_num"] if gain == 1.0 else gain * params["r_num"]
+    c = params.get("c", 0.0)
+    return (params["sigma_num"], sigma_den, r_num, r_den, c if gain == 1.0 else gain * c)
 
 
 # ---------------------------------------------------- hot-path primitives, hand VJPs
@@ -248,7 +291,7 @@ def _core(cfg, params, u, return_intermediates=False, path=None):
     """The whole output sequence (batch, L, m) of the core: the oracle's full forward."""
     if cfg.model == "residual":
         path = path or cfg.path
-        return residual_ssm_tf(*residual_core_arrays(params), u,
+        return residual_ssm_tf(*residual_core_arrays(params, cfg), u,
                                path="fft" if path == "fft" else "recurrent",
                                gate=cfg.gate, return_intermediates=return_intermediates)
     return selective_ssm(u, A_from_log(params["A_log"]), params["W_delta"], params["W_B"],
@@ -259,7 +302,7 @@ def _core(cfg, params, u, return_intermediates=False, path=None):
 
 def _residual_final(cfg, params, u, path):
     """y(L) of the Residual SSM (Fig. 3): ``residual_ssm_final`` on the trained arrays."""
-    return residual_ssm_final(*residual_core_arrays(params), u, path=path, gate=cfg.gate)
+    return residual_ssm_final(*residual_core_arrays(params, cfg), u, path=path, gate=cfg.gate)
 
 
 def final_output(cfg, params, tokens, path=None, backend="numpy"):
@@ -276,7 +319,7 @@ def final_output(cfg, params, tokens, path=None, backend="numpy"):
     module (evaluation only); y(L) comes back as a host array.
 
     >>> cfg = ModelConfig("selective", "induction", m=4, n=2)
-    >>> final_output(cfg, init_params(cfg), onp.array([[0, 8, 1, 8]])).shape
+    >>> final_output(cfg, init_params(cfg), onp.array([[0, 7, 1, 7]])).shape
     (1, 4)
     """
     if backend != "numpy":
@@ -294,7 +337,7 @@ def final_output_ref(cfg, params, tokens, path=None):
     (``residual_ssm_tf`` / ``selective_ssm``), then its last step.
 
     >>> cfg = ModelConfig("residual", "induction")
-    >>> p, tok = init_params(cfg), onp.array([[0, 8, 1, 8]])
+    >>> p, tok = init_params(cfg), onp.array([[0, 7, 1, 7]])
     >>> bool(onp.allclose(final_output(cfg, p, tok), final_output_ref(cfg, p, tok), rtol=0, atol=1e-14))
     True
     """
@@ -307,7 +350,7 @@ def _final_output_xp(cfg, params, u, path, backend):
     u = to_backend(u, namespace(backend))
     if cfg.model == "residual":
         keys = ("sigma_num", "sigma_den", "r_num", "r_den", "gate_bias")
-        P = dict(zip(keys, residual_core_arrays(params)))
+        P = dict(zip(keys, residual_core_arrays(params, cfg)))
         y = residual_ssm_xp(P, u, path="fft" if (path or cfg.path) == "fft" else "recurrent",
                             gate=cfg.gate)["y"]
     else:
@@ -321,10 +364,16 @@ def logits(cfg, params, tokens, path=None, backend="numpy"):
     """SCALE · cos(E_k, y(L)) over the N content tokens: (batch, N).
 
     >>> cfg = ModelConfig("residual", "induction")
-    >>> bool(onp.all(onp.abs(logits(cfg, init_params(cfg), onp.array([[0, 8, 1, 8]]))) <= 10))
+    >>> bool(onp.all(onp.abs(logits(cfg, init_params(cfg), onp.array([[0, 7, 1, 7]]))) <= 10))
     True
     """
     y = final_output(cfg, params, tokens, path, backend)
+    return _readout(cfg, params, y)
+
+
+def _readout(cfg, params, y):
+    if cfg.readout == "linear":
+        return np.dot(y, params["W_out"].T) + params["b_out"]
     return cosine_logits(y, params["E"], SCALE, cfg.n_tokens)
 
 
@@ -332,7 +381,7 @@ def loss(cfg, params, tokens, targets):
     """Cross-entropy on the final position (stable log-softmax), mean over the batch.
 
     >>> cfg = ModelConfig("residual", "induction")
-    >>> round(float(loss(cfg, init_params(cfg), onp.array([[0, 8, 1, 8]]), onp.array([1]))), 3) > 0
+    >>> round(float(loss(cfg, init_params(cfg), onp.array([[0, 7, 1, 7]]), onp.array([1]))), 3) > 0
     True
     """
     return cross_entropy(logits(cfg, params, tokens), onp.asarray(targets))
@@ -343,11 +392,15 @@ def loss_ref(cfg, params, tokens, targets):
     cores' last output, the cosine readout and the log-softmax as plain expressions.
 
     >>> cfg = ModelConfig("residual", "induction")
-    >>> p, tok, tgt = init_params(cfg), onp.array([[0, 8, 1, 8]]), onp.array([1])
+    >>> p, tok, tgt = init_params(cfg), onp.array([[0, 7, 1, 7]]), onp.array([1])
     >>> bool(abs(loss(cfg, p, tok, tgt) - loss_ref(cfg, p, tok, tgt)) < 1e-13)
     True
     """
     y = final_output_ref(cfg, params, tokens)
+    if cfg.readout == "linear":
+        z = np.dot(y, params["W_out"].T) + params["b_out"]
+        logp = z - _logsumexp(z)
+        return -np.mean(logp[onp.arange(len(targets)), targets])
     E = params["E"][: cfg.n_tokens]
     y_n = y / np.sqrt(np.sum(y * y, axis=1, keepdims=True) + 1e-12)
     E_n = E / np.sqrt(np.sum(E * E, axis=1, keepdims=True) + 1e-12)
@@ -366,7 +419,7 @@ def accuracy(cfg, params, tokens, targets, chunk=None, path=None, backend="numpy
     long sequences fit in memory.
 
     >>> cfg = ModelConfig("residual", "induction")
-    >>> 0.0 <= accuracy(cfg, init_params(cfg), onp.array([[0, 8, 1, 8]]), onp.array([1])) <= 1.0
+    >>> 0.0 <= accuracy(cfg, init_params(cfg), onp.array([[0, 7, 1, 7]]), onp.array([1])) <= 1.0
     True
     """
     tokens = onp.asarray(tokens)
@@ -381,18 +434,24 @@ def accuracy(cfg, params, tokens, targets, chunk=None, path=None, backend="numpy
 
 
 def param_count(cfg):
-    """{"core", "embedding", "total", "paper"} learnable parameter counts.
+    """{"core", "embedding", "readout", "total", "paper"} learnable parameter counts.
 
-    Residual core by eq. (9) generalized (``residual_ssm.param_count``); selective core
-    ``selective_ssm.param_count``. The paper reports about 50 (Residual, m = 2) and about
-    700 (Selective, n = 8, m = 16).
+    Residual core by eq. (9) generalized (``residual_ssm.param_count``, + 1 with
+    ``gate_bias``); selective core ``selective_ssm.param_count``; embedding V·m; readout
+    0 (tied cosine) or N·m + N (linear). The paper reports "around 50" (Residual, m = 2;
+    58 here: with eq. (9)'s feedthrough terms, 52 without) and "approximately 700"
+    (Selective, n = 8, m = 16; 784 here with the tied readout).
 
     >>> param_count(ModelConfig("residual", "induction"))
-    {'core': 43, 'embedding': 18, 'total': 61, 'paper': 50}
+    {'core': 42, 'embedding': 16, 'readout': 0, 'total': 58, 'paper': 50}
+    >>> param_count(ModelConfig("selective", "induction"))["total"]
+    784
     """
     if cfg.model == "residual":
-        core = residual_core_count(cfg.m, cfg.nu, cfg.nu_r, "tf")
+        core = residual_core_count(cfg.m, cfg.nu, cfg.nu_r, "tf", gate_bias=cfg.gate_bias)
     else:
         core = selective_core_count(cfg.m, cfg.n, delta_bias=True, D=False)
     emb = cfg.vocab * cfg.m
-    return {"core": core, "embedding": emb, "total": core + emb, "paper": PAPER_PARAM_COUNTS[cfg.model]}
+    head = cfg.n_tokens * cfg.m + cfg.n_tokens if cfg.readout == "linear" else 0
+    return {"core": core, "embedding": emb, "readout": head, "total": core + emb + head,
+            "paper": PAPER_PARAM_COUNTS[cfg.model]}

@@ -548,21 +548,23 @@ class ResidualSSM:
         return cls(sigma, r_sys, gate_bias=gate_bias, gate=gate)
 
 
-def param_count(m=2, nu=4, nu_r=4, form="tf"):
+def param_count(m=2, nu=4, nu_r=4, form="tf", gate_bias=False):
     """Learnable parameters of the Residual SSM core (without the embedding), eqs. (8)-(9)
     generalized to MIMO with one common monic denominator per output row.
 
     form="tf" (eq. 9): Σ has m monic denominators of order ν (m·ν) and m·m numerators of
-    ν + 1 coefficients (the +1 is the feedthrough D); Σ_r has ν_r + m(ν_r + 1); plus the
-    gate bias:  m ν + m²(ν+1) + ν_r + m(ν_r+1) + 1.
+    ν + 1 coefficients (the +1 is the feedthrough D); Σ_r has ν_r + m(ν_r + 1):
+    m ν + m²(ν+1) + ν_r + m(ν_r+1).
     form="ss" (eq. 8): Σ with n = mν states: n² + 2 n m + m²; Σ_r with n_r = ν_r states:
-    n_r² + n_r m + n_r + m; plus the bias.
+    n_r² + n_r m + n_r + m. ``gate_bias``: + 1 (a learned bias c in s = σ(r + c), which
+    the paper does not have).
 
-    >>> param_count(2, 4, 4, "tf"), param_count(2, 4, 4, "ss")
-    (43, 131)
+    >>> param_count(2, 4, 4, "tf"), param_count(2, 4, 4, "ss"), param_count(2, 4, 4, gate_bias=True)
+    (42, 130, 43)
     """
     _check_option("form", form, ("tf", "ss"))
+    bias = 1 if gate_bias else 0
     if form == "tf":
-        return m * nu + m * m * (nu + 1) + nu_r + m * (nu_r + 1) + 1
+        return m * nu + m * m * (nu + 1) + nu_r + m * (nu_r + 1) + bias
     n, n_r = m * nu, nu_r
-    return (n * n + 2 * n * m + m * m) + (n_r * n_r + n_r * m + n_r + m) + 1
+    return (n * n + 2 * n * m + m * m) + (n_r * n_r + n_r * m + n_r + m) + bias

@@ -1,14 +1,18 @@
 """The two synthetic tasks of Section 2.1, seeded and vectorized.
 
+The paper's dictionary has N = 8 tokens, the trigger included (§2.1.1, §4.2): the
+defaults here are 7 content tokens plus the trigger (induction) and 8 tokens (extended).
+
 Induction head (Section 2.1.1, Fig. 1 left)
-    Vocabulary: N content tokens 0..N−1 and one trigger token N (vocab size N + 1).
+    Vocabulary: n content tokens 0..n−1 and one trigger token n (vocab size n + 1;
+    default n = 7, so the dictionary has the paper's 8 tokens and 7 possible answers).
     Distribution: every position except two is an i.i.d. uniform content token; the
     trigger is put at a position p drawn uniformly from {0, …, L−3} and again at the last
     position L−1. The answer is the token at p + 1 (a uniform content token, never the
     trigger). The trigger appears exactly twice by construction.
 
 Extended induction head (Section 2.1.2, Fig. 1 right)
-    Vocabulary: N content tokens only (vocab size N); a fixed trigger *sequence* T of
+    Vocabulary: n content tokens only (vocab size n, default 8); a fixed trigger *sequence* T of
     N_trig content tokens (default (0, 1, 2, 3), N_trig = 4).
     Distribution: i.i.d. uniform content tokens; T is written at positions p..p+N_trig−1
     with p uniform in {0, …, L − 2 N_trig − 1} and again as the last N_trig tokens; the
@@ -26,7 +30,7 @@ tokens (batch, L) int64;  targets (batch,) int64 in [0, N);  trigger_pos (batch,
 
 >>> rng = onp.random.default_rng(0)
 >>> tok, tgt = induction_head(rng, batch=4, L=16)
->>> tok.shape, bool((tok[:, -1] == 8).all()), bool(((tok == 8).sum(1) == 2).all())
+>>> tok.shape, bool((tok[:, -1] == 7).all()), bool(((tok == 7).sum(1) == 2).all())
 ((4, 16), True, True)
 """
 import numpy as onp
@@ -34,10 +38,12 @@ import numpy as onp
 from rssm_ref.validation import check_tokens
 
 __all__ = ["induction_head", "extended_induction_head", "count_occurrences", "TASKS",
-           "vocab_size", "DEFAULT_TRIGGER"]
+           "vocab_size", "DEFAULT_TRIGGER", "DEFAULT_TOKENS"]
 
 DEFAULT_TRIGGER = (0, 1, 2, 3)
 TASKS = ("induction", "extended")
+# content tokens by default: the paper's dictionary of N = 8, the trigger included
+DEFAULT_TOKENS = {"induction": 7, "extended": 8}
 
 
 def _check_sizes(batch, L, min_L):
@@ -47,18 +53,20 @@ def _check_sizes(batch, L, min_L):
         raise ValueError(f"L: {L!r} (expected an integer >= {min_L})")
 
 
-def vocab_size(task, n_tokens=8):
-    """Number of embeddings a task needs: N + 1 (induction: separate trigger) or N.
+def vocab_size(task, n_tokens=None):
+    """Number of embeddings a task needs: n + 1 (induction: the trigger) or n; n defaults
+    to ``DEFAULT_TOKENS[task]`` (the paper's dictionary of 8 either way).
 
-    >>> vocab_size("induction"), vocab_size("extended")
-    (9, 8)
+    >>> vocab_size("induction"), vocab_size("extended"), vocab_size("induction", 8)
+    (8, 8, 9)
     """
     if task not in TASKS:
         raise ValueError(f"task: {task!r} (expected 'induction' or 'extended')")
+    n_tokens = DEFAULT_TOKENS[task] if n_tokens is None else n_tokens
     return n_tokens + 1 if task == "induction" else n_tokens
 
 
-def induction_head(rng, batch, L, n_tokens=8, return_positions=False):
+def induction_head(rng, batch, L, n_tokens=7, return_positions=False):
     """Induction-head sequences (Section 2.1.1).
 
     Returns tokens (batch, L) int64 with the trigger id ``n_tokens`` at a uniform
@@ -138,12 +146,15 @@ def extended_induction_head(rng, batch, L, n_tokens=8, trigger=DEFAULT_TRIGGER,
     return tokens, targets
 
 
-def make_batch(task, rng, batch, L, n_tokens=8, trigger=DEFAULT_TRIGGER):
-    """Dispatch on the task name: (tokens, targets).
+def make_batch(task, rng, batch, L, n_tokens=None, trigger=DEFAULT_TRIGGER):
+    """Dispatch on the task name: (tokens, targets); ``n_tokens`` None: the task's default
+    (``DEFAULT_TOKENS``).
 
     >>> make_batch("extended", onp.random.default_rng(0), 2, 12)[0].shape
     (2, 12)
     """
+    if task in DEFAULT_TOKENS and n_tokens is None:
+        n_tokens = DEFAULT_TOKENS[task]
     if task == "induction":
         return induction_head(rng, batch, L, n_tokens)
     if task == "extended":

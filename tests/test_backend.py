@@ -293,7 +293,15 @@ def test_property_recurrent_and_fft_paths_agree_on_the_backend(data):
     P = {"A": A, "B": Bm, "C": C, "D": D}
     y_rec = host(XM.lti_xp(P, u, path="recurrent")["y"])
     y_fft = host(XM.lti_xp(P, u, path="fft")["y"])
-    assert_close(y_fft, y_rec, "recurrent_vs_fft")
+    # two state recursions with different summation orders differ by ulps amplified by
+    # kappa = sum_t ||A^t||_2 (Jordan-coupled poles near |z| = 1 reach 1e6): the documented
+    # rule of rssm_ref.tolerances, max(key, tf_coefficient_rounding * kappa)
+    power, kap = onp.eye(A.shape[0]), 0.0
+    for _ in range(L):
+        kap += onp.linalg.norm(power, 2)
+        power = power @ A
+    tol = max(TOLERANCES["recurrent_vs_fft"], TOLERANCES["tf_coefficient_rounding"] * kap)
+    assert rel_err(y_fft, y_rec) <= tol, f"kappa {kap:.3g}"
 
 
 @given(st.integers(1, 300), st.floats(0.0, 1.0), st.integers(0, 2 ** 16))

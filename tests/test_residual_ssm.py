@@ -120,11 +120,12 @@ def test_param_count_matches_arrays():
     model = ResidualSSM.random(m=2, nu=4, nu_r=4, seed=0)
     sn, sd, rn, rd, _ = model.tf_arrays()
     # monic denominators: the leading 1 is not learned
-    learned = sn.size + sd[:, 1:].size + rn.size + rd[:, 1:].size + 1
+    learned = sn.size + sd[:, 1:].size + rn.size + rd[:, 1:].size
     assert param_count(2, 4, 4, "tf") == learned
+    assert param_count(2, 4, 4, "tf", gate_bias=True) == learned + 1   # + c
     ss = model.to_ss()
     sA, sB, sC, sD, rA, rB, rC, rD, _ = ss.ss_arrays()
-    assert param_count(2, 4, 4, "ss") == sum(a.size for a in (sA, sB, sC, sD, rA, rB, rC, rD)) + 1
+    assert param_count(2, 4, 4, "ss") == sum(a.size for a in (sA, sB, sC, sD, rA, rB, rC, rD))
 
 
 def test_bad_input():

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rssm_ref.tasks import (DEFAULT_TRIGGER, count_occurrences, extended_induction_head,
+from rssm_ref.tasks import (DEFAULT_TOKENS, DEFAULT_TRIGGER, count_occurrences, extended_induction_head,
                             induction_head, make_batch)
 
 
@@ -43,8 +43,9 @@ def test_count_occurrences_counts_overlaps():
 def test_no_leakage_targets_and_positions_spread(task):
     """The answer is not at a fixed position and targets are close to uniform."""
     tok, tgt = make_batch(task, onp.random.default_rng(0), 8000, 32)
-    counts = onp.bincount(tgt, minlength=8) / len(tgt)
-    assert onp.all(onp.abs(counts - 1 / 8) < 0.02)
+    n = DEFAULT_TOKENS[task]          # 7 answers (induction: 8 tokens with the trigger), 8
+    counts = onp.bincount(tgt, minlength=n) / len(tgt)
+    assert len(counts) == n and onp.all(onp.abs(counts - 1 / n) < 0.02)
     if task == "induction":
         _, _, p = induction_head(onp.random.default_rng(1), 8000, 32, return_positions=True)
     else:
