@@ -201,3 +201,30 @@ def test_verify_a_whole_suite(suite, tmp_path):
     (cdir / "nonsense.npz").write_bytes(b"")
     bad = run("float32")
     _assert_tamper_caught(bad, "nonsense.npz")
+
+
+def test_a_suite_from_an_older_version_still_checks(suite, tmp_path):
+    """A suite written before an output was added (last_state, issue 15) still checks: every
+    stored output is recomputed and compared, the newer output is simply not in it; a
+    stored output that no longer exists would still be refused."""
+    d = tmp_path / "older"
+    shutil.copytree(suite[0], d)
+    m = json.loads((d / "manifest.json").read_text())
+    changed = 0
+    for c in m["cases"]:
+        ref = d / c["case"] / "reference.npz"
+        with onp.load(ref, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        if "last_state" not in arrays:
+            continue
+        del arrays["last_state"]
+        onp.savez(ref, **arrays)
+        c["sha256"]["reference.npz"] = golden._sha256(str(ref))
+        changed += 1
+    assert changed > 0
+    m.pop("manifest_sha256")
+    m["manifest_sha256"] = hashlib.sha256(golden._canonical(m).encode()).hexdigest()
+    (d / "manifest.json").write_text(golden._canonical(m))
+    res = CliRunner().invoke(main, ["golden", "--check", str(d)])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.strip().splitlines()[-1].startswith("PASS")
