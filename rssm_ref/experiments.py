@@ -252,7 +252,7 @@ def _evaluate(model_cfg, params, cfg, seed, task=None):
     done = 0
     for L in cfg.lengths:
         rng = onp.random.default_rng([seed, EVAL_STREAM, L])
-        tokens, targets = make_batch(cfg.task, rng, n, L, model_cfg.n_tokens)
+        tokens, targets = model_cfg.batch(rng, n, L)
         accs.append(100.0 * accuracy(model_cfg, params, tokens, targets, backend=cfg.backend))
         done += n * L
         if task is not None:

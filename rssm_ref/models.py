@@ -56,7 +56,7 @@ from rssm_ref.residual_ssm import param_count as residual_core_count
 from rssm_ref.residual_ssm import residual_ssm_final, residual_ssm_tf
 from rssm_ref.selective_ssm import A_from_log, selective_ssm, selective_ssm_final
 from rssm_ref.selective_ssm import param_count as selective_core_count
-from rssm_ref.tasks import DEFAULT_TOKENS, vocab_size
+from rssm_ref.tasks import DEFAULT_TOKENS, make_batch, vocab_size
 
 __all__ = ["ModelConfig", "init_params", "residual_core_arrays", "final_output", "logits",
            "loss", "accuracy", "param_count", "PAPER_PARAM_COUNTS", "embed", "cosine_logits",
@@ -95,6 +95,8 @@ class ModelConfig:
     gate_bias: bool = False  # learned c; the paper: none
     reflection_bound: float = 1.0   # |k| < b for the stable denominators; 1: no constraint
     readout: str = "cosine"  # cosine (tied) | linear (untied)
+    n_trig: int = 4          # extended task: the trigger sequence (0, 1, ..., n_trig - 1)
+    window: int = 1          # selective: Δ, B, C read a causal window of w inputs (1: u(t))
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -108,6 +110,10 @@ class ModelConfig:
             raise ValueError(f"reflection_bound: {self.reflection_bound!r} (expected 0 < b <= 1)")
         if not self.gate_gain > 0:
             raise ValueError(f"gate_gain: {self.gate_gain!r} (expected > 0)")
+        if int(self.window) != self.window or self.window < 1:
+            raise ValueError(f"window: {self.window!r} (expected an integer >= 1)")
+        if int(self.n_trig) != self.n_trig or not 1 <= self.n_trig <= self.n_tokens:
+            raise ValueError(f"n_trig: {self.n_trig!r} (expected 1 <= n_trig <= {self.n_tokens})")
         if self.path not in PATHS:
             raise ValueError(f"path: {self.path!r} (expected one of {', '.join(PATHS)})")
         if self.m == 0:
@@ -116,6 +122,15 @@ class ModelConfig:
     @property
     def vocab(self):
         return vocab_size(self.task, self.n_tokens)
+
+    @property
+    def trigger(self):
+        """The extended task's trigger sequence (0, 1, ..., n_trig - 1)."""
+        return tuple(range(self.n_trig))
+
+    def batch(self, rng, batch, L):
+        """(tokens, targets) of this model's task and vocabulary (``tasks.make_batch``)."""
+        return make_batch(self.task, rng, batch, L, self.n_tokens, self.trigger)
 
 
 def init_params(cfg, seed=0):
@@ -128,6 +143,11 @@ def init_params(cfg, seed=0):
     """
     rng = onp.random.default_rng(seed)
     params = _init_core(cfg, rng)
+    if cfg.model == "selective" and cfg.window > 1:
+        # depthwise causal kernel over the last w inputs: starts as the identity (u(t)),
+        # the older taps small, so w > 1 begins where the paper's static selection is
+        taps = rng.normal(0.0, 0.1, size=(cfg.window - 1, cfg.m))
+        params["conv"] = onp.concatenate([onp.ones((1, cfg.m)), taps], axis=0)
     if cfg.readout == "linear":
         # drawn after the core so the core's initial values do not depend on the readout
         params["W_out"] = rng.normal(0.0, 1.0 / onp.sqrt(cfg.m), size=(cfg.n_tokens, cfg.m))
@@ -329,7 +349,24 @@ def final_output(cfg, params, tokens, path=None, backend="numpy"):
         return _residual_final(cfg, params, u, path or cfg.path)
     return selective_ssm_final(u, A_from_log(params["A_log"]), params["W_delta"], params["W_B"],
                                params["W_C"], delta_bias=params["delta_bias"],
-                               discretization=cfg.discretization, output=cfg.output)
+                               discretization=cfg.discretization, output=cfg.output,
+                               v=_window(cfg, params, u))
+
+
+def _window(cfg, params, u):
+    """v(t) = sum_{k<w} conv[k] ⊙ u(t − k) (zero before t = 0): what a window-w selection
+    reads; None for w = 1 (the paper: Δ_t, B̄_t, C̄_t from u(t) alone)."""
+    if cfg.model != "selective" or cfg.window == 1:
+        return None
+    K = params["conv"]
+    L = onp.shape(u)[1]
+    v = K[0] * u
+    for k in range(1, cfg.window):
+        if k < L:
+            shifted = np.concatenate([onp.zeros((onp.shape(u)[0], k, onp.shape(u)[2])),
+                                      u[:, :L - k]], axis=1)
+            v = v + K[k] * shifted
+    return v
 
 
 def final_output_ref(cfg, params, tokens, path=None):
@@ -341,6 +378,12 @@ def final_output_ref(cfg, params, tokens, path=None):
     >>> bool(onp.allclose(final_output(cfg, p, tok), final_output_ref(cfg, p, tok), rtol=0, atol=1e-14))
     True
     """
+    if cfg.model == "selective" and cfg.window > 1:
+        u = params["E"][tokens]
+        return selective_ssm(u, A_from_log(params["A_log"]), params["W_delta"], params["W_B"],
+                             params["W_C"], delta_bias=params["delta_bias"],
+                             discretization=cfg.discretization, output=cfg.output,
+                             v=_window(cfg, params, u))[:, -1, :]
     return _core(cfg, params, params["E"][tokens], path=path)[:, -1, :]
 
 
@@ -453,5 +496,7 @@ def param_count(cfg):
         core = selective_core_count(cfg.m, cfg.n, delta_bias=True, D=False)
     emb = cfg.vocab * cfg.m
     head = cfg.n_tokens * cfg.m + cfg.n_tokens if cfg.readout == "linear" else 0
+    if cfg.model == "selective" and cfg.window > 1:
+        core += cfg.window * cfg.m                    # the depthwise causal kernel
     return {"core": core, "embedding": emb, "readout": head, "total": core + emb + head,
             "paper": PAPER_PARAM_COUNTS[cfg.model]}

@@ -189,7 +189,7 @@ def _on_backend(u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output,
 
 
 def selective_ssm(u, A, W_delta, W_B, W_C, delta_bias=None, D=None, discretization="zoh",
-                  output="before", return_intermediates=False):
+                  output="before", return_intermediates=False, v=None):
     """Selective SSM, eqs. (2)-(4), all m channels and the whole batch at once.
 
     Shapes: u (batch, L, m), A (m, n) (< 0), W_delta (m, m), W_B (n, m), W_C (n, m),
@@ -209,12 +209,14 @@ def selective_ssm(u, A, W_delta, W_B, W_C, delta_bias=None, D=None, discretizati
                            return_intermediates)
     u, A, W_delta, W_B, W_C, delta_bias, D = _check(
         u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output)
+    # the selection reads u(t) (the paper), or v(t) when given (a causal window of u)
+    sel = u if v is None else check_array("v", v, shape=onp.shape(u))
     # (4a) Δ_t^i = softplus(W_Δ^i u(t) + b_Δ^i)
-    pre = np.einsum("blj,ij->bli", u, W_delta)
+    pre = np.einsum("blj,ij->bli", sel, W_delta)
     delta = softplus(pre if delta_bias is None else pre + delta_bias)
     # (4b), (4c) B̄_t = W_B u(t), C̄_t = W_C u(t)
-    B_bar = np.einsum("blj,nj->bln", u, W_B)
-    C_bar = np.einsum("blj,nj->bln", u, W_C)
+    B_bar = np.einsum("blj,nj->bln", sel, W_B)
+    C_bar = np.einsum("blj,nj->bln", sel, W_C)
     # (3a), (3b) per channel i and state j: shapes (batch, L, m, n)
     A_t, B_t = mamba_discretize(A, delta[:, :, :, None], B_bar[:, :, None, :], discretization)
     # (2) h^i(t+1) = A_t^i h^i(t) + B_t^i u_i(t)
@@ -335,8 +337,9 @@ def _softplus_np(x):
     return onp.maximum(x, 0.0) + onp.log1p(onp.exp(-onp.abs(x)))
 
 
-def _final_forward(u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output):
-    """y(L-1) (batch, m) and what the VJP reuses; see :func:`selective_ssm_final`.
+def _final_forward(u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output, v=None):
+    """y(L-1) (batch, m) and what the VJP reuses; see :func:`selective_ssm_final`
+    (``v``: the signal the selection reads, None: u).
 
     Per-state arrays are laid out as contiguous (batch, T, q), q = m n, index i n + j:
     ``onp.repeat`` / ``onp.tile`` spread per-channel and per-state quantities (a
@@ -352,12 +355,13 @@ def _final_forward(u, A, W_delta, W_B, W_C, delta_bias, D, discretization, outpu
     # T inputs reach the state that is read: all L ("after"), or L-1 ("before")
     T = L - (1 if output == "before" else 0)
     uT = u[:, :T]
-    pre = _mm(uT, W_delta.T)
+    sel = u if v is None else v
+    pre = _mm(sel[:, :T], W_delta.T)
     if delta_bias is not None:
         pre = pre + delta_bias
     delta = _softplus_np(pre)                                                 # (4a) (batch, T, m)
-    Bb = _mm(uT, W_B.T)                                                       # (4b) (batch, T, n)
-    C_last = u[:, -1] @ W_C.T                                                 # (4c) at t = L-1
+    Bb = _mm(sel[:, :T], W_B.T)                                               # (4b) (batch, T, n)
+    C_last = sel[:, -1] @ W_C.T                                               # (4c) at t = L-1
     CBq = onp.tile(Bb * C_last[:, None, :], (1, 1, m))                        # C̄_j B̄_j(t), spread
     # S_t = sum_{t<k<T} Δ_k: prod_{t<k<T} exp(Δ_k A) = exp(S_t A)        (3a) composed
     S = onp.concatenate([onp.cumsum(delta[:, :0:-1], axis=1)[:, ::-1],
@@ -381,9 +385,10 @@ def _final_forward(u, A, W_delta, W_B, W_C, delta_bias, D, discretization, outpu
                    E=E, x=x, W=W, K=K)
 
 
-def _final_backward(c, g, u, A, W_delta, W_B, W_C, D, discretization):
+def _final_backward(c, g, u, A, W_delta, W_B, W_C, D, discretization, v=None):
     """The VJP of ``_final_forward`` for a cotangent g (batch, m), every argument at once:
-    (du, dA, dW_delta, dW_B, dW_C, d delta_bias, dD)."""
+    (du, dA, dW_delta, dW_B, dW_C, d delta_bias, dD, dv); with v None the selection's
+    share is in du and dv is None."""
     batch, L, m = u.shape
     n = A.shape[1]
     T, Aq, delta, E, W = (c[k] for k in ("T", "Aq", "delta", "E", "W"))
@@ -415,23 +420,29 @@ def _final_backward(c, g, u, A, W_delta, W_B, W_C, D, discretization):
     else:
         ddelta = ddelta + _per_channel(dphi, m, n)
     dpre = ddelta * _sigmoid_np(c["pre"])                                    # softplus' = σ
-    du = onp.zeros_like(u)
-    du[:, :T] = du_direct + _mm(dpre, W_delta) + _mm(dBb, W_B)
-    du[:, -1] += dC @ W_C
+    sel = u if v is None else v
+    selT = sel[:, :T]
+    # the selection's share (4a)-(4c), then the input's
+    dsel = onp.zeros_like(sel)
+    dsel[:, :T] = _mm(dpre, W_delta) + _mm(dBb, W_B)
+    dsel[:, -1] += dC @ W_C
+    du = dsel if v is None else onp.zeros_like(u)
+    du[:, :T] += du_direct
     if D is not None:
         du[:, -1] += g * D
-    return (du, dAq.reshape(m, n), dpre.reshape(-1, m).T @ uT.reshape(-1, m),
-            dBb.reshape(-1, n).T @ uT.reshape(-1, m), dC.T @ u[:, -1], dpre.sum(axis=(0, 1)),
-            onp.einsum("bi,bi->i", g, u[:, -1]))
+    return (du, dAq.reshape(m, n), dpre.reshape(-1, m).T @ selT.reshape(-1, m),
+            dBb.reshape(-1, n).T @ selT.reshape(-1, m), dC.T @ sel[:, -1], dpre.sum(axis=(0, 1)),
+            onp.einsum("bi,bi->i", g, u[:, -1]), None if v is None else dsel)
 
 
 @primitive
-def _final_prim(u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output, keep):
+def _final_prim(u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output, keep, v=None):
     # two halves of the batch on two cores (rssm_ref._threads: the cut depends on the
     # batch size only, so the numbers are the same on any machine)
     parts = batch_halves(u.shape[0])
     outs = map_parts(_final_forward, [(u[p], A, W_delta, W_B, W_C, delta_bias, D,
-                                       discretization, output) for p in parts])
+                                       discretization, output, None if v is None else v[p])
+                                      for p in parts])
     y = outs[0][0] if len(outs) == 1 else onp.concatenate([o[0] for o in outs], axis=0)
     if keep:          # traced: hand the intermediates to the VJP (rssm_ref._kept)
         park(y, [o[1] for o in outs])
@@ -439,23 +450,27 @@ def _final_prim(u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output, 
 
 
 def _final_vjp(argnums, ans, args, kwargs):
-    u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output, keep = args
+    u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output, keep = args[:10]
+    v = args[10] if len(args) > 10 else None
     caches = take(ans)
 
     def vjp(g):
         g = onp.asarray(g)                                                   # (batch, m)
         parts = batch_halves(u.shape[0])
+        vp = (lambda p: None) if v is None else (lambda p: v[p])
         cs = caches or [_final_forward(u[p], A, W_delta, W_B, W_C, delta_bias, D,
-                                       discretization, output)[1] for p in parts]
+                                       discretization, output, vp(p))[1] for p in parts]
         outs = map_parts(_final_backward, [(c, g[p], u[p], A, W_delta, W_B, W_C, D,
-                                            discretization) for c, p in zip(cs, parts)])
-        # du by rows; the parameters' gradients summed over the parts in a fixed order
-        grads = [onp.concatenate([o[0] for o in outs], axis=0)]
+                                            discretization, vp(p)) for c, p in zip(cs, parts)])
+        # du, dv by rows; the parameters' gradients summed over the parts in a fixed order
+        grads = {0: onp.concatenate([o[0] for o in outs], axis=0)}
         for k in range(1, 7):
             total = outs[0][k]
             for o in outs[1:]:
                 total = total + o[k]
-            grads.append(total)
+            grads[k] = total
+        if v is not None:
+            grads[10] = onp.concatenate([o[7] for o in outs], axis=0)
         return tuple(grads[k] for k in argnums)
     return vjp
 
@@ -464,7 +479,7 @@ defvjp_argnums(_final_prim, _final_vjp)
 
 
 def selective_ssm_final(u, A, W_delta, W_B, W_C, delta_bias=None, D=None, discretization="zoh",
-                        output="before"):
+                        output="before", v=None):
     """The Selective SSM's last output y(L-1) only, eqs. (2)-(4): what the readout uses.
 
     Shapes and arguments as :func:`selective_ssm`; returns (batch, m). The state that is
@@ -477,7 +492,9 @@ def selective_ssm_final(u, A, W_delta, W_B, W_C, delta_bias=None, D=None, discre
     expm1(Δ A)/A (zoh) or Δ B̄ (euler): no loop over time and no series in the forward
     pass. One autograd primitive with a hand-written VJP (reverse cumulative sums; the
     series of φ1' only for |Δ A| < 1/2 in ∂/∂A). Equal to
-    ``selective_ssm(...)[:, -1]`` to rounding (tests: ``fast_vs_ref``).
+    ``selective_ssm(...)[:, -1]`` to rounding (tests: ``fast_vs_ref``). ``v`` (batch, L, m)
+    or None: the signal the selection (4a)-(4c) reads instead of u (a causal window of
+    the inputs, ``rssm_ref.models``' ``window`` option); the scan's input stays u.
 
     >>> P = random_params(m=3, n=2, seed=1)
     >>> u = onp.random.default_rng(0).normal(size=(2, 5, 3))
@@ -486,19 +503,50 @@ def selective_ssm_final(u, A, W_delta, W_B, W_C, delta_bias=None, D=None, discre
     """
     u, A, W_delta, W_B, W_C, delta_bias, D = _check(
         u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output)
-    keep = any(_is_traced(a) for a in (u, A, W_delta, W_B, W_C, delta_bias, D))
-    return _final_prim(u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output, keep)
+    if v is not None:
+        v = check_array("v", v, shape=onp.shape(u))
+    keep = any(_is_traced(a) for a in (u, A, W_delta, W_B, W_C, delta_bias, D, v))
+    if v is None:
+        return _final_prim(u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output, keep)
+    return _final_prim(u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output, keep, v)
 
 
 def selective_ssm_final_ref(u, A, W_delta, W_B, W_C, delta_bias=None, D=None,
-                            discretization="zoh", output="before"):
-    """Twin of :func:`selective_ssm_final`: the loops of ``selective_ssm_ref``, last step.
+                            discretization="zoh", output="before", v=None):
+    """Twin of :func:`selective_ssm_final`: the loops of ``selective_ssm_ref``, last step
+    (with ``v``: the selection of step t computed from v(t), the scan fed u(t)).
 
     >>> P = random_params(m=2, n=2, seed=2)
     >>> selective_ssm_final_ref(onp.ones((1, 2, 2)), **P).shape
     (1, 2)
     """
-    return selective_ssm_ref(u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output)[:, -1]
+    if v is None:
+        return selective_ssm_ref(u, A, W_delta, W_B, W_C, delta_bias, D, discretization,
+                                 output)[:, -1]
+    return _selection_from_ref(u, v, A, W_delta, W_B, W_C, delta_bias, D, discretization, output)
+
+
+def _selection_from_ref(u, v, A, W_delta, W_B, W_C, delta_bias, D, discretization, output):
+    """Loops of eqs. (2)-(4) with the selection read from v and the scan fed u."""
+    u, v, A = onp.asarray(u), onp.asarray(v), onp.asarray(A)
+    batch, L, m = u.shape
+    n = A.shape[1]
+    bias = onp.zeros(m) if delta_bias is None else onp.asarray(delta_bias)
+    y = onp.zeros((batch, m))
+    for b in range(batch):
+        h = onp.zeros((m, n))
+        for t in range(L):
+            B_bar, C_bar = W_B @ v[b, t], W_C @ v[b, t]
+            for i in range(m):
+                delta = onp.logaddexp(0.0, W_delta[i] @ v[b, t] + bias[i])
+                A_t = onp.exp(delta * A[i])
+                B_t = (A_t - 1.0) / A[i] * B_bar if discretization == "zoh" else delta * B_bar
+                h_next = A_t * h[i] + B_t * u[b, t, i]
+                if t == L - 1:
+                    read = h[i] if output == "before" else h_next
+                    y[b, i] = C_bar @ read + (0.0 if D is None else D[i] * u[b, t, i])
+                h[i] = h_next
+    return y
 
 
 # ------------------------------------------------------------------ construction, counts

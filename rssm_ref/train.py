@@ -271,7 +271,7 @@ def train(model_cfg, cfg, params=None, checkpoint=None, resume=False, progress=N
         window_loss, window_n = 0.0, 0
         for k in range(start, stop):
             rng = onp.random.default_rng([cfg.seed, DATA_STREAM, k])
-            tokens, targets = make_batch(model_cfg.task, rng, cfg.batch, cfg.L, model_cfg.n_tokens)
+            tokens, targets = model_cfg.batch(rng, cfg.batch, cfg.L)
             value, grad_theta = vg(opt.theta, tokens, targets)
             lr = opt.step(grad_theta, k)
             history["step"].append(k)
