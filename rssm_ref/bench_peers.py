@@ -31,7 +31,8 @@ difference equations (transposed direct form II; Σ, Σ_r and the gate stepped t
 under ``lax.scan``; PyTorch, where a Python loop over time costs 3-5x more, convolves
 with the exact kernels by FFTs of length 2 L. The Selective SSM follows eqs. (2)-(4):
 Δ = softplus(W_Δ u + b_Δ), A = −exp(A_log), ZOH B_t = expm1(Δ A)/A · B̄ (or Euler Δ B̄),
-h(t+1) = A_t h(t) + B_t u(t) stepped over time, read "before" or "after" the update.
+h(t+1) = A_t h(t) + B_t u(t) unrolled to the state that is read ("before" or "after"
+the update) with one exponential of a reversed cumulative sum of Δ.
 Constants and options are read at run time from ``rssm_ref.models`` and the
 ``ModelConfig`` (``_constants``), and ``init_params``' keys are checked against the
 ones the peers know.
@@ -168,6 +169,9 @@ class _Jax:
     def cumprod(self, x, axis):
         return self.np.cumprod(x, axis=axis)
 
+    def cumsum(self, x, axis):
+        return self.np.cumsum(x, axis=axis)
+
     def amax(self, x, axis):
         return self.np.max(x, axis=axis, keepdims=True)
 
@@ -176,6 +180,9 @@ class _Jax:
 
     def moveaxis(self, x, a, b):
         return self.np.moveaxis(x, a, b)
+
+    def transpose(self, x, axes):
+        return self.np.transpose(x, axes)
 
     def solve_lower(self, T, B):
         """X with T X = B, T (..., L, L) lower triangular, B (..., L, k)."""
@@ -286,6 +293,9 @@ class _Torch:
     def cumprod(self, x, axis):
         return self.torch.cumprod(x, dim=axis)
 
+    def cumsum(self, x, axis):
+        return self.torch.cumsum(x, dim=axis)
+
     def amax(self, x, axis):
         return self.torch.amax(x, dim=axis, keepdim=True)
 
@@ -294,6 +304,9 @@ class _Torch:
 
     def moveaxis(self, x, a, b):
         return self.torch.movedim(x, a, b)
+
+    def transpose(self, x, axes):
+        return self.torch.permute(x, axes)
 
     def solve_lower(self, T, B):
         return self.torch.linalg.solve_triangular(T, B, upper=False)
@@ -419,8 +432,12 @@ def _kernel(o, num, den, L, idx, mask):
 
 def _conv(o, h, x, idx, mask):
     """Causal convolution y[b, t, i] = sum_j sum_{τ<=t} h[i, j, t − τ] x[b, τ, j]:
-    h (p, m, L), x (batch, L, m) -> (batch, L, p), one Toeplitz matmul."""
-    return o.einsum("ijtk,bkj->bti", _toeplitz(o, h, idx, mask), x)
+    h (p, m, L), x (batch, L, m) -> (batch, L, p), as one matmul by the block-Toeplitz
+    matrix W[(i, t), (j, τ)] (p L, m L) (PyTorch's einsum of the 4-D form is 5x slower)."""
+    p, m, L = h.shape
+    W = o.transpose(_toeplitz(o, h, idx, mask), (0, 2, 1, 3)).reshape(p * L, m * L)
+    X = o.transpose(x, (0, 2, 1)).reshape(x.shape[0], m * L)              # (batch, m L)
+    return o.transpose((X @ W.T).reshape(x.shape[0], p, L), (0, 2, 1))
 
 
 def _gate_b(o, s, gate):
@@ -536,25 +553,32 @@ def _readout_ce(o, y, params, targets, n_rows, K):
 
 
 def _selective_final(o, params, tokens, cfg):
-    """y (batch, m) read at the last position, eqs. (2)-(4), stepped over time."""
+    """y (batch, m) read at the last position, eqs. (2)-(4), with the scan (2) unrolled:
+
+        h^i(T) = sum_{t<T} exp(A^i S_t^i) B_t^i u_i(t),   S_t^i = sum_{t<k<T} Δ_k^i
+
+    (the product of the A_k of (3a) is one exponential of a reversed cumulative sum;
+    T = L − 1 for output "before", L for "after"). 2-3x faster than stepping over time in
+    both frameworks (JAX: 3.6 vs 11.5 ms at batch 64 on a busy machine)."""
     u = params["E"][tokens]                                                # (batch, L, m)
     delta = o.softplus(o.einsum("blj,ij->bli", u, params["W_delta"]) + params["delta_bias"])
-    B_bar = o.einsum("blj,nj->bln", u, params["W_B"])
-    C_bar = o.einsum("blj,nj->bln", u, params["W_C"])
+    B_bar = o.einsum("blj,nj->bln", u, params["W_B"])                      # (4b)
+    C_bar = o.einsum("blj,nj->bln", u, params["W_C"])                      # (4c)
     A = -o.exp(params["A_log"])                                            # (m, n) < 0
-    dA = delta[..., None] * A                                              # (batch, L, m, n)
-    A_t = o.exp(dA)                                                        # (3a)
-    if cfg.discretization == "zoh":
-        B_t = o.expm1(dA) / A * B_bar[:, :, None, :]           # (3b) A^-1 (e^{ΔA} − 1) B̄
-    else:
-        B_t = delta[..., None] * B_bar[:, :, None, :]
-    x = B_t * u[..., None]
     L = u.shape[1]
     T = L - 1 if cfg.output == "before" else L                             # read h(L-1) or h(L)
-    h = o.zeros(tuple(x.shape[:1]) + tuple(x.shape[2:]))
-    if T > 0:
-        h = o.scan(lambda h, ax: ax[0] * h + ax[1], h,
-                   (o.moveaxis(A_t[:, :T], 1, 0), o.moveaxis(x[:, :T], 1, 0)))   # (2)
+    if T == 0:
+        return o.zeros((u.shape[0], u.shape[2]))
+    d = delta[:, :T]                                                       # (batch, T, m)
+    R = o.flip(o.cumsum(o.flip(d, 1), 1), 1)                               # sum_{t<=k<T} Δ_k
+    S = o.cat([R[:, 1:], o.zeros((d.shape[0], 1, d.shape[2]))], 1)         # sum_{t<k<T} Δ_k
+    decay = o.exp(S[..., None] * A)                                        # prod of (3a)
+    if cfg.discretization == "zoh":
+        gain = o.expm1(d[..., None] * A) / A                               # (3b) A^-1 (e^{ΔA} − 1)
+    else:
+        gain = d[..., None]                                                # Euler: Δ
+    x = B_bar[:, :T, None, :] * u[:, :T, :, None]                          # B̄_t u_i(t)
+    h = o.sum(decay * gain * x, 1)                                         # (batch, m, n)
     return o.einsum("bin,bn->bi", h, C_bar[:, L - 1])
 
 
