@@ -78,7 +78,7 @@ _MODULES = {"jax-jit": "jax", "torch-eager": "torch"}
 INSTALL_HINT = "pip install '.[peers]'"
 SEED = 0
 RESIDUAL_KEYS = ("E", "sigma_num", "sigma_theta", "r_num", "r_theta")   # + "c" (gate bias)
-SELECTIVE_KEYS = ("E", "A_log", "W_delta", "delta_bias", "W_B", "W_C")
+SELECTIVE_KEYS = ("E", "A_log", "W_delta", "delta_bias", "W_B", "W_C")  # + "conv" (window)
 OPTIONAL_KEYS = ("W_out", "b_out")                                          # linear readout
 CHECK_STEPS = 3          # training steps compared with train.train before timing
 
@@ -561,11 +561,17 @@ def _selective_final(o, params, tokens, cfg):
     T = L − 1 for output "before", L for "after"). 2-3x faster than stepping over time in
     both frameworks (JAX: 3.6 vs 11.5 ms at batch 64 on a busy machine)."""
     u = params["E"][tokens]                                                # (batch, L, m)
-    delta = o.softplus(o.einsum("blj,ij->bli", u, params["W_delta"]) + params["delta_bias"])
-    B_bar = o.einsum("blj,nj->bln", u, params["W_B"])                      # (4b)
-    C_bar = o.einsum("blj,nj->bln", u, params["W_C"])                      # (4c)
-    A = -o.exp(params["A_log"])                                            # (m, n) < 0
     L = u.shape[1]
+    sel = u                         # what the selection reads: u(t) (the paper), or a window
+    if "conv" in params:            # v(t) = sum_{k<w} conv[k] ⊙ u(t − k), zero before t = 0
+        K = params["conv"]                                                 # (w, m)
+        sel = K[0] * u
+        for k in range(1, min(K.shape[0], L)):
+            sel = sel + K[k] * o.cat([o.zeros((u.shape[0], k, u.shape[2])), u[:, :L - k]], 1)
+    delta = o.softplus(o.einsum("blj,ij->bli", sel, params["W_delta"]) + params["delta_bias"])
+    B_bar = o.einsum("blj,nj->bln", sel, params["W_B"])                    # (4b)
+    C_bar = o.einsum("blj,nj->bln", sel, params["W_C"])                    # (4c)
+    A = -o.exp(params["A_log"])                                            # (m, n) < 0
     T = L - 1 if cfg.output == "before" else L                             # read h(L-1) or h(L)
     if T == 0:
         return o.zeros((u.shape[0], u.shape[2]))
@@ -660,7 +666,7 @@ def _check_keys(params, cfg):
     """The peer models know the core's arrays, the optional gate bias "c" (Residual SSM)
     and the linear readout's "W_out", "b_out"; anything else fails loudly."""
     core = RESIDUAL_KEYS if cfg.model == "residual" else SELECTIVE_KEYS
-    known = set(core) | set(OPTIONAL_KEYS) | ({"c"} if cfg.model == "residual" else set())
+    known = set(core) | set(OPTIONAL_KEYS) | ({"c"} if cfg.model == "residual" else {"conv"})
     if not set(core) <= set(params) <= known:
         raise AssertionError(f"init_params({cfg.model!r}) returned keys {sorted(params)}, the peer "
                              f"models need {sorted(core)} and know {sorted(known)}: update "
@@ -681,12 +687,20 @@ def _row(workload, o, seconds, detail):
 
 def _setup(model, batch, L):
     from rssm_ref.models import ModelConfig, init_params
-    from rssm_ref.tasks import make_batch
     cfg = ModelConfig(model, "induction")
     params = init_params(cfg, seed=SEED)
     _check_keys(params, cfg)
-    tok, tgt = make_batch(cfg.task, onp.random.default_rng(SEED), batch, L, cfg.n_tokens)
+    tok, tgt = _batch(cfg, onp.random.default_rng(SEED), batch, L)
     return cfg, params, tok, tgt
+
+
+def _batch(cfg, rng, batch, L):
+    """(tokens, targets) as train.py draws them: ``cfg.batch`` where the configuration
+    has it, else ``tasks.make_batch`` with its vocabulary."""
+    if hasattr(cfg, "batch"):
+        return cfg.batch(rng, batch, L)
+    from rssm_ref.tasks import make_batch
+    return make_batch(cfg.task, rng, batch, L, cfg.n_tokens)
 
 
 def _loss_check(o, cfg, params, tok, tgt, grad, what, ref=None):
@@ -749,7 +763,6 @@ def _wl_loss(o, workload, quick, R, ref_cache):
 
 def _wl_train_step(o, quick, R, ref_cache):
     from rssm_ref.models import ModelConfig, init_params
-    from rssm_ref.tasks import make_batch
     from rssm_ref.train import DATA_STREAM, TrainConfig, lr_schedule, train
     S = _sizes(quick)
     batch, L = S["train_batch"], S["L"]
@@ -764,8 +777,7 @@ def _wl_train_step(o, quick, R, ref_cache):
 
     def run(state, k):
         """train.py's step k: its batch, then the peer's loss, gradient, clip and Adam."""
-        tok, tgt = make_batch(cfg.task, onp.random.default_rng([tcfg.seed, DATA_STREAM, k]),
-                              batch, L, cfg.n_tokens)
+        tok, tgt = _batch(cfg, onp.random.default_rng([tcfg.seed, DATA_STREAM, k]), batch, L)
         lr = lr_schedule(k, tcfg)
         out = step(*state, o.asarray(tok), o.asarray(tgt), lr,
                    1 - tcfg.beta1 ** (k + 1), 1 - tcfg.beta2 ** (k + 1))

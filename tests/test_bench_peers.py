@@ -166,13 +166,13 @@ OPTIONS = [
     ("residual", {"readout": "linear"}),
     ("selective", {"discretization": "euler", "output": "after"}),
     ("selective", {"readout": "linear"}),
+    ("selective", {"window": 3}),
 ]
 
 
 @pytest.mark.parametrize("model,options", OPTIONS, ids=[f"{m}-{'-'.join(o)}" for m, o in OPTIONS])
 def test_peer_losses_follow_the_model_options(model, options):
     from rssm_ref.models import ModelConfig, init_params
-    from rssm_ref.tasks import make_batch
     found = _need_a_peer()
     try:
         cfg = ModelConfig(model, "induction", **options)
@@ -181,7 +181,7 @@ def test_peer_losses_follow_the_model_options(model, options):
     params = init_params(cfg, seed=3)
     rng = onp.random.default_rng(3)
     params = {k: v + 0.1 * rng.normal(size=onp.shape(v)) for k, v in params.items()}  # off init
-    tok, tgt = make_batch(cfg.task, onp.random.default_rng(1), 8, 16, cfg.n_tokens)
+    tok, tgt = bench_peers._batch(cfg, onp.random.default_rng(1), 8, 16)
     # the model code is shared by the frameworks: one suffices, PyTorch's compiles nothing
     fw = "torch-eager" if "torch-eager" in found else found[0]
     o = bench_peers._ADAPTERS[fw]()
