@@ -316,10 +316,15 @@ def _deprecated_alias(new_value, old_value, new_flag, old_flag):
               hidden=True)
 @click.option("--eval-n", type=int, default=1000, show_default=True, help="Sequences per length.")
 @click.option("--resume", is_flag=True, help="Continue from checkpoints in --out.")
+@click.option("--paper-exact", is_flag=True,
+              help="Train the paper's models as written, without the recipe's additions "
+                   "(gate gain and bias, reflection bound, selective readout; see the "
+                   "deviations table in docs/recipe.md).")
 @click.option("--json", "as_json", is_flag=True, help="Print results.json's content on stdout.")
 @_BACKEND
 def reproduce_cmd(task, model, seeds, steps, quick, out, gate, discretization, output,
-                  selective_discretization, selective_output, eval_n, resume, as_json, backend):
+                  selective_discretization, selective_output, eval_n, resume, paper_exact,
+                  as_json, backend):
     """Train at L = 16 and print accuracy at L = 16..1024 beside the paper's table.
 
     Progress goes to stderr (a bar on a terminal, a line per 10 % or 30 s otherwise) and
@@ -348,7 +353,7 @@ def reproduce_cmd(task, model, seeds, steps, quick, out, gate, discretization, o
     config = run_guarded(ReproduceConfig, task=task, models=models, seeds=seed_list, steps=steps,
                          quick=quick, out=out or "", gate=gate, eval_n=eval_n, resume=resume,
                          backend=backend, selective_discretization=discretization,
-                         selective_output=output)
+                         selective_output=output, paper_exact=paper_exact)
     progress = Progress.to_stderr()
     results = run_guarded(reproduce, config, progress)
     if as_json:

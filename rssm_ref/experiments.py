@@ -60,12 +60,17 @@ PAPER_TABLES = {
     "induction": {"selective": [70, 60, 53, 34, 25, 21, 20], "residual": [100] * 7},
     "extended": {"selective": [69, 57, 22, 20, 17, 15, 13], "residual": [100] * 7},
 }
-# Training recipes (docs/recipe.md); steps are the defaults of a full run.
+# Training recipes (docs/recipe.md); steps are the defaults of a full run. "model": the
+# recipe's additions to the paper's model (the deviations table of docs/recipe.md, each
+# measured by an ablation); ``--paper-exact`` trains without them.
+RESIDUAL_ADDITIONS = dict(gate_gain=3.0, gate_bias=True, reflection_bound=0.5)
 RECIPES = {
-    ("residual", "induction"): dict(steps=24000, lr=0.02, warmup=200, batch=256, restarts=4, restart_steps=1000),
-    ("residual", "extended"): dict(steps=24000, lr=0.02, warmup=200, batch=256, restarts=4, restart_steps=1000),
-    ("selective", "induction"): dict(steps=3000, lr=5e-3, warmup=200, batch=64),
-    ("selective", "extended"): dict(steps=3000, lr=5e-3, warmup=200, batch=64),
+    ("residual", "induction"): dict(steps=24000, lr=0.02, warmup=200, batch=256, restarts=4,
+                                    restart_steps=1000, model=RESIDUAL_ADDITIONS),
+    ("residual", "extended"): dict(steps=24000, lr=0.02, warmup=200, batch=256, restarts=4,
+                                   restart_steps=1000, model=RESIDUAL_ADDITIONS),
+    ("selective", "induction"): dict(steps=3000, lr=5e-3, warmup=200, batch=64, model={}),
+    ("selective", "extended"): dict(steps=3000, lr=5e-3, warmup=200, batch=64, model={}),
 }
 QUICK = {"residual": dict(steps=300, warmup=20, restarts=1), "selective": dict(steps=15, warmup=5),
          "eval_n": 100}
@@ -97,6 +102,7 @@ class ReproduceConfig:
     resume: bool = False
     backend: str = "numpy"         # array module of the evaluation (training: NumPy autograd)
     extra: dict = field(default_factory=dict)
+    paper_exact: bool = False      # True: the paper's model, none of the recipe's additions
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -232,8 +238,23 @@ def split_steps(total, restarts=1, restart_steps=1000):
     return {"steps": total - (restarts - 1) * s, "restarts": restarts, "restart_steps": s}
 
 
+def model_config(cfg, model):
+    """The ModelConfig of ``model`` in a reproduce run: the paper's model with the recipe's
+    additions (``RECIPES[...]["model"]``) unless ``cfg.paper_exact``, and the conventions.
+
+    >>> model_config(ReproduceConfig(), "residual").gate_gain
+    3.0
+    >>> model_config(ReproduceConfig(paper_exact=True), "residual").gate_gain
+    1.0
+    """
+    extra = {} if cfg.paper_exact else dict(RECIPES[(model, cfg.task)].get("model", {}))
+    return ModelConfig(model, cfg.task, gate=cfg.gate, discretization=cfg.selective_discretization,
+                       output=cfg.selective_output, **extra)
+
+
 def _train_config(cfg, model, seed):
     recipe = dict(RECIPES[(model, cfg.task)])
+    recipe.pop("model", None)
     if cfg.quick:
         recipe.update(QUICK[model])
     if cfg.steps:
@@ -301,9 +322,7 @@ def reproduce(cfg, progress=None):
     from rssm_ref.progress import Progress
     plan = []
     for model in cfg.models:
-        model_cfg = ModelConfig(model, cfg.task, gate=cfg.gate,
-                                discretization=cfg.selective_discretization,
-                                output=cfg.selective_output)
+        model_cfg = model_config(cfg, model)
         for seed in cfg.seeds:
             tcfg = _train_config(cfg, model, seed)
             ckpt = os.path.join(cfg.out, f"{model}-seed{seed}.npz")
@@ -366,7 +385,7 @@ def reproduce(cfg, progress=None):
             "checkpoint": os.path.basename(ckpt), "eval_backend": cfg.backend,
             "train_seconds": round(train_s, 3), "eval_seconds": round(eval_s, 3),
         })
-    results = {"task": cfg.task, "quick": cfg.quick,
+    results = {"task": cfg.task, "quick": cfg.quick, "paper_exact": cfg.paper_exact,
                "note": SMOKE_NOTE if cfg.quick else (
                    f"--steps {cfg.steps}: shorter or longer than the recipe" if cfg.steps
                    else "the recipe (docs/recipe.md)"),

@@ -34,6 +34,7 @@ oracle_params(model_cfg, params) -> params dict in the oracle's format (docs/for
 >>> res["trace"].splitlines()[0].split()[:4]
 ['t', 'token', 'y_s', 'r']
 """
+import dataclasses
 import json
 import os
 import tempfile
@@ -111,6 +112,24 @@ def oracle_params(model_cfg, params):
              "W_B": params["W_B"], "W_C": params["W_C"], "delta_bias": params["delta_bias"]}
     P["embedding"] = params["E"]
     return {k: onp.array(v, dtype=onp.float64) for k, v in P.items()}
+
+
+def _model_config(cfg):
+    """The model explained: a reproduce checkpoint's own options (its run config), else
+    the reproduce recipe's model for the task (what explain trains when given no params)."""
+    from rssm_ref.experiments import ReproduceConfig, model_config, read_run_config
+    if cfg.params_path and os.path.isfile(cfg.params_path):
+        try:
+            rc = read_run_config(cfg.params_path)
+        except Exception:            # not a checkpoint: the oracle's format, read later
+            rc = None
+        if rc:
+            fields = {f.name for f in dataclasses.fields(ModelConfig)} - {"model", "task"}
+            return ModelConfig(cfg.model, cfg.task, **{k: (tuple(v) if isinstance(v, list) else v)
+                                                        for k, v in rc.items() if k in fields})
+    return model_config(ReproduceConfig(task=cfg.task, gate=cfg.gate or "euler",
+                                        selective_discretization=cfg.discretization or "zoh",
+                                        selective_output=cfg.output or "before"), cfg.model)
 
 
 def _is_checkpoint(arrays):
@@ -231,7 +250,7 @@ def explain(cfg, progress=None):
         log = os.path.join(cfg.out, "progress.log")
         progress = progress.with_log(log) if progress is not None else Progress(log_path=log)
     progress = progress or Progress()
-    model_cfg = ModelConfig(cfg.model, cfg.task) if cfg.model != "lti" else None
+    model_cfg = _model_config(cfg) if cfg.model != "lti" else None
     P, sizes, source = _load(cfg, model_cfg, progress)
     u, tok, target, p, seq_source = _sequence(cfg, P, sizes)
     conv = {"gate": cfg.gate} if cfg.model == "residual" else (
