@@ -281,11 +281,19 @@ def _long_gate_case():
     return y_s, s, rng.normal(size=(2, 2))
 
 
-def test_gate_final_zoh_grad_large_s():
-    y_s, s = _rng(33).normal(size=(1, 2, 1)), onp.array([[20.0, 20.0]])
-    dy = onp.ones((1, 1))
-    _assert_grads(_grads(lambda a, b: gate_final(a, b, "zoh"), (y_s, s), dy),
-                  _grads(lambda a, b: gate_final_ref(a, b, "zoh"), (y_s, s), dy), ["y_s", "s"])
+@pytest.mark.parametrize("s_big", [20.0, 40.0])
+def test_gate_final_zoh_grad_large_s(s_big):
+    """zoh with s >> 1: a = e^-s must be accurate relative to itself (1 - b is not: it
+    is off by u / e^-s, and exactly 0 for s > ~37). Reference: the closed form for L = 2,
+    d y(2)/d s(1) = e^-s1 (y_s(1) - y(1)), d y(2)/d s(0) = e^-s1 e^-s0 y_s(0), with
+    y(1) = (1 - e^-s0) y_s(0) -- not autograd through gate_final_ref, whose VJP of expm1
+    forms e^x as expm1(x) + 1 (relative error u e^s: 5e-8 at s = 20)."""
+    y_s, s = _rng(33).normal(size=(1, 2, 1)), onp.array([[s_big, s_big + 0.5]])
+    d_ys, d_s = _grads(lambda a, b: gate_final(a, b, "zoh"), (y_s, s), onp.ones((1, 1)))
+    b0, a0, b1, a1 = -onp.expm1(-s[0, 0]), onp.exp(-s[0, 0]), -onp.expm1(-s[0, 1]), onp.exp(-s[0, 1])
+    y1 = b0 * y_s[0, 0, 0]
+    assert_close(d_s, [[a1 * a0 * y_s[0, 0, 0], a1 * (y_s[0, 1, 0] - y1)]], "vjp_vs_autograd", "ds")
+    assert_close(d_ys, [[[b0 * a1], [b1]]], "vjp_vs_autograd", "dy_s")
 
 
 @pytest.mark.parametrize("mode", GATES)
