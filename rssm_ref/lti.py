@@ -268,18 +268,29 @@ def den_from_theta(theta, bound):
     unconstrained parameters, as one primitive (the training parameterization).
 
     Shapes: theta (..., n), 0 < bound <= 1 -> den (..., n+1), every root strictly inside
-    |z| < 1 (|z| <= bound-dependent radius). VJP: the step-up recursion backwards, times
+    |z| < 1. tanh rounds to +-1 for |theta| > ~19, so |k| is capped at K_MAX = 1 - 2^-40
+    (there tanh' < 1e-12: the gradient is unaffected to rounding), which keeps the roots
+    off the unit circle also with bound = 1. VJP: the step-up recursion backwards, times
     bound (1 - tanh^2).
 
     >>> den_from_theta(onp.array([0.0, 10.0]), 0.5).round(6).tolist()
     [1.0, 0.0, 0.5]
+    >>> bool(onp.abs(onp.roots(den_from_theta(onp.array([0.3, 40.0]), 1.0))).max() < 1)
+    True
     """
-    return _step_up_np(bound * onp.tanh(theta))[-1]
+    return _step_up_np(_reflection(theta, bound))[-1]
+
+
+K_MAX = 1.0 - 2.0 ** -40
+
+
+def _reflection(theta, bound):
+    return onp.clip(bound * onp.tanh(theta), -K_MAX, K_MAX)
 
 
 def _den_from_theta_vjp(ans, theta, bound):
     t = onp.tanh(theta)
-    inner = _step_up_vjp(ans, bound * t)
+    inner = _step_up_vjp(ans, _reflection(theta, bound))
     return lambda g: inner(g) * (bound * (1.0 - t * t))
 
 

@@ -51,7 +51,7 @@ from autograd.extend import defvjp_argnums, primitive
 from rssm_ref._kept import park, take
 from rssm_ref.convolution import (DIRECT_MAX_L, _causal_conv_prim, _causal_conv_vjp,
                                   ss_fft_filter, tf_fft_filter)
-from rssm_ref.gate import _b_np, _gate_final_prim, _gate_final_vjp, _suffix_products
+from rssm_ref.gate import _a_exact, _b_np, _gate_final_prim, _gate_final_vjp, _suffix_products
 from rssm_ref.gate import gate as gate_scan
 from rssm_ref.gate import gate_final, gate_step
 from rssm_ref.lti import StateSpace, TransferFunction, den_from_reflection
@@ -239,7 +239,9 @@ def _final_kernel_vjp(argnums, ans, args, kwargs):
         # the blocks' own VJPs, chained by hand in reverse order (Fig. 3 read backwards)
         h_sigma, y_s, h_r, e, r, s = cache or _final_kernel_forward(*args[:-1])[1]
         d_ys, d_s = _gate_final_vjp((0, 1), ans, (y_s, s, gate), {})(g)
-        d_x = d_s * s * (1.0 - s)                                      # σ' = σ (1 − σ)
+        # σ'(x) = e^{-|x|} / (1 + e^{-|x|})², accurate where s(1 − s) would cancel (s → 1)
+        q = onp.exp(-onp.abs(r[:, :, 0] + gate_bias))
+        d_x = d_s * (q / ((1.0 + q) * (1.0 + q)))
         d_hr, d_e = _causal_conv_vjp((0, 1), r, (h_r, e), {})(d_x[:, :, None])
         d_ys = d_ys + d_e
         d_hs, d_u = _causal_conv_vjp((0, 1), y_s, (h_sigma, u), {})(d_ys)
@@ -278,7 +280,7 @@ def _final_recurrent_np(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate):
     r += 1.0
     r *= 0.5
     b = _b_np(r, gate)
-    w = b * _suffix_products(1.0 - b)
+    w = b * _suffix_products(_a_exact(r, b, gate))
     return onp.stack([onp.einsum("bt,bt->b", w, y_s[i]) for i in range(p)], axis=1)
 
 

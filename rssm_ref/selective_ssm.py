@@ -281,7 +281,10 @@ def selective_ssm_ref(u, A, W_delta, W_B, W_C, delta_bias=None, D=None, discreti
 
 # ------------------------------------------- the last output only (training path)
 def _sigmoid_np(x):
-    return 0.5 * (onp.tanh(0.5 * x) + 1.0)
+    """σ(x) = softplus'(x) to a few ulps relative for every x: e^{-|x|} / (1 + e^{-|x|})
+    below 0 (0.5 (tanh(x/2) + 1) would cancel there), 1 / (1 + e^{-x}) above."""
+    q = onp.exp(-onp.abs(x))
+    return onp.where(x >= 0, 1.0, q) / (1.0 + q)
 
 
 def _per_channel(X, m, n):

@@ -398,7 +398,7 @@ def _gate_input_scaled(args, r_max):
 def test_residual_final_gate_saturated(bias, gate_mode):
     """s = sigma(r + c) next to 0 and 1 (|c| = 8, |r| <= 0.1), and exactly 0 or 1
     (|c| = 40: tanh(20 +- 0.05) rounds to +-1). Where s is exactly 0 or 1 every path
-    through sigma' is e^-40-small, which the kernel path rounds to 0 (see the xfail test
+    through sigma' is e^-40-small, which the kernel path now keeps (see the test
     below): compared there are only the gradients that do not go through sigma' (s = 1:
     sigma_num, sigma_den, u through y_s; s = 0: none, y(L) = 0)."""
     args = _gate_input_scaled(_residual(21, L=12, bias=bias), 0.1)
@@ -578,10 +578,6 @@ def test_selective_final_extreme_delta(disc, shift):
     _assert_grads(_grads(fast, args, dy), _grads(twin, args, dy), names)
 
 
-@pytest.mark.xfail(strict=True, reason="softplus'(x) = sigma(x) is computed as "
-                   "0.5 (tanh(x/2) + 1) (rssm_ref/selective_ssm.py, _sigmoid_np, used in "
-                   "_final_backward): for x << 0 that is a cancellation, relative error "
-                   "~ u e^|x| (1e-3 at x = -30)")
 def test_selective_final_grads_tiny_delta():
     names, args = _selective(6, L=9, bias_shift=-30.0)        # pre ~ -30: Delta ~ 1e-13
     fast, twin, _ = _sel_fns(names, "zoh", "after")
@@ -680,10 +676,6 @@ def test_den_from_theta(bound):
     check_all_grads(lambda t: den_from_theta(t, bound), theta)
 
 
-@pytest.mark.xfail(strict=True, reason="den_from_theta(theta, 1.0) promises every root strictly "
-                   "inside |z| < 1, but tanh(theta) rounds to +-1 for |theta| > ~19.1, giving k = "
-                   "+-1 and a root on the unit circle (rssm_ref/lti.py, den_from_theta); "
-                   "ModelConfig's reflection_bound may be 1")
 def test_den_from_theta_bound_one_stays_stable():
     den = den_from_theta(onp.array([0.3, 20.0]), 1.0)
     assert onp.max(onp.abs(onp.roots(den))) < 1.0
