@@ -4,7 +4,8 @@ processes and append one JSON line per run: the ablations and sweeps of docs/rec
     python benchmarks/sweep.py GRID.json OUT.jsonl [--workers 2]
 
 GRID.json: a list of jobs {"name", "task", "model", "model_options": {...},
-"train": {...TrainConfig fields...}, "seeds": [...], "eval_n": 1000}. Jobs already in
+"train": {...TrainConfig fields...}, "seeds": [...], "eval_n": 1000, "save_dir": DIR
+(optional: DIR/name/task/<model>-seed<k>.npz, a reproduce checkpoint)}. Jobs already in
 OUT.jsonl (same name, task, seed) are skipped, so an interrupted sweep resumes.
 Every run is the library's own train() and evaluation (rssm_ref.experiments), seeded.
 """
@@ -26,8 +27,17 @@ def run_one(job, seed):
     from rssm_ref.train import TrainConfig, train
     mcfg = ModelConfig(job["model"], job["task"], **job.get("model_options", {}))
     tcfg = TrainConfig(seed=seed, L=16, log_every=10 ** 9, **job.get("train", {}))
+    ckpt = None
+    if job.get("save_dir"):
+        # a reproduce-format checkpoint (with its run config): reproduce --resume and the
+        # experiments beyond the paper can evaluate it without training again
+        from rssm_ref.experiments import ReproduceConfig, RunCheckpoint, run_config
+        folder = os.path.join(job["save_dir"], job["name"], job["task"])
+        os.makedirs(folder, exist_ok=True)
+        rc = run_config(ReproduceConfig(task=job["task"]), mcfg, tcfg)
+        ckpt = RunCheckpoint(os.path.join(folder, f"{job['model']}-seed{seed}.npz"), rc)
     t0 = time.perf_counter()
-    params, hist = train(mcfg, tcfg)
+    params, hist = train(mcfg, tcfg, checkpoint=ckpt)
     train_s = time.perf_counter() - t0
     accs = []
     for L in job.get("lengths", LENGTHS):

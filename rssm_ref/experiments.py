@@ -402,7 +402,8 @@ def _summary(runs):
     for model in sorted({r["model"] for r in runs}):
         accs = onp.array([r["accuracy"] for r in runs if r["model"] == model])
         mine = [r for r in runs if r["model"] == model]
-        out[model] = {"mean": accs.mean(0).round(4).tolist(), "min": accs.min(0).tolist(),
+        out[model] = {"mean": accs.mean(0).round(4).tolist(), "std": accs.std(0).round(4).tolist(),
+                      "min": accs.min(0).tolist(),
                       "max": accs.max(0).tolist(), "seeds": [r["seed"] for r in mine],
                       "total_steps": sorted({r.get("total_steps", r.get("steps")) for r in mine})}
     return out
@@ -431,6 +432,8 @@ def format_table(results):
         label = "smoke run" if results.get("quick") else "measured"
         lines.append(f"{'':<14} {label:<10}" + "".join(f"{v:>7.1f}%" if v < 100 else f"{v:>7.0f}%" for v in s["mean"]))
         if len(s["seeds"]) > 1:
+            std = s.get("std") or [0.0] * len(s["mean"])
+            lines.append(f"{'':<14} {'± std':<10}" + "".join(f"{'±%.1f' % v:>8}" for v in std))
             lines.append(f"{'':<14} {'min..max':<10}" + "".join(f"{a:>4.0f}..{b:<3.0f}" for a, b in zip(s["min"], s["max"])))
         steps = s.get("total_steps")
         steps = f", {' / '.join(map(str, steps))} steps" if steps else ""
@@ -470,9 +473,10 @@ def _plot(results, path):
         if len(s["seeds"]) > 1:
             ax.fill_between(L, s["min"], s["max"], color=c, alpha=0.15, zorder=1, lw=0)
         what = "smoke run" if results.get("quick") else "measured"
-        band = ", band min..max" if len(s["seeds"]) > 1 else ""
-        ax.plot(L, s["mean"], "o-", color=c, ms=5, lw=1.8, zorder=3,
-                label=f"{MODEL_NAMES[model]}: {what} (mean{band})")
+        band = " ± std, band min..max" if len(s["seeds"]) > 1 else ""
+        ax.errorbar(L, s["mean"], yerr=s.get("std") if len(s["seeds"]) > 1 else None, fmt="o-",
+                    color=c, ms=5, lw=1.8, capsize=3, zorder=3,
+                    label=f"{MODEL_NAMES[model]}: {what} (mean{band})")
     n_ans = DEFAULT_TOKENS[results["task"]]
     ax.axhline(chance(results["task"]), color="gray", ls=":", lw=1.2, zorder=0,
                label=f"chance (1/{n_ans} = {chance(results['task']):.1f}%)")
@@ -485,7 +489,8 @@ def _plot(results, path):
     seeds = sorted({k for s in runs for k in s["seeds"]})
     steps = ", ".join(f"{MODEL_NAMES[m]} {' / '.join(map(str, s.get('total_steps', [])))}"
                       for m, s in results["summary"].items() if s.get("total_steps"))
-    title = [f"{TASK_NAMES[results['task']]}: accuracy vs length"]
+    title = [f"{TASK_NAMES[results['task']]}: accuracy vs length"
+             + (" (--paper-exact: no recipe additions)" if results.get("paper_exact") else "")]
     if results.get("quick"):
         title.append("SMOKE RUN (--quick): a pipeline check, not the paper's experiment")
     title.append(_seeds_text(seeds) + (f"; steps per run: {steps}" if steps else ""))
