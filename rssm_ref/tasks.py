@@ -22,6 +22,25 @@ Extended induction head (Section 2.1.2, Fig. 1 right)
     uniform distribution conditioned on "exactly two occurrences, one ending at L−1 and
     one ending at or before L − N_trig − 2".
 
+    Long sequences (``method``). A row holds about (L − N_trig − 1)/N^N_trig accidental
+    occurrences (``expected_accidental``), so whole-row rejection needs about e^that
+    draws per row: 4 at L = 4096 with the default trigger, 10^7 at L = 65536. There
+    ``method="resample"`` builds the rows directly: p and the tokens are drawn as above,
+    then only the free tokens (not the two planted triggers) of every accidental window
+    are redrawn, round after round, until none is left. Each accidental window holds a
+    free token (the planted triggers are at least one token apart), so this ends. Same
+    support (exactly two occurrences, answer at p + N_trig), p exactly uniform, but not
+    exactly the rejection distribution: rejection weights p by its number of valid
+    fillings and rows are not uniform among the valid ones (exact for N_trig = 1, where
+    each offending token is redrawn until it differs from the trigger). The difference
+    is below the sampling noise where both can be measured: at L = 24, T = (0, 1),
+    N = 8, 400 000 rows per method, the 192 per-position token frequencies differ by at
+    most 0.0025 (two rejection runs with different seeds: 0.0021) and the answer's
+    frequencies by at most 0.0011. ``method="auto"`` (the default) rejects whole rows
+    whenever that is affordable (``expected_accidental <= REJECT_MAX_EXPECTED``, every
+    length up to 8192 with the default trigger: Tables 1 and 2 are unchanged) and
+    resamples windows only beyond.
+
 Both generators take a ``numpy.random.Generator`` and are deterministic given its state.
 
 Glossary (shapes)
@@ -38,12 +57,19 @@ import numpy as onp
 from rssm_ref.validation import check_tokens
 
 __all__ = ["induction_head", "extended_induction_head", "count_occurrences", "TASKS",
-           "vocab_size", "DEFAULT_TRIGGER", "DEFAULT_TOKENS"]
+           "vocab_size", "DEFAULT_TRIGGER", "DEFAULT_TOKENS", "expected_accidental",
+           "extended_method", "REJECT_MAX_EXPECTED"]
 
 DEFAULT_TRIGGER = (0, 1, 2, 3)
 TASKS = ("induction", "extended")
 # content tokens by default: the paper's dictionary of N = 8, the trigger included
 DEFAULT_TOKENS = {"induction": 7, "extended": 8}
+# extended task, method "auto": whole-row rejection while a row holds at most this many
+# accidental trigger occurrences on average (about e^3 = 20 draws per accepted row)
+REJECT_MAX_EXPECTED = 3.0
+EXTENDED_METHODS = ("auto", "reject", "resample")
+_MAX_ROUNDS = 10000
+_RESAMPLE_BLOCK = 1 << 20      # tokens per block of rows built at once (method "resample")
 
 
 def _check_sizes(batch, L, min_L):
@@ -108,18 +134,76 @@ def count_occurrences(tokens, trigger):
     return (windows == trig).all(axis=2).sum(axis=1)
 
 
+def expected_accidental(L, n_tokens, n_trig):
+    """Mean number of accidental occurrences of an N_trig-token trigger in a row of the
+    extended task: (L − N_trig − 1) windows besides the two planted ones, each the
+    trigger with probability N^(−N_trig). Whole-row rejection accepts about e^(−that).
+
+    >>> round(expected_accidental(65536, 8, 4), 2), round(expected_accidental(1024, 8, 4), 3)
+    (16.0, 0.249)
+    """
+    return max(0, L - n_trig - 1) / float(n_tokens) ** n_trig
+
+
+def extended_method(L, n_tokens=8, n_trig=4, method="auto"):
+    """The construction ``extended_induction_head`` uses: "reject" or "resample"
+    ("auto": reject while ``expected_accidental <= REJECT_MAX_EXPECTED``).
+
+    >>> extended_method(1024), extended_method(16384), extended_method(1024, 8, 1)
+    ('reject', 'resample', 'resample')
+    """
+    if method not in EXTENDED_METHODS:
+        raise ValueError(f"method: {method!r} (expected one of {', '.join(EXTENDED_METHODS)})")
+    if method != "auto":
+        return method
+    return "reject" if expected_accidental(L, n_tokens, n_trig) <= REJECT_MAX_EXPECTED else "resample"
+
+
+def _resample_accidental(rng, t, q, trig, n_tokens):
+    """Redraw the free tokens of every accidental occurrence of ``trig`` in the rows ``t``
+    (planted at q..q+k−1 and L−k..L−1), round after round, until none is left (in place)."""
+    L = t.shape[1]
+    k = trig.size
+    todo = onp.arange(t.shape[0])                 # rows that may hold an accidental window
+    for _ in range(_MAX_ROUNDS):
+        sub, qs = t[todo], q[todo]
+        rows = onp.arange(todo.size)
+        hits = sub[:, :L - k + 1] == trig[0]
+        for j in range(1, k):
+            hits &= sub[:, j:j + L - k + 1] == trig[j]
+        hits[rows, qs] = False                     # the two planted occurrences stay
+        hits[:, L - k] = False
+        bad = hits.any(axis=1)
+        if not bad.any():
+            return t
+        todo, sub, qs, hits = todo[bad], sub[bad], qs[bad], hits[bad]
+        redraw = onp.zeros(sub.shape, dtype=bool)
+        for j in range(k):
+            redraw[:, j:j + L - k + 1] |= hits
+        redraw[onp.arange(todo.size)[:, None], qs[:, None] + onp.arange(k)] = False
+        redraw[:, L - k:] = False                  # only free tokens are redrawn
+        sub[redraw] = rng.integers(0, n_tokens, size=int(redraw.sum()))
+        t[todo] = sub
+    raise RuntimeError(f"extended task: accidental trigger occurrences left after {_MAX_ROUNDS} "
+                       "rounds of resampling")
+
+
 def extended_induction_head(rng, batch, L, n_tokens=8, trigger=DEFAULT_TRIGGER,
-                            return_positions=False):
+                            return_positions=False, method="auto"):
     """Extended induction-head sequences (Section 2.1.2): a trigger *sequence*.
 
     Returns tokens (batch, L) int64, targets (batch,) = tokens[p + N_trig] with the
     trigger sequence at p..p+N_trig−1 and at L−N_trig..L−1, occurring exactly twice
-    (rejection sampling of whole rows, see the module docstring); with
+    (rejection sampling of whole rows, or at long L resampling of the accidental windows:
+    ``method`` "auto" | "reject" | "resample", see the module docstring); with
     ``return_positions`` also p (batch,).
 
     >>> tok, tgt = extended_induction_head(onp.random.default_rng(2), 5, 16)
     >>> count_occurrences(tok, DEFAULT_TRIGGER).tolist(), tok[:, -4:].tolist()[0]
     ([2, 2, 2, 2, 2], [0, 1, 2, 3])
+    >>> tok, tgt = extended_induction_head(onp.random.default_rng(2), 2, 65536)  # resample
+    >>> count_occurrences(tok, DEFAULT_TRIGGER).tolist()
+    [2, 2]
     """
     trig = onp.asarray(trigger, dtype=onp.int64)
     k = trig.size
@@ -127,6 +211,24 @@ def extended_induction_head(rng, batch, L, n_tokens=8, trigger=DEFAULT_TRIGGER,
         raise ValueError("trigger: empty (expected a sequence of content tokens)")
     check_tokens("trigger", trig, n_tokens)
     _check_sizes(batch, L, 2 * k + 1)
+    if extended_method(L, n_tokens, k, method) == "resample":
+        if n_tokens < 2:
+            raise ValueError(f"n_tokens: {n_tokens} (expected >= 2: with one token every "
+                             "window is the trigger)")
+        tokens = onp.empty((batch, L), dtype=onp.int64)
+        p = onp.empty(batch, dtype=onp.int64)
+        rows = max(1, _RESAMPLE_BLOCK // L)       # blocks of rows: fixed by L, not the machine
+        for lo in range(0, batch, rows):
+            n = min(rows, batch - lo)
+            t = rng.integers(0, n_tokens, size=(n, L))
+            q = rng.integers(0, L - 2 * k, size=n)
+            t[onp.arange(n)[:, None], q[:, None] + onp.arange(k)] = trig
+            t[:, L - k:] = trig
+            tokens[lo:lo + n], p[lo:lo + n] = _resample_accidental(rng, t, q, trig, n_tokens), q
+        targets = tokens[onp.arange(batch), p + k].copy()
+        if return_positions:
+            return tokens, targets, p
+        return tokens, targets
     tokens = onp.empty((batch, L), dtype=onp.int64)
     p = onp.empty(batch, dtype=onp.int64)
     todo = onp.arange(batch)
