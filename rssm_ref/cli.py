@@ -366,6 +366,70 @@ def reproduce_cmd(task, model, seeds, steps, quick, out, gate, discretization, o
                f"(wall {results['wall_seconds']:.0f} s)")
 
 
+# beyond the paper (issue 17): lengths, nu_sweep, window, zoh_gate, cost.
+@main.command("experiment")
+@click.argument("name", metavar="NAME")
+@click.option("--seeds", default=None, help="Comma-separated seeds (default 0,1,2; --quick: 0).")
+@click.option("--steps", type=int, default=0,
+              help="Gradient steps per training in all, restart candidates included "
+                   "(default: reproduce's recipe of each model).")
+@click.option("--quick", is_flag=True,
+              help="A smoke run (seconds): tiny grids, steps and evaluations; marked as such "
+                   "everywhere.")
+@click.option("--out", default=None, metavar="DIR",
+              help="Run folder (created; its parent must exist). Default: results-<NAME>.")
+@click.option("--eval-n", type=int, default=0,
+              help="Sequences per length (default 1000; --quick: 20).")
+@click.option("--checkpoints", default="results-{task}", show_default=True, metavar="TEMPLATE",
+              help="lengths: the folders of reproduce's checkpoints residual-seed<k>.npz, "
+                   "{task} = induction | extended; absent ones are trained here.")
+@click.option("--results-from", default="results-{name}", show_default=True, metavar="TEMPLATE",
+              help="cost: the other experiments' folders, whose accuracies are joined.")
+@click.option("--paper-exact", is_flag=True,
+              help="Train the paper's model, without the recipe's additions (as reproduce).")
+@click.option("--json", "as_json", is_flag=True, help="Print results.json's content on stdout.")
+def experiment_cmd(name, seeds, steps, quick, out, eval_n, checkpoints, results_from,
+                   paper_exact, as_json):
+    """Run one experiment beyond the paper: lengths, nu_sweep, window, zoh_gate or cost.
+
+    lengths: the Residual SSM trained at L = 16 evaluated at L = 2048 .. 65536, beside the
+    accuracy its gate's leak predicts. nu_sweep: nu_r against the trigger length.
+    window: the Selective SSM reading a causal window of w inputs. zoh_gate: Tables 1
+    and 2 with Remark 3.1's gate. cost: parameters and time per training step of every
+    model. Writes DIR/results.json, DIR/NAME.png and DIR/progress.log
+    (docs/13-beyond-the-paper.md).
+    """
+    from rssm_ref.beyond import ExperimentConfig, format_results, run_experiment
+    from rssm_ref.progress import Progress
+    try:
+        seed_list = tuple(int(s) for s in seeds.split(",") if s.strip() != "") if seeds else ()
+    except ValueError:
+        raise UserError(f"--seeds: {seeds!r} (expected comma-separated integers, e.g. 0,1,2)") from None
+    if seeds is not None and not seed_list:
+        raise UserError(f"--seeds: {seeds!r} (expected comma-separated integers, e.g. 0,1,2)")
+    config = run_guarded(ExperimentConfig, name=name, seeds=seed_list, steps=steps, quick=quick,
+                         out=out or "", eval_n=eval_n, checkpoints=checkpoints,
+                         results_from=results_from, paper_exact=paper_exact)
+    if config.name != "lengths":
+        _refuse_unused({"checkpoints": "--checkpoints"}, f"for {config.name} (lengths only)")
+    if config.name != "cost":
+        _refuse_unused({"results_from": "--results-from"}, f"for {config.name} (cost only)")
+    if config.name == "cost":
+        _refuse_unused({"eval_n": "--eval-n"}, "for cost (nothing is evaluated)")
+    if config.name == "zoh_gate" and quick:
+        _refuse_unused({"eval_n": "--eval-n"}, "for zoh_gate with --quick (reproduce's smoke "
+                       "run evaluates 100 sequences per length)")
+    results = run_guarded(run_experiment, config, Progress.to_stderr())
+    if as_json:
+        _json_out(results)
+        return
+    click.echo("")
+    click.echo(format_results(results))
+    o = config.out
+    click.echo(f"\nwrote {o}/results.json, {o}/{config.name}.png and {o}/progress.log "
+               f"(wall {results['wall_seconds']:.0f} s)")
+
+
 # benchmarks (issue 8): ratios against baselines timed in the same run.
 @main.command("bench")
 @click.option("--quick", is_flag=True,
@@ -378,7 +442,11 @@ def reproduce_cmd(task, model, seeds, steps, quick, out, gate, discretization, o
 @click.option("--backend-size", default=None, metavar="BATCHxL",
               help="Size of the backend_forward figure, e.g. 1000x65536 (default 100x65536).")
 @click.option("--only", multiple=True, metavar="FIGURE", help="Run only these figures (repeatable).")
-def bench_cmd(quick, as_json, json_path, backend, backend_size, only):
+@click.option("--peers", is_flag=True,
+              help="Also time the same training and evaluation workloads in JAX (jit) and "
+                   "PyTorch (eager) where importable (pip install '.[peers]'), checked "
+                   "against rssm-ref first; skipped with the reason otherwise.")
+def bench_cmd(quick, as_json, json_path, backend, backend_size, only, peers):
     """Speed and memory as ratios against baselines timed in the same run."""
     import os
     from rssm_ref.backend import get_backend_name
@@ -406,6 +474,12 @@ def bench_cmd(quick, as_json, json_path, backend, backend_size, only):
     rows = run_guarded(run_bench, quick=quick, progress=progress, only=names, backend=backend,
                        backend_size=size)
     task.close()
+    if peers:
+        from rssm_ref.bench_peers import available, peer_rows
+        for framework, (ok, why) in available().items():
+            if not ok:
+                click.echo(f"note: --peers: {framework} skipped: {why}", err=True)
+        rows = rows + run_guarded(peer_rows, quick=quick)
     if json_path:
         run_guarded(write_json, rows, json_path, quick)
     if as_json:
