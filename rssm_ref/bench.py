@@ -359,12 +359,17 @@ def format_bench(rows, quick=False):
         verdict = "PASS" if r["pass"] else ("MISS" if r["pass"] is False else "-")
         if quick and r["pass"] is not None:
             verdict += " (smoke)"
-        lines.append(f"{r['figure']:<24}{val:>14}  {r['target']:<20}{verdict:<8} {r['baseline'] or ''}")
+        name = r["figure"] + (f" [{r['framework']}]" if r.get("framework") else "")
+        lines.append(f"{name:<24}{val:>14}  {r['target']:<20}{verdict:<8} {r['baseline'] or ''}")
         d = r["detail"]
         if r["unit"] == "s" and d.get("ratio_to_baseline") is not None:
             lines[-1] += f": {d['ratio_to_baseline']:.3f}x of {d['baseline_s'] * 1e3:.1f} ms"
         elif r["unit"] == "ratio" and "fast_s" in d:
             lines[-1] += f" ({d['fast_s'] * 1e3:.1f} ms vs {d['baseline_s'] * 1e3:.1f} ms)"
+        if r.get("framework") and d.get("rssm_ref_s"):
+            lines[-1] += (f"rssm-ref {d['rssm_ref_s'] * 1e3:.2f} ms in the same run: "
+                          f"{d['rssm_ref_s'] / r['value']:.2f}x the peer; agreement "
+                          f"{d.get('max_rel_err_vs_rssm_ref', float('nan')):.1e}")
         if "peak_MiB" in d:
             lines[-1] += f" (peak {d['peak_MiB']:.0f} MiB)"
         if r["figure"] == "backend_forward":

@@ -208,3 +208,19 @@ def test_torch_settings_are_restored():
     finally:
         torch.set_num_threads(saved[0])
         torch.set_default_dtype(saved[1])
+
+
+def test_bench_peers_flag_says_what_it_skipped(monkeypatch):
+    """bench --peers without JAX or PyTorch: exit 0, the figures as usual, one note per
+    missing framework on stderr naming the reason (here simulated, as in CI)."""
+    from click.testing import CliRunner
+    import rssm_ref.bench_peers as bp
+    from rssm_ref.cli import main
+    monkeypatch.setattr(bp, "available", lambda: {"jax-jit": (False, "jax not importable: test"),
+                                                  "torch-eager": (False, "torch not importable: test")})
+    monkeypatch.setattr(bp, "peer_rows", lambda quick=False, repeats=7: [])
+    res = CliRunner().invoke(main, ["bench", "--quick", "--only", "lti_recurrent", "--peers"])
+    assert res.exit_code == 0, res.output
+    assert "jax-jit skipped: jax not importable: test" in res.stderr
+    assert "torch-eager skipped" in res.stderr
+    assert "lti_recurrent" in res.stdout
