@@ -37,7 +37,7 @@ def run_one(job, seed):
         rc = run_config(ReproduceConfig(task=job["task"]), mcfg, tcfg)
         ckpt = RunCheckpoint(os.path.join(folder, f"{job['model']}-seed{seed}.npz"), rc)
     t0 = time.perf_counter()
-    params, hist = train(mcfg, tcfg, checkpoint=ckpt)
+    params, hist = train(mcfg, tcfg, checkpoint=ckpt, resume=ckpt is not None)
     train_s = time.perf_counter() - t0
     accs = []
     for L in job.get("lengths", LENGTHS):

@@ -127,9 +127,30 @@ def _model_config(cfg):
             fields = {f.name for f in dataclasses.fields(ModelConfig)} - {"model", "task"}
             return ModelConfig(cfg.model, cfg.task, **{k: (tuple(v) if isinstance(v, list) else v)
                                                         for k, v in rc.items() if k in fields})
-    return model_config(ReproduceConfig(task=cfg.task, gate=cfg.gate or "euler",
-                                        selective_discretization=cfg.discretization or "zoh",
-                                        selective_output=cfg.output or "before"), cfg.model)
+    recipe = model_config(ReproduceConfig(task=cfg.task, gate=cfg.gate or "euler",
+                                          selective_discretization=cfg.discretization or "zoh",
+                                          selective_output=cfg.output or "before"), cfg.model)
+    keys = _checkpoint_keys(cfg.params_path)
+    if keys is None:
+        return recipe
+    # a checkpoint without a run config (an older rssm-ref, or written by hand): the
+    # recipe's options, with what the parameters themselves show (readout, bias, window)
+    fixed = {"readout": "linear" if "W_out" in keys else "cosine"}
+    if cfg.model == "residual":
+        fixed["gate_bias"] = "c" in keys
+    return dataclasses.replace(recipe, **fixed)
+
+
+def _checkpoint_keys(path):
+    """The parameter names of a reproduce checkpoint at ``path``, or None (not one)."""
+    if not path or not os.path.isfile(path):
+        return None
+    try:
+        with onp.load(path, allow_pickle=False) as z:
+            names = [k[len("param/"):] for k in z.files if k.startswith("param/")]
+    except Exception:                # not an npz: the loader reports it later
+        return None
+    return set(names) or None
 
 
 def _is_checkpoint(arrays):
