@@ -297,7 +297,7 @@ def _deprecated_alias(new_value, old_value, new_flag, old_flag):
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds, e.g. 0,1,2.")
 @click.option("--steps", type=int, default=0,
               help="Gradient steps per model and seed in all, restart candidates included "
-                   "(default: the recipe, residual 27000 = 3 x 1000 + 24000, selective 20000).")
+                   "(default: the recipe, residual 27000 = 3 x 1000 + 24000, selective 10000).")
 @click.option("--quick", is_flag=True,
               help="A smoke run (seconds) that checks the pipeline; its numbers are "
                    "marked as such everywhere.")
