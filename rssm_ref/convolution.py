@@ -162,6 +162,15 @@ def _check_u(u, m=None, what="num (p, m, k)"):
     return u, L
 
 
+def _check_kernel(h, u):
+    """A kernel h (Lh >= 1, p, m) and inputs u (batch, L, m) of matching width: (h, u, L)."""
+    h = check_array("h", h, ndim=3)
+    if onp.shape(h)[0] < 1:
+        raise ValueError(f"h: shape {onp.shape(h)} has no samples (expected (Lh, p, m), Lh >= 1)")
+    u, L = _check_u(u, onp.shape(h)[2], what="h (Lh, p, m)")
+    return h, u, L
+
+
 def _check_tf(num, den):
     num = check_array("num", num, ndim=3)
     den = check_array("den", den, ndim=2)
@@ -367,10 +376,7 @@ def fft_conv(h, u):
     >>> numpy.round(fft_conv(h, u)[0, :, 0], 12)
     array([1.  , 0.5 , 0.25, 2.  , 1.  ])
     """
-    h = check_array("h", h, ndim=3)
-    if onp.shape(h)[0] < 1:
-        raise ValueError(f"h: shape {onp.shape(h)} has no samples (expected (Lh, p, m), Lh >= 1)")
-    u, L = _check_u(u, onp.shape(h)[2], what="h (Lh, p, m)")
+    h, u, L = _check_kernel(h, u)
     h = h[:L]
     K = _even_fast_len(L + onp.shape(h)[0] - 1)
     Hf = np.fft.rfft(h, K, axis=0)                        # (F, p, m), K positional
@@ -480,10 +486,7 @@ def causal_conv(h, u):
     >>> numpy.round(causal_conv(h, u)[0, :, 0], 12)
     array([1.  , 0.5 , 0.25, 2.  , 1.  ])
     """
-    h = check_array("h", h, ndim=3)
-    if onp.shape(h)[0] < 1:
-        raise ValueError(f"h: shape {onp.shape(h)} has no samples (expected (Lh, p, m), Lh >= 1)")
-    u, L = _check_u(u, onp.shape(h)[2], what="h (Lh, p, m)")
+    h, u, L = _check_kernel(h, u)
     if onp.shape(h)[0] < L:
         h = np.concatenate([h, onp.zeros((L - onp.shape(h)[0],) + onp.shape(h)[1:])], axis=0)
     return _causal_conv_prim(h, u)

@@ -45,7 +45,7 @@ import numpy as onp
 
 from rssm_ref.lti import StateSpace, TransferFunction
 from rssm_ref.models import ModelConfig, init_params, residual_core_arrays
-from rssm_ref.paths import finish_tmp
+from rssm_ref.paths import atomic_write, finish_tmp
 from rssm_ref.selective_ssm import A_from_log
 from rssm_ref.tasks import DEFAULT_TOKENS, extended_induction_head, induction_head, vocab_size
 from rssm_ref.train import TrainConfig, load_checkpoint, train
@@ -238,19 +238,6 @@ def _savefig(fig, path):
             os.remove(tmp)
 
 
-def _write_text(path, text):
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        finish_tmp(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def explain(cfg, progress=None):
     """Trace one sequence through the model; write figures and the trace into ``cfg.out``.
 
@@ -303,7 +290,7 @@ def explain(cfg, progress=None):
            "prediction": pred, "rows": rows, "figures": [os.path.basename(f) for f in figures],
            "config": asdict(cfg)}
     jpath = os.path.join(cfg.out, "trace.json")
-    _write_text(jpath, json.dumps(doc, indent=1) + "\n")
+    atomic_write(jpath, lambda fh: fh.write(json.dumps(doc, indent=1) + "\n"), mode="w")
     arrays = {"u": u[0], "y": y[0]}
     arrays.update({k: v[0] for k, v in out.items() if k not in ("y",)})
     if tok is not None:
