@@ -225,17 +225,16 @@ def den_from_reflection(k):
 
 
 def _step_up_np(k):
-    """[a^(0), ..., a^(n)] of the step-up recursion, plain NumPy (k (..., n))."""
-    lead = k.shape[:-1]
-    a = onp.ones(lead + (1,))
-    zero = onp.zeros(lead + (1,))
-    out = [a]
-    for i in range(k.shape[-1]):
+    """[a^(0), ..., a^(n)] of the step-up recursion, plain NumPy (k (..., n)): row i of
+    one (..., n+1, n+1) buffer holds a^(i) (zero-padded), two array operations a step."""
+    n = k.shape[-1]
+    A = onp.zeros(k.shape[:-1] + (n + 1, n + 1))
+    A[..., 0, 0] = 1.0
+    for i in range(n):
         # a^(i+1) = [a, 0] + k_i [0, reverse(a)]
-        a = onp.concatenate([a, zero], axis=-1) + k[..., i:i + 1] * onp.concatenate(
-            [zero, a[..., ::-1]], axis=-1)
-        out.append(a)
-    return out
+        A[..., i + 1, :i + 1] = A[..., i, :i + 1]
+        A[..., i + 1, 1:i + 2] += k[..., i:i + 1] * A[..., i, i::-1]
+    return [A[..., i, :i + 1] for i in range(n + 1)]
 
 
 @primitive
