@@ -706,6 +706,26 @@ def lengths(cfg, progress=None):
 
 
 # ==================================================================== 2. nu_sweep
+def _train_and_evaluate(cfg, plan, progress, label):
+    """Check, train (or reuse) and evaluate every planned run of the extended task, in
+    order; ``label(model_cfg)`` names a run in the progress lines. Returns the run entries."""
+    for run in plan:
+        _check_existing(run)
+    progress = _start(cfg, progress, outputs=[("--out", r["ckpt"]) for r in plan])
+    runs = []
+    for run in plan:
+        params, train_s = _train_run(run, progress)
+        mc = run["model_cfg"]
+        name = f"{label(mc)}, seed {run['seed']}"
+        accs, gens, ev_s = _evaluate(mc, params, cfg.lengths, cfg.eval_n, run["seed"], progress,
+                                     name)
+        progress.message(f"  {name}: accuracy (%) at L = {', '.join(map(str, cfg.lengths))}: "
+                         + " ".join(f"{a:.1f}" for a in accs))
+        runs.append(_run_entry("extended", mc, run["seed"], cfg.lengths, accs, gens, cfg.eval_n,
+                               run["ckpt"], run["tcfg"], train_s, ev_s))
+    return runs
+
+
 def nu_answer(mean16, nu_rs, n_trigs, threshold=SOLVED_PCT):
     """The smallest ν_r that solves each N_trig ("solves": mean accuracy >= ``threshold``
     % at L = 16) and whether it equals N_trig. ``mean16`` (n_trig, nu_r).
@@ -745,20 +765,8 @@ def nu_sweep(cfg, progress=None):
     plan = [_plan_run(cfg, "extended", dataclasses.replace(base, nu_r=nu, n_trig=N), seed,
                       f"residual-nu_r{nu}-ntrig{N}-seed{seed}")
             for N in cfg.n_trigs for nu in cfg.nu_rs for seed in cfg.seeds]
-    for run in plan:
-        _check_existing(run)
-    progress = _start(cfg, progress, outputs=[("--out", r["ckpt"]) for r in plan])
-    runs = []
-    for run in plan:
-        params, train_s = _train_run(run, progress)
-        mc = run["model_cfg"]
-        accs, gens, ev_s = _evaluate(mc, params, cfg.lengths, cfg.eval_n, run["seed"], progress,
-                                     f"nu_r {mc.nu_r}/N_trig {mc.n_trig}/seed {run['seed']}")
-        progress.message(f"  nu_r {mc.nu_r}, N_trig {mc.n_trig}, seed {run['seed']}: accuracy (%) "
-                         f"at L = {', '.join(map(str, cfg.lengths))}: "
-                         + " ".join(f"{a:.1f}" for a in accs))
-        runs.append(_run_entry("extended", mc, run["seed"], cfg.lengths, accs, gens, cfg.eval_n,
-                               run["ckpt"], run["tcfg"], train_s, ev_s))
+    runs = _train_and_evaluate(cfg, plan, progress,
+                               lambda mc: f"nu_r {mc.nu_r}, N_trig {mc.n_trig}")
     shape = (len(cfg.n_trigs), len(cfg.nu_rs), len(cfg.seeds), len(cfg.lengths))
     acc = onp.array([r["accuracy"] for r in runs]).reshape(shape)
     table = {"nu_r": list(cfg.nu_rs), "n_trig": list(cfg.n_trigs), "lengths": list(cfg.lengths),
@@ -786,19 +794,7 @@ def window(cfg, progress=None):
     plan = [_plan_run(cfg, "extended", dataclasses.replace(base, window=w), seed,
                       f"selective-w{w}-seed{seed}")
             for w in cfg.windows for seed in cfg.seeds]
-    for run in plan:
-        _check_existing(run)
-    progress = _start(cfg, progress, outputs=[("--out", r["ckpt"]) for r in plan])
-    runs = []
-    for run in plan:
-        params, train_s = _train_run(run, progress)
-        mc = run["model_cfg"]
-        accs, gens, ev_s = _evaluate(mc, params, cfg.lengths, cfg.eval_n, run["seed"], progress,
-                                     f"selective w {mc.window}/seed {run['seed']}")
-        progress.message(f"  window {mc.window}, seed {run['seed']}: accuracy (%) at L = "
-                         f"{', '.join(map(str, cfg.lengths))}: " + " ".join(f"{a:.1f}" for a in accs))
-        runs.append(_run_entry("extended", mc, run["seed"], cfg.lengths, accs, gens, cfg.eval_n,
-                               run["ckpt"], run["tcfg"], train_s, ev_s))
+    runs = _train_and_evaluate(cfg, plan, progress, lambda mc: f"window {mc.window}")
     acc = onp.array([r["accuracy"] for r in runs]).reshape(
         len(cfg.windows), len(cfg.seeds), len(cfg.lengths))
     from rssm_ref.experiments import LENGTHS
