@@ -1110,6 +1110,15 @@ def _suptitle(fig, results):
     fig.suptitle(title, fontsize=9)
 
 
+def _accuracy_panels_done(fig, axes, results):
+    """The shared finish of an accuracy-vs-length figure: y label and range, legend, title."""
+    axes[0].set_ylabel("accuracy (%)")
+    axes[0].set_ylim(0, 105)
+    axes[0].legend(fontsize=7, loc="lower left")
+    _suptitle(fig, results)
+    return fig
+
+
 def _plot_lengths(plt, results):
     from rssm_ref.experiments import chance
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), sharey=True)
@@ -1126,11 +1135,7 @@ def _plot_lengths(plt, results):
         ax.set_xlabel("L at evaluation (trained at L = 16)")
         ax.set_title(task, fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("accuracy (%)")
-    axes[0].set_ylim(0, 105)
-    axes[0].legend(fontsize=7, loc="lower left")
-    _suptitle(fig, results)
-    return fig
+    return _accuracy_panels_done(fig, axes, results)
 
 
 def _plot_nu(plt, results):
@@ -1198,11 +1203,7 @@ def _plot_zoh(plt, results):
                      fontsize=9)
         ax.set_xlabel("L at evaluation (trained at L = 16)")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("accuracy (%)")
-    axes[0].set_ylim(0, 105)
-    axes[0].legend(fontsize=7, loc="lower left")
-    _suptitle(fig, results)
-    return fig
+    return _accuracy_panels_done(fig, axes, results)
 
 
 def _plot_cost(plt, results):

@@ -114,16 +114,22 @@ class Task:
         return (self.done - self.start) / dt if dt > 0 and self.done > self.start else None
 
     def _line(self, now):
-        rate = self._rate(now)
-        eta = (self.total - self.done) / rate if rate else None
         pct = 100.0 * self.done / self.total
         text = f"[{self.label}] {self.unit} {self.done}/{self.total} ({pct:.0f}%)"
+        status, eta = self._status(now)
+        return text + status + f" elapsed {format_duration(now - self.t0)} ETA {format_duration(eta)}"
+
+    def _status(self, now):
+        """(" info rate" text, ETA in seconds or None): what a line and a bar both show."""
+        rate = self._rate(now)
+        eta = (self.total - self.done) / rate if rate else None
+        text = ""
         extra = _info_text(self.info)
         if extra:
             text += " " + extra
         if rate:
             text += " " + _rate_text(rate, self.unit)
-        return text + f" elapsed {format_duration(now - self.t0)} ETA {format_duration(eta)}"
+        return text, eta
 
     def update(self, done, rate=None, **info):
         """Record that ``done`` units (cumulative) are finished. ``rate``: units per second
@@ -216,15 +222,8 @@ class Progress:
     def _bar(self, task, now):
         width = shutil.get_terminal_size((100, 20)).columns
         frac = task.done / task.total
-        rate = task._rate(now)
-        eta = (task.total - task.done) / rate if rate else None
-        tail = f" {task.done}/{task.total}"
-        extra = _info_text(task.info)
-        if extra:
-            tail += " " + extra
-        if rate:
-            tail += " " + _rate_text(rate, task.unit)
-        tail += f" ETA {format_duration(eta)}"
+        status, eta = task._status(now)
+        tail = f" {task.done}/{task.total}" + status + f" ETA {format_duration(eta)}"
         head = f"{task.label} "
         n = max(10, min(40, width - len(head) - len(tail) - 3))
         fill = int(round(frac * n))
