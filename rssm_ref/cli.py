@@ -253,8 +253,11 @@ def verify_cmd(reference, candidate, golden, candidates, precision, as_json):
 @main.command("diagnose")
 @click.option("--reference", required=True, metavar="O.npz", help="forward/golden output.")
 @click.option("--candidate", required=True, metavar="C.npz", help="Your tensors (y, grad_*, ...).")
+@click.option("--precision", type=click.Choice(["float64", "float32", "float16", "bfloat16"]),
+              default=None, help="The precision your tensors claim (default: their dtype); a "
+                                 "match only at a coarser one exits 1.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
-def diagnose_cmd(reference, candidate, as_json):
+def diagnose_cmd(reference, candidate, precision, as_json):
     """Find which conventions your tensors follow; exit 0 a match, 1 none, 2 bad input.
 
     Recomputes the reference under every discretization, output, D-or-not and layout
@@ -262,7 +265,7 @@ def diagnose_cmd(reference, candidate, as_json):
     precision it matches at, and the forward flags that reproduce it.
     """
     from rssm_ref.oracle.diagnose import diagnose_files
-    _report(run_guarded(diagnose_files, reference, candidate), as_json)
+    _report(run_guarded(diagnose_files, reference, candidate, precision), as_json)
 
 
 @main.command("golden")

@@ -48,7 +48,8 @@ import numpy as onp
 
 from rssm_ref.oracle import formats, forward
 from rssm_ref.oracle.precision import PRECISIONS
-from rssm_ref.oracle.verify import describe_reference, describe_text, verify
+from rssm_ref.oracle.verify import (candidate_precision, describe_reference, describe_text,
+                                    verify)
 from rssm_ref.tolerances import TINY
 
 # names for convention sets a user will recognise
@@ -117,17 +118,24 @@ class DiagnoseReport:
     reference: str = ""
     candidate: str = ""
     best_report: Optional[object] = None    # the VerifyReport of the best combo
+    # the finest precision a match must reach to pass: --precision, or the candidate's dtype
+    allowed_precision: str = "float64"
+    precision_from: str = ""
 
     @property
     def passed(self):
-        """True when some combination matches at some precision."""
-        return self.precision is not None
+        """True when some combination matches at the precision the candidate may claim
+        (its dtype's, or ``--precision``); a match found only at a coarser precision fails."""
+        return (self.precision is not None
+                and PRECISIONS.index(self.precision) <= PRECISIONS.index(self.allowed_precision))
 
     def as_dict(self):
         return {"reference": self.reference, "candidate": self.candidate, "model": self.model,
                 "reference_options": self.reference_options, "keys": list(self.keys),
                 "unchecked": list(self.unchecked), "passed": self.passed,
                 "best": self.best, "precision": self.precision,
+                "allowed_precision": self.allowed_precision,
+                "precision_from": self.precision_from,
                 "rerun_flags": self.rerun_flags, "advice": self.advice,
                 "rows": [dict(r, rel_err=_json_float(r["rel_err"])) for r in self.rows],
                 "best_report": self.best_report.as_dict() if self.best_report else None}
@@ -155,6 +163,7 @@ class DiagnoseReport:
             lines.extend(l for l in self.best_report.to_text().split("\n")
                          if not l.startswith("which conventions"))
         lines.append("")
+        lines.append(f"precision claimed: {self.allowed_precision} ({self.precision_from})")
         lines.append(self.advice)
         return "\n".join(lines)
 
@@ -195,14 +204,35 @@ def _rel(actual, desired):
     return float(onp.max(d)) / scale if d.size else 0.0
 
 
-def diagnose(reference, candidate, where=("reference", "candidate"), precisions=PRECISIONS):
+def diagnose(reference, candidate, where=("reference", "candidate"), precisions=PRECISIONS,
+             precision=None):
     """Try every convention combination; see the module docstring. Returns DiagnoseReport.
 
     ``reference``: mapping of a forward file; ``candidate``: mapping key -> array
     (keys among the reference's outputs; others the model can output are unchecked).
+    ``precision``: the precision the candidate claims (``--precision``); None reads it from
+    the candidate's dtypes as ``verify`` does. The report passes only when the best match
+    holds at that precision or a finer one.
     Bad input (no comparable key, shapes that fit no layout) raises ValueError.
+
+    >>> import numpy
+    >>> from rssm_ref.oracle import mamba, forward
+    >>> P, U = mamba.random_params(m=3, n=2, seed=0), {"u": numpy.ones((1, 6, 3))}
+    >>> ref = forward.bundle(forward.resolve_options("mamba"), P, U, forward.compute("mamba", P, U))
+    >>> y = forward.compute("mamba", P, U)["y"]
+    >>> noisy = y * (1 + 1e-2 * numpy.random.default_rng(0).standard_normal(y.shape))
+    >>> rep = diagnose(ref, {"y": noisy})              # float64 tensors, 1 % noise
+    >>> rep.passed, rep.allowed_precision, rep.precision != "float64"
+    (False, 'float64', True)
     """
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"precision: {precision!r} (expected one of {', '.join(PRECISIONS)})")
     opts, params, inputs, ref_out = formats.check_reference(reference, where=where[0])
+    if precision is None:
+        allowed, precision_from = candidate_precision(candidate, ref_out)
+        precision_from = precision_from.split(";")[0] or "from the candidate's dtype float64"
+    else:
+        allowed, precision_from = precision, "given by --precision"
     model = opts["model"]
     ref_conv = describe_reference(opts, params)
     cand, unchecked = _candidate_tensors(candidate, ref_out,
@@ -249,16 +279,25 @@ def diagnose(reference, candidate, where=("reference", "candidate"), precisions=
     rows_sorted = [rows[i] for i in order]
     best_i = order[0]
     best = rows[best_i]["conventions"]
-    precision, best_report = None, None
+    found, best_report = None, None
     for p in precisions:
         rep = verify(bundles[best_i], cand, p, where=(where[0] + " (recomputed)", where[1]))
-        best_report = rep
+        if best_report is None or PRECISIONS.index(p) <= PRECISIONS.index(allowed):
+            best_report = rep          # the table shown: the claimed precision's verdict
         if rep.passed:
-            precision = p
+            found = p
             break
     flags = rerun_flags(model, best, ref_conv)
     label = rows[best_i]["label"]
-    if precision is None:
+    coarser = found is not None and PRECISIONS.index(found) > PRECISIONS.index(allowed)
+    precision = found
+    if coarser:
+        claim = (f"your {allowed} tensors" if precision_from.startswith("from")
+                 else f"your tensors, claimed at {allowed} by --precision,")
+        advice = (f"FAIL: {claim} agree only to {found} precision: a defect, or a computation "
+                  f"done in lower precision (closest conventions: {label}; if you computed in "
+                  f"{found}, rerun with --precision {found})")
+    elif precision is None:
         advice = (f"no combination of the conventions the oracle knows matches: the closest is "
                   f"{label} with rel_err {rows[best_i]['rel_err']:.2e} at "
                   f"{rows[best_i]['worst_tensor']} (a bug beyond conventions; the table above "
@@ -274,10 +313,11 @@ def diagnose(reference, candidate, where=("reference", "candidate"), precisions=
         else:
             advice = f"matches {label} at {precision} precision; rerun forward {' and '.join(how)}"
     return DiagnoseReport(model, ref_conv, keys, rows_sorted, best, precision, flags, advice,
-                          unchecked, best_report=best_report)
+                          unchecked, best_report=best_report, allowed_precision=allowed,
+                          precision_from=precision_from)
 
 
-def diagnose_files(reference_path, candidate_path):
+def diagnose_files(reference_path, candidate_path, precision=None):
     """Load both files (allow_pickle=False) and ``diagnose``; errors name the file and key.
 
     >>> diagnose_files("/nonexistent/O.npz", "C.npz")
@@ -287,7 +327,8 @@ def diagnose_files(reference_path, candidate_path):
     """
     ref = formats.load_npz(reference_path, "reference")
     cand = formats.load_npz(candidate_path, "candidate")
-    rep = diagnose(ref, cand, where=(os.fspath(reference_path), os.fspath(candidate_path)))
+    rep = diagnose(ref, cand, where=(os.fspath(reference_path), os.fspath(candidate_path)),
+                   precision=precision)
     rep.reference, rep.candidate = os.fspath(reference_path), os.fspath(candidate_path)
     if rep.best_report is not None:
         rep.best_report.candidate = os.fspath(candidate_path)
