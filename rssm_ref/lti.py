@@ -419,20 +419,39 @@ def _check_z(z):
 
 
 # ----------------------------------------------------------------------- classes
+def _check_dt(dt):
+    """The sampling period: True ("unspecified", scipy's and python-control's default) or
+    a positive finite number; 0, None and False would mean a continuous-time system.
+
+    >>> _check_dt(0.1), _check_dt(True)
+    (0.1, True)
+    """
+    if dt is True:
+        return True
+    if isinstance(dt, (bool, type(None))) or not isinstance(dt, (int, float, onp.number)) \
+            or not (onp.isfinite(dt) and dt > 0):
+        raise ValueError(f"dt: {dt!r} (expected a positive sampling period, or True for "
+                         "unspecified; a continuous-time system must be discretized first)")
+    return dt if isinstance(dt, int) and not isinstance(dt, bool) else float(dt)
+
+
 class StateSpace:
     """x(t+1) = A x(t) + B u(t), y(t) = C x(t) + D u(t) (the LTI case of eq. (2)).
 
     Shapes: A (n, n), B (n, m), C (p, n), D (p, m); float64 copies are kept. ``n = 0``
-    (a static gain) is allowed.
+    (a static gain) is allowed. ``dt``: the sampling period (a positive number, or True
+    for "unspecified" as in scipy and python-control; default 1), kept through every
+    conversion (``to_tf``, ``to_scipy``, ``to_control``, ``from_scipy``, ``from_control``).
 
     >>> sys = StateSpace([[0.5]], [[1.0]], [[1.0]], [[0.0]])
     >>> (sys.n_inputs, sys.n_outputs, sys.order, sys.is_stable())
     (1, 1, 1, True)
     """
 
-    def __init__(self, A, B, C, D):
+    def __init__(self, A, B, C, D, dt=1):
         A, B, C, D = _check_ss(A, B, C, D)
         self.A, self.B, self.C, self.D = (onp.array(x, dtype=float) for x in (A, B, C, D))
+        self.dt = _check_dt(dt)
 
     def __repr__(self):
         return f"StateSpace(n={self.order}, m={self.n_inputs}, p={self.n_outputs})"
@@ -548,7 +567,7 @@ class StateSpace:
         >>> StateSpace([[0.5]], [[1.0]], [[1.0]], [[0.0]]).to_ss().order
         1
         """
-        return StateSpace(self.A, self.B, self.C, self.D)
+        return StateSpace(self.A, self.B, self.C, self.D, dt=self.dt)
 
     def to_tf(self):
         """TransferFunction via :func:`ss2tf` (non-minimal common denominator det(zI - A)).
@@ -556,24 +575,24 @@ class StateSpace:
         >>> StateSpace([[0.5]], [[1.0]], [[1.0]], [[0.0]]).to_tf().den.tolist()
         [[1.0, -0.5]]
         """
-        return TransferFunction(*ss2tf(self.A, self.B, self.C, self.D))
+        return TransferFunction(*ss2tf(self.A, self.B, self.C, self.D), dt=self.dt)
 
     def to_scipy(self):
-        """scipy.signal.dlti in state-space form, dt = 1.
+        """scipy.signal.dlti in state-space form, with this system's ``dt``.
 
         >>> StateSpace([[0.5]], [[1.0]], [[1.0]], [[0.0]]).to_scipy().dt
         1
         """
-        return ssig.dlti(self.A, self.B, self.C, self.D, dt=1)
+        return ssig.dlti(self.A, self.B, self.C, self.D, dt=self.dt)
 
     def to_control(self):
-        """python-control StateSpace, dt = 1 (needs ``pip install control``).
+        """python-control StateSpace with this system's ``dt`` (needs ``pip install control``).
 
         >>> StateSpace([[0.5]], [[1.0]], [[1.0]], [[0.0]]).to_control().dt
         1
         """
         control = _control()
-        return control.ss(self.A, self.B, self.C, self.D, 1)
+        return control.ss(self.A, self.B, self.C, self.D, self.dt)
 
 
 class TransferFunction:
@@ -581,16 +600,17 @@ class TransferFunction:
 
     Shapes: num (p, m, k), den (p, k) in descending powers of z (or 1-D num, den for a
     SISO system). Stored normalized: equal lengths (left zero padding), den[:, 0] = 1.
-    Improper rows (deg num > deg den) are refused.
+    Improper rows (deg num > deg den) are refused. ``dt`` as for :class:`StateSpace`.
 
     >>> sys = TransferFunction([2.0, 1.0], [2.0, -1.0])
     >>> sys.num.tolist(), sys.den.tolist(), sys.order
     ([[[1.0, 0.5]]], [[1.0, -0.5]], 1)
     """
 
-    def __init__(self, num, den):
+    def __init__(self, num, den, dt=1):
         num, den = _check_tf(num, den)
         self.num, self.den = _normalize_tf(num, den)
+        self.dt = _check_dt(dt)
 
     def __repr__(self):
         return f"TransferFunction(p={self.n_outputs}, m={self.n_inputs}, k={self.num.shape[2]})"
@@ -679,7 +699,7 @@ class TransferFunction:
         >>> TransferFunction([1.0], [1.0]).to_tf().order
         0
         """
-        return TransferFunction(self.num, self.den)
+        return TransferFunction(self.num, self.den, dt=self.dt)
 
     def to_ss(self):
         """StateSpace via :func:`tf2ss` (block-diagonal observable companion).
@@ -687,10 +707,11 @@ class TransferFunction:
         >>> TransferFunction([0.0, 1.0], [1.0, -0.5]).to_ss().A.tolist()
         [[0.5]]
         """
-        return StateSpace(*tf2ss(self.num, self.den))
+        return StateSpace(*tf2ss(self.num, self.den), dt=self.dt)
 
     def to_scipy(self):
-        """scipy.signal.dlti, dt = 1: tf form for SISO, ss form (via tf2ss) for MIMO.
+        """scipy.signal.dlti with this system's ``dt``: tf form for SISO, ss form (via tf2ss)
+        for MIMO.
 
         >>> TransferFunction([0.0, 1.0], [1.0, -0.5]).to_scipy().den.tolist()
         [1.0, -0.5]
@@ -698,11 +719,12 @@ class TransferFunction:
         if self.n_inputs == 1 and self.n_outputs == 1:
             # drop the numerator's leading zeros ourselves (same H(z); scipy would warn)
             b = onp.trim_zeros(self.num[0, 0], "f")
-            return ssig.dlti(b if b.size else onp.zeros(1), self.den[0], dt=1)
-        return ssig.dlti(*tf2ss(self.num, self.den), dt=1)
+            return ssig.dlti(b if b.size else onp.zeros(1), self.den[0], dt=self.dt)
+        return ssig.dlti(*tf2ss(self.num, self.den), dt=self.dt)
 
     def to_control(self):
-        """python-control TransferFunction (p x m), dt = 1 (needs ``pip install control``).
+        """python-control TransferFunction (p x m) with this system's ``dt`` (needs
+        ``pip install control``).
 
         >>> TransferFunction([0.0, 1.0], [1.0, -0.5]).to_control().dt
         1
@@ -710,7 +732,7 @@ class TransferFunction:
         control = _control()
         num = [[_trim(self.num[i, j]) for j in range(self.n_inputs)] for i in range(self.n_outputs)]
         den = [[self.den[i].copy() for _ in range(self.n_inputs)] for i in range(self.n_outputs)]
-        return control.tf(num, den, 1)
+        return control.tf(num, den, self.dt)
 
 
 def from_scipy(sys):
@@ -718,7 +740,8 @@ def from_scipy(sys):
 
     A dlti in state-space form gives a StateSpace; tf form gives a TransferFunction (a 2-D
     scipy numerator (p, k) is a single-input, p-output system with a common denominator);
-    zpk form is turned into tf form first. The sampling period is taken as one step.
+    zpk form is turned into tf form first. The sampling period ``sys.dt`` is kept on the
+    result (``.dt``) and given back by ``to_scipy``.
 
     >>> import scipy.signal as ssig
     >>> from_scipy(ssig.dlti([1.0], [1.0, -0.5], dt=1)).impulse(3)[:, 0, 0].tolist()
@@ -730,7 +753,7 @@ def from_scipy(sys):
     if not isinstance(sys, ssig.dlti):
         raise TypeError(f"sys: expected a discrete-time scipy.signal.dlti, got {type(sys).__name__}")
     if isinstance(sys, ssig.StateSpace):
-        return StateSpace(sys.A, sys.B, sys.C, sys.D)
+        return StateSpace(sys.A, sys.B, sys.C, sys.D, dt=sys.dt)
     if isinstance(sys, ssig.ZerosPolesGain):
         sys = sys.to_tf()
     if isinstance(sys, ssig.TransferFunction):
@@ -739,7 +762,8 @@ def from_scipy(sys):
         if onp.iscomplexobj(num) or onp.iscomplexobj(den):
             raise TypeError("sys: complex transfer-function coefficients (expected a real system)")
         p = num.shape[0]
-        return TransferFunction(num[:, None, :], onp.tile(onp.atleast_1d(den), (p, 1)))
+        return TransferFunction(num[:, None, :], onp.tile(onp.atleast_1d(den), (p, 1)),
+                                dt=sys.dt)
     raise TypeError(f"sys: unsupported dlti form {type(sys).__name__} (expected ss, tf or zpk)")
 
 
@@ -765,8 +789,8 @@ def from_control(sys):
     ``control.StateSpace`` -> StateSpace(A, B, C, D). ``control.TransferFunction`` (p x m,
     one denominator per channel) -> TransferFunction with one common denominator per
     output row: equal denominators in a row are kept once, different ones multiplied
-    together (and each numerator by the others). The sampling period is taken as one
-    step; a continuous-time system (dt = 0) is refused: discretize it first
+    together (and each numerator by the others). The sampling period ``sys.dt`` is kept
+    (``.dt``, True when unspecified); a continuous-time system (dt = 0) is refused: discretize it first
     (``control.sample_system`` or rssm_ref.discretize.cont2discrete).
 
     >>> import control
@@ -782,7 +806,7 @@ def from_control(sys):
         raise ValueError("sys: a continuous-time system (dt = 0; expected a discrete-time one: "
                          "discretize with control.sample_system or rssm_ref.discretize.cont2discrete)")
     if isinstance(sys, control.StateSpace):
-        return StateSpace(sys.A, sys.B, sys.C, sys.D)
+        return StateSpace(sys.A, sys.B, sys.C, sys.D, dt=sys.dt)
     p, m = sys.noutputs, sys.ninputs
     nums, dens = [], []
     for i in range(p):
@@ -815,4 +839,4 @@ def from_control(sys):
         den[i, k - len(dens[i]):] = dens[i]
         for j in range(m):
             num[i, j, k - len(nums[i][j]):] = nums[i][j]
-    return TransferFunction(num, den)
+    return TransferFunction(num, den, dt=sys.dt)
