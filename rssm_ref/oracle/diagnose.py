@@ -49,7 +49,7 @@ import numpy as onp
 from rssm_ref.oracle import formats, forward
 from rssm_ref.oracle.precision import PRECISIONS
 from rssm_ref.oracle.verify import (candidate_precision, describe_reference, describe_text,
-                                    verify)
+                                    missing_key_hint, verify)
 from rssm_ref.tolerances import TINY
 
 # names for convention sets a user will recognise
@@ -184,8 +184,10 @@ def _candidate_tensors(candidate, ref_out, allowed, where):
             if key in allowed:
                 unchecked.append({"name": key, "reason": "not in the reference"})
                 continue
+            hint = missing_key_hint(key, ref_out, allowed, set())
             raise ValueError(f"{where}: key '{key}' is not in the reference and no output of "
-                             f"this model (expected keys among {', '.join(sorted(allowed))})")
+                             f"this model (expected keys among {', '.join(sorted(allowed))})"
+                             + (f"; {hint}" if hint else ""))
         arr = onp.asarray(arr)
         if arr.dtype.kind != "f":
             raise TypeError(f"{where}: key '{key}': dtype {arr.dtype} (expected a floating-point "

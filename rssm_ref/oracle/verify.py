@@ -33,6 +33,7 @@ True
 False
 """
 import dataclasses
+import difflib
 import json
 import os
 from typing import List, Optional
@@ -88,6 +89,26 @@ class TensorReport:
         for k in ("max_abs", "rel", "oracle_rel", "threshold"):
             d[k] = _json_float(d[k])
         return d
+
+
+def missing_key_hint(key, ref_outputs, allowed, inter):
+    """What to do about a candidate key the reference lacks: the nearest expected key when
+    it looks like a typo (a reference with gradients has no use for --grads), else the
+    rerun that adds it.
+
+    >>> missing_key_hint("grad_x_proj_weight", {"y": 0, "grad_x_proj.weight": 0}, set(), set())
+    "did you mean 'grad_x_proj.weight'?"
+    >>> missing_key_hint("grad_u", {"y": 0}, {"grad_u"}, set())
+    'rerun forward with --grads'
+    """
+    known = sorted(set(ref_outputs) | set(allowed))
+    near = difflib.get_close_matches(key, [k for k in known if k != key], n=1, cutoff=0.75)
+    has_grads = any(k.startswith("grad_") for k in ref_outputs)
+    if near and (key not in allowed or (key.startswith("grad_") and has_grads)):
+        return f"did you mean '{near[0]}'?"
+    if key.startswith("grad_"):
+        return "rerun forward with --grads" if not has_grads else ""
+    return "rerun forward with --intermediates" if key in inter else ""
 
 
 def _json_float(x):
@@ -234,8 +255,7 @@ def check_candidate(arrays, ref_outputs, where="candidate", allowed=None,
                 key.startswith(formats.INPUT_PREFIX):
             continue
         if key not in ref_outputs:
-            hint = ("rerun forward with --grads" if key.startswith("grad_") else
-                    "rerun forward with --intermediates" if key in inter else "")
+            hint = missing_key_hint(key, ref_outputs, allowed, inter)
             if key in allowed:
                 unchecked.append({"name": key, "reason": f"not in the reference ({hint})"})
                 continue
