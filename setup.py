@@ -15,7 +15,7 @@ setup(
     install_requires=["numpy>=1.22", "scipy>=1.8", "autograd>=1.6", "click>=8.0"],
     extras_require={
         # array-api-strict: the CPU stand-in that keeps NumPy-only calls out of the
-        # backend-neutral kernels (rssm_ref.xp_core, rssm_ref.xp_models)
+        # backend-neutral kernels (rssm_ref.xp.core, rssm_ref.xp.models)
         # control: python-control, for rssm_ref.lti.from_control / .to_control (optional)
         "test": ["pytest>=7", "hypothesis>=6.50", "matplotlib>=3.5", "array-api-strict>=2.0",
                  "control>=0.10"],
@@ -26,8 +26,8 @@ setup(
         # optional: real third-party Mamba code against the oracle
         # (tests/test_mamba_third_party.py, docs/12-verify-mamba.md); CPU torch suffices
         "thirdparty": ["torch>=2.0", "mambapy>=1.2", "einops>=0.7"],
-        # optional comparison peers for `bench --peers` (rssm_ref/bench_peers.py); CPU builds
+        # optional comparison peers for `bench --peers` (benchmarks/peers.py); CPU builds
         "peers": ["jax", "torch"],
     },
-    entry_points={"console_scripts": ["rssm-ref=rssm_ref.cli:main"]},
+    entry_points={"console_scripts": ["rssm-ref=rssm_ref.app.cli:main"]},
 )

@@ -7,7 +7,7 @@ GRID.json: a list of jobs {"name", "task", "model", "model_options": {...},
 "train": {...TrainConfig fields...}, "seeds": [...], "eval_n": 1000, "save_dir": DIR
 (optional: DIR/name/task/<model>-seed<k>.npz, a reproduce checkpoint)}. Jobs already in
 OUT.jsonl (same name, task, seed) are skipped, so an interrupted sweep resumes.
-Every run is the library's own train() and evaluation (rssm_ref.experiments), seeded.
+Every run is the library's own train() and evaluation (rssm_ref.experiments.reproduce), seeded.
 """
 import json
 import os
@@ -21,17 +21,17 @@ LENGTHS = (16, 32, 64, 128, 256, 512, 1024)
 def run_one(job, seed):
     os.environ.setdefault("RSSM_REF_THREADS", "1")
     import numpy as onp
-    from rssm_ref.experiments import EVAL_STREAM
-    from rssm_ref.models import ModelConfig, accuracy, param_count
-    from rssm_ref.tasks import make_batch
-    from rssm_ref.train import TrainConfig, train
+    from rssm_ref.experiments.reproduce import EVAL_STREAM
+    from rssm_ref.training.head import ModelConfig, accuracy, param_count
+    from rssm_ref.training.tasks import make_batch
+    from rssm_ref.training.train import TrainConfig, train
     mcfg = ModelConfig(job["model"], job["task"], **job.get("model_options", {}))
     tcfg = TrainConfig(seed=seed, L=16, log_every=10 ** 9, **job.get("train", {}))
     ckpt = None
     if job.get("save_dir"):
         # a reproduce-format checkpoint (with its run config): reproduce --resume and the
         # experiments beyond the paper can evaluate it without training again
-        from rssm_ref.experiments import ReproduceConfig, RunCheckpoint, run_config
+        from rssm_ref.experiments.reproduce import ReproduceConfig, RunCheckpoint, run_config
         folder = os.path.join(job["save_dir"], job["name"], job["task"])
         os.makedirs(folder, exist_ok=True)
         rc = run_config(ReproduceConfig(task=job["task"]), mcfg, tcfg)

@@ -19,7 +19,7 @@ True
 __version__ = "0.1.0"
 
 # public name -> module that defines it (PEP 562 lazy attributes). Functions named like
-# their module (rssm_ref.gate.gate, rssm_ref.train.train, rssm_ref.explain.explain,
+# their module (rssm_ref.gate.gate, rssm_ref.training.train.train, rssm_ref.experiments.explain.explain,
 # rssm_ref.selective_ssm.selective_ssm) stay
 # in their module: a package attribute would shadow the submodule.
 _EXPORTS = {
@@ -29,14 +29,14 @@ _EXPORTS = {
     "rssm_ref.convolution": ("fft_conv", "tf_kernel", "tf_fft_filter", "ss_fft_filter"),
     "rssm_ref.discretize": ("cont2discrete", "mamba_discretize"),
     "rssm_ref.residual_ssm": ("residual_ssm_tf", "residual_ssm_ss", "ResidualSSM"),
-    "rssm_ref.tasks": ("induction_head", "extended_induction_head"),
-    "rssm_ref.models": ("ModelConfig",),
-    "rssm_ref.train": ("TrainConfig",),
-    "rssm_ref.experiments": ("ReproduceConfig", "reproduce"),
-    "rssm_ref.explain": ("ExplainConfig",),
+    "rssm_ref.training.tasks": ("induction_head", "extended_induction_head"),
+    "rssm_ref.training.head": ("ModelConfig",),
+    "rssm_ref.training.train": ("TrainConfig",),
+    "rssm_ref.experiments.reproduce": ("ReproduceConfig", "reproduce"),
+    "rssm_ref.experiments.explain": ("ExplainConfig",),
     "rssm_ref.oracle.forward": ("compute",),
     "rssm_ref.oracle.verify": ("verify",),
-    "rssm_ref.progress": ("Progress",),
+    "rssm_ref.util.progress": ("Progress",),
 }
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

@@ -48,7 +48,7 @@ import numpy as onp
 import scipy.signal as ssig
 from autograd.extend import defvjp_argnums, primitive
 
-from rssm_ref._kept import park, take
+from rssm_ref.util.kept import park, take
 from rssm_ref.convolution import (DIRECT_MAX_L, _causal_conv_prim, _causal_conv_vjp,
                                   ss_fft_filter, tf_fft_filter)
 from rssm_ref.gate import _a_exact, _b_np, _gate_final_prim, _gate_final_vjp, _suffix_products
@@ -165,10 +165,10 @@ _SS_KEYS = ("sigma_A", "sigma_B", "sigma_C", "sigma_D", "r_A", "r_B", "r_C", "r_
 
 
 def _on_backend(P, gate_bias, u, path, gate, return_intermediates, allow_unstable):
-    """u from CuPy / array_api_strict: the same model through rssm_ref.xp_models on u's
+    """u from CuPy / array_api_strict: the same model through rssm_ref.xp.models on u's
     module (outputs on that module; not traced by autograd -- use ``residual_ssm_xp``'s
     ``dy`` for gradients there)."""
-    from rssm_ref.xp_models import residual_ssm_xp
+    from rssm_ref.xp.models import residual_ssm_xp
     P["gate_bias"] = _check_bias(gate_bias)
     out = residual_ssm_xp(P, u, path=path, gate=gate, allow_unstable=allow_unstable)
     if return_intermediates:
@@ -225,7 +225,7 @@ def _final_kernel_forward(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate
 @primitive
 def _final_kernel_prim(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate, keep):
     y_L, cache = _final_kernel_forward(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate)
-    if keep:          # traced: hand the intermediates to the VJP (rssm_ref._kept)
+    if keep:          # traced: hand the intermediates to the VJP (rssm_ref.util.kept)
         park(y_L, cache)
     return y_L
 

@@ -40,8 +40,8 @@ import autograd.numpy as np
 import numpy as onp
 from autograd.extend import defvjp, defvjp_argnums, primitive
 
-from rssm_ref._kept import park, take
-from rssm_ref._threads import batch_halves, map_parts
+from rssm_ref.util.kept import park, take
+from rssm_ref.util.threads import batch_halves, map_parts
 from rssm_ref.discretize import mamba_discretize
 from rssm_ref.validation import _is_traced, _on_other_backend, check_array
 
@@ -172,9 +172,9 @@ def _check(u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output):
 # ------------------------------------------------------------------ the model
 def _on_backend(u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output,
                 return_intermediates):
-    """u from CuPy / array_api_strict: the same model through rssm_ref.xp_models on u's
+    """u from CuPy / array_api_strict: the same model through rssm_ref.xp.models on u's
     module (params checked on the host; not traced by autograd)."""
-    from rssm_ref.xp_models import selective_ssm_xp
+    from rssm_ref.xp.models import selective_ssm_xp
     # the host checks need only u's width; xp_models checks u itself on its module
     probe = onp.zeros((1, 1, u.shape[-1]))
     _, A, W_delta, W_B, W_C, delta_bias, D = _check(
@@ -440,14 +440,14 @@ def _final_backward(c, g, u, A, W_delta, W_B, W_C, D, discretization, v=None):
 
 @primitive
 def _final_prim(u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output, keep, v=None):
-    # two halves of the batch on two cores (rssm_ref._threads: the cut depends on the
+    # two halves of the batch on two cores (rssm_ref.util.threads: the cut depends on the
     # batch size only, so the numbers are the same on any machine)
     parts = batch_halves(u.shape[0])
     outs = map_parts(_final_forward, [(u[p], A, W_delta, W_B, W_C, delta_bias, D,
                                        discretization, output, None if v is None else v[p])
                                       for p in parts])
     y = outs[0][0] if len(outs) == 1 else onp.concatenate([o[0] for o in outs], axis=0)
-    if keep:          # traced: hand the intermediates to the VJP (rssm_ref._kept)
+    if keep:          # traced: hand the intermediates to the VJP (rssm_ref.util.kept)
         park(y, [o[1] for o in outs])
     return y
 
@@ -497,7 +497,7 @@ def selective_ssm_final(u, A, W_delta, W_B, W_C, delta_bias=None, D=None, discre
     series of φ1' only for |Δ A| < 1/2 in ∂/∂A). Equal to
     ``selective_ssm(...)[:, -1]`` to rounding (tests: ``fast_vs_ref``). ``v`` (batch, L, m)
     or None: the signal the selection (4a)-(4c) reads instead of u (a causal window of
-    the inputs, ``rssm_ref.models``' ``window`` option); the scan's input stays u.
+    the inputs, ``rssm_ref.training.head``' ``window`` option); the scan's input stays u.
 
     >>> P = random_params(m=3, n=2, seed=1)
     >>> u = onp.random.default_rng(0).normal(size=(2, 5, 3))

@@ -67,7 +67,7 @@ TOLERANCES = {
     # golden --check: the same float64 algorithm rerun; differences come only from the
     # BLAS/FFT library's summation order on another machine.
     "golden_recompute": 1e-12,
-    # --- backends (rssm_ref.xp_core, rssm_ref.xp_models) ---
+    # --- backends (rssm_ref.xp.core, rssm_ref.xp.models) ---
     # the backend-neutral kernels vs the autograd NumPy cores, outputs and gradients: other
     # algorithms (doubling scan, observable realization, hand-written VJPs) for the same
     # float64 quantities; a few ulps times log2(L) or the length of the longest sum.
@@ -78,7 +78,7 @@ TOLERANCES = {
     # phi1 = expm1(x)/x and phi1' vs an 80-digit decimal reference, relative to each
     # value (not the max): a few ulps (measured <= 1.8 ulps over |x| in 1e-300..630).
     "special_function": 8 * 2.0 ** -52,
-    # bench --peers (rssm_ref.bench_peers): the same model written by hand in JAX / PyTorch
+    # bench --peers (benchmarks/peers.py): the same model written by hand in JAX / PyTorch
     # vs rssm-ref on the same inputs, losses, gradients, Adam steps and outputs: other
     # algorithms (Toeplitz solves, TDF-II scans, other summation orders) for the same float64
     # quantities (measured <= 1e-13); a wrong equation or constant shows as >= 1e-4.

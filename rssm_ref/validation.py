@@ -47,8 +47,8 @@ def check_array(name, x, ndim=None, shape=None, allow_int=True):
     elif _on_other_backend(x):
         mod = type(x).__module__.split(".")[0]
         raise TypeError(f"{name}: an array from {mod} given to a NumPy core (expected a NumPy array; "
-                        "run it through rssm_ref.xp_models, e.g. residual_ssm_xp, or move it "
-                        "to the host with rssm_ref.backend.to_host)")
+                        "run it through rssm_ref.xp.models, e.g. residual_ssm_xp, or move it "
+                        "to the host with rssm_ref.xp.backend.to_host)")
     else:
         arr = onp.asarray(x)
         kind = arr.dtype.kind

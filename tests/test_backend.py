@@ -1,7 +1,7 @@
 """Backends (issue 6): the neutral kernels on every available array module.
 
 Three comparisons, each keyed in rssm_ref.tolerances:
-- ``neutral_vs_reference``: rssm_ref.xp_models on a backend vs the autograd NumPy
+- ``neutral_vs_reference``: rssm_ref.xp.models on a backend vs the autograd NumPy
   oracle (rssm_ref.oracle.forward.compute), outputs, intermediates and gradients;
 - ``backend_agreement``: the same neutral code on a backend vs on NumPy;
 - ``fast_vs_ref``: each neutral fast kernel vs its ``_ref`` loop, on the backend.
@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rssm_ref import backend as B
-from rssm_ref import xp_core as K
-from rssm_ref import xp_models as XM
+from rssm_ref.xp import backend as B
+from rssm_ref.xp import core as K
+from rssm_ref.xp import models as XM
 from rssm_ref.oracle.forward import compute
 from rssm_ref.oracle.sample import init_inputs, init_params
 from rssm_ref.tolerances import TOLERANCES, assert_close, rel_err

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cli import main  # noqa: E402
 
-from rssm_ref import backend as B  # noqa: E402
+from rssm_ref.xp import backend as B  # noqa: E402
 from rssm_ref.oracle import formats  # noqa: E402
 
 strict = pytest.mark.skipif("array_api_strict" not in B.available_backends(),
@@ -100,7 +100,7 @@ def test_golden_check_on_strict_backend(tmp_path):
 
 @strict
 def test_bench_backend_figure(tmp_path):
-    from rssm_ref.bench import run_bench
+    from rssm_ref.app.bench import run_bench
     row = run_bench(quick=True, only=("backend_forward",), backend="array_api_strict",
                     backend_size=(2, 256))[0]
     assert row["detail"]["backend"] == "array_api_strict" and row["detail"]["L"] == 256

@@ -5,7 +5,7 @@ import json
 from click.testing import CliRunner
 
 from cli import main
-from rssm_ref.bench import FIGURES
+from rssm_ref.app.bench import FIGURES
 
 
 def test_bench_quick_writes_schema(tmp_path):

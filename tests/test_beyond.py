@@ -11,11 +11,11 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from rssm_ref.beyond import (LEAK_STREAM, SCHEMA, ExperimentConfig, leak_statistics,
+from rssm_ref.experiments.beyond import (LEAK_STREAM, SCHEMA, ExperimentConfig, leak_statistics,
                              measure_leak, nu_answer, predict_accuracy)
 from rssm_ref.gate import gate as gate_scan
-from rssm_ref.models import ModelConfig, init_params
-from rssm_ref.tasks import (DEFAULT_TRIGGER, count_occurrences, extended_induction_head,
+from rssm_ref.training.head import ModelConfig, init_params
+from rssm_ref.training.tasks import (DEFAULT_TRIGGER, count_occurrences, extended_induction_head,
                             extended_method)
 from rssm_ref.tolerances import assert_close
 

@@ -8,7 +8,7 @@ import numpy as onp
 import pytest
 from click.testing import CliRunner
 
-from rssm_ref.cli import UserError, main, run_guarded
+from rssm_ref.app.cli import UserError, main, run_guarded
 from rssm_ref.oracle import sample
 
 

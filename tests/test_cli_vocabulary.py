@@ -8,7 +8,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from rssm_ref.cli import main
+from rssm_ref.app.cli import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -7,7 +7,7 @@ import numpy as onp
 import pytest
 from click.testing import CliRunner
 
-from rssm_ref.cli import main
+from rssm_ref.app.cli import main
 from rssm_ref.oracle import forward, mamba
 from rssm_ref.oracle.diagnose import diagnose
 from rssm_ref.oracle.precision import round_to

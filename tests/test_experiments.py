@@ -5,7 +5,7 @@ import os
 from click.testing import CliRunner
 
 from cli import main
-from rssm_ref.experiments import LENGTHS, PAPER_TABLES
+from rssm_ref.experiments.reproduce import LENGTHS, PAPER_TABLES
 
 
 def _strip_times(obj):
@@ -49,8 +49,8 @@ def test_reproduce_bad_options(tmp_path):
 
 
 def test_split_steps_counts_restarts_within_the_total():
-    from rssm_ref.experiments import split_steps
-    from rssm_ref.train import TrainConfig
+    from rssm_ref.experiments.reproduce import split_steps
+    from rssm_ref.training.train import TrainConfig
     for total in (1, 3, 4, 5, 6, 7, 100, 2000, 4999, 27000, 40000):
         for restarts in (1, 2, 4):
             cfg = TrainConfig(**split_steps(total, restarts, 1000))

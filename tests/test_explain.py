@@ -7,9 +7,9 @@ import numpy as onp
 from click.testing import CliRunner
 
 from cli import main
-from rssm_ref.models import ModelConfig, init_params
+from rssm_ref.training.head import ModelConfig, init_params
 from rssm_ref.oracle import forward
-from rssm_ref.train import save_checkpoint
+from rssm_ref.training.train import save_checkpoint
 
 
 def test_explain_residual_trace_figures_and_progress(tmp_path):

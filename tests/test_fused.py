@@ -23,13 +23,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-import rssm_ref._threads as threads_mod
-from rssm_ref import _alloc, _kept
+import rssm_ref.util.threads as threads_mod
+from rssm_ref.util import alloc as _alloc, kept as _kept
 from rssm_ref.convolution import DIRECT_MAX_L, causal_conv, fft_conv, fft_conv_ref
 from rssm_ref.discretize import _phi_deriv_np
 from rssm_ref.gate import _projected_states, gate, gate_final, gate_final_ref, gate_ref
 from rssm_ref.lti import den_from_reflection, den_from_reflection_ref, den_from_theta
-from rssm_ref.models import (ModelConfig, cosine_logits, cross_entropy, embed, final_output,
+from rssm_ref.training.head import (ModelConfig, cosine_logits, cross_entropy, embed, final_output,
                              final_output_ref, init_params, loss, loss_ref)
 from rssm_ref.oracle.sample import den_from_poles
 from rssm_ref.recurrence import impulse_response, impulse_response_ref
@@ -37,10 +37,10 @@ from rssm_ref.residual_ssm import (_final_kernel_prim, _final_kernel_vjp, residu
                                    residual_ssm_final_ref, residual_ssm_tf)
 from rssm_ref.selective_ssm import (_J1_negative, _final_prim, _final_vjp, random_params,
                                     selective_ssm, selective_ssm_final, selective_ssm_final_ref)
-from rssm_ref.tasks import make_batch
+from rssm_ref.training.tasks import make_batch
 from rssm_ref.testing import reflection_coefficients
 from rssm_ref.tolerances import TOLERANCES, assert_close, rel_err
-from rssm_ref.train import DATA_STREAM, TrainConfig, _part, train
+from rssm_ref.training.train import DATA_STREAM, TrainConfig, _part, train
 
 from _helpers import check_all_grads, kappa
 from _helpers import rng as _rng
@@ -472,7 +472,7 @@ def test_residual_final_auto_is_kernel_up_to_direct_max():
 
 
 def test_residual_kernel_vjp_without_cache_recomputes_the_same():
-    """The VJP maker with nothing parked (rssm_ref._kept) recomputes the forward: same
+    """The VJP maker with nothing parked (rssm_ref.util.kept) recomputes the forward: same
     gradients, bit for bit, as with the parked intermediates."""
     args = _residual(61, L=20)
     dy = _rng(13).normal(size=(2, 2))
@@ -487,7 +487,7 @@ def test_residual_kernel_vjp_without_cache_recomputes_the_same():
 
 def test_two_fused_calls_in_one_graph():
     """Two traced calls of each fused primitive in one loss: each VJP gets its own
-    intermediates (rssm_ref._kept keeps one entry, taken right after the forward)."""
+    intermediates (rssm_ref.util.kept keeps one entry, taken right after the forward)."""
     a1, a2 = _residual(71, L=10), _residual(72, L=10)
     u2 = a2[5]
     dy1, dy2 = _rng(14).normal(size=(2, 2)), _rng(15).normal(size=(2, 2))
@@ -775,7 +775,7 @@ def test_part_reads_a_slice_and_scatters_its_gradient():
 
 
 def _adam_reference(model_cfg, tc):
-    """Adam as the rssm_ref.train docstring writes it, on a dict of arrays, with the
+    """Adam as the rssm_ref.training.train docstring writes it, on a dict of arrays, with the
     same batches (default_rng([seed, DATA_STREAM, k])) and the same loss."""
     params = {k: onp.array(v, dtype=float) for k, v in init_params(model_cfg, seed=tc.seed).items()}
     m = {k: onp.zeros_like(v) for k, v in params.items()}

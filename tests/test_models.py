@@ -4,10 +4,10 @@ import numpy as onp
 import pytest
 from autograd.test_util import check_grads
 
-from rssm_ref.models import (ModelConfig, accuracy, init_params, logits, loss, param_count,
+from rssm_ref.training.head import (ModelConfig, accuracy, init_params, logits, loss, param_count,
                              residual_core_arrays)
 from rssm_ref.residual_ssm import residual_ssm_tf
-from rssm_ref.tasks import make_batch
+from rssm_ref.training.tasks import make_batch
 from rssm_ref.tolerances import assert_close
 
 

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _plain_float32 as plain  # noqa: E402
 
-from rssm_ref.cli import main  # noqa: E402
+from rssm_ref.app.cli import main  # noqa: E402
 from rssm_ref.oracle import precision as pr  # noqa: E402
 from rssm_ref.oracle import sample  # noqa: E402
 from rssm_ref.oracle.forward import bundle, compute, resolve_options  # noqa: E402

@@ -7,7 +7,7 @@ import pytest
 import scipy.signal as ss
 from click.testing import CliRunner
 
-from rssm_ref.cli import main
+from rssm_ref.app.cli import main
 from rssm_ref.oracle import forward, golden
 from rssm_ref.oracle.verify import TRIVIAL_REL_ERR, verify
 

@@ -1,7 +1,7 @@
-"""rssm_ref.progress: a bar on a terminal, periodic lines elsewhere, every line logged."""
+"""rssm_ref.util.progress: a bar on a terminal, periodic lines elsewhere, every line logged."""
 import io
 
-from rssm_ref.progress import Progress
+from rssm_ref.util.progress import Progress
 
 
 def _clock(step):

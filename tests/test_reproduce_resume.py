@@ -6,9 +6,9 @@ import os
 import numpy as onp
 from click.testing import CliRunner
 
-from rssm_ref.cli import main
-from rssm_ref.experiments import read_run_config
-from rssm_ref.train import save_checkpoint
+from rssm_ref.app.cli import main
+from rssm_ref.experiments.reproduce import read_run_config
+from rssm_ref.training.train import save_checkpoint
 
 TINY = ["--steps", "2", "--eval-n", "1"]
 

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rssm_ref.tasks import (DEFAULT_TOKENS, DEFAULT_TRIGGER, count_occurrences, extended_induction_head,
+from rssm_ref.training.tasks import (DEFAULT_TOKENS, DEFAULT_TRIGGER, count_occurrences, extended_induction_head,
                             induction_head, make_batch)
 
 

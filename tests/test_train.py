@@ -4,8 +4,8 @@ import os
 import numpy as onp
 import pytest
 
-from rssm_ref.models import ModelConfig
-from rssm_ref.train import (TrainConfig, atomic_savez, clip_by_global_norm, load_checkpoint,
+from rssm_ref.training.head import ModelConfig
+from rssm_ref.training.train import (TrainConfig, atomic_savez, clip_by_global_norm, load_checkpoint,
                             lr_schedule, train)
 
 CFG = ModelConfig("residual", "induction")
@@ -78,7 +78,7 @@ def test_restarts_pick_lowest_loss_candidate_deterministically():
     assert h1["restart_winner"] == h2["restart_winner"] and all((p1[k] == p2[k]).all() for k in p1)
     # the winner is the candidate whose last short-run losses were lowest: rerunning that
     # candidate alone (same init, same batches) reproduces the final parameters exactly
-    from rssm_ref.models import init_params
+    from rssm_ref.training.head import init_params
     w = h1["restart_winner"]
     alone, _ = train(CFG, TrainConfig(steps=40, batch=16, warmup=3, seed=4),
                      params=init_params(CFG, seed=4 if w == 0 else [4, w]))

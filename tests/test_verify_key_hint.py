@@ -3,7 +3,7 @@ key, not the advice to rerun forward with --grads."""
 import numpy as onp
 from click.testing import CliRunner
 
-from rssm_ref.cli import main
+from rssm_ref.app.cli import main
 from rssm_ref.oracle import forward, mamba
 
 

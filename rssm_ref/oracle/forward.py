@@ -14,7 +14,7 @@ ForwardConfig          model and options (path, gate, discretization, output, ..
 compute(model, params, inputs, **options) -> dict of float64 arrays
 run_forward(config, params_path, inputs_path, out_path) -> dict summary
 backend                "numpy" (default: the autograd cores) or "cupy" / "array_api_strict"
-                       (the neutral kernels of rssm_ref.xp_models on that array module;
+                       (the neutral kernels of rssm_ref.xp.models on that array module;
                        parameters stay on the host, see docs/11-backends.md)
 layout                 "channel-last" (batch, L, m) or "channel-first" (batch, m, L), for
                        u, dy and every sequence output (rssm_ref.oracle.formats.layout_shape)
@@ -191,7 +191,7 @@ def compute(model, params, inputs, path=None, gate=None, discretization=None, ou
     y (batch, L, p|m)). Returns ``{"y", [intermediates], [grad_u, grad_<key>]}``;
     gradients are those of sum(y * dy), dy from the inputs or ones.
     Bad input raises ValueError/TypeError naming the key. ``backend`` other than
-    "numpy" runs the same model with rssm_ref.xp_models on that array module (the
+    "numpy" runs the same model with rssm_ref.xp.models on that array module (the
     outputs come back as host NumPy arrays). ``layout="channel-first"``: u, dy and the
     sequence outputs are (batch, m, L) (time last; h (batch, m, n, L)).
 
@@ -237,8 +237,8 @@ def _residual_before(params, inputs, opts, backend):
 
 def _compute_on_backend(model, params, inputs, opts, backend, u0):
     """The neutral path: u and dy go to the backend, the outputs come back to the host."""
-    from rssm_ref.backend import namespace, to_backend, to_host
-    from rssm_ref.xp_models import compute_xp
+    from rssm_ref.xp.backend import namespace, to_backend, to_host
+    from rssm_ref.xp.models import compute_xp
     xp = namespace(backend)
     core = {k: v for k, v in params.items() if k != "embedding"}
     dy = None
@@ -360,8 +360,8 @@ def run_forward(config, params_path, inputs_path, out_path):
 
     Returns ``{"out": out_path, "keys": [...], "y_shape": (...)}``.
     """
-    from rssm_ref.backend import get_backend_name, namespace
-    from rssm_ref.paths import check_outputs
+    from rssm_ref.xp.backend import get_backend_name, namespace
+    from rssm_ref.util.paths import check_outputs
     # before anything is read or computed: --out must not be an input, nor a directory
     check_outputs([("--out", out_path)], [("--params", params_path), ("--inputs", inputs_path)])
     opts = config.options()

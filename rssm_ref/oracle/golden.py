@@ -191,7 +191,7 @@ def write_golden(out_dir, cases=None, seed=0):
     >>> [c["case"] for c in m["cases"]], check_golden(d).passed
     (['selective_zoh_before'], True)
     """
-    from rssm_ref.paths import check_outputs
+    from rssm_ref.util.paths import check_outputs
     out_dir = os.fspath(out_dir)
     check_outputs([], folders=[("--out", out_dir)])
     if os.path.exists(out_dir) and os.listdir(out_dir):
@@ -342,7 +342,7 @@ class GoldenCheckReport:
 
 def check_golden(golden_dir, backend="numpy"):
     """Check checksums (ValueError if tampered) and recompute every case (report), on
-    ``backend`` ("numpy": the autograd cores; else rssm_ref.xp_models on that module).
+    ``backend`` ("numpy": the autograd cores; else rssm_ref.xp.models on that module).
 
     >>> check_golden("/nonexistent")
     Traceback (most recent call last):
@@ -411,7 +411,7 @@ def run_golden(config):
     """Dispatch a GoldenConfig: WriteSummary (--out) or GoldenCheckReport (--check)."""
     if (config.out is None) == (config.check is None):
         raise ValueError("golden: expected exactly one of --out DIR or --check DIR")
-    from rssm_ref.backend import get_backend_name, namespace
+    from rssm_ref.xp.backend import get_backend_name, namespace
     backend = config.backend or get_backend_name()
     if config.out is not None:
         if config.backend not in (None, "numpy"):

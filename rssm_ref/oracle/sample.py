@@ -293,7 +293,7 @@ def run_init(config, out, inputs_out=None):
     >>> print(run_init(InitConfig("lti"), os.path.join(d, "P.npz")).split(":")[0].endswith("P.npz"))
     True
     """
-    from rssm_ref.paths import check_outputs
+    from rssm_ref.util.paths import check_outputs
     check_outputs([("--out", out), ("--inputs-out", inputs_out)])
     _refuse_unused(config, inputs_out)
     if config.tokens and config.vocab is None:

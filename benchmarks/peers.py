@@ -3,13 +3,13 @@ JAX (``jit``) and PyTorch (eager), checked against rssm-ref, then timed (issue 1
 
 JAX and PyTorch are optional comparison peers, never dependencies: ``pip install
 '.[peers]'`` brings both (CPU builds suffice). Nothing imports this module except
-``rssm_ref.bench`` (``bench --peers``), and this module imports a framework only inside
+``rssm_ref.app.bench`` (``bench --peers``), and this module imports a framework only inside
 :func:`available` and :func:`peer_rows`. A framework that does not import is left out, and
 :func:`available` says why.
 
 Workloads (float64 everywhere; with ``quick``: batch / 4, L 1024 -> 256, 2 repeats):
 
-    residual_train_step   one step of ``rssm_ref.train``: its batch (``tasks.make_batch``),
+    residual_train_step   one step of ``rssm_ref.training.train``: its batch (``tasks.make_batch``),
                           loss, gradient, global-norm clip, Adam; batch 256, L 16
     residual_loss_grad    ``models.loss`` of the Residual SSM and its gradient; same sizes
     residual_loss         the same loss, forward only
@@ -33,7 +33,7 @@ with the exact kernels by FFTs of length 2 L. The Selective SSM follows eqs. (2)
 Δ = softplus(W_Δ u + b_Δ), A = −exp(A_log), ZOH B_t = expm1(Δ A)/A · B̄ (or Euler Δ B̄),
 h(t+1) = A_t h(t) + B_t u(t) unrolled to the state that is read ("before" or "after"
 the update) with one exponential of a reversed cumulative sum of Δ.
-Constants and options are read at run time from ``rssm_ref.models`` and the
+Constants and options are read at run time from ``rssm_ref.training.head`` and the
 ``ModelConfig`` (``_constants``), and ``init_params``' keys are checked against the
 ones the peers know.
 
@@ -84,10 +84,10 @@ CHECK_STEPS = 3          # training steps compared with train.train before timin
 
 
 def _threads():
-    """PyTorch's threads: rssm-ref's own count (``rssm_ref._threads.workers``):
+    """PyTorch's threads: rssm-ref's own count (``rssm_ref.util.threads.workers``):
     $RSSM_REF_THREADS when set (1 steadies PyTorch's timings on a busy machine), else
     min(2, cores available)."""
-    from rssm_ref._threads import workers
+    from rssm_ref.util.threads import workers
     return workers()
 
 
@@ -215,7 +215,7 @@ class _Jax:
         return self.jax.jit(self.jax.value_and_grad(loss_fn))
 
     def train_step(self, loss_fn, hyper):
-        """One step of rssm_ref.train on (params, m, v) dicts: loss, gradient, global-norm
+        """One step of rssm_ref.training.train on (params, m, v) dicts: loss, gradient, global-norm
         clip, Adam; returns (params, m, v, loss), compiled (lr and the bias corrections are
         arguments, so one compilation serves every step)."""
         np = self.np
@@ -381,11 +381,11 @@ _ADAPTERS = {"jax-jit": _Jax, "torch-eager": _Torch}
 
 # ------------------------------------------------------------------ the models, once for both
 def _constants(cfg):
-    """The model's constants and options, read from rssm_ref.models and ``cfg`` at run
+    """The model's constants and options, read from rssm_ref.training.head and ``cfg`` at run
     time: the readout scale, the gate gain g of s = σ(g (r + c)), the reflection bound b
     of k = b tanh(θ), the readout kind. A configuration without an option has the older
     module constant (``models.GAIN``, ``models.REFLECTION_SCALE``) or the paper's value."""
-    from rssm_ref import models
+    from rssm_ref.training import head as models
     return {"SCALE": float(getattr(models, "SCALE", 10.0)),
             "GAIN": float(getattr(cfg, "gate_gain", getattr(models, "GAIN", 1.0))),
             "BOUND": float(getattr(cfg, "reflection_bound",
@@ -643,7 +643,7 @@ def _agree(pairs, what):
     if not errs[worst] <= tol:
         raise AssertionError(f"{what}: max_rel_err_vs_rssm_ref {errs[worst]:.3e} in {worst!r} > "
                              f"tolerance {tol:.0e} (peer_agreement): the peer and rssm-ref compute "
-                             "different things; update rssm_ref/bench_peers.py to models.py")
+                             "different things; update benchmarks/peers.py to models.py")
     return errs[worst]
 
 
@@ -670,7 +670,7 @@ def _check_keys(params, cfg):
     if not set(core) <= set(params) <= known:
         raise AssertionError(f"init_params({cfg.model!r}) returned keys {sorted(params)}, the peer "
                              f"models need {sorted(core)} and know {sorted(known)}: update "
-                             "rssm_ref/bench_peers.py")
+                             "benchmarks/peers.py")
 
 
 def _sizes(quick):
@@ -686,7 +686,7 @@ def _row(workload, o, seconds, detail):
 
 
 def _setup(model, batch, L):
-    from rssm_ref.models import ModelConfig, init_params
+    from rssm_ref.training.head import ModelConfig, init_params
     cfg = ModelConfig(model, "induction")
     params = init_params(cfg, seed=SEED)
     _check_keys(params, cfg)
@@ -699,7 +699,7 @@ def _batch(cfg, rng, batch, L):
     has it, else ``tasks.make_batch`` with its vocabulary."""
     if hasattr(cfg, "batch"):
         return cfg.batch(rng, batch, L)
-    from rssm_ref.tasks import make_batch
+    from rssm_ref.training.tasks import make_batch
     return make_batch(cfg.task, rng, batch, L, cfg.n_tokens)
 
 
@@ -709,7 +709,7 @@ def _loss_check(o, cfg, params, tok, tgt, grad, what, ref=None):
     Returns (max rel err, run, first call's seconds); run() evaluates the peer again."""
     from autograd import value_and_grad
 
-    from rssm_ref.models import loss
+    from rssm_ref.training.head import loss
     _check_keys(params, cfg)
     idx, mask = _toeplitz_index(tok.shape[1])
     fn = _loss_fn(o, cfg, _constants(cfg), o.asarray(idx), o.asarray(mask))
@@ -740,7 +740,7 @@ def _loss_check(o, cfg, params, tok, tgt, grad, what, ref=None):
 def _wl_loss(o, workload, quick, R, ref_cache):
     from autograd import value_and_grad
 
-    from rssm_ref.models import loss
+    from rssm_ref.training.head import loss
     S = _sizes(quick)
     model = "selective" if workload == "selective_loss_grad" else "residual"
     batch = S["sel_batch"] if model == "selective" else S["train_batch"]
@@ -762,8 +762,8 @@ def _wl_loss(o, workload, quick, R, ref_cache):
 
 
 def _wl_train_step(o, quick, R, ref_cache):
-    from rssm_ref.models import ModelConfig, init_params
-    from rssm_ref.train import DATA_STREAM, TrainConfig, lr_schedule, train
+    from rssm_ref.training.head import ModelConfig, init_params
+    from rssm_ref.training.train import DATA_STREAM, TrainConfig, lr_schedule, train
     S = _sizes(quick)
     batch, L = S["train_batch"], S["L"]
     cfg = ModelConfig("residual", "induction")
@@ -823,7 +823,7 @@ _METHODS = {"scan": "difference equations (TDF-II), one step at a time",
 
 
 def _wl_eval(o, quick, R, ref_cache):
-    from rssm_ref.models import final_output
+    from rssm_ref.training.head import final_output
     S = _sizes(quick)
     batch, L = S["eval_batch"], S["eval_L"]
     cfg, params, tok, _ = _setup("residual", batch, L)

@@ -2,7 +2,7 @@
 
 NumPy is the default and the reference: the autograd-differentiated cores (``lti``,
 ``recurrence``, ``convolution``, ``gate``, ``residual_ssm``, ``selective_ssm``) hold
-NumPy arrays. The backend-neutral kernels (``rssm_ref.xp_core``, ``rssm_ref.xp_models``)
+NumPy arrays. The backend-neutral kernels (``rssm_ref.xp.core``, ``rssm_ref.xp.models``)
 are written against the Python array API standard and take their module from here:
 
 =================  ================================================  =====================
@@ -106,7 +106,7 @@ def namespace(name=None):
     >>> namespace("tpu")
     Traceback (most recent call last):
     ...
-    rssm_ref.backend.BackendUnavailable: backend 'tpu': unknown (expected one of numpy, cupy, array_api_strict)
+    rssm_ref.xp.backend.BackendUnavailable: backend 'tpu': unknown (expected one of numpy, cupy, array_api_strict)
     """
     name = get_backend_name() if name is None else str(name).lower()
     if name == "numpy":
@@ -173,7 +173,7 @@ def namespace_of(*arrays):
              if a is not None and not isinstance(a, (int, float))}
     if len(names) > 1:
         raise TypeError(f"arrays from different backends mixed: {sorted(names)} (move them "
-                        "to one backend with rssm_ref.backend.to_backend first)")
+                        "to one backend with rssm_ref.xp.backend.to_backend first)")
     return namespace(names.pop() if names else "numpy")
 
 

@@ -7,7 +7,7 @@ How a gradient is computed here (autograd holds NumPy arrays, so it cannot trace
    need -- Markov kernels h (``convolution.tf_kernel``, ``lti.markov_parameters``) for
    ``path="fft"``, state-space matrices for ``path="recurrent"`` (a transfer matrix via
    ``lti.observable_realization``) -- under ``autograd.make_vjp``;
-2. device, by hand: the forward pass over (batch, L) runs in ``rssm_ref.xp_core``, and
+2. device, by hand: the forward pass over (batch, L) runs in ``rssm_ref.xp.core``, and
    the reverse pass runs the hand-written VJPs of the same kernels (the adjoint
    recursions of the NumPy cores' custom primitives);
 3. the cotangents of the blocks (small: L p m numbers for a kernel, n^2 for a matrix)
@@ -20,12 +20,12 @@ come back. Gradients are those of sum(y * dy), as in ``rssm_ref.oracle.forward``
 Glossary (shapes)
 -----------------
 params                dict of host float64 arrays, keys as in docs/formats.md
-u, dy (batch, L, m|p) device arrays of one backend (``rssm_ref.backend.to_backend``)
+u, dy (batch, L, m|p) device arrays of one backend (``rssm_ref.xp.backend.to_backend``)
 returns               dict: "y" and the intermediates as device arrays; with dy also
                       "grad_u" (device) and "grad_<key>" (host NumPy, params' shapes)
 
 >>> import numpy
->>> from rssm_ref.backend import namespace, to_host
+>>> from rssm_ref.xp.backend import namespace, to_host
 >>> P = {"num": numpy.array([[[0.0, 1.0]]]), "den": numpy.array([[1.0, -0.5]])}
 >>> out = lti_xp(P, numpy.ones((1, 4, 1)), path="recurrent", dy=numpy.ones((1, 4, 1)))
 >>> to_host(out["y"])[0, :, 0].tolist(), [round(float(v), 12) for v in out["grad_num"].ravel()]
@@ -35,8 +35,8 @@ import numpy as onp
 from autograd import make_vjp
 from autograd.builtins import tuple as traced_tuple
 
-from rssm_ref import xp_core as K
-from rssm_ref.backend import namespace_of, to_backend, to_host
+from rssm_ref.xp import core as K
+from rssm_ref.xp.backend import namespace_of, to_backend, to_host
 from rssm_ref.validation import check_array, check_state_space
 
 __all__ = ["lti_xp", "residual_ssm_xp", "selective_ssm_xp",

@@ -56,7 +56,7 @@ from rssm_ref.residual_ssm import param_count as residual_core_count
 from rssm_ref.residual_ssm import residual_ssm_final, residual_ssm_tf
 from rssm_ref.selective_ssm import A_from_log, selective_ssm, selective_ssm_final
 from rssm_ref.selective_ssm import param_count as selective_core_count
-from rssm_ref.tasks import DEFAULT_TOKENS, make_batch, vocab_size
+from rssm_ref.training.tasks import DEFAULT_TOKENS, make_batch, vocab_size
 
 __all__ = ["ModelConfig", "init_params", "residual_core_arrays", "final_output", "logits",
            "loss", "accuracy", "param_count", "PAPER_PARAM_COUNTS", "embed", "cosine_logits",
@@ -102,7 +102,7 @@ class ModelConfig:
         if self.model not in MODELS:
             raise ValueError(f"model: {self.model!r} (expected 'residual' or 'selective')")
         vocab_size(self.task)                 # validates the task name
-        if self.n_tokens == 0:                # the paper's dictionary (rssm_ref.tasks)
+        if self.n_tokens == 0:                # the paper's dictionary (rssm_ref.training.tasks)
             object.__setattr__(self, "n_tokens", DEFAULT_TOKENS[self.task])
         if self.readout not in READOUTS:
             raise ValueError(f"readout: {self.readout!r} (expected one of {', '.join(READOUTS)})")
@@ -335,7 +335,7 @@ def final_output(cfg, params, tokens, path=None, backend="numpy"):
     fused primitive), "recurrent" (scipy lfilter), "fft" (the exact state-free FFT route
     of Section 4.1).
     Twin: :func:`final_output_ref` (the full-sequence cores, last step).
-    ``backend`` other than "numpy" runs the core with rssm_ref.xp_models on that array
+    ``backend`` other than "numpy" runs the core with rssm_ref.xp.models on that array
     module (evaluation only); y(L) comes back as a host array.
 
     >>> cfg = ModelConfig("selective", "induction", m=4, n=2)
@@ -388,8 +388,8 @@ def final_output_ref(cfg, params, tokens, path=None):
 
 
 def _final_output_xp(cfg, params, u, path, backend):
-    from rssm_ref.backend import namespace, to_backend, to_host
-    from rssm_ref.xp_models import residual_ssm_xp, selective_ssm_xp
+    from rssm_ref.xp.backend import namespace, to_backend, to_host
+    from rssm_ref.xp.models import residual_ssm_xp, selective_ssm_xp
     u = to_backend(u, namespace(backend))
     if cfg.model == "residual":
         keys = ("sigma_num", "sigma_den", "r_num", "r_den", "gate_bias")

@@ -21,7 +21,7 @@ Glossary
 TrainConfig   steps, batch, L, lr, warmup, clip, seed, betas, eps, log_every, checkpoint_every
 train(model_cfg, train_cfg, params=None, checkpoint=None, resume=False, progress=None) -> (params, history)
 
->>> from rssm_ref.models import ModelConfig
+>>> from rssm_ref.training.head import ModelConfig
 >>> cfg = ModelConfig("residual", "induction")
 >>> p, hist = train(cfg, TrainConfig(steps=3, batch=8, warmup=1, seed=0))
 >>> len(hist["loss"])
@@ -37,9 +37,9 @@ import numpy as onp
 from autograd import value_and_grad
 from autograd.extend import defvjp, primitive
 
-from rssm_ref._alloc import keep_freed_memory
-from rssm_ref.models import accuracy, init_params, loss
-from rssm_ref.tasks import make_batch
+from rssm_ref.util.alloc import keep_freed_memory
+from rssm_ref.training.head import accuracy, init_params, loss
+from rssm_ref.training.tasks import make_batch
 
 __all__ = ["TrainConfig", "train", "lr_schedule", "clip_by_global_norm", "save_checkpoint",
            "load_checkpoint", "atomic_savez"]
@@ -135,7 +135,7 @@ def save_checkpoint(path, params, adam_m, adam_v, step, seed, run_config=None):
     array ``run_config_json`` so that a resume can refuse another run's checkpoint. When
     not given, a ``path`` carrying one (experiments.RunCheckpoint, a str) supplies it.
     """
-    from rssm_ref.paths import atomic_write
+    from rssm_ref.util.paths import atomic_write
     arrays = {"step": onp.array(step), "seed": onp.array(seed)}
     for prefix, tree in (("param", params), ("adam_m", adam_m), ("adam_v", adam_v)):
         for k, v in tree.items():

@@ -35,6 +35,7 @@ verdicts ("MISS (smoke)") and the JSON's ``quick`` and ``note`` say so.
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 import tracemalloc
@@ -43,7 +44,28 @@ import numpy as onp
 import scipy.signal as ssig
 from autograd import value_and_grad
 
-__all__ = ["run_bench", "format_bench", "bench_document", "write_json", "FIGURES"]
+__all__ = ["run_bench", "format_bench", "bench_document", "write_json", "FIGURES", "load_peers"]
+
+
+PEERS_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                          "benchmarks", "peers.py")
+
+
+def load_peers(path=PEERS_FILE):
+    """The optional JAX/PyTorch peers of ``bench --peers``: benchmarks/peers.py in the
+    repository checkout, kept out of the installed package (JAX and PyTorch are never
+    requirements). Raises ValueError (one line) when the checkout's file is not there."""
+    import importlib.util
+    if not os.path.isfile(path):
+        raise ValueError(f"--peers: {path} not found (the peers live in the repository "
+                         "checkout's benchmarks/, not in the installed package)")
+    if "rssm_ref_bench_peers" in sys.modules:           # loaded once, like any import
+        return sys.modules["rssm_ref_bench_peers"]
+    spec = importlib.util.spec_from_file_location("rssm_ref_bench_peers", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module          # dataclasses and pickling look modules up by name
+    spec.loader.exec_module(module)
+    return module
 
 SMOKE_NOTE = ("SMOKE RUN (--quick): small sizes and 2 repeats check that every figure runs; "
               "the ratios are noisy and the verdicts are not the benchmark's")
@@ -118,8 +140,8 @@ def _gate_forward(q, R):
 
 
 def _residual_setup(batch, L, seed=0, model="residual"):
-    from rssm_ref.models import ModelConfig, init_params
-    from rssm_ref.tasks import make_batch
+    from rssm_ref.training.head import ModelConfig, init_params
+    from rssm_ref.training.tasks import make_batch
     cfg = ModelConfig(model, "induction")
     params = init_params(cfg, seed=seed)
     tok, tgt = make_batch("induction", onp.random.default_rng(seed), batch, L, cfg.n_tokens)
@@ -136,11 +158,11 @@ def _abs_row(figure, value, target_s, baseline_s, baseline, detail):
 
 
 def _step_runner(cfg, params, batch, L, loss_fn):
-    """One full training step as rssm_ref.train runs it: the batch of step k, loss and
+    """One full training step as rssm_ref.training.train runs it: the batch of step k, loss and
     gradient w.r.t. the flat parameter vector, global-norm clip, Adam."""
     from autograd import value_and_grad
-    from rssm_ref.tasks import make_batch
-    from rssm_ref.train import DATA_STREAM, TrainConfig, _FlatAdam, _fresh
+    from rssm_ref.training.tasks import make_batch
+    from rssm_ref.training.train import DATA_STREAM, TrainConfig, _FlatAdam, _fresh
     tcfg = TrainConfig(steps=1000, batch=batch, L=L, warmup=10)
     opt = _FlatAdam(_fresh(params), tcfg)
     vg = value_and_grad(lambda theta, tok, tgt: loss_fn(cfg, opt.unflatten(theta), tok, tgt))
@@ -158,7 +180,7 @@ def _step_runner(cfg, params, batch, L, loss_fn):
 def _residual_train_step(q, R):
     """Residual full training step, batch 256, L 16 (issue 13: <= 1.2 ms), against the
     same step through the reference cores (loss_ref: the first release's path)."""
-    from rssm_ref.models import loss, loss_ref
+    from rssm_ref.training.head import loss, loss_ref
     batch = 64 if q else 256
     cfg, params, _, _ = _residual_setup(batch, 16)
     fast = _step_runner(cfg, params, batch, 16, loss)
@@ -174,7 +196,7 @@ def _residual_train_step(q, R):
 def _residual_grad(q, R):
     """Residual loss gradient over its own forward (issue 13: <= 3x), batch 256, L 16."""
     from autograd import value_and_grad
-    from rssm_ref.models import loss
+    from rssm_ref.training.head import loss
     cfg, params, tok, tgt = _residual_setup(64 if q else 256, 16)
     vg = value_and_grad(lambda p: loss(cfg, p, tok, tgt))
     n = 3 if q else 20
@@ -188,7 +210,7 @@ def _selective_loss_grad(q, R):
     """Selective loss + gradient, batch 64, L 16, m 16, n 8 (issue 13: <= 3.2 ms),
     against autograd through the full-sequence core (loss_ref)."""
     from autograd import value_and_grad
-    from rssm_ref.models import loss, loss_ref
+    from rssm_ref.training.head import loss, loss_ref
     cfg, params, tok, tgt = _residual_setup(16 if q else 64, 16, model="selective")
     vg = value_and_grad(lambda p: loss(cfg, p, tok, tgt))
     vg_ref = value_and_grad(lambda p: loss_ref(cfg, p, tok, tgt))
@@ -215,7 +237,7 @@ def _selective(q, R):
 def _lfilter_calls(cfg, params, tok):
     """The p m + m scipy lfilter calls the Residual SSM's recurrent evaluation is made of,
     on the same (batch, L) rows: the floor of any evaluation built on lfilter."""
-    from rssm_ref.models import residual_core_arrays
+    from rssm_ref.training.head import residual_core_arrays
     sn, sd, rn, rd, _ = residual_core_arrays(params)
     x = onp.ascontiguousarray(onp.take(params["E"][:, 0], tok))
 
@@ -231,7 +253,7 @@ def _lfilter_calls(cfg, params, tok):
 def _residual_eval(q, R, L=1024, batch=1000, target_s=62e-3, target_ratio=None, figure="residual_eval_L1024"):
     """Residual evaluation (accuracy) at length L: time, peak memory, and the ratio to the
     lfilter calls it is made of, timed in the same run."""
-    from rssm_ref.models import accuracy
+    from rssm_ref.training.head import accuracy
     if q:
         batch, L = max(10, batch // 10), min(L, 4096)
     cfg, params, tok, tgt = _residual_setup(batch, L)
@@ -285,10 +307,10 @@ def parse_size(text):
 
 
 def _backend_forward(q, R, backend="numpy", size=None):
-    from rssm_ref.backend import namespace, synchronize, to_backend, to_host
+    from rssm_ref.xp.backend import namespace, synchronize, to_backend, to_host
     from rssm_ref.residual_ssm import ResidualSSM, residual_ssm_tf
     from rssm_ref.tolerances import rel_err
-    from rssm_ref.xp_models import residual_ssm_xp
+    from rssm_ref.xp.models import residual_ssm_xp
     xp = namespace(backend)
     batch, L = size or ((8, 4096) if q else (100, 65536))
     model = ResidualSSM.random(seed=0)
@@ -334,7 +356,7 @@ def check_figures(only):
 def run_bench(quick=False, progress=None, only=None, backend="numpy", backend_size=None):
     """Run every figure (or those in ``only``); returns a list of result rows.
     ``backend`` and ``backend_size`` (batch, L) apply to the backend_forward figure."""
-    from rssm_ref.backend import namespace
+    from rssm_ref.xp.backend import namespace
     namespace(backend)
     names = check_figures(only)
     R = 2 if quick else 7
@@ -400,7 +422,7 @@ def write_json(rows, path, quick=False):
     try:
         with os.fdopen(fd, "w") as fh:
             json.dump(doc, fh, indent=2, default=float)
-        from rssm_ref.paths import finish_tmp
+        from rssm_ref.util.paths import finish_tmp
         finish_tmp(tmp)                          # the usual mode, not mkstemp's 0600
         os.replace(tmp, path)
     except BaseException:

@@ -333,13 +333,13 @@ def reproduce_cmd(task, model, seeds, steps, quick, out, gate, discretization, o
     Progress goes to stderr (a bar on a terminal, a line per 10 % or 30 s otherwise) and
     to DIR/progress.log.
     """
-    from rssm_ref.experiments import ReproduceConfig, format_table, reproduce
-    from rssm_ref.progress import Progress
+    from rssm_ref.experiments.reproduce import ReproduceConfig, format_table, reproduce
+    from rssm_ref.util.progress import Progress
     try:
         seed_list = tuple(int(s) for s in seeds.split(",") if s.strip() != "")
     except ValueError:
         raise UserError(f"--seeds: {seeds!r} (expected comma-separated integers, e.g. 0,1,2)") from None
-    from rssm_ref.backend import get_backend_name
+    from rssm_ref.xp.backend import get_backend_name
     discretization = _deprecated_alias(discretization, selective_discretization,
                                        "--discretization", "--selective-discretization")
     output = _deprecated_alias(output, selective_output, "--output", "--selective-output")
@@ -402,8 +402,8 @@ def experiment_cmd(name, seeds, steps, quick, out, eval_n, checkpoints, results_
     model. Writes DIR/results.json, DIR/NAME.png and DIR/progress.log
     (docs/13-beyond-the-paper.md).
     """
-    from rssm_ref.beyond import ExperimentConfig, format_results, run_experiment
-    from rssm_ref.progress import Progress
+    from rssm_ref.experiments.beyond import ExperimentConfig, format_results, run_experiment
+    from rssm_ref.util.progress import Progress
     try:
         seed_list = tuple(int(s) for s in seeds.split(",") if s.strip() != "") if seeds else ()
     except ValueError:
@@ -452,16 +452,16 @@ def experiment_cmd(name, seeds, steps, quick, out, eval_n, checkpoints, results_
 def bench_cmd(quick, as_json, json_path, backend, backend_size, only, peers):
     """Speed and memory as ratios against baselines timed in the same run."""
     import os
-    from rssm_ref.backend import get_backend_name
-    from rssm_ref.bench import (bench_document, check_figures, format_bench, parse_size,
+    from rssm_ref.xp.backend import get_backend_name
+    from rssm_ref.app.bench import (bench_document, load_peers, check_figures, format_bench, parse_size,
                                 run_bench, write_json)
-    from rssm_ref.backend import namespace
-    from rssm_ref.progress import Progress
+    from rssm_ref.xp.backend import namespace
+    from rssm_ref.util.progress import Progress
     backend = backend or run_guarded(get_backend_name)
     run_guarded(namespace, backend)
     size = run_guarded(parse_size, backend_size) if backend_size else None
     names = run_guarded(check_figures, only)
-    from rssm_ref.paths import check_outputs
+    from rssm_ref.util.paths import check_outputs
     run_guarded(check_outputs, [("--json-out", json_path)])   # not a directory, before timing
     if json_path and not os.path.isdir(os.path.dirname(os.path.abspath(json_path))):
         raise UserError(f"--json-out: {json_path}: folder "
@@ -478,11 +478,11 @@ def bench_cmd(quick, as_json, json_path, backend, backend_size, only, peers):
                        backend_size=size)
     task.close()
     if peers:
-        from rssm_ref.bench_peers import available, peer_rows
-        for framework, (ok, why) in available().items():
+        peer_module = run_guarded(load_peers)
+        for framework, (ok, why) in peer_module.available().items():
             if not ok:
                 click.echo(f"note: --peers: {framework} skipped: {why}", err=True)
-        rows = rows + run_guarded(peer_rows, quick=quick)
+        rows = rows + run_guarded(peer_module.peer_rows, quick=quick)
     if json_path:
         run_guarded(write_json, rows, json_path, quick)
     if as_json:
@@ -528,8 +528,8 @@ def explain_cmd(model, task, params_path, checkpoint, inputs_path, seed, L, step
     sequence, and the poles/zeros and impulse responses of the LTI systems. Training
     progress, when a model is trained here, goes to stderr and DIR/progress.log.
     """
-    from rssm_ref.explain import ExplainConfig, explain
-    from rssm_ref.progress import Progress
+    from rssm_ref.experiments.explain import ExplainConfig, explain
+    from rssm_ref.util.progress import Progress
     if checkpoint:
         click.echo("note: --checkpoint is deprecated; use --params", err=True)
     if params_path or checkpoint:

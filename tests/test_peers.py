@@ -1,4 +1,4 @@
-"""bench --peers (rssm_ref.bench_peers): the bench's workloads in JAX and PyTorch,
+"""bench --peers (benchmarks/peers.py): the bench's workloads in JAX and PyTorch,
 checked against rssm-ref before they are timed.
 
 JAX and PyTorch are optional (``pip install '.[peers]'``; CI installs neither). The tests
@@ -12,9 +12,10 @@ import types
 import numpy as onp
 import pytest
 
-from rssm_ref import bench_peers
+from rssm_ref.app.bench import load_peers
 from rssm_ref.tolerances import TOLERANCES
 
+bench_peers = load_peers()
 TOL = TOLERANCES["peer_agreement"]
 ROW_KEYS = {"figure", "framework", "value", "unit", "baseline", "target", "pass", "detail"}
 
@@ -87,7 +88,7 @@ def test_unknown_parameter_arrays_fail_loudly():
     cfg = types.SimpleNamespace(model="residual")
     core = {k: onp.zeros(1) for k in bench_peers.RESIDUAL_KEYS}
     bench_peers._check_keys(dict(core, c=onp.zeros(())), cfg)          # the optional bias
-    with pytest.raises(AssertionError, match="update rssm_ref/bench_peers.py"):
+    with pytest.raises(AssertionError, match="update benchmarks/peers.py"):
         bench_peers._check_keys(dict(core, gate_scale=onp.zeros(())), cfg)
     with pytest.raises(AssertionError, match="need"):
         bench_peers._check_keys({k: v for k, v in core.items() if k != "r_theta"}, cfg)
@@ -97,7 +98,7 @@ def test_constants_follow_the_configuration():
     cfg = types.SimpleNamespace(gate_gain=3.0, reflection_bound=0.5, readout="linear")
     K = bench_peers._constants(cfg)
     assert (K["GAIN"], K["BOUND"], K["readout"]) == (3.0, 0.5, "linear")
-    from rssm_ref import models
+    from rssm_ref.training import head as models
     assert K["SCALE"] == models.SCALE
 
 
@@ -172,7 +173,7 @@ OPTIONS = [
 
 @pytest.mark.parametrize("model,options", OPTIONS, ids=[f"{m}-{'-'.join(o)}" for m, o in OPTIONS])
 def test_peer_losses_follow_the_model_options(model, options):
-    from rssm_ref.models import ModelConfig, init_params
+    from rssm_ref.training.head import ModelConfig, init_params
     found = _need_a_peer()
     try:
         cfg = ModelConfig(model, "induction", **options)
@@ -214,8 +215,8 @@ def test_bench_peers_flag_says_what_it_skipped(monkeypatch):
     """bench --peers without JAX or PyTorch: exit 0, the figures as usual, one note per
     missing framework on stderr naming the reason (here simulated, as in CI)."""
     from click.testing import CliRunner
-    import rssm_ref.bench_peers as bp
-    from rssm_ref.cli import main
+    bp = load_peers()
+    from rssm_ref.app.cli import main
     monkeypatch.setattr(bp, "available", lambda: {"jax-jit": (False, "jax not importable: test"),
                                                   "torch-eager": (False, "torch not importable: test")})
     monkeypatch.setattr(bp, "peer_rows", lambda quick=False, repeats=7: [])

@@ -3,11 +3,11 @@
 The same blocks as ``recurrence``, ``convolution`` and ``gate``, written against the
 Python array API standard so that one source runs on NumPy, on CuPy (GPU) and on
 ``array_api_strict`` (the test that no NumPy-only call creeps in). The array module is
-taken from the arrays (``rssm_ref.backend.namespace_of``); nothing here names NumPy.
+taken from the arrays (``rssm_ref.xp.backend.namespace_of``); nothing here names NumPy.
 
 Only the work that grows with batch x L lives here. Parameter-side work (kernels h from
 (num, den) or (A, B, C, D), realizations, discretizations of small matrices) stays on the
-host in the autograd cores (``rssm_ref.xp_models`` joins the two).
+host in the autograd cores (``rssm_ref.xp.models`` joins the two).
 
 autograd holds NumPy arrays only, so every kernel comes as a pair: ``f(...)`` and
 ``f_vjp(saved, g)``, the reverse-mode rule written out by hand (the same adjoint
@@ -29,7 +29,7 @@ g                     a cotangent, same shape as the output it belongs to
 >>> diag_scan(a, x).tolist()
 [[1.0, 1.5, 1.75]]
 """
-from rssm_ref.backend import namespace_of
+from rssm_ref.xp.backend import namespace_of
 
 __all__ = ["shift_time", "diag_scan", "diag_scan_ref", "diag_scan_vjp",
            "state_scan", "state_scan_vjp", "ss_forward", "ss_forward_ref", "ss_vjp",

@@ -44,11 +44,11 @@ from typing import Optional
 import numpy as onp
 
 from rssm_ref.lti import StateSpace, TransferFunction
-from rssm_ref.models import ModelConfig, init_params, residual_core_arrays
-from rssm_ref.paths import atomic_write, finish_tmp
+from rssm_ref.training.head import ModelConfig, init_params, residual_core_arrays
+from rssm_ref.util.paths import atomic_write, finish_tmp
 from rssm_ref.selective_ssm import A_from_log
-from rssm_ref.tasks import DEFAULT_TOKENS, extended_induction_head, induction_head, vocab_size
-from rssm_ref.train import TrainConfig, load_checkpoint, train
+from rssm_ref.training.tasks import DEFAULT_TOKENS, extended_induction_head, induction_head, vocab_size
+from rssm_ref.training.train import TrainConfig, load_checkpoint, train
 
 __all__ = ["ExplainConfig", "explain", "oracle_params"]
 
@@ -94,7 +94,7 @@ class ExplainConfig:
 
 
 def oracle_params(model_cfg, params):
-    """A trained model's arrays (rssm_ref.models) in the oracle's params format.
+    """A trained model's arrays (rssm_ref.training.head) in the oracle's params format.
 
     Residual: sigma_num, sigma_den, r_num, r_den, gate_bias (the stable parameterization
     and the fixed gain folded in, ``residual_core_arrays``) and embedding = E.
@@ -117,7 +117,7 @@ def oracle_params(model_cfg, params):
 def _model_config(cfg):
     """The model explained: a reproduce checkpoint's own options (its run config), else
     the reproduce recipe's model for the task (what explain trains when given no params)."""
-    from rssm_ref.experiments import ReproduceConfig, model_config, read_run_config
+    from rssm_ref.experiments.reproduce import ReproduceConfig, model_config, read_run_config
     if cfg.params_path and os.path.isfile(cfg.params_path):
         try:
             rc = read_run_config(cfg.params_path)
@@ -241,13 +241,13 @@ def _savefig(fig, path):
 def explain(cfg, progress=None):
     """Trace one sequence through the model; write figures and the trace into ``cfg.out``.
 
-    ``progress``: a ``rssm_ref.progress.Progress`` for the training run (None: silent;
+    ``progress``: a ``rssm_ref.util.progress.Progress`` for the training run (None: silent;
     the lines still go to ``out/progress.log`` when a model is trained).
     """
-    from rssm_ref.experiments import _prepare_out
+    from rssm_ref.experiments.reproduce import _prepare_out
     from rssm_ref.oracle import forward, formats
-    from rssm_ref.paths import check_outputs
-    from rssm_ref.progress import Progress
+    from rssm_ref.util.paths import check_outputs
+    from rssm_ref.util.progress import Progress
     # before anything is trained or read: the files written into --out are not inputs
     check_outputs([("--out", os.path.join(cfg.out, n))
                    for n in ("trace.json", "trace.npz", "progress.log")],

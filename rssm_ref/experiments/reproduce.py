@@ -45,10 +45,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as onp
 
-from rssm_ref.models import ModelConfig, accuracy, param_count
-from rssm_ref.paths import finish_tmp
-from rssm_ref.tasks import DEFAULT_TOKENS, TASKS, make_batch
-from rssm_ref.train import TrainConfig, load_checkpoint, train
+from rssm_ref.training.head import ModelConfig, accuracy, param_count
+from rssm_ref.util.paths import finish_tmp
+from rssm_ref.training.tasks import DEFAULT_TOKENS, TASKS, make_batch
+from rssm_ref.training.train import TrainConfig, load_checkpoint, train
 
 __all__ = ["ReproduceConfig", "reproduce", "format_table", "split_steps", "PAPER_TABLES",
            "LENGTHS", "TASK_NAMES"]
@@ -125,7 +125,7 @@ class ReproduceConfig:
             raise ValueError(f"--eval-n: {self.eval_n} (expected a positive integer)")
         if not self.out:
             object.__setattr__(self, "out", default_out(self.task))
-        from rssm_ref.backend import namespace
+        from rssm_ref.xp.backend import namespace
         namespace(self.backend)   # a clear error now, not after the training
 
 
@@ -162,7 +162,7 @@ class RunCheckpoint(str):
 def run_config(cfg, model_cfg, tcfg):
     """Everything that decides a run's parameters: task, model options, recipe.
 
-    >>> from rssm_ref.models import ModelConfig
+    >>> from rssm_ref.training.head import ModelConfig
     >>> rc = run_config(ReproduceConfig(), ModelConfig("residual", "induction"),
     ...                 _train_config(ReproduceConfig(), "residual", 0))
     >>> rc["task"], rc["model"], rc["gate"], rc["seed"]
@@ -313,19 +313,19 @@ def _prepare_out(out, flag="--out"):
 
 
 def _atomic_write_text(path, text):
-    from rssm_ref.paths import atomic_write
+    from rssm_ref.util.paths import atomic_write
     atomic_write(path, lambda fh: fh.write(text), mode="w")
 
 
 def reproduce(cfg, progress=None):
     """Train and evaluate every (model, seed); write results.json and accuracy.png.
 
-    ``progress``: a ``rssm_ref.progress.Progress`` showing the work (the CLI passes one
+    ``progress``: a ``rssm_ref.util.progress.Progress`` showing the work (the CLI passes one
     on stderr), or None (silent). Either way every line is appended to
     ``<out>/progress.log``. Returns the results dictionary (as written to results.json).
     """
-    from rssm_ref.paths import check_outputs
-    from rssm_ref.progress import Progress
+    from rssm_ref.util.paths import check_outputs
+    from rssm_ref.util.progress import Progress
     plan = []
     for model in cfg.models:
         model_cfg = model_config(cfg, model)
