@@ -110,7 +110,8 @@ import numpy as onp
 from autograd.extend import defvjp_argnums, primitive
 from autograd.tracer import getval
 
-from rssm_ref.validation import check_array, check_stable_den, check_state_space
+from rssm_ref.validation import (check_array, check_length, check_state_space,
+                                 check_tf, check_u)
 
 __all__ = [
     "causal_conv", "fft_conv", "fft_conv_ref",
@@ -144,49 +145,14 @@ def _even_fast_len(n):
     return best
 
 
-def _check_length(name, value):
-    if isinstance(value, (bool, onp.bool_)) or not isinstance(value, (int, onp.integer)):
-        raise TypeError(f"{name}: {type(value).__name__} {value!r} (expected a positive int)")
-    if value < 1:
-        raise ValueError(f"{name}: {value} (expected a positive int)")
-    return int(value)
-
-
-def _check_u(u, m=None, what="num (p, m, k)"):
-    u = check_array("u", u, ndim=3)
-    batch, L, mu_ = onp.shape(u)
-    if L < 1:
-        raise ValueError(f"u: shape {onp.shape(u)} has no time steps (expected (batch, L, m), L >= 1)")
-    if m is not None and mu_ != m:
-        raise ValueError(f"u: expected shape (batch, L, {m}) to match {what}, got {onp.shape(u)}")
-    return u, L
-
-
 def _check_kernel(h, u):
     """A kernel h (Lh >= 1, p, m) and inputs u (batch, L, m) of matching width: (h, u, L)."""
     h = check_array("h", h, ndim=3)
     if onp.shape(h)[0] < 1:
         raise ValueError(f"h: shape {onp.shape(h)} has no samples (expected (Lh, p, m), Lh >= 1)")
-    u, L = _check_u(u, onp.shape(h)[2], what="h (Lh, p, m)")
+    u = check_u(u, onp.shape(h)[2], what="h (Lh, p, m)")
+    L = onp.shape(u)[1]
     return h, u, L
-
-
-def _check_tf(num, den):
-    num = check_array("num", num, ndim=3)
-    den = check_array("den", den, ndim=2)
-    p, m, k = onp.shape(num)
-    if p < 1 or m < 1 or k < 1:
-        raise ValueError(f"num: shape {onp.shape(num)} (expected (p, m, k) with p, m, k >= 1)")
-    if onp.shape(den) != (p, k):
-        raise ValueError(
-            f"den: expected shape ({p}, {k}) to match num (p, m, k) = {onp.shape(num)}, got "
-            f"{onp.shape(den)} (proper systems only: pad the shorter polynomial on the left)")
-    check_stable_den("den", onp.asarray(getval(den)))
-    return num, den
-
-
-def _check_ss(A, B, C, D):
-    return check_state_space(A, B, C, D)
 
 
 def _conv_spectral(Hv, u, K):
@@ -504,7 +470,8 @@ def fft_conv_ref(h, u):
     [1.0, 0.5, 0.25, 2.0, 1.0]
     """
     h = check_array("h", h, ndim=3)
-    u, L = _check_u(u, onp.shape(h)[2], what="h (Lh, p, m)")
+    u = check_u(u, onp.shape(h)[2], what="h (Lh, p, m)")
+    L = onp.shape(u)[1]
     Lh = onp.shape(h)[0]
     batch, p = onp.shape(u)[0], onp.shape(h)[1]
     ys = []
@@ -533,8 +500,9 @@ def ss_fft_filter(A, B, C, D, u):
     """
     # imported here: rssm_ref.lti is a sibling core module (no import cycle at load time)
     from rssm_ref.lti import markov_parameters
-    A, B, C, D = _check_ss(A, B, C, D)
-    u, L = _check_u(u, onp.shape(B)[1], what="B (n, m)")
+    A, B, C, D = check_state_space(A, B, C, D)
+    u = check_u(u, onp.shape(B)[1], what="B (n, m)")
+    L = onp.shape(u)[1]
     return fft_conv(markov_parameters(A, B, C, D, L), u)
 
 
@@ -548,8 +516,9 @@ def ss_fft_filter_ref(A, B, C, D, u):
     >>> ss_fft_filter_ref(A, B, C, D, numpy.ones((1, 4, 1)))[0, :, 0].tolist()
     [0.0, 1.0, 1.5, 1.75]
     """
-    A, B, C, D = _check_ss(A, B, C, D)
-    u, L = _check_u(u, onp.shape(B)[1], what="B (n, m)")
+    A, B, C, D = check_state_space(A, B, C, D)
+    u = check_u(u, onp.shape(B)[1], what="B (n, m)")
+    L = onp.shape(u)[1]
     x = onp.zeros((onp.shape(u)[0], onp.shape(A)[0]))
     ys = []
     for t in range(L):
@@ -576,8 +545,8 @@ def tf_kernel_aliased(num, den, K):
     >>> bool(numpy.allclose(hK, [0.25 / 0.875, 1 / 0.875, 0.5 / 0.875]))
     True
     """
-    num, den = _check_tf(num, den)
-    K = _check_length("K", K)
+    num, den = check_tf(num, den, proper=True, stable=True)
+    K = check_length("K", K)
     if K % 2 == 0:
         return np.fft.irfft(_tf_kernel_spectrum(_tf_setup(num, den, None), K), K, axis=0)
     H = _tf_kernel_spectrum(_tf_setup(num, den, None), K, full=True)
@@ -595,8 +564,8 @@ def tf_kernel_aliased_ref(num, den, K):
     >>> numpy.round(tf_kernel_aliased_ref([[[0.0, 1.0]]], [[1.0, -0.5]], 4)[:, 0, 0], 6)
     array([0.133333, 1.066667, 0.533333, 0.266667])
     """
-    num, den = _check_tf(num, den)
-    K = _check_length("K", K)
+    num, den = check_tf(num, den, proper=True, stable=True)
+    K = check_length("K", K)
     k = onp.shape(num)[2]
     rho = max([float(onp.max(onp.abs(onp.roots(r)))) if k > 1 and onp.any(r[1:]) else 0.0
                for r in onp.asarray(den)])
@@ -625,8 +594,8 @@ def tf_kernel(num, den, L):
     >>> bool(numpy.allclose(h, [(t + 1) * 0.9**t for t in range(6)], rtol=0, atol=1e-14))
     True
     """
-    num, den = _check_tf(num, den)
-    L = _check_length("L", L)
+    num, den = check_tf(num, den, proper=True, stable=True)
+    L = check_length("L", L)
     K = _even_fast_len(L)
     setup = _tf_setup(num, den, L, damped=True)
     h = np.fft.irfft(_tf_kernel_spectrum(setup, K), K, axis=0)[:L]
@@ -645,7 +614,7 @@ def tf_kernel_ref(num, den, L):
     """
     num = check_array("num", num, ndim=3)
     den = check_array("den", den, ndim=2)
-    L = _check_length("L", L)
+    L = check_length("L", L)
     p, m, k = onp.shape(num)
     if onp.shape(den) != (p, k):
         raise ValueError(f"den: expected shape ({p}, {k}) to match num, got {onp.shape(den)}")
@@ -678,8 +647,9 @@ def tf_fft_filter(num, den, u, corrected=True):
     >>> numpy.round(y[0, :, 0], 6)
     array([0.133333, 1.2     , 1.733333, 2.      ])
     """
-    num, den = _check_tf(num, den)
-    u, L = _check_u(u, onp.shape(num)[1])
+    num, den = check_tf(num, den, proper=True, stable=True)
+    u = check_u(u, onp.shape(num)[1])
+    L = onp.shape(u)[1]
     if not isinstance(corrected, (bool, onp.bool_)):
         raise TypeError(f"corrected: {type(corrected).__name__} (expected True or False)")
     if not corrected:
@@ -712,7 +682,8 @@ def tf_fft_filter_ref(num, den, u):
     p, m, k = onp.shape(num)
     if onp.shape(den) != (p, k):
         raise ValueError(f"den: expected shape ({p}, {k}) to match num, got {onp.shape(den)}")
-    u, L = _check_u(u, m)
+    u = check_u(u, m)
+    L = onp.shape(u)[1]
     ys = []
     for t in range(L):
         acc = onp.zeros((onp.shape(u)[0], p))

@@ -39,7 +39,7 @@ import numpy as onp
 import scipy.linalg as sla
 from autograd.extend import defvjp, primitive
 
-from rssm_ref.validation import _is_traced, check_array
+from rssm_ref.validation import is_traced, check_array
 
 __all__ = ["phi1", "mamba_discretize", "cont2discrete", "cont2discrete_ref"]
 
@@ -174,10 +174,10 @@ def mamba_discretize(A, delta, B_bar, convention="zoh"):
     delta = check_array("delta", delta)
     B_bar = check_array("B_bar", B_bar)
     _broadcast_shape(A=A, delta=delta, B_bar=B_bar)
-    if not _is_traced(A) and onp.size(A) and not onp.all(A < 0):
+    if not is_traced(A) and onp.size(A) and not onp.all(A < 0):
         raise ValueError(f"A: expected strictly negative entries (the diagonal of a Hurwitz "
                          f"matrix), got max {float(onp.max(A)):.6g}")
-    if not _is_traced(delta) and onp.size(delta) and not onp.all(delta > 0):
+    if not is_traced(delta) and onp.size(delta) and not onp.all(delta > 0):
         raise ValueError(f"delta: expected strictly positive step sizes, got min "
                          f"{float(onp.min(delta)):.6g}")
     dA = delta * A

@@ -45,23 +45,19 @@ import numpy as onp
 import scipy.linalg.lapack as lapack
 from autograd.extend import defvjp_argnums, primitive
 
-from rssm_ref.validation import _is_traced, check_array
+from rssm_ref.validation import GATES, check_array, check_option, is_traced
 
 __all__ = ["gate", "gate_ref", "gate_step", "gate_final", "gate_final_ref"]
 
-_MODES = ("euler", "zoh")
 # rows per LAPACK call: ~2^15 rows keep the scratch (24 bytes a row for m = 1) in cache
 _GROUP_ROWS = 1 << 15
 
 
 # ---------------------------------------------------------------- validation
-def _check_mode(mode):
-    if mode not in _MODES:
-        raise ValueError(f"mode: expected 'euler' or 'zoh', got {mode!r}")
 
 
 def _check_s_values(name, s, mode):
-    if _is_traced(s) or onp.size(s) == 0:
+    if is_traced(s) or onp.size(s) == 0:
         return
     lo = float(onp.min(s))
     hi = float(onp.max(s))
@@ -74,7 +70,7 @@ def _check_s_values(name, s, mode):
 
 
 def _check_gate_args(y_s, s, y0, mode):
-    _check_mode(mode)
+    check_option("mode", mode, GATES)
     y_s = check_array("y_s", y_s, ndim=3)
     batch, L, m = onp.shape(y_s)
     if batch == 0 or L == 0 or m == 0:
@@ -381,7 +377,7 @@ def gate_step(y, y_s_t, s_t, mode="euler"):
     >>> gate_step(np.array([[0.0]]), np.array([[1.0]]), np.array([0.25]))[0].tolist()
     [0.25]
     """
-    _check_mode(mode)
+    check_option("mode", mode, GATES)
     y = check_array("y", y, ndim=2)
     batch, m = onp.shape(y)
     y_s_t = check_array("y_s_t", y_s_t, shape=(batch, m))

@@ -47,7 +47,8 @@ import scipy.signal as ssig
 from autograd.extend import defvjp, primitive
 
 from rssm_ref.recurrence import _state_scan  # the scan primitive (recurrence never imports lti)
-from rssm_ref.validation import _is_traced, check_array, check_state_space
+from rssm_ref.validation import (PATHS, check_array, check_length, check_option, check_state_space,
+                                 check_tf, is_traced)
 
 __all__ = [
     "markov_parameters", "markov_parameters_ref", "den_from_reflection", "den_from_theta",
@@ -71,49 +72,7 @@ def _filter_io(u, m):
                      + (" or (L,)" if m == 1 else "") + f", got {onp.shape(u)}")
 
 
-def _check_path(path):
-    if path not in ("recurrent", "fft"):
-        raise ValueError(f"path: {path!r} (expected 'recurrent' or 'fft')")
-
-
 # ----------------------------------------------------------------------------- helpers
-def _check_ss(A, B, C, D):
-    """Validate (A, B, C, D) shapes against each other; return float64 arrays."""
-    return check_state_space(A, B, C, D)
-
-
-def _check_length(name, L, minimum=1):
-    if isinstance(L, bool) or not isinstance(L, (int, onp.integer)):
-        raise TypeError(f"{name}: expected an int, got {type(L).__name__}")
-    if L < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {L}")
-    return int(L)
-
-
-def _check_tf(num, den):
-    """Validate (num (p, m, k), den (p, k)); 1-D num and den mean SISO.
-
-    Returns float64 arrays of equal length k with nonzero den[:, 0] (not yet normalized,
-    not padded: that is ``_normalize_tf``'s job).
-    """
-    num_ndim = onp.ndim(num)
-    if num_ndim == 1:
-        num = check_array("num", num, ndim=1)[None, None, :]
-        if onp.ndim(den) != 1:
-            raise ValueError(f"den: expected 1 dimension with a 1-D (SISO) num, got shape {onp.shape(den)}")
-        den = check_array("den", den, ndim=1)[None, :]
-    else:
-        num = check_array("num", num, ndim=3)
-        den = check_array("den", den, ndim=2)
-    p, m, kn = onp.shape(num)
-    if onp.shape(den)[0] != p:
-        raise ValueError(f"den: expected {p} rows (one common denominator per output row of "
-                         f"num {onp.shape(num)}), got shape {onp.shape(den)}")
-    if kn == 0 or onp.shape(den)[1] == 0:
-        raise ValueError("num, den: expected at least one coefficient, got an empty polynomial")
-    if p == 0 or m == 0:
-        raise ValueError(f"num: expected p >= 1 outputs and m >= 1 inputs, got shape {onp.shape(num)}")
-    return num, den
 
 
 def _normalize_tf(num, den):
@@ -165,8 +124,8 @@ def markov_parameters(A, B, C, D, L):
     >>> markov_parameters(A, B, C, D, 4)[:, 0, 0].tolist()
     [3.0, 2.0, 1.0, 0.5]
     """
-    A, B, C, D = _check_ss(A, B, C, D)
-    L = _check_length("L", L)
+    A, B, C, D = check_state_space(A, B, C, D)
+    L = check_length("L", L)
     if L == 1:
         return D[None]
     n, m = onp.shape(B)
@@ -183,8 +142,8 @@ def markov_parameters_ref(A, B, C, D, L):
     >>> markov_parameters_ref([[0.5]], [[1.0]], [[2.0]], [[3.0]], 3)[:, 0, 0].tolist()
     [3.0, 2.0, 1.0]
     """
-    A, B, C, D = _check_ss(A, B, C, D)
-    L = _check_length("L", L)
+    A, B, C, D = check_state_space(A, B, C, D)
+    L = check_length("L", L)
     hs = [D]
     G = B  # A^(t-1) B
     for _ in range(1, L):
@@ -214,7 +173,7 @@ def den_from_reflection(k):
     >>> bool(np.all(np.abs(np.roots(den)) < 1))
     True
     """
-    if not _is_traced(k):
+    if not is_traced(k):
         k = check_array("k", k)
         if onp.ndim(k) < 1:
             raise ValueError("k: expected shape (..., n), got a scalar")
@@ -333,7 +292,7 @@ def ss2tf(A, B, C, D):
     >>> num.tolist(), den.tolist()
     ([[[0.0, 1.0]]], [[1.0, -0.5]])
     """
-    A, B, C, D = _check_ss(A, B, C, D)
+    A, B, C, D = check_state_space(A, B, C, D)
     A, B, C, D = (onp.asarray(x, dtype=float) for x in (A, B, C, D))
     n = A.shape[0]
     p, m = D.shape
@@ -361,7 +320,7 @@ def tf2ss(num, den):
     >>> A.tolist(), B.tolist(), C.tolist(), D.tolist()
     ([[0.5]], [[0.5]], [[1.0]], [[1.0]])
     """
-    return observable_realization(*_normalize_tf(*_check_tf(num, den)))
+    return observable_realization(*_normalize_tf(*check_tf(num, den)))
 
 
 def observable_realization(num, den):
@@ -449,7 +408,7 @@ class StateSpace:
     """
 
     def __init__(self, A, B, C, D, dt=1):
-        A, B, C, D = _check_ss(A, B, C, D)
+        A, B, C, D = check_state_space(A, B, C, D)
         self.A, self.B, self.C, self.D = (onp.array(x, dtype=float) for x in (A, B, C, D))
         self.dt = _check_dt(dt)
 
@@ -524,7 +483,7 @@ class StateSpace:
         >>> bool(np.allclose(sys.filter(np.ones(4), path="fft"), sys.filter(np.ones(4))))
         True
         """
-        _check_path(path)
+        check_option("path", path, PATHS)
         u3, back = _filter_io(u, self.n_inputs)
         if path == "fft":
             if x0 is not None:
@@ -608,7 +567,7 @@ class TransferFunction:
     """
 
     def __init__(self, num, den, dt=1):
-        num, den = _check_tf(num, den)
+        num, den = check_tf(num, den)
         self.num, self.den = _normalize_tf(num, den)
         self.dt = _check_dt(dt)
 
@@ -636,7 +595,7 @@ class TransferFunction:
         >>> TransferFunction([0.0, 1.0], [1.0, -0.5]).impulse(3)[:, 0, 0].tolist()
         [0.0, 1.0, 0.5]
         """
-        L = _check_length("L", L)
+        L = check_length("L", L)
         return _tf_impulse(self.num, self.den, L)
 
     def poles(self):
@@ -685,7 +644,7 @@ class TransferFunction:
         >>> np.round(sys.filter(np.ones(3), path="fft"), 12).tolist()
         [1.0, 1.5, 1.75]
         """
-        _check_path(path)
+        check_option("path", path, PATHS)
         u3, back = _filter_io(u, self.n_inputs)
         if path == "fft":
             from rssm_ref.convolution import tf_fft_filter

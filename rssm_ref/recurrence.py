@@ -37,7 +37,7 @@ import numpy as onp
 import scipy.signal as ssig
 from autograd.extend import defvjp, defvjp_argnums, primitive
 
-from rssm_ref.validation import _is_traced, check_array, check_state_space
+from rssm_ref.validation import is_traced, check_array, check_state_space
 
 __all__ = ["lfilter_prim", "tf_filter", "tf_filter_ref", "ss_filter", "ss_filter_ref",
            "impulse_response", "impulse_response_ref"]
@@ -100,7 +100,7 @@ def lfilter_prim(b, a, x):
     if onp.shape(b) != onp.shape(a) or onp.shape(a)[0] == 0:
         raise ValueError(f"b, a: expected two non-empty 1-D arrays of the same length (pad the "
                          f"shorter on the left), got shapes {onp.shape(b)} and {onp.shape(a)}")
-    if not _is_traced(a) and onp.asarray(a)[0] == 0.0:
+    if not is_traced(a) and onp.asarray(a)[0] == 0.0:
         raise ValueError("a: zero leading coefficient a[0] (expected a[0] != 0)")
     x = check_array("x", x)
     if onp.ndim(x) < 1:
@@ -215,7 +215,7 @@ def _check_tf_filter_args(num, den, u):
                          f"{onp.shape(num)}, same length), got {onp.shape(den)}")
     if k == 0:
         raise ValueError("num, den: expected at least one coefficient, got an empty polynomial")
-    if not _is_traced(den) and onp.any(onp.asarray(den)[:, 0] == 0.0):
+    if not is_traced(den) and onp.any(onp.asarray(den)[:, 0] == 0.0):
         raise ValueError("den: zero leading coefficient den[:, 0] (expected den[:, 0] != 0)")
     u = check_array("u", u, ndim=3)
     if onp.shape(u)[2] != m:
@@ -456,7 +456,7 @@ def ss_filter(A, B, C, D, u, x0=None, return_state=False):
     ([1.0, 2.0, 2.5], [[1.75]])
     """
     A, B, C, D, u, x0 = _check_ss_filter_args(A, B, C, D, u, x0)
-    if not any(_is_traced(z) for z in (A, B, C, D, u, x0)):
+    if not any(is_traced(z) for z in (A, B, C, D, u, x0)):
         y, xL = _ss_forward_np(A, B, C, D, u, x0)
         return (y, xL) if return_state else y
     n = onp.shape(A)[0]

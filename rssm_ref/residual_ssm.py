@@ -56,16 +56,14 @@ from rssm_ref.gate import gate as gate_scan
 from rssm_ref.gate import gate_final, gate_step
 from rssm_ref.lti import StateSpace, TransferFunction, den_from_reflection
 from rssm_ref.recurrence import _impulse_prim, _impulse_vjp, ss_filter, tf_filter
-from rssm_ref.validation import (_is_traced, _on_other_backend, check_array, check_stable_den,
-                                 check_state_space)
+from rssm_ref.validation import (FINAL_PATHS, GATES, PATHS, check_array, check_option,
+                                 check_residual_ss, check_residual_tf, check_u, is_traced,
+                                 on_other_backend)
 
 __all__ = [
     "sigmoid", "log_sigmoid", "residual_ssm_tf", "residual_ssm_ss", "residual_ssm_ref",
     "residual_ssm_final", "residual_ssm_final_ref", "ResidualSSM", "param_count",
 ]
-
-PATHS = ("fft", "recurrent")
-GATES = ("euler", "zoh")
 
 
 # ------------------------------------------------------------------ the static nonlinearity
@@ -89,60 +87,10 @@ def log_sigmoid(x):
 
 
 # ------------------------------------------------------------------ validation
-def _check_option(name, value, allowed):
-    if value not in allowed:
-        raise ValueError(f"{name}: {value!r} (expected one of {', '.join(map(repr, allowed))})")
-
-
-def _check_u(u, m=None):
-    u = check_array("u", u, ndim=3)
-    shp = onp.shape(u)
-    if shp[1] < 1:
-        raise ValueError(f"u: sequence length L = {shp[1]} (expected L >= 1)")
-    if m is not None and shp[2] != m:
-        raise ValueError(f"u: expected shape (batch, L, {m}), got {shp}")
-    return u
-
-
-def _check_tf(sigma_num, sigma_den, r_num, r_den, allow_unstable):
-    sigma_num = check_array("sigma_num", sigma_num, ndim=3)
-    m = onp.shape(sigma_num)[0]
-    k = onp.shape(sigma_num)[2]
-    sigma_num = check_array("sigma_num", sigma_num, shape=(m, m, k))
-    sigma_den = check_array("sigma_den", sigma_den, shape=(m, k))
-    r_num = check_array("r_num", r_num, ndim=3)
-    k_r = onp.shape(r_num)[2]
-    r_num = check_array("r_num", r_num, shape=(1, m, k_r))
-    r_den = check_array("r_den", r_den, shape=(1, k_r))
-    for name, den in (("sigma_den", sigma_den), ("r_den", r_den)):
-        if not _is_traced(den):
-            check_stable_den(name, den, allow_unstable=allow_unstable)
-    return sigma_num, sigma_den, r_num, r_den, m
-
-
-def _check_ss(arrs, allow_unstable):
-    sA, sB, sC, sD = check_state_space(*arrs[:4], prefix="sigma_")
-    m = onp.shape(sB)[1]
-    if onp.shape(sC)[0] != m:
-        raise ValueError(f"sigma_C: expected {m} outputs (Σ is m x m), got shape {onp.shape(sC)}")
-    rA, rB, rC, rD = check_state_space(*arrs[4:], prefix="r_")
-    if onp.shape(rB)[1] != m or onp.shape(rC)[0] != 1:
-        raise ValueError(f"r_B, r_C: expected Σ_r with {m} inputs and 1 output, got r_B "
-                         f"{onp.shape(rB)} and r_C {onp.shape(rC)}")
-    if not allow_unstable:
-        for name, A in (("sigma_A", sA), ("r_A", rA)):
-            if _is_traced(A) or onp.shape(A)[0] == 0:
-                continue
-            rho = float(onp.max(onp.abs(onp.linalg.eigvals(A))))
-            if not rho < 1.0:
-                raise ValueError(
-                    f"{name}: spectral radius {rho:.6g} (expected all eigenvalues strictly "
-                    "inside the unit circle; pass allow_unstable to override)")
-    return (sA, sB, sC, sD, rA, rB, rC, rD), m
 
 
 def _check_bias(gate_bias):
-    if not _is_traced(gate_bias):
+    if not is_traced(gate_bias):
         arr = check_array("gate_bias", gate_bias)
         if onp.size(arr) != 1:
             raise ValueError(f"gate_bias: expected a scalar, got shape {onp.shape(arr)}")
@@ -193,13 +141,13 @@ def residual_ssm_tf(sigma_num, sigma_den, r_num, r_den, gate_bias, u, path="fft"
     >>> y.shape, mid["s"].shape, bool(((mid["s"] > 0) & (mid["s"] < 1)).all())
     ((1, 8, 2), (1, 8), True)
     """
-    _check_option("path", path, PATHS)
-    _check_option("gate", gate, GATES)
-    sigma_num, sigma_den, r_num, r_den, m = _check_tf(sigma_num, sigma_den, r_num, r_den, allow_unstable)
-    if _on_other_backend(u):
+    check_option("path", path, PATHS)
+    check_option("gate", gate, GATES)
+    sigma_num, sigma_den, r_num, r_den, m = check_residual_tf(sigma_num, sigma_den, r_num, r_den, allow_unstable)
+    if on_other_backend(u):
         return _on_backend(dict(zip(_TF_KEYS, (sigma_num, sigma_den, r_num, r_den))), gate_bias,
                            u, path, gate, return_intermediates, allow_unstable)
-    u = _check_u(u, m)
+    u = check_u(u, m)
     gate_bias = _check_bias(gate_bias)
     filt = tf_fft_filter if path == "fft" else tf_filter
     # Σ : y_s = Σ(u)
@@ -304,15 +252,15 @@ def residual_ssm_final(sigma_num, sigma_den, r_num, r_den, gate_bias, u, path="a
     >>> bool(onp.allclose(residual_ssm_final(*m.tf_arrays(), u), residual_ssm_tf(*m.tf_arrays(), u)[:, -1], rtol=0, atol=1e-14))
     True
     """
-    _check_option("path", path, ("auto",) + _FINAL_PATHS)
-    _check_option("gate", gate, GATES)
-    sigma_num, sigma_den, r_num, r_den, m = _check_tf(sigma_num, sigma_den, r_num, r_den, allow_unstable)
-    u = _check_u(u, m)
+    check_option("path", path, ("auto",) + FINAL_PATHS)
+    check_option("gate", gate, GATES)
+    sigma_num, sigma_den, r_num, r_den, m = check_residual_tf(sigma_num, sigma_den, r_num, r_den, allow_unstable)
+    u = check_u(u, m)
     gate_bias = _check_bias(gate_bias)
     L = onp.shape(u)[1]
     if path == "auto":
         path = "kernel" if L <= DIRECT_MAX_L else "recurrent"
-    traced = any(_is_traced(a) for a in (sigma_num, sigma_den, r_num, r_den, gate_bias, u))
+    traced = any(is_traced(a) for a in (sigma_num, sigma_den, r_num, r_den, gate_bias, u))
     if path == "kernel":
         return _final_kernel_prim(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate, traced)
     if path == "recurrent" and not traced:
@@ -337,9 +285,6 @@ def residual_ssm_final_ref(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gat
     return residual_ssm_ref(*sigma, *r_sys, gate_bias, u, gate=gate)[:, -1]
 
 
-_FINAL_PATHS = ("kernel", "recurrent", "fft")
-
-
 def residual_ssm_ss(sigma_A, sigma_B, sigma_C, sigma_D, r_A, r_B, r_C, r_D, gate_bias, u,
                     path="recurrent", gate="euler", return_intermediates=False, allow_unstable=False):
     """Residual SSM (Fig. 3, eq. 5) with Σ and Σ_r in state space (Remark 3.2).
@@ -353,14 +298,14 @@ def residual_ssm_ss(sigma_A, sigma_B, sigma_C, sigma_D, r_A, r_B, r_C, r_D, gate
     >>> residual_ssm_ss(*m.ss_arrays(), u).shape
     (2, 5, 2)
     """
-    _check_option("path", path, PATHS)
-    _check_option("gate", gate, GATES)
-    arrs, m = _check_ss((sigma_A, sigma_B, sigma_C, sigma_D, r_A, r_B, r_C, r_D), allow_unstable)
+    check_option("path", path, PATHS)
+    check_option("gate", gate, GATES)
+    arrs, m = check_residual_ss((sigma_A, sigma_B, sigma_C, sigma_D, r_A, r_B, r_C, r_D), allow_unstable)
     (sA, sB, sC, sD, rA, rB, rC, rD) = arrs
-    if _on_other_backend(u):
+    if on_other_backend(u):
         return _on_backend(dict(zip(_SS_KEYS, arrs)), gate_bias, u, path, gate, return_intermediates,
                            allow_unstable)
-    u = _check_u(u, m)
+    u = check_u(u, m)
     gate_bias = _check_bias(gate_bias)
     filt = ss_fft_filter if path == "fft" else ss_filter
     y_s = filt(sA, sB, sC, sD, u)
@@ -380,10 +325,10 @@ def residual_ssm_ref(sigma_A, sigma_B, sigma_C, sigma_D, r_A, r_B, r_C, r_D, gat
     >>> bool(onp.allclose(residual_ssm_ref(*m.ss_arrays(), u), m.forward(u), rtol=0, atol=1e-13))
     True
     """
-    _check_option("gate", gate, GATES)
-    (sA, sB, sC, sD, rA, rB, rC, rD), m = _check_ss(
+    check_option("gate", gate, GATES)
+    (sA, sB, sC, sD, rA, rB, rC, rD), m = check_residual_ss(
         (sigma_A, sigma_B, sigma_C, sigma_D, r_A, r_B, r_C, r_D), allow_unstable=True)
-    u = _check_u(u, m)
+    u = check_u(u, m)
     batch, L, _ = onp.shape(u)
     h = np.zeros((batch, onp.shape(sA)[0]))
     h_r = np.zeros((batch, onp.shape(rA)[0]))
@@ -431,7 +376,7 @@ class ResidualSSM:
             raise TypeError("sigma: expected an rssm_ref.lti TransferFunction or StateSpace")
         if not isinstance(r_sys, (TransferFunction, StateSpace)):
             raise TypeError("r_sys: expected an rssm_ref.lti TransferFunction or StateSpace")
-        _check_option("gate", gate, GATES)
+        check_option("gate", gate, GATES)
         m = sigma.n_inputs
         if sigma.n_outputs != m:
             raise ValueError(f"sigma: expected an m x m system, got {sigma.n_outputs} x {m}")
@@ -564,7 +509,7 @@ def param_count(m=2, nu=4, nu_r=4, form="tf", gate_bias=False):
     >>> param_count(2, 4, 4, "tf"), param_count(2, 4, 4, "ss"), param_count(2, 4, 4, gate_bias=True)
     (42, 130, 43)
     """
-    _check_option("form", form, ("tf", "ss"))
+    check_option("form", form, ("tf", "ss"))
     bias = 1 if gate_bias else 0
     if form == "tf":
         return m * nu + m * m * (nu + 1) + nu_r + m * (nu_r + 1) + bias

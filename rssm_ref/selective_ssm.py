@@ -43,14 +43,13 @@ from autograd.extend import defvjp, defvjp_argnums, primitive
 from rssm_ref.util.kept import park, take
 from rssm_ref.util.threads import batch_halves, map_parts
 from rssm_ref.discretize import mamba_discretize
-from rssm_ref.validation import _is_traced, _on_other_backend, check_array
+from rssm_ref.validation import (DISCRETIZATIONS, OUTPUTS, check_array, check_option, is_traced,
+                                 on_other_backend)
 
 __all__ = ["selective_ssm", "selective_ssm_ref", "selective_ssm_final", "selective_ssm_final_ref",
            "linear_scan", "linear_scan_ref", "softplus",
            "A_from_log", "random_params", "param_count"]
 
-DISCRETIZATIONS = ("zoh", "euler")
-OUTPUTS = ("before", "after")
 
 
 def softplus(x):
@@ -154,7 +153,7 @@ def _check(u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output):
         raise ValueError(f"output: {output!r} (expected 'before' or 'after')")
     A = check_array("A", A, ndim=2)
     m, n = onp.shape(A)
-    if not _is_traced(A) and onp.size(A) and not onp.all(A < 0):
+    if not is_traced(A) and onp.size(A) and not onp.all(A < 0):
         raise ValueError(f"A: expected strictly negative continuous diagonals, got max {float(onp.max(A)):.6g}")
     u = check_array("u", u, ndim=3)
     if onp.shape(u)[2] != m or onp.shape(u)[1] < 1:
@@ -204,7 +203,7 @@ def selective_ssm(u, A, W_delta, W_B, W_C, delta_bias=None, D=None, discretizati
     >>> y.shape, mid["h"].shape, float(y[0, 0, 0])   # "before": y(0) = C h(0) = 0
     ((1, 3, 2), (1, 3, 2, 2), 0.0)
     """
-    if _on_other_backend(u):
+    if on_other_backend(u):
         return _on_backend(u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output,
                            return_intermediates)
     u, A, W_delta, W_B, W_C, delta_bias, D = _check(
@@ -508,7 +507,7 @@ def selective_ssm_final(u, A, W_delta, W_B, W_C, delta_bias=None, D=None, discre
         u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output)
     if v is not None:
         v = check_array("v", v, shape=onp.shape(u))
-    keep = any(_is_traced(a) for a in (u, A, W_delta, W_B, W_C, delta_bias, D, v))
+    keep = any(is_traced(a) for a in (u, A, W_delta, W_B, W_C, delta_bias, D, v))
     if v is None:
         return _final_prim(u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output, keep)
     return _final_prim(u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output, keep, v)

@@ -10,6 +10,16 @@ Glossary
 check_array(name, x, ndim=None, shape=None)   -> float64 ndarray (a copy-free view if possible)
 check_stable_den(name, den, allow_unstable=False)
 check_tokens(name, tokens, vocab_size)
+check_option(name, value, allowed)             one of the options tuples below
+check_length(name, L, minimum=1)              an int >= minimum
+check_u(u, m=None, what=None)                 inputs (batch, L >= 1, m)
+check_state_space(A, B, C, D, prefix="")      shapes against each other
+check_tf(num, den, proper=False, stable=False)   a transfer matrix num (p, m, k), den (p, k)
+check_spectral_radius(name, A, fix)           every eigenvalue strictly inside |z| = 1
+check_residual_tf / check_residual_ss         Σ (m x m) and Σ_r (m -> 1) of Section 3.2.2
+
+The options, once: PATHS (the LTI and Residual paths), FINAL_PATHS, TRAINING_PATHS,
+GATES (eq. (5) and Remark 3.1), DISCRETIZATIONS (eq. (3b) and Euler), OUTPUTS.
 
 >>> check_array("u", [[1.0, 2.0]], ndim=2).shape
 (1, 2)
@@ -19,14 +29,23 @@ Traceback (most recent call last):
 ValueError: u: contains NaN or inf (expected finite float64 values)
 """
 import numpy as onp
+from autograd.tracer import getval
+
+# ------------------------------------------------------------------ the options, once
+PATHS = ("recurrent", "fft")                       # eq. (1) as a recurrence, or its kernel by FFT
+FINAL_PATHS = ("kernel", "recurrent", "fft")       # the last output only (training)
+TRAINING_PATHS = ("auto",) + FINAL_PATHS
+GATES = ("euler", "zoh")                           # eq. (5), Remark 3.1
+DISCRETIZATIONS = ("zoh", "euler")                 # eq. (3b), mamba_ssm's Euler B
+OUTPUTS = ("before", "after")                      # eq. (2): y from h(t), or from h(t + 1)
 
 
-def _is_traced(x):
+def is_traced(x):
     # autograd's ArrayBox: shape checks only, values are not ours to inspect.
     return type(x).__name__ == "ArrayBox"
 
 
-def _on_other_backend(x):
+def on_other_backend(x):
     # CuPy / array_api_strict arrays: onp.asarray would copy from the GPU or fail obscurely
     return type(x).__module__.split(".")[0] in ("cupy", "array_api_strict")
 
@@ -41,10 +60,10 @@ def check_array(name, x, ndim=None, shape=None, allow_int=True):
     >>> check_array("D", [[1]], shape=(1, 1)).dtype
     dtype('float64')
     """
-    if _is_traced(x):
+    if is_traced(x):
         arr = x
         kind = "f"
-    elif _on_other_backend(x):
+    elif on_other_backend(x):
         mod = type(x).__module__.split(".")[0]
         raise TypeError(f"{name}: an array from {mod} given to a NumPy core (expected a NumPy array; "
                         "run it through rssm_ref.xp.models, e.g. residual_ssm_xp, or move it "
@@ -68,7 +87,7 @@ def check_array(name, x, ndim=None, shape=None, allow_int=True):
         if len(shp) != len(shape) or any(s is not None and s != t for s, t in zip(shape, shp)):
             want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
             raise ValueError(f"{name}: expected shape {want}, got {shp}")
-    if not _is_traced(arr) and not onp.all(onp.isfinite(arr)):
+    if not is_traced(arr) and not onp.all(onp.isfinite(arr)):
         raise ValueError(f"{name}: contains NaN or inf (expected finite float64 values)")
     return arr
 
@@ -144,3 +163,144 @@ def check_state_space(A, B, C, D, prefix=""):
     p = onp.shape(C)[0]
     D = check_array(nD, D, shape=(p, m))
     return A, B, C, D
+
+
+def check_option(name, value, allowed):
+    """``value`` one of ``allowed`` (an options tuple above), or a one-line ValueError.
+
+    >>> check_option("gate", "zoh", GATES)
+    'zoh'
+    >>> check_option("gate", "exact", GATES)
+    Traceback (most recent call last):
+    ...
+    ValueError: gate: 'exact' (expected one of 'euler', 'zoh')
+    """
+    if value not in allowed:
+        raise ValueError(f"{name}: {value!r} (expected one of {', '.join(map(repr, allowed))})")
+    return value
+
+
+def check_length(name, L, minimum=1):
+    """A plain int >= ``minimum`` (bools refused), returned as int.
+
+    >>> check_length("L", 0)
+    Traceback (most recent call last):
+    ...
+    ValueError: L: expected an integer >= 1, got 0
+    """
+    if isinstance(L, (bool, onp.bool_)) or not isinstance(L, (int, onp.integer)):
+        raise TypeError(f"{name}: expected an int, got {type(L).__name__}")
+    if L < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {L}")
+    return int(L)
+
+
+def check_u(u, m=None, what=None):
+    """Inputs u (batch, L, m) with L >= 1 and, when given, m inputs (``what`` names the
+    argument m comes from).
+
+    >>> check_u(onp.ones((1, 0, 2)))
+    Traceback (most recent call last):
+    ...
+    ValueError: u: shape (1, 0, 2) has no time steps (expected (batch, L, m), L >= 1)
+    """
+    u = check_array("u", u, ndim=3)
+    shp = onp.shape(u)
+    if shp[1] < 1:
+        raise ValueError(f"u: shape {shp} has no time steps (expected (batch, L, m), L >= 1)")
+    if m is not None and shp[2] != m:
+        raise ValueError(f"u: expected shape (batch, L, {m})"
+                         + (f" to match {what}" if what else "") + f", got {shp}")
+    return u
+
+
+def check_tf(num, den, proper=False, stable=False):
+    """A transfer matrix: num (p, m, k), den (p, k_d), one common denominator per output
+    row; 1-D num and den mean SISO. ``proper``: num (p, m, k) and den (p, k) of equal
+    length (the FFT paths); ``stable``: every den row's poles inside |z| = 1. Returns
+    float64 (num, den), not normalized.
+
+    >>> [a.shape for a in check_tf([1.0, 0.5], [1.0, -0.5])]
+    [(1, 1, 2), (1, 2)]
+    """
+    if onp.ndim(num) == 1 and not proper:
+        num = check_array("num", num, ndim=1)[None, None, :]
+        if onp.ndim(den) != 1:
+            raise ValueError(f"den: expected 1 dimension with a 1-D (SISO) num, got shape {onp.shape(den)}")
+        den = check_array("den", den, ndim=1)[None, :]
+    else:
+        num = check_array("num", num, ndim=3)
+        den = check_array("den", den, ndim=2)
+    p, m, kn = onp.shape(num)
+    if proper:
+        if p < 1 or m < 1 or kn < 1:
+            raise ValueError(f"num: shape {onp.shape(num)} (expected (p, m, k) with p, m, k >= 1)")
+        if onp.shape(den) != (p, kn):
+            raise ValueError(
+                f"den: expected shape ({p}, {kn}) to match num (p, m, k) = {onp.shape(num)}, got "
+                f"{onp.shape(den)} (proper systems only: pad the shorter polynomial on the left)")
+    else:
+        if onp.shape(den)[0] != p:
+            raise ValueError(f"den: expected {p} rows (one common denominator per output row of "
+                             f"num {onp.shape(num)}), got shape {onp.shape(den)}")
+        if kn == 0 or onp.shape(den)[1] == 0:
+            raise ValueError("num, den: expected at least one coefficient, got an empty polynomial")
+        if p == 0 or m == 0:
+            raise ValueError(f"num: expected p >= 1 outputs and m >= 1 inputs, got shape {onp.shape(num)}")
+    if stable:
+        check_stable_den("den", onp.asarray(getval(den)))
+    return num, den
+
+
+def check_spectral_radius(name, A, fix="pass allow_unstable to override"):
+    """Every eigenvalue of A strictly inside the unit circle (traced or empty A: skipped);
+    ``fix`` tells the user what to do instead.
+
+    >>> check_spectral_radius("A", [[1.5]])
+    Traceback (most recent call last):
+    ...
+    ValueError: A: spectral radius 1.5 (expected all eigenvalues strictly inside the unit circle; pass allow_unstable to override)
+    """
+    if is_traced(A) or onp.size(A) == 0:
+        return
+    rho = float(onp.max(onp.abs(onp.linalg.eigvals(onp.asarray(A)))))
+    if not rho < 1.0:
+        raise ValueError(f"{name}: spectral radius {rho:.6g} (expected all eigenvalues strictly "
+                         f"inside the unit circle; {fix})")
+
+
+def check_residual_tf(sigma_num, sigma_den, r_num, r_den, allow_unstable=False):
+    """Σ = (sigma_num (m, m, k), sigma_den (m, k)) and Σ_r = (r_num (1, m, k_r),
+    r_den (1, k_r)) of Section 3.2.2, stable unless ``allow_unstable``; returns the four
+    float64 arrays and m."""
+    sigma_num = check_array("sigma_num", sigma_num, ndim=3)
+    m = onp.shape(sigma_num)[0]
+    k = onp.shape(sigma_num)[2]
+    sigma_num = check_array("sigma_num", sigma_num, shape=(m, m, k))
+    sigma_den = check_array("sigma_den", sigma_den, shape=(m, k))
+    r_num = check_array("r_num", r_num, ndim=3)
+    k_r = onp.shape(r_num)[2]
+    r_num = check_array("r_num", r_num, shape=(1, m, k_r))
+    r_den = check_array("r_den", r_den, shape=(1, k_r))
+    for name, den in (("sigma_den", sigma_den), ("r_den", r_den)):
+        if not is_traced(den):
+            check_stable_den(name, den, allow_unstable=allow_unstable)
+    return sigma_num, sigma_den, r_num, r_den, m
+
+
+def check_residual_ss(arrs, allow_unstable=False):
+    """Σ = (sigma_A, sigma_B, sigma_C, sigma_D) with m inputs and m outputs and
+    Σ_r = (r_A, r_B, r_C, r_D) with m inputs and one output, in that order in ``arrs``;
+    stable unless ``allow_unstable``. Returns (the eight arrays, m)."""
+    sA, sB, sC, sD = check_state_space(*arrs[:4], prefix="sigma_")
+    m = onp.shape(sB)[1]
+    if onp.shape(sC)[0] != m:
+        raise ValueError(f"sigma_C: expected {m} outputs (Σ is m x m), got shape {onp.shape(sC)}")
+    rA, rB, rC, rD = check_state_space(*arrs[4:], prefix="r_")
+    if onp.shape(rB)[1] != m or onp.shape(rC)[0] != 1:
+        raise ValueError(f"r_B, r_C: expected Σ_r with {m} inputs and 1 output, got r_B "
+                         f"{onp.shape(rB)} and r_C {onp.shape(rC)}")
+    if not allow_unstable:
+        check_spectral_radius("sigma_A", sA)
+        check_spectral_radius("r_A", rA)
+    return (sA, sB, sC, sD, rA, rB, rC, rD), m

@@ -222,7 +222,7 @@ def test_streaming_steps_equal_batch(mode, inp):
 
 # ------------------------------------------------------------- bad input
 @pytest.mark.parametrize("kwargs, exc, msg", [
-    (dict(mode="tustin"), ValueError, "mode: expected 'euler' or 'zoh'"),
+    (dict(mode="tustin"), ValueError, "mode: 'tustin' \\(expected one of 'euler', 'zoh'\\)"),
     (dict(y_s=onp.ones((2, 4))), ValueError, "y_s: expected 3 dimensions"),
     (dict(y_s=onp.ones((2, 0, 1)), s=onp.ones((2, 0))), ValueError, "y_s: expected shape"),
     (dict(s=onp.ones((2, 3))), ValueError, r"s: expected shape \(2, 4\)"),

@@ -42,11 +42,8 @@ from autograd import grad
 
 import rssm_ref
 from rssm_ref.oracle import formats
+from rssm_ref.validation import DISCRETIZATIONS, GATES, OUTPUTS, PATHS, check_option
 
-PATHS = ("recurrent", "fft")
-GATES = ("euler", "zoh")
-DISCRETIZATIONS = ("zoh", "euler")
-OUTPUTS = ("before", "after")
 LAYOUTS = formats.LAYOUTS
 # per model: the options that apply and their defaults (the paper's for selective and
 # residual; mamba_ssm's for mamba). Residual output "after" is y(1..L), "before" y(0..L-1).
@@ -115,8 +112,8 @@ def resolve_options(model, path=None, gate=None, discretization=None, output=Non
     ValueError: gate: 'zoh' given for --model lti (expected it only with --model residual)
     """
     formats._check_model(model)
-    if path is not None and path not in PATHS:
-        raise ValueError(f"path: {path!r} (expected one of {', '.join(PATHS)})")
+    if path is not None:
+        check_option("path", path, PATHS)
     if model in ("selective", "mamba") and path == "fft":
         raise ValueError(f"path: 'fft' given for --model {model} (a time-varying system has "
                          "no convolution kernel; expected recurrent)")

@@ -57,6 +57,7 @@ from rssm_ref.residual_ssm import residual_ssm_final, residual_ssm_tf
 from rssm_ref.selective_ssm import A_from_log, selective_ssm, selective_ssm_final
 from rssm_ref.selective_ssm import param_count as selective_core_count
 from rssm_ref.training.tasks import DEFAULT_TOKENS, make_batch, vocab_size
+from rssm_ref.validation import TRAINING_PATHS, check_option
 
 __all__ = ["ModelConfig", "init_params", "residual_core_arrays", "final_output", "logits",
            "loss", "accuracy", "param_count", "PAPER_PARAM_COUNTS", "embed", "cosine_logits",
@@ -64,7 +65,6 @@ __all__ = ["ModelConfig", "init_params", "residual_core_arrays", "final_output",
 
 SCALE = 10.0        # cosine readout scale
 MODELS = ("residual", "selective")
-PATHS = ("auto", "kernel", "recurrent", "fft")
 READOUTS = ("cosine", "linear")
 PAPER_PARAM_COUNTS = {"residual": 50, "selective": 700}   # Section 4.2, "about"
 
@@ -114,8 +114,7 @@ class ModelConfig:
             raise ValueError(f"window: {self.window!r} (expected an integer >= 1)")
         if int(self.n_trig) != self.n_trig or not 1 <= self.n_trig <= self.n_tokens:
             raise ValueError(f"n_trig: {self.n_trig!r} (expected 1 <= n_trig <= {self.n_tokens})")
-        if self.path not in PATHS:
-            raise ValueError(f"path: {self.path!r} (expected one of {', '.join(PATHS)})")
+        check_option("path", self.path, TRAINING_PATHS)
         if self.m == 0:
             object.__setattr__(self, "m", 2 if self.model == "residual" else 16)
 

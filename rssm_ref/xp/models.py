@@ -37,7 +37,8 @@ from autograd.builtins import tuple as traced_tuple
 
 from rssm_ref.xp import core as K
 from rssm_ref.xp.backend import namespace_of, to_backend, to_host
-from rssm_ref.validation import check_array, check_state_space
+from rssm_ref.validation import (check_array, check_residual_ss, check_residual_tf,
+                                 check_spectral_radius, check_state_space, check_tf)
 
 __all__ = ["lti_xp", "residual_ssm_xp", "selective_ssm_xp",
            "compute_xp", "phi1_prime"]
@@ -116,14 +117,11 @@ def _check_lti_params(form, path, theta):
     if form == "ss":
         A, B, C, D = check_state_space(*theta)
         if path == "fft" and A.shape[0]:
-            rho = float(onp.max(onp.abs(onp.linalg.eigvals(A))))
-            if not rho < 1.0:
-                raise ValueError(f"A: spectral radius {rho:.6g} (expected < 1 for path 'fft': the "
-                                 "kernel of an unstable system never decays; use path 'recurrent')")
+            check_spectral_radius("A", A, fix="for path 'fft': the kernel of an unstable "
+                                  "system never decays; use path 'recurrent'")
         return [A, B, C, D]
     if path == "fft":
-        from rssm_ref.convolution import _check_tf
-        return list(_check_tf(*theta))   # shapes and stability, as tf_fft_filter
+        return list(check_tf(*theta, proper=True, stable=True))   # shapes and stability, as tf_fft_filter
     num = check_array("num", theta[0], ndim=3)
     p, m, k = num.shape
     den = check_array("den", theta[1], shape=(p, k))
@@ -203,7 +201,7 @@ def residual_ssm_xp(params, u, path="fft", gate="euler", dy=None, allow_unstable
     >>> bool(numpy.allclose(residual_ssm_xp(P, u)["y"], M.forward(u), rtol=0, atol=1e-12))
     True
     """
-    from rssm_ref import residual_ssm as rs
+
     form = "tf" if "sigma_num" in params else "ss"
     s_keys, r_keys = (_SIGMA_TF, _R_TF) if form == "tf" else (_SIGMA_SS, _R_SS)
     missing = [k for k in s_keys + r_keys if k not in params]
@@ -211,9 +209,9 @@ def residual_ssm_xp(params, u, path="fft", gate="euler", dy=None, allow_unstable
         raise ValueError(f"params: missing key {missing[0]!r} (expected {', '.join(s_keys + r_keys)})")
     # the NumPy model's checks: shapes (Σ is m x m, Σ_r 1 x m) and stability
     if form == "tf":
-        checked = rs._check_tf(*[params[k] for k in s_keys + r_keys], allow_unstable)[:4]
+        checked = check_residual_tf(*[params[k] for k in s_keys + r_keys], allow_unstable)[:4]
     else:
-        checked = rs._check_ss([params[k] for k in s_keys + r_keys], allow_unstable)[0]
+        checked = check_residual_ss([params[k] for k in s_keys + r_keys], allow_unstable)[0]
     theta_s, theta_r = list(checked[:len(s_keys)]), list(checked[len(s_keys):])
     m = theta_s[0 if form == "tf" else 1].shape[1]
     xp = _check_u(u, m)
