@@ -103,12 +103,12 @@ array([0.  , 1.  , 0.5 , 0.25])
 >>> numpy.round(tf_kernel_aliased(num, den, 4)[:, 0, 0], 6)   # h_4[t] = sum_j h[t + 4j]
 array([0.133333, 1.066667, 0.533333, 0.266667])
 """
-import functools
-
 import autograd.numpy as np
 import numpy as onp
-from autograd.extend import defvjp_argnums, primitive
 from autograd.tracer import getval
+
+from rssm_ref.kernels.convolution import DIRECT_MAX_L, causal_conv_kernel, even_fast_len  # noqa: F401 (DIRECT_MAX_L: read here)
+from rssm_ref.realization import markov_parameters, tf_impulse_ref
 
 from rssm_ref.validation import (check_array, check_length, check_state_space,
                                  check_tf, check_u)
@@ -120,29 +120,6 @@ __all__ = [
     "tf_kernel", "tf_kernel_ref",
     "tf_fft_filter", "tf_fft_filter_ref",
 ]
-
-
-# --------------------------------------------------------------------------- helpers
-def _even_fast_len(n):
-    """Smallest even 2^a 3^b 5^c (a >= 1) that is >= n: FFT sizes pocketfft does fast."""
-    n = max(int(n), 2)
-    best = None
-    p2 = 2
-    while True:
-        p23 = p2
-        while True:
-            p235 = p23
-            while p235 < n:
-                p235 *= 5
-            if best is None or p235 < best:
-                best = p235
-            if p23 >= n:
-                break
-            p23 *= 3
-        if p2 >= n:
-            break
-        p2 *= 2
-    return best
 
 
 def _check_kernel(h, u):
@@ -344,96 +321,9 @@ def fft_conv(h, u):
     """
     h, u, L = _check_kernel(h, u)
     h = h[:L]
-    K = _even_fast_len(L + onp.shape(h)[0] - 1)
+    K = even_fast_len(L + onp.shape(h)[0] - 1)
     Hf = np.fft.rfft(h, K, axis=0)                        # (F, p, m), K positional
     return _conv_spectral(np.transpose(Hf, (0, 2, 1)), u, K)
-
-
-# ------------------------------------------- (C1) by length: direct or FFT, hand VJP
-# direct (block-Toeplitz matmul) up to this L, FFT above: at m = 2 the matmul's L^2 cost
-# meets the FFT's L log L near L = 64 (bench: residual training and evaluation)
-DIRECT_MAX_L = 64
-
-
-@functools.lru_cache(maxsize=64)
-def _toeplitz_index(L, p, m):
-    """Indices that lay a kernel h (L, p, m) out as the block-Toeplitz matrix
-    T (L m, L p), T[(s, j), (t, i)] = h[t - s, i, j] (zero for t < s), with h padded by
-    one zero block at index 0; and, for the VJP, the lag of every entry."""
-    s, j, t, i = onp.meshgrid(onp.arange(L), onp.arange(m), onp.arange(L), onp.arange(p),
-                              indexing="ij")
-    lag = t - s
-    flat = onp.where(lag >= 0, ((lag + 1) * p + i) * m + j, j)          # 0..m-1: the zero block
-    return flat.reshape(L * m, L * p), lag.reshape(-1), ((lag * p + i) * m + j).reshape(-1)
-
-
-def _toeplitz(h, L):
-    p, m = h.shape[1], h.shape[2]
-    hp = onp.concatenate([onp.zeros((1, p, m)), h[:L]], axis=0).reshape(-1)
-    return hp[_toeplitz_index(L, p, m)[0]]
-
-
-def _fft_causal(h, u, K):
-    """y[b, t, i] = sum_s sum_j h[t - s, i, j] u[b, s, j], t < L, by real FFTs of length K."""
-    L = u.shape[1]
-    Hf = onp.fft.rfft(h, K, axis=0)                                    # (F, p, m)
-    Uf = onp.fft.rfft(u, K, axis=1)                                    # (batch, F, m)
-    return onp.fft.irfft(onp.einsum("fij,bfj->bfi", Hf, Uf), K, axis=1)[:, :L]
-
-
-@primitive
-def _causal_conv_prim(h, u):
-    batch, L, m = u.shape
-    p = h.shape[1]
-    if L <= DIRECT_MAX_L:
-        # (C1) as one matmul with the block-Toeplitz matrix of h
-        return (u.reshape(batch, L * m) @ _toeplitz(h, L)).reshape(batch, L, p)
-    return _fft_causal(h[:L], u, _even_fast_len(2 * L))
-
-
-def _causal_conv_vjp(argnums, ans, args, kwargs):
-    h, u = args
-    batch, L, m = u.shape
-    Lh, p = h.shape[0], h.shape[1]
-
-    def vjp(g):
-        g = onp.asarray(g)
-        out = {}
-        if L <= DIRECT_MAX_L:
-            g2 = g.reshape(batch, L * p)
-            if 0 in argnums:
-                # dh[d, i, j] = sum over (s, t) with t - s = d of (u^T g)[(s, j), (t, i)]
-                _, lag, dst = _toeplitz_index(L, p, m)
-                Tbar = (u.reshape(batch, L * m).T @ g2).reshape(-1)
-                keep = lag >= 0
-                dh = onp.bincount(dst[keep], weights=Tbar[keep], minlength=L * p * m)
-                out[0] = _pad_kernel(dh.reshape(L, p, m), Lh)
-            if 1 in argnums:
-                out[1] = (g2 @ _toeplitz(h, L).T).reshape(batch, L, m)
-            return tuple(out[k] for k in argnums)
-        # the adjoints are correlations: with gr = g reversed in time,
-        # du[s] = sum_t h[t - s]^T g[t] = (h^T * gr)[L-1-s],  dh[d] = sum_b (gr * u)[L-1-d]
-        K = _even_fast_len(2 * L)
-        Gf = onp.fft.rfft(g[:, ::-1], K, axis=1)                         # (batch, F, p)
-        if 0 in argnums:
-            Uf = onp.fft.rfft(u, K, axis=1)
-            dh = onp.fft.irfft(onp.einsum("bfi,bfj->fij", Gf, Uf), K, axis=0)[:L][::-1]
-            out[0] = _pad_kernel(dh, Lh)
-        if 1 in argnums:
-            Hf = onp.fft.rfft(h[:L], K, axis=0)
-            out[1] = onp.fft.irfft(onp.einsum("fij,bfi->bfj", Hf, Gf), K, axis=1)[:, :L][:, ::-1]
-        return tuple(out[k] for k in argnums)
-    return vjp
-
-
-def _pad_kernel(dh, Lh):
-    """The gradient of h (Lh, p, m) from that of its first min(Lh, L) samples."""
-    if Lh <= dh.shape[0]:
-        return onp.ascontiguousarray(dh[:Lh])
-    return onp.concatenate([dh, onp.zeros((Lh - dh.shape[0],) + dh.shape[1:])], axis=0)
-
-
-defvjp_argnums(_causal_conv_prim, _causal_conv_vjp)
 
 
 def causal_conv(h, u):
@@ -455,7 +345,7 @@ def causal_conv(h, u):
     h, u, L = _check_kernel(h, u)
     if onp.shape(h)[0] < L:
         h = np.concatenate([h, onp.zeros((L - onp.shape(h)[0],) + onp.shape(h)[1:])], axis=0)
-    return _causal_conv_prim(h, u)
+    return causal_conv_kernel(h, u)
 
 
 def fft_conv_ref(h, u):
@@ -498,8 +388,6 @@ def ss_fft_filter(A, B, C, D, u):
     >>> numpy.round(ss_fft_filter(A, B, C, D, numpy.ones((1, 4, 1)))[0, :, 0], 12)
     array([0.  , 1.  , 1.5 , 1.75])
     """
-    # imported here: rssm_ref.lti is a sibling core module (no import cycle at load time)
-    from rssm_ref.lti import markov_parameters
     A, B, C, D = check_state_space(A, B, C, D)
     u = check_u(u, onp.shape(B)[1], what="B (n, m)")
     L = onp.shape(u)[1]
@@ -596,36 +484,25 @@ def tf_kernel(num, den, L):
     """
     num, den = check_tf(num, den, proper=True, stable=True)
     L = check_length("L", L)
-    K = _even_fast_len(L)
+    K = even_fast_len(L)
     setup = _tf_setup(num, den, L, damped=True)
     h = np.fft.irfft(_tf_kernel_spectrum(setup, K), K, axis=0)[:L]
     return h * setup["undamp"][:, None, None]
 
 
 def tf_kernel_ref(num, den, L):
-    """Twin of ``tf_kernel``: the impulse response by the difference equation, a loop.
+    """Twin of ``tf_kernel``: the impulse response by the difference equation, a loop
+    (``rssm_ref.realization.tf_impulse_ref``):
 
-    a_0 h[t] = b_t - sum_{i=1}^{min(t, n)} a_i h[t-i]  (b_t = 0 for t > n).
+        a_0 h[t] = b_t - sum_{i=1}^{min(t, n)} a_i h[t-i]  (b_t = 0 for t > n).
+
     num (p, m, k), den (p, k) -> (L, p, m). Works for any den with den[:, 0] != 0.
 
     >>> import numpy
     >>> numpy.round(tf_kernel_ref([[[1.0, 0.0, 0.0]]], [[1.0, -1.8, 0.81]], 4)[:, 0, 0], 12)
     array([1.   , 1.8  , 2.43 , 2.916])
     """
-    num = check_array("num", num, ndim=3)
-    den = check_array("den", den, ndim=2)
-    L = check_length("L", L)
-    p, m, k = onp.shape(num)
-    if onp.shape(den) != (p, k):
-        raise ValueError(f"den: expected shape ({p}, {k}) to match num, got {onp.shape(den)}")
-    n = k - 1
-    hs = []
-    for t in range(L):
-        acc = num[:, :, t] if t <= n else onp.zeros((p, m))
-        for i in range(1, min(t, n) + 1):
-            acc = acc - den[:, i:i + 1] * hs[t - i]
-        hs.append(acc / den[:, :1])
-    return np.stack(hs, axis=0)
+    return tf_impulse_ref(num, den, L)
 
 
 def tf_fft_filter(num, den, u, corrected=True):
@@ -654,7 +531,7 @@ def tf_fft_filter(num, den, u, corrected=True):
         raise TypeError(f"corrected: {type(corrected).__name__} (expected True or False)")
     if not corrected:
         return fft_conv(tf_kernel_aliased(num, den, L + L % 2)[:L], u)
-    K = _even_fast_len(2 * L)
+    K = even_fast_len(2 * L)
     setup = _tf_setup(num, den, L, damped=True)
     undamp = setup["undamp"]
     # damping commutes with convolution: (h r^t) * (u r^t) = r^t (h * u)

@@ -39,73 +39,15 @@ import numpy as onp
 import scipy.linalg as sla
 from autograd.extend import defvjp, primitive
 
-from rssm_ref.validation import is_traced, check_array
+from rssm_ref.kernels.selective import phi_deriv_np
+from rssm_ref.validation import check_array, is_traced
 
 __all__ = ["phi1", "mamba_discretize", "cont2discrete", "cont2discrete_ref"]
-
-# |x| below this: power series of J_k; above it: recurrences without cancellation
-# trouble (loss of at most a few ulps at |x| = 0.5, none for large |x|).
-_SERIES_RADIUS = 0.5
-# 0.5^N / (N! (N+1)) < 1e-21 for N = 18: truncation far below one ulp for |x| < 0.5.
-_SERIES_TERMS = 18
-# log(float64 max) ~ 709.78: above this, exp(x) alone overflows.
-_EXP_MAX = 709.0
-
-
-# ------------------------------------------------------------------- phi1 and J_k
-def _phi_deriv_np(x, k):
-    """J_k(x) = int_0^1 t^k e^{x t} dt in plain NumPy (k-th derivative of phi1).
-
-    Three regimes, each free of cancellation:
-      |x| < 1   series  J_k(x) = sum_j x^j / (j! (j + k + 1))  (Horner);
-      x <= -1   J_0 = expm1(x) / x,  J_k = (e^x - k J_{k-1}) / x  (integration by parts);
-      x >= 1    J_k = e^x M_k(x) with M_k = int_0^1 (1-u)^k e^{-x u} du,
-                M_0 = -expm1(-x) / x,  M_k = (1 - k M_{k-1}) / x; for x > 709 the product
-                is taken as e^{x-64} (e^{64} M_k), which overflows to inf only where the
-                true value exceeds the float64 range (x > ~716 for k = 0).
-    """
-    x = onp.asarray(x, dtype=onp.float64)
-    out = onp.empty_like(x)
-    small = onp.abs(x) < _SERIES_RADIUS
-    neg = x <= -_SERIES_RADIUS
-    pos = x >= _SERIES_RADIUS
-
-    xs = x[small]
-    acc = onp.zeros_like(xs)
-    fact = 1.0
-    coefs = []
-    for j in range(_SERIES_TERMS):
-        coefs.append(1.0 / (fact * (j + k + 1)))
-        fact *= j + 1
-    for c in reversed(coefs):  # Horner, highest power first
-        acc = acc * xs + c
-    out[small] = acc
-
-    xn = x[neg]
-    ex = onp.exp(xn)
-    J = onp.expm1(xn) / xn
-    for i in range(1, k + 1):
-        J = (ex - i * J) / xn
-    out[neg] = J
-
-    xp = x[pos]
-    M = -onp.expm1(-xp) / xp
-    for i in range(1, k + 1):
-        M = (1.0 - i * M) / xp
-    big = xp > _EXP_MAX
-    res = onp.empty_like(xp)
-    res[~big] = onp.exp(xp[~big]) * M[~big]
-    # split e^x = e^{x - 64} e^{64}: x - 64 is exact, so no x*eps error from a log;
-    # inf only where the true value exceeds the float64 range
-    with onp.errstate(over="ignore"):
-        res[big] = onp.exp(xp[big] - 64.0) * (M[big] * onp.exp(64.0))
-    out[pos] = res
-    return out
 
 
 @primitive
 def _phi_deriv(x, k):
-    return _phi_deriv_np(x, k)
+    return phi_deriv_np(x, k)
 
 
 # d/dx J_k = J_{k+1}: every order of derivative is available (and exact-formula based)

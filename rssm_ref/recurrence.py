@@ -12,7 +12,7 @@ State space (the time-invariant case of eq. (2), with feedthrough D):
 
     x(t+1) = A x(t) + B u(t),   y(t) = C x(t) + D u(t),   x(0) = x0 (default 0).
 
-Hot loops over time are custom autograd primitives (``lfilter_prim``, ``_state_scan``)
+Hot loops over time are custom autograd primitives (``lfilter_prim``, ``state_scan``)
 whose VJPs are the time-reversed (adjoint) recursions; the ``_ref`` twins are plain
 loops written from the equations, differentiable by autograd itself.
 
@@ -34,44 +34,14 @@ g                                          adjoint (cotangent) sequence, same sh
 """
 import autograd.numpy as np
 import numpy as onp
-import scipy.signal as ssig
-from autograd.extend import defvjp, defvjp_argnums, primitive
 
-from rssm_ref.validation import is_traced, check_array, check_state_space
+from rssm_ref.kernels.recurrence import (impulse_kernel, lfilter_kernel, state_scan, take_rows,
+                                         tf_filter_kernel)
+from rssm_ref.realization import tf_impulse_ref
+from rssm_ref.validation import check_array, check_state_space, is_traced
 
 __all__ = ["lfilter_prim", "tf_filter", "tf_filter_ref", "ss_filter", "ss_filter_ref",
            "impulse_response", "impulse_response_ref"]
-
-
-# ------------------------------------------------------------------ lfilter primitive
-def _rev(x):
-    return x[..., ::-1]
-
-
-def _lagged_dot(g, w, k):
-    """c_j = sum over all axes of g[..., t] w[..., t - j], j = 0 .. k-1 (correlation)."""
-    L = onp.shape(g)[-1]
-    g2 = onp.reshape(g, (-1, L))
-    w2 = onp.reshape(onp.broadcast_to(w, onp.shape(g)), (-1, L))
-    # einsum on the strided views: no copies of the shifted slices
-    return onp.array([onp.einsum("ij,ij->", g2[:, j:], w2[:, :L - j]) if j < L else 0.0
-                      for j in range(k)])
-
-
-def _adjoint_g(dy, a):
-    """g = T_a^-T dy: the all-pole filter 1/a(z) run backwards in time (last axis)."""
-    return _rev(ssig.lfilter(onp.ones(1), a, _rev(onp.asarray(dy)), axis=-1))
-
-
-def _fir_adjoint(b, g):
-    """T_b^T g: the FIR filter b run backwards in time (last axis)."""
-    return _rev(ssig.lfilter(b, onp.ones(1), _rev(g), axis=-1))
-
-
-@primitive
-def _lfilter(b, a, x):
-    """The primitive behind :func:`lfilter_prim` (no input checks)."""
-    return ssig.lfilter(b, a, x, axis=-1)
 
 
 def lfilter_prim(b, a, x):
@@ -105,66 +75,7 @@ def lfilter_prim(b, a, x):
     x = check_array("x", x)
     if onp.ndim(x) < 1:
         raise ValueError("x: expected shape (..., L), got a scalar")
-    return _lfilter(b, a, x)
-
-
-def _lfilter_vjp(argnums, ans, args, kwargs):
-    b, a, x = args
-
-    def vjp(dy):
-        # g = T_a^-T dy once, shared by the three gradients
-        g = _adjoint_g(dy, a)
-        out = {0: lambda: _lagged_dot(g, x, len(b)),        # db_j = sum_t g(t) x(t-j)
-               1: lambda: -_lagged_dot(g, ans, len(a)),     # da_i = -sum_t g(t) y(t-i)
-               2: lambda: _fir_adjoint(b, g)}               # dx = T_b^T g
-        return tuple(out[n]() for n in argnums)
-    return vjp
-
-
-defvjp_argnums(_lfilter, _lfilter_vjp)
-
-
-# ------------------------------------------------------------ impulse response
-def _lags(x, k):
-    """(L, k, ...) with [t, l] = x[t - l] (zero for t < l): the k most recent samples."""
-    L = x.shape[0]
-    xp = onp.concatenate([onp.zeros((k - 1,) + x.shape[1:]), x], axis=0)
-    return onp.stack([xp[k - 1 - l:k - 1 - l + L] for l in range(k)], axis=1)
-
-
-def _all_pole_impulses(den, L):
-    """g (L, p): g_i = lfilter([1], den_i, delta), the impulse response of 1/a_i(q)."""
-    delta = onp.zeros(L)
-    delta[0] = 1.0
-    return onp.stack([ssig.lfilter(onp.ones(1), a_i, delta) for a_i in den], axis=1)
-
-
-@primitive
-def _impulse_prim(num, den, L):
-    # h_ij = b_ij * g_i: h[t, i, j] = sum_l num[i, j, l] g_i(t - l)
-    G = _lags(_all_pole_impulses(den, L), num.shape[2])          # (L, k, p)
-    return onp.einsum("tli,ijl->tij", G, num)
-
-
-def _impulse_vjp(argnums, ans, args, kwargs):
-    num, den, L = args
-    k = num.shape[2]
-
-    def vjp(dh):
-        dh = onp.asarray(dh)                                       # (L, p, m)
-        out = {}
-        if 0 in argnums:   # dnum[i, j, l] = sum_t dh[t, i, j] g_i(t - l)
-            G = _lags(_all_pole_impulses(den, L), k)
-            out[0] = onp.einsum("tij,tli->ijl", dh, G)
-        if 1 in argnums:   # T_(a_i) h_ij = T_(b_ij) delta  =>  dden[i, l] = -sum_j,t lam_ij(t) h_ij(t - l)
-            lam = onp.stack([_adjoint_g(dh[:, i, :].T, den[i]) for i in range(den.shape[0])],
-                            axis=1)                                # (m, p, L): T_(a_i)^-T dh_ij
-            out[1] = -onp.einsum("jit,tlij->il", lam, _lags(ans, k))
-        return tuple(out[n] for n in argnums)
-    return vjp
-
-
-defvjp_argnums(_impulse_prim, _impulse_vjp)
+    return lfilter_kernel(b, a, x)
 
 
 def impulse_response(num, den, L):
@@ -186,18 +97,17 @@ def impulse_response(num, den, L):
     num, den, _ = _check_tf_filter_args(num, den, onp.zeros((1, 1, onp.shape(num)[1])))
     if int(L) != L or L < 1:
         raise ValueError(f"L: {L!r} (expected an integer >= 1)")
-    return _impulse_prim(num, den, int(L))
+    return impulse_kernel(num, den, int(L))
 
 
 def impulse_response_ref(num, den, L):
     """Twin of :func:`impulse_response`: the difference equation on an impulse, a loop
-    (``rssm_ref.convolution.tf_kernel_ref``).
+    (``rssm_ref.realization.tf_impulse_ref``).
 
     >>> impulse_response_ref([[[0.0, 1.0]]], [[1.0, -0.5]], 3)[:, 0, 0].tolist()
     [0.0, 1.0, 0.5]
     """
-    from rssm_ref.convolution import tf_kernel_ref
-    return tf_kernel_ref(num, den, L)
+    return tf_impulse_ref(num, den, L)
 
 
 # ------------------------------------------------------------- transfer function
@@ -224,47 +134,6 @@ def _check_tf_filter_args(num, den, u):
     return num, den, u
 
 
-@primitive
-def _tf_core(num, den, u):
-    """y (batch, L, p), y_i = sum_j lfilter(num[i, j], den[i], u_j): the primitive of tf_filter."""
-    p, m, _ = num.shape
-    chans = [u[:, :, j] for j in range(m)]
-    rows = []
-    for i in range(p):
-        y_i = ssig.lfilter(num[i, 0], den[i], chans[0], axis=-1)
-        for j in range(1, m):
-            y_i += ssig.lfilter(num[i, j], den[i], chans[j], axis=-1)
-        rows.append(y_i)
-    # p = 1: a view, no copy (the benchmarked SISO case is one lfilter call)
-    return rows[0][:, :, None] if p == 1 else onp.stack(rows, axis=-1)
-
-
-def _tf_core_vjp(argnums, ans, args, kwargs):
-    num, den, u = args
-    p, m, k = num.shape
-
-    def vjp(dy):
-        dy = onp.asarray(dy)
-        # g_i = T_(a_i)^-T dy_i: one backward all-pole filter per output row
-        gs = [_adjoint_g(dy[:, :, i], den[i]) for i in range(p)]
-        out = []
-        for n in argnums:
-            if n == 0:    # dnum[i, j, l] = sum_t g_i(t) u_j(t - l)
-                out.append(onp.array([[_lagged_dot(gs[i], u[:, :, j], k) for j in range(m)]
-                                      for i in range(p)]))
-            elif n == 1:  # dden[i, l] = -sum_t g_i(t) y_i(t - l)
-                out.append(onp.array([-_lagged_dot(gs[i], ans[:, :, i], k) for i in range(p)]))
-            else:         # du_j = sum_i T_(b_ij)^T g_i
-                du = onp.stack([sum(_fir_adjoint(num[i, j], gs[i]) for i in range(p))
-                                for j in range(m)], axis=-1)
-                out.append(du)
-        return tuple(out)
-    return vjp
-
-
-defvjp_argnums(_tf_core, _tf_core_vjp)
-
-
 def tf_filter(num, den, u):
     """Run a transfer matrix over batched sequences by its difference equation (fast path).
 
@@ -281,7 +150,7 @@ def tf_filter(num, den, u):
     [1.0, 1.5, 1.75]
     """
     num, den, u = _check_tf_filter_args(num, den, u)
-    return _tf_core(num, den, u)
+    return tf_filter_kernel(num, den, u)
 
 
 def tf_filter_ref(num, den, u):
@@ -315,74 +184,6 @@ def tf_filter_ref(num, den, u):
             ys.append(np.stack(row_vals))
         out.append(np.stack(ys))
     return np.stack(out)
-
-
-# ------------------------------------------------------------------- state space
-@primitive
-def _state_scan(A, v, x0):
-    """States X (L+1, batch, n) of x(t+1) = A x(t) + v(t), x(0) = x0, time-major.
-
-    v (L, batch, n), x0 (batch, n). Time-major so that every x(t) is one contiguous
-    (batch, n) block: the loop over t is L small matrix products, vectorized over batch.
-    """
-    L, batch, n = onp.shape(v)
-    AT = onp.ascontiguousarray(onp.transpose(A))
-    X = onp.empty((L + 1, batch, n))
-    X[0] = x0
-    for t in range(L):
-        # x(t+1) = A x(t) + v(t)   (rows: x(t)^T A^T)
-        onp.matmul(X[t], AT, out=X[t + 1])
-        X[t + 1] += v[t]
-    return X
-
-
-def _adjoint_scan(A, dX):
-    """lam(t) = A^T lam(t+1) + dX(t), lam(L) = dX(L), run backwards; lam (L+1, batch, n)."""
-    dX = onp.asarray(dX)
-    L1 = dX.shape[0]
-    lam = onp.empty_like(dX)
-    lam[L1 - 1] = dX[L1 - 1]
-    for t in range(L1 - 2, -1, -1):
-        # rows: (A^T lam)^T = lam^T A
-        onp.matmul(lam[t + 1], A, out=lam[t])
-        lam[t] += dX[t]
-    return lam
-
-
-def _scan_vjp(argnums, ans, args, kwargs):
-    A, v, x0 = args
-
-    def vjp(dX):
-        # one backward adjoint scan, shared by the three gradients
-        lam = _adjoint_scan(A, dX)
-        n = onp.shape(A)[0]
-        out = {0: lambda: onp.dot(lam[1:].reshape(-1, n).T, onp.asarray(ans)[:-1].reshape(-1, n)),
-               1: lambda: lam[1:],   # dv(t) = lam(t+1)
-               2: lambda: lam[0]}    # dx0 = lam(0)
-        # dA = sum over t = 0 .. L-1 and batch of lam(t+1) x(t)^T
-        return tuple(out[k]() for k in argnums)
-    return vjp
-
-
-defvjp_argnums(_state_scan, _scan_vjp)
-
-
-@primitive
-def _rows(X, start, stop):
-    """X[start:stop] along the first axis. A primitive because autograd's own VJP of a
-    slice scatters with numpy.add.at, ~10x slower than writing into zeros."""
-    return X[start:stop]
-
-
-def _rows_vjp(ans, X, start, stop):
-    def vjp(g):
-        out = onp.zeros(onp.shape(X))
-        out[start:stop] = g
-        return out
-    return vjp
-
-
-defvjp(_rows, _rows_vjp)  # start, stop are ints: no gradient
 
 
 _CHUNK = 64  # time steps per block of the untraced forward: blocks stay in cache
@@ -466,12 +267,12 @@ def ss_filter(A, B, C, D, u, x0=None, return_state=False):
     u_tm = np.reshape(np.transpose(u, (1, 0, 2)), (L * batch, m))
     # v(t) = B u(t) for every t at once
     v = np.reshape(np.dot(u_tm, np.transpose(B)), (L, batch, n))
-    X = _state_scan(A, v, x0)  # (L+1, batch, n): x(0) .. x(L)
+    X = state_scan(A, v, x0)  # (L+1, batch, n): x(0) .. x(L)
     # y(t) = C x(t) + D u(t)
-    y_tm = np.dot(np.reshape(_rows(X, 0, L), (L * batch, n)), np.transpose(C)) + np.dot(u_tm, np.transpose(D))
+    y_tm = np.dot(np.reshape(take_rows(X, 0, L), (L * batch, n)), np.transpose(C)) + np.dot(u_tm, np.transpose(D))
     y = np.transpose(np.reshape(y_tm, (L, batch, p)), (1, 0, 2))
     if return_state:
-        return y, _rows(X, L, L + 1)[0]
+        return y, take_rows(X, L, L + 1)[0]
     return y
 
 

@@ -45,17 +45,15 @@ True
 """
 import autograd.numpy as np
 import numpy as onp
-import scipy.signal as ssig
-from autograd.extend import defvjp_argnums, primitive
 
-from rssm_ref.util.kept import park, take
-from rssm_ref.convolution import (DIRECT_MAX_L, _causal_conv_prim, _causal_conv_vjp,
-                                  ss_fft_filter, tf_fft_filter)
-from rssm_ref.gate import _a_exact, _b_np, _gate_final_prim, _gate_final_vjp, _suffix_products
+from rssm_ref.convolution import DIRECT_MAX_L, ss_fft_filter, tf_fft_filter
 from rssm_ref.gate import gate as gate_scan
 from rssm_ref.gate import gate_final, gate_step
-from rssm_ref.lti import StateSpace, TransferFunction, den_from_reflection
-from rssm_ref.recurrence import _impulse_prim, _impulse_vjp, ss_filter, tf_filter
+from rssm_ref.kernels.nonlinear import log_sigmoid, sigmoid
+from rssm_ref.kernels.residual import final_kernel, final_recurrent
+from rssm_ref.lti import StateSpace, TransferFunction
+from rssm_ref.realization import den_from_reflection
+from rssm_ref.recurrence import ss_filter, tf_filter
 from rssm_ref.validation import (FINAL_PATHS, GATES, PATHS, check_array, check_option,
                                  check_residual_ss, check_residual_tf, check_u, is_traced,
                                  on_other_backend)
@@ -66,24 +64,6 @@ __all__ = [
 ]
 
 
-# ------------------------------------------------------------------ the static nonlinearity
-def sigmoid(x):
-    """Logistic σ(x) = 1 / (1 + e^{−x}) written as (1 + tanh(x/2)) / 2: no overflow for
-    any finite x, differentiable with autograd (s(t) := σ(r(t)) below eq. 5).
-
-    >>> [round(float(v), 6) for v in sigmoid(onp.array([-1e4, 0.0, 1e4]))]
-    [0.0, 0.5, 1.0]
-    """
-    return 0.5 * (np.tanh(0.5 * x) + 1.0)
-
-
-def log_sigmoid(x):
-    """log σ(x) = −log(1 + e^{−x}), stable for large |x| (for gate-based losses).
-
-    >>> round(float(log_sigmoid(-1000.0)), 6)
-    -1000.0
-    """
-    return -np.logaddexp(0.0, -x)
 
 
 # ------------------------------------------------------------------ validation
@@ -157,81 +137,6 @@ def residual_ssm_tf(sigma_num, sigma_den, r_num, r_den, gate_bias, u, path="fft"
     return _gate_and_pack(y_s, r, gate_bias, gate, return_intermediates)
 
 
-# ------------------------------------------ the last output only (training path)
-def _final_kernel_forward(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate):
-    L = u.shape[1]
-    h_sigma = _impulse_prim(sigma_num, sigma_den, L)                  # Σ's Markov parameters
-    y_s = _causal_conv_prim(h_sigma, u)                               # y_s = Σ(u)
-    h_r = _impulse_prim(r_num, r_den, L)
-    e = y_s - u
-    r = _causal_conv_prim(h_r, e)                                     # r = Σ_r(y_s − u)
-    s = 0.5 * (onp.tanh(0.5 * (r[:, :, 0] + gate_bias)) + 1.0)        # s = σ(r + c)
-    y_L = _gate_final_prim(y_s, s, gate)                              # eq. (5) down to y(L)
-    return y_L, (h_sigma, y_s, h_r, e, r, s)
-
-
-@primitive
-def _final_kernel_prim(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate, keep):
-    y_L, cache = _final_kernel_forward(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate)
-    if keep:          # traced: hand the intermediates to the VJP (rssm_ref.util.kept)
-        park(y_L, cache)
-    return y_L
-
-
-def _final_kernel_vjp(argnums, ans, args, kwargs):
-    sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate, keep = args
-    L = u.shape[1]
-    cache = take(ans)
-
-    def vjp(g):
-        # the blocks' own VJPs, chained by hand in reverse order (Fig. 3 read backwards)
-        h_sigma, y_s, h_r, e, r, s = cache or _final_kernel_forward(*args[:-1])[1]
-        d_ys, d_s = _gate_final_vjp((0, 1), ans, (y_s, s, gate), {})(g)
-        # σ'(x) = e^{-|x|} / (1 + e^{-|x|})², accurate where s(1 − s) would cancel (s → 1)
-        q = onp.exp(-onp.abs(r[:, :, 0] + gate_bias))
-        d_x = d_s * (q / ((1.0 + q) * (1.0 + q)))
-        d_hr, d_e = _causal_conv_vjp((0, 1), r, (h_r, e), {})(d_x[:, :, None])
-        d_ys = d_ys + d_e
-        d_hs, d_u = _causal_conv_vjp((0, 1), y_s, (h_sigma, u), {})(d_ys)
-        d_rn, d_rd = _impulse_vjp((0, 1), h_r, (r_num, r_den, L), {})(d_hr)
-        d_sn, d_sd = _impulse_vjp((0, 1), h_sigma, (sigma_num, sigma_den, L), {})(d_hs)
-        grads = {0: d_sn, 1: d_sd, 2: d_rn, 3: d_rd, 4: float(onp.sum(d_x)), 5: d_u - d_e}
-        return tuple(grads[k] for k in argnums)
-    return vjp
-
-
-defvjp_argnums(_final_kernel_prim, _final_kernel_vjp)
-
-
-def _final_recurrent_np(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate):
-    """The recurrent path of :func:`residual_ssm_final` for evaluation (nothing traced):
-    the same scipy lfilter calls as ``tf_filter``, on channel-major (batch, L) rows and in
-    place, so that little but the p m + m filters themselves is left (checked equal to
-    the traced route in tests)."""
-    p, m, _ = sigma_num.shape
-    # Σ : y_s,i = sum_j lfilter(b_ij, a_i, u_j)
-    y_s = []
-    for i in range(p):
-        row = ssig.lfilter(sigma_num[i, 0], sigma_den[i], u[:, :, 0], axis=-1)
-        for j in range(1, m):
-            row += ssig.lfilter(sigma_num[i, j], sigma_den[i], u[:, :, j], axis=-1)
-        y_s.append(row)
-    # Σ_r : r = sum_j lfilter(b_r,j, a_r, y_s,j − u_j)
-    r = None
-    for j in range(m):
-        term = ssig.lfilter(r_num[0, j], r_den[0], y_s[j] - u[:, :, j], axis=-1)
-        r = term if r is None else r.__iadd__(term)
-    # s = σ(r + c) = (1 + tanh((r + c)/2)) / 2
-    r += gate_bias
-    r *= 0.5
-    onp.tanh(r, out=r)
-    r += 1.0
-    r *= 0.5
-    b = _b_np(r, gate)
-    w = b * _suffix_products(_a_exact(r, b, gate))
-    return onp.stack([onp.einsum("bt,bt->b", w, y_s[i]) for i in range(p)], axis=1)
-
-
 def residual_ssm_final(sigma_num, sigma_den, r_num, r_den, gate_bias, u, path="auto",
                        gate="euler", allow_unstable=False):
     """The Residual SSM's last output y(L) only (Fig. 3, eq. 5): what the readout uses.
@@ -262,9 +167,9 @@ def residual_ssm_final(sigma_num, sigma_den, r_num, r_den, gate_bias, u, path="a
         path = "kernel" if L <= DIRECT_MAX_L else "recurrent"
     traced = any(is_traced(a) for a in (sigma_num, sigma_den, r_num, r_den, gate_bias, u))
     if path == "kernel":
-        return _final_kernel_prim(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate, traced)
+        return final_kernel(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate, traced)
     if path == "recurrent" and not traced:
-        return _final_recurrent_np(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate)
+        return final_recurrent(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate)
     filt = tf_fft_filter if path == "fft" else tf_filter
     y_s = filt(sigma_num, sigma_den, u)
     r = filt(r_num, r_den, y_s - u)[:, :, 0]

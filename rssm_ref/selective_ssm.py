@@ -34,31 +34,19 @@ delta (batch, L, m)        Δ_t^i;  h (batch, L, m, n) the state h(t+1) after co
 >>> bool(onp.allclose(y, selective_ssm_ref(u, **P), rtol=0, atol=1e-12))
 True
 """
-import functools
-
 import autograd.numpy as np
 import numpy as onp
-from autograd.extend import defvjp, defvjp_argnums, primitive
+from autograd.extend import defvjp, primitive
 
-from rssm_ref.util.kept import park, take
-from rssm_ref.util.threads import batch_halves, map_parts
 from rssm_ref.discretize import mamba_discretize
+from rssm_ref.kernels.nonlinear import softplus
+from rssm_ref.kernels.selective import final_kernel
 from rssm_ref.validation import (DISCRETIZATIONS, OUTPUTS, check_array, check_option, is_traced,
                                  on_other_backend)
 
 __all__ = ["selective_ssm", "selective_ssm_ref", "selective_ssm_final", "selective_ssm_final_ref",
            "linear_scan", "linear_scan_ref", "softplus",
            "A_from_log", "random_params", "param_count"]
-
-
-
-def softplus(x):
-    """τ(x) = log(1 + e^x) (eq. 4a), stable for large |x| via logaddexp.
-
-    >>> [round(float(v), 6) for v in softplus(onp.array([-50.0, 0.0, 50.0]))]
-    [0.0, 0.693147, 50.0]
-    """
-    return np.logaddexp(0.0, x)
 
 
 def A_from_log(A_log):
@@ -147,10 +135,8 @@ def linear_scan_ref(a, x):
 
 # ------------------------------------------------------------------ validation
 def _check(u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output):
-    if discretization not in DISCRETIZATIONS:
-        raise ValueError(f"discretization: {discretization!r} (expected 'zoh' or 'euler')")
-    if output not in OUTPUTS:
-        raise ValueError(f"output: {output!r} (expected 'before' or 'after')")
+    check_option("discretization", discretization, DISCRETIZATIONS)
+    check_option("output", output, OUTPUTS)
     A = check_array("A", A, ndim=2)
     m, n = onp.shape(A)
     if not is_traced(A) and onp.size(A) and not onp.all(A < 0):
@@ -278,208 +264,6 @@ def selective_ssm_ref(u, A, W_delta, W_B, W_C, delta_bias=None, D=None, discreti
     return y
 
 
-# ------------------------------------------- the last output only (training path)
-def _sigmoid_np(x):
-    """σ(x) = softplus'(x) to a few ulps relative for every x: e^{-|x|} / (1 + e^{-|x|})
-    below 0 (0.5 (tanh(x/2) + 1) would cancel there), 1 / (1 + e^{-x}) above."""
-    q = onp.exp(-onp.abs(x))
-    return onp.where(x >= 0, 1.0, q) / (1.0 + q)
-
-
-def _per_channel(X, m, n):
-    """sum_j X[..., i n + j]: (…, m n) -> (…, m), the adjoint of ``onp.repeat(·, n, -1)``."""
-    return onp.einsum("...ij->...i", X.reshape(X.shape[:-1] + (m, n)))
-
-
-def _per_state(X, m, n):
-    """sum_i X[..., i n + j]: (…, m n) -> (…, n), the adjoint of ``onp.tile(·, m)``."""
-    return onp.einsum("...ij->...j", X.reshape(X.shape[:-1] + (m, n)))
-
-
-def _J1_negative(x):
-    """φ1'(x) = J_1(x) = ∫_0^1 t e^{x t} dt for x <= 0 (here x = Δ A < 0), elementwise.
-
-    x <= -1/2: the closed form (x e^x − expm1(x)) / x², which loses at most a few ulps
-    there; -1/2 < x <= 0: Taylor series about c = -1/4, sum_j J_{j+1}(c) (x − c)^j / j!
-    (13 terms: truncation < 1e-17 relative; the coefficients come from the stable
-    scheme of ``rssm_ref.discretize``). Both are computed on the whole array and the
-    right one is kept: cheaper than gathering the small arguments.
-    """
-    acc = onp.full_like(x, _J1_COEFS[0])
-    d = onp.maximum(x, -_J1_SERIES_RADIUS)
-    d -= _J1_CENTER
-    for c in _J1_COEFS[1:]:
-        acc *= d
-        acc += c
-    with onp.errstate(divide="ignore", invalid="ignore"):    # x = 0: the series is kept
-        closed = (x * onp.exp(x) - onp.expm1(x)) / (x * x)
-    return onp.where(x > -_J1_SERIES_RADIUS, acc, closed)
-
-
-def _j1_coefficients(center, terms):
-    from math import factorial
-    from rssm_ref.discretize import _phi_deriv_np
-    # d^j/dx^j J_1 = J_{j+1}; Horner order, highest power first
-    return [float(_phi_deriv_np(onp.array(center), j + 1)) / factorial(j)
-            for j in range(terms - 1, -1, -1)]
-
-
-_J1_SERIES_RADIUS = 0.5
-_J1_CENTER = -0.25
-_J1_COEFS = _j1_coefficients(_J1_CENTER, 13)
-
-
-def _mm(x, M):
-    """(…, k) @ (k, r) as one 2-D BLAS call (a stacked 3-D matmul calls gemm per slice)."""
-    return (x.reshape(-1, x.shape[-1]) @ M).reshape(x.shape[:-1] + (M.shape[1],))
-
-
-def _softplus_np(x):
-    """τ(x) = log(1 + e^x) = max(x, 0) + log1p(e^{-|x|}) (eq. 4a), stable for any x."""
-    return onp.maximum(x, 0.0) + onp.log1p(onp.exp(-onp.abs(x)))
-
-
-def _final_forward(u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output, v=None):
-    """y(L-1) (batch, m) and what the VJP reuses; see :func:`selective_ssm_final`
-    (``v``: the signal the selection reads, None: u).
-
-    Per-state arrays are laid out as contiguous (batch, T, q), q = m n, index i n + j:
-    ``onp.repeat`` / ``onp.tile`` spread per-channel and per-state quantities (a
-    (…, m, 1) x (…, 1, n) broadcast has an 8-long inner loop and is several times
-    slower), ``_per_channel`` / ``_per_state`` sum them back (no BLAS: tiny threaded
-    gemms stall when another process holds a core). The readout is folded in early,
-    y_i = sum_t u_i(t) K_i(t) with K_i(t) = sum_j W_ij(t) C̄_j B̄_j(t), so that the
-    backward pass needs as few (batch, T, q) passes as possible.
-    """
-    batch, L, m = u.shape
-    n = A.shape[1]
-    Aq = A.reshape(-1)
-    # T inputs reach the state that is read: all L ("after"), or L-1 ("before")
-    T = L - (1 if output == "before" else 0)
-    uT = u[:, :T]
-    sel = u if v is None else v
-    pre = _mm(sel[:, :T], W_delta.T)
-    if delta_bias is not None:
-        pre = pre + delta_bias
-    delta = _softplus_np(pre)                                                 # (4a) (batch, T, m)
-    Bb = _mm(sel[:, :T], W_B.T)                                               # (4b) (batch, T, n)
-    C_last = sel[:, -1] @ W_C.T                                               # (4c) at t = L-1
-    CBq = onp.tile(Bb * C_last[:, None, :], (1, 1, m))                        # C̄_j B̄_j(t), spread
-    # S_t = sum_{t<k<T} Δ_k: prod_{t<k<T} exp(Δ_k A) = exp(S_t A)        (3a) composed
-    S = onp.concatenate([onp.cumsum(delta[:, :0:-1], axis=1)[:, ::-1],
-                         onp.zeros((batch, min(T, 1), m))], axis=1)
-    Sq = onp.repeat(S, n, axis=-1)
-    E = onp.exp(Sq * Aq)                                                      # (batch, T, q)
-    x = onp.repeat(delta, n, axis=-1) * Aq                                    # Δ_t A
-    # (3b): Δ φ1(ΔA) = expm1(ΔA)/A (zoh; A < 0 so no 0/0), or Δ (euler)
-    if discretization == "zoh":
-        phi = onp.expm1(x)
-        phi /= Aq
-    else:
-        phi = onp.repeat(delta, n, axis=-1)
-    W = E * phi                                     # exp(S_t A) B_t / B̄_t: what u(t) is worth
-    # (2) unrolled and read out: y_i = C̄ · h^i(T) = sum_t u_i(t) sum_j W_ij(t) C̄_j B̄_j(t)
-    K = _per_channel(W * CBq, m, n)                                           # (batch, T, m)
-    y = onp.einsum("bti,bti->bi", uT, K)
-    if D is not None:
-        y = y + D * u[:, -1]
-    return y, dict(T=T, Aq=Aq, pre=pre, delta=delta, Bb=Bb, C_last=C_last, CBq=CBq, Sq=Sq,
-                   E=E, x=x, W=W, K=K)
-
-
-def _final_backward(c, g, u, A, W_delta, W_B, W_C, D, discretization, v=None):
-    """The VJP of ``_final_forward`` for a cotangent g (batch, m), every argument at once:
-    (du, dA, dW_delta, dW_B, dW_C, d delta_bias, dD, dv); with v None the selection's
-    share is in du and dv is None."""
-    batch, L, m = u.shape
-    n = A.shape[1]
-    T, Aq, delta, E, W = (c[k] for k in ("T", "Aq", "delta", "E", "W"))
-    uT = u[:, :T]
-    # y_i = sum_t u_i(t) K_i(t),  K_i(t) = sum_j W_ij(t) (C̄_j B̄_j(t))
-    dK = g[:, None, :] * uT
-    du_direct = g[:, None, :] * c["K"]
-    dKq = onp.repeat(dK, n, axis=-1)
-    dW = dKq * c["CBq"]                                                      # ∂/∂W
-    dCB = _per_state(dKq * W, m, n)                                          # ∂/∂(C̄_j B̄_j(t))
-    dBb = dCB * c["C_last"][:, None, :]
-    dC = onp.einsum("btn,btn->bn", dCB, c["Bb"])
-    # W = E φ
-    X = dW * W                                                               # (∂/∂E) E
-    dphi = dW * E                                                            # ∂/∂φ
-    # E = exp(S A): dS_t = sum_j X A;  S_t = sum_{k>t} Δ_k, so dΔ_k = sum_{t<k} dS_t
-    dAq = onp.einsum("btq,btq->q", X, c["Sq"])
-    X *= Aq
-    dS = _per_channel(X, m, n)
-    ddelta = onp.concatenate([onp.zeros((batch, min(T, 1), m)),
-                              onp.cumsum(dS[:, :-1], axis=1)], axis=1)
-    if discretization == "zoh":
-        # ∂/∂Δ [expm1(ΔA)/A] = exp(ΔA);  ∂/∂A = Δ² φ1'(ΔA)
-        x = c["x"]
-        ddelta = ddelta + _per_channel(dphi * onp.exp(x), m, n)
-        dq = onp.repeat(delta * delta, n, axis=-1)
-        dq *= dphi
-        dAq = dAq + onp.einsum("btq,btq->q", dq, _J1_negative(x))
-    else:
-        ddelta = ddelta + _per_channel(dphi, m, n)
-    dpre = ddelta * _sigmoid_np(c["pre"])                                    # softplus' = σ
-    sel = u if v is None else v
-    selT = sel[:, :T]
-    # the selection's share (4a)-(4c), then the input's
-    dsel = onp.zeros_like(sel)
-    dsel[:, :T] = _mm(dpre, W_delta) + _mm(dBb, W_B)
-    dsel[:, -1] += dC @ W_C
-    du = dsel if v is None else onp.zeros_like(u)
-    du[:, :T] += du_direct
-    if D is not None:
-        du[:, -1] += g * D
-    return (du, dAq.reshape(m, n), dpre.reshape(-1, m).T @ selT.reshape(-1, m),
-            dBb.reshape(-1, n).T @ selT.reshape(-1, m), dC.T @ sel[:, -1], dpre.sum(axis=(0, 1)),
-            onp.einsum("bi,bi->i", g, u[:, -1]), None if v is None else dsel)
-
-
-@primitive
-def _final_prim(u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output, keep, v=None):
-    # two halves of the batch on two cores (rssm_ref.util.threads: the cut depends on the
-    # batch size only, so the numbers are the same on any machine)
-    parts = batch_halves(u.shape[0])
-    outs = map_parts(_final_forward, [(u[p], A, W_delta, W_B, W_C, delta_bias, D,
-                                       discretization, output, None if v is None else v[p])
-                                      for p in parts])
-    y = outs[0][0] if len(outs) == 1 else onp.concatenate([o[0] for o in outs], axis=0)
-    if keep:          # traced: hand the intermediates to the VJP (rssm_ref.util.kept)
-        park(y, [o[1] for o in outs])
-    return y
-
-
-def _final_vjp(argnums, ans, args, kwargs):
-    u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output, keep = args[:10]
-    v = args[10] if len(args) > 10 else None
-    caches = take(ans)
-
-    def vjp(g):
-        g = onp.asarray(g)                                                   # (batch, m)
-        parts = batch_halves(u.shape[0])
-        vp = (lambda p: None) if v is None else (lambda p: v[p])
-        cs = caches or [_final_forward(u[p], A, W_delta, W_B, W_C, delta_bias, D,
-                                       discretization, output, vp(p))[1] for p in parts]
-        outs = map_parts(_final_backward, [(c, g[p], u[p], A, W_delta, W_B, W_C, D,
-                                            discretization, vp(p)) for c, p in zip(cs, parts)])
-        # du, dv by rows; the parameters' gradients summed over the parts in a fixed order
-        grads = {0: onp.concatenate([o[0] for o in outs], axis=0)}
-        for k in range(1, 7):
-            total = outs[0][k]
-            for o in outs[1:]:
-                total = total + o[k]
-            grads[k] = total
-        if v is not None:
-            grads[10] = onp.concatenate([o[7] for o in outs], axis=0)
-        return tuple(grads[k] for k in argnums)
-    return vjp
-
-
-defvjp_argnums(_final_prim, _final_vjp)
-
-
 def selective_ssm_final(u, A, W_delta, W_B, W_C, delta_bias=None, D=None, discretization="zoh",
                         output="before", v=None):
     """The Selective SSM's last output y(L-1) only, eqs. (2)-(4): what the readout uses.
@@ -509,8 +293,8 @@ def selective_ssm_final(u, A, W_delta, W_B, W_C, delta_bias=None, D=None, discre
         v = check_array("v", v, shape=onp.shape(u))
     keep = any(is_traced(a) for a in (u, A, W_delta, W_B, W_C, delta_bias, D, v))
     if v is None:
-        return _final_prim(u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output, keep)
-    return _final_prim(u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output, keep, v)
+        return final_kernel(u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output, keep)
+    return final_kernel(u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output, keep, v)
 
 
 def selective_ssm_final_ref(u, A, W_delta, W_B, W_C, delta_bias=None, D=None,

@@ -19,6 +19,7 @@ from autograd.test_util import check_grads
 from hypothesis import given, settings, strategies as st
 
 from rssm_ref import convolution as cv
+from rssm_ref.kernels.convolution import even_fast_len
 from rssm_ref.convolution import (
     fft_conv, fft_conv_ref, ss_fft_filter, ss_fft_filter_ref, tf_fft_filter,
     tf_fft_filter_ref, tf_kernel, tf_kernel_aliased, tf_kernel_aliased_ref, tf_kernel_ref)
@@ -202,7 +203,7 @@ def _smooth(c):
 
 def test_even_fast_len_is_the_smallest_even_5_smooth_length():
     for n in list(range(1, 200)) + [8191, 65535, 131071]:
-        K = cv._even_fast_len(n)
+        K = even_fast_len(n)
         assert K >= n and K % 2 == 0 and _smooth(K)
         assert not any(c % 2 == 0 and _smooth(c) for c in range(max(n, 2), K))
 

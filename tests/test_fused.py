@@ -26,17 +26,19 @@ from hypothesis.extra import numpy as hnp
 import rssm_ref.util.threads as threads_mod
 from rssm_ref.util import alloc as _alloc, kept as _kept
 from rssm_ref.convolution import DIRECT_MAX_L, causal_conv, fft_conv, fft_conv_ref
-from rssm_ref.discretize import _phi_deriv_np
-from rssm_ref.gate import _projected_states, gate, gate_final, gate_final_ref, gate_ref
+from rssm_ref.kernels.selective import final_kernel as selective_final_kernel
+from rssm_ref.kernels.selective import final_vjp as selective_final_vjp
+from rssm_ref.kernels.selective import j1_negative, phi_deriv_np
+from rssm_ref.kernels.gate import projected_states
+from rssm_ref.kernels.residual import final_kernel, final_kernel_vjp
+from rssm_ref.gate import gate, gate_final, gate_final_ref, gate_ref
 from rssm_ref.lti import den_from_reflection, den_from_reflection_ref, den_from_theta
 from rssm_ref.training.head import (ModelConfig, cosine_logits, cross_entropy, embed, final_output,
                              final_output_ref, init_params, loss, loss_ref)
 from rssm_ref.oracle.sample import den_from_poles
 from rssm_ref.recurrence import impulse_response, impulse_response_ref
-from rssm_ref.residual_ssm import (_final_kernel_prim, _final_kernel_vjp, residual_ssm_final,
-                                   residual_ssm_final_ref, residual_ssm_tf)
-from rssm_ref.selective_ssm import (_J1_negative, _final_prim, _final_vjp, random_params,
-                                    selective_ssm, selective_ssm_final, selective_ssm_final_ref)
+from rssm_ref.residual_ssm import residual_ssm_final, residual_ssm_final_ref, residual_ssm_tf
+from rssm_ref.selective_ssm import (random_params, selective_ssm, selective_ssm_final, selective_ssm_final_ref)
 from rssm_ref.training.tasks import make_batch
 from rssm_ref.testing import reflection_coefficients
 from rssm_ref.tolerances import TOLERANCES, assert_close, rel_err
@@ -323,7 +325,7 @@ def test_projected_states_both_branches(L):
     rng = _rng(L)
     y_s, s, g = rng.normal(size=(3, L, 2)), rng.uniform(0, 1, (3, L)), rng.normal(size=(3, 2))
     states = onp.concatenate([onp.zeros((3, 1, 2)), gate_ref(y_s, s)[:, :-1]], axis=1)
-    z = _projected_states(y_s, s, 1.0 - s, g)
+    z = projected_states(y_s, s, 1.0 - s, g)
     assert_close(z, onp.einsum("btm,bm->bt", states, g), "fast_vs_ref")
 
 
@@ -478,9 +480,9 @@ def test_residual_kernel_vjp_without_cache_recomputes_the_same():
     dy = _rng(13).normal(size=(2, 2))
     traced = _grads(lambda *a: residual_ssm_final(*a, path="kernel"), args, dy)
     full = tuple(args) + ("euler", False)
-    ans = _final_kernel_prim(*full)
+    ans = final_kernel(*full)
     assert _kept.take(ans) is None
-    again = _final_kernel_vjp(tuple(range(6)), ans, full, {})(dy)
+    again = final_kernel_vjp(tuple(range(6)), ans, full, {})(dy)
     for a, b, name in zip(traced, again, RES_NAMES):
         assert onp.array_equal(a, b), name
 
@@ -590,11 +592,11 @@ def test_J1_negative_vs_phi_deriv():
     relative to each value (it is about 1/2 at 0 and 1/x^2 far out)."""
     x = -onp.concatenate([[0.0, 5e-324, 1e-300, 1e-17, 1e-8, 0.25, 0.5 - 1e-16, 0.5, 0.5 + 1e-16],
                           onp.linspace(0.0, 0.75, 301), onp.logspace(-12, 3, 301), [700.0, 1e5]])
-    got, want = _J1_negative(x), _phi_deriv_np(x, 1)
+    got, want = j1_negative(x), phi_deriv_np(x, 1)
     err = onp.max(onp.abs(got - want) / onp.abs(want))
     assert err <= TOLERANCES["fast_vs_ref"], err
     # and the regimes meet: no jump across x = -1/2
-    edge = _J1_negative(onp.array([-0.5 - 1e-15, -0.5 + 1e-15]))
+    edge = j1_negative(onp.array([-0.5 - 1e-15, -0.5 + 1e-15]))
     assert abs(edge[0] - edge[1]) <= TOLERANCES["fast_vs_ref"] * edge[0]
 
 
@@ -639,9 +641,9 @@ def test_selective_vjp_without_cache_recomputes_the_same():
     dy = _rng(24).normal(size=(40, 3))
     traced = _grads(fast, args, dy)
     full = tuple(args) + ("zoh", "after", False)
-    ans = _final_prim(*full)
+    ans = selective_final_kernel(*full)
     assert _kept.take(ans) is None
-    again = _final_vjp(tuple(range(7)), ans, full, {})(dy)
+    again = selective_final_vjp(tuple(range(7)), ans, full, {})(dy)
     for a, b, name in zip(traced, again, names):
         assert onp.array_equal(a, b), name
 

@@ -7,7 +7,7 @@ from autograd.test_util import check_grads
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import rssm_ref.gate as gate_mod
+import rssm_ref.kernels.gate as gate_kernels
 from rssm_ref.gate import gate, gate_ref, gate_step
 from rssm_ref.tolerances import TOLERANCES, assert_close
 
@@ -67,7 +67,7 @@ def test_gate_matches_ref(mode, inp):
 @pytest.mark.parametrize("mode", MODES)
 def test_gate_matches_ref_across_lapack_groups(mode, monkeypatch):
     # small groups: several full groups plus a short last one, and L longer than a group
-    monkeypatch.setattr(gate_mod, "_GROUP_ROWS", 64)
+    monkeypatch.setattr(gate_kernels, "GROUP_ROWS", 64)
     rng = onp.random.default_rng(1)
     for batch, L, m in [(10, 20, 2), (3, 100, 1)]:
         y_s = rng.standard_normal((batch, L, m))

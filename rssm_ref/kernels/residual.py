@@ -1,0 +1,89 @@
+"""The Residual SSM's training kernel: the last output y(L) of Fig. 3 (Σ, Σ_r, σ, Σ_g)
+as one autograd primitive whose VJP chains the blocks' own VJPs by hand, and the
+untraced recurrent form used for evaluation. ``rssm_ref.residual_ssm.residual_ssm_final``
+validates its inputs and calls these; its ``_ref`` twin is the oracle for both.
+
+Glossary (shapes)
+-----------------
+sigma_num (m, m, k), sigma_den (m, k)    Σ;   r_num (1, m, k_r), r_den (1, k_r)   Σ_r
+gate_bias c (scalar), u (batch, L, m), y_L (batch, m) = y(L)
+"""
+import numpy as onp
+import scipy.signal as ssig
+from autograd.extend import defvjp_argnums, primitive
+
+from rssm_ref.kernels.convolution import causal_conv_kernel, causal_conv_vjp
+from rssm_ref.kernels.gate import (a_coefficient, b_coefficient, gate_final_kernel, gate_final_vjp,
+                                   suffix_products)
+from rssm_ref.kernels.nonlinear import sigmoid, sigmoid_, sigmoid_slope
+from rssm_ref.kernels.recurrence import impulse_kernel, impulse_vjp
+from rssm_ref.util.kept import park, take
+
+
+# ------------------------------------------ the last output only (training path)
+def final_kernel_forward(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate):
+    L = u.shape[1]
+    h_sigma = impulse_kernel(sigma_num, sigma_den, L)                  # Σ's Markov parameters
+    y_s = causal_conv_kernel(h_sigma, u)                               # y_s = Σ(u)
+    h_r = impulse_kernel(r_num, r_den, L)
+    e = y_s - u
+    r = causal_conv_kernel(h_r, e)                                     # r = Σ_r(y_s − u)
+    s = sigmoid(r[:, :, 0] + gate_bias, onp)                          # s = σ(r + c)
+    y_L = gate_final_kernel(y_s, s, gate)                              # eq. (5) down to y(L)
+    return y_L, (h_sigma, y_s, h_r, e, r, s)
+
+
+@primitive
+def final_kernel(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate, keep):
+    y_L, cache = final_kernel_forward(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate)
+    if keep:          # traced: hand the intermediates to the VJP (rssm_ref.util.kept)
+        park(y_L, cache)
+    return y_L
+
+
+def final_kernel_vjp(argnums, ans, args, kwargs):
+    sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate, keep = args
+    L = u.shape[1]
+    cache = take(ans)
+
+    def vjp(g):
+        # the blocks' own VJPs, chained by hand in reverse order (Fig. 3 read backwards)
+        h_sigma, y_s, h_r, e, r, s = cache or final_kernel_forward(*args[:-1])[1]
+        d_ys, d_s = gate_final_vjp((0, 1), ans, (y_s, s, gate), {})(g)
+        d_x = d_s * sigmoid_slope(r[:, :, 0] + gate_bias)
+        d_hr, d_e = causal_conv_vjp((0, 1), r, (h_r, e), {})(d_x[:, :, None])
+        d_ys = d_ys + d_e
+        d_hs, d_u = causal_conv_vjp((0, 1), y_s, (h_sigma, u), {})(d_ys)
+        d_rn, d_rd = impulse_vjp((0, 1), h_r, (r_num, r_den, L), {})(d_hr)
+        d_sn, d_sd = impulse_vjp((0, 1), h_sigma, (sigma_num, sigma_den, L), {})(d_hs)
+        grads = {0: d_sn, 1: d_sd, 2: d_rn, 3: d_rd, 4: float(onp.sum(d_x)), 5: d_u - d_e}
+        return tuple(grads[k] for k in argnums)
+    return vjp
+
+
+defvjp_argnums(final_kernel, final_kernel_vjp)
+
+
+def final_recurrent(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate):
+    """The recurrent path of :func:`residual_ssm_final` for evaluation (nothing traced):
+    the same scipy lfilter calls as ``tf_filter``, on channel-major (batch, L) rows and in
+    place, so that little but the p m + m filters themselves is left (checked equal to
+    the traced route in tests)."""
+    p, m, _ = sigma_num.shape
+    # Σ : y_s,i = sum_j lfilter(b_ij, a_i, u_j)
+    y_s = []
+    for i in range(p):
+        row = ssig.lfilter(sigma_num[i, 0], sigma_den[i], u[:, :, 0], axis=-1)
+        for j in range(1, m):
+            row += ssig.lfilter(sigma_num[i, j], sigma_den[i], u[:, :, j], axis=-1)
+        y_s.append(row)
+    # Σ_r : r = sum_j lfilter(b_r,j, a_r, y_s,j − u_j)
+    r = None
+    for j in range(m):
+        term = ssig.lfilter(r_num[0, j], r_den[0], y_s[j] - u[:, :, j], axis=-1)
+        r = term if r is None else r.__iadd__(term)
+    r += gate_bias
+    s = sigmoid_(r)                                                   # s = σ(r + c), in place
+    b = b_coefficient(s, gate)
+    w = b * suffix_products(a_coefficient(s, b, gate))
+    return onp.stack([onp.einsum("bt,bt->b", w, y_s[i]) for i in range(p)], axis=1)
