@@ -16,7 +16,7 @@ so ``import rssm_ref`` stays light):
 >>> "StateSpace" in __all__ and "compute" in __all__
 True
 """
-__version__ = "0.1.0"
+from rssm_ref.util.version import VERSION as __version__  # noqa: F401
 
 # public name -> module that defines it (PEP 562 lazy attributes). Functions named like
 # their module (rssm_ref.gate.gate, rssm_ref.training.train.train, rssm_ref.experiments.explain.explain,

@@ -107,11 +107,10 @@ import autograd.numpy as np
 import numpy as onp
 from autograd.tracer import getval
 
-from rssm_ref.kernels.convolution import DIRECT_MAX_L, causal_conv_kernel, even_fast_len  # noqa: F401 (DIRECT_MAX_L: read here)
+from rssm_ref.kernels.convolution import causal_conv_kernel, even_fast_len
 from rssm_ref.realization import markov_parameters, tf_impulse_ref
+from rssm_ref.validation import check_array, check_length, check_state_space, check_tf, check_u
 
-from rssm_ref.validation import (check_array, check_length, check_state_space,
-                                 check_tf, check_u)
 
 __all__ = [
     "causal_conv", "fft_conv", "fft_conv_ref",

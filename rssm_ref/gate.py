@@ -44,7 +44,7 @@ import autograd.numpy as np
 import numpy as onp
 
 from rssm_ref.kernels.gate import gate_final_kernel, gate_kernel
-from rssm_ref.validation import GATES, check_array, check_option, is_traced
+from rssm_ref.validation import check_array, check_option, GATES, is_traced
 
 __all__ = ["gate", "gate_ref", "gate_step", "gate_final", "gate_final_ref"]
 

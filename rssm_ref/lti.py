@@ -50,7 +50,8 @@ from rssm_ref.realization import (den_from_reflection, den_from_reflection_ref, 
                                   markov_parameters, markov_parameters_ref, normalize_tf,
                                   observable_realization, ss2tf, tf2ss, tf_impulse)
 from rssm_ref.recurrence import ss_filter, tf_filter
-from rssm_ref.validation import PATHS, check_array, check_length, check_option, check_state_space, check_tf
+from rssm_ref.validation import (check_array, check_length, check_option, check_state_space,
+                                 check_tf, PATHS)
 
 __all__ = [
     "markov_parameters", "markov_parameters_ref", "den_from_reflection", "den_from_theta",

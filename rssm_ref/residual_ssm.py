@@ -46,17 +46,17 @@ True
 import autograd.numpy as np
 import numpy as onp
 
-from rssm_ref.convolution import DIRECT_MAX_L, ss_fft_filter, tf_fft_filter
-from rssm_ref.gate import gate as gate_scan
-from rssm_ref.gate import gate_final, gate_step
+from rssm_ref.convolution import ss_fft_filter, tf_fft_filter
+from rssm_ref.gate import gate as gate_scan, gate_final, gate_step
+from rssm_ref.kernels.convolution import DIRECT_MAX_L
 from rssm_ref.kernels.nonlinear import log_sigmoid, sigmoid
 from rssm_ref.kernels.residual import final_kernel, final_recurrent
-from rssm_ref.lti import StateSpace, TransferFunction
+from rssm_ref.lti import StateSpace, tf2ss, TransferFunction
 from rssm_ref.realization import den_from_reflection
 from rssm_ref.recurrence import ss_filter, tf_filter
-from rssm_ref.validation import (FINAL_PATHS, GATES, PATHS, check_array, check_option,
-                                 check_residual_ss, check_residual_tf, check_u, is_traced,
-                                 on_other_backend)
+from rssm_ref.validation import (check_array, check_option, check_residual_ss, check_residual_tf,
+                                 check_u, FINAL_PATHS, GATES, is_traced, on_other_backend, PATHS)
+from rssm_ref.xp.models import residual_ssm_xp
 
 __all__ = [
     "sigmoid", "log_sigmoid", "residual_ssm_tf", "residual_ssm_ss", "residual_ssm_ref",
@@ -96,7 +96,6 @@ def _on_backend(P, gate_bias, u, path, gate, return_intermediates, allow_unstabl
     """u from CuPy / array_api_strict: the same model through rssm_ref.xp.models on u's
     module (outputs on that module; not traced by autograd -- use ``residual_ssm_xp``'s
     ``dy`` for gradients there)."""
-    from rssm_ref.xp.models import residual_ssm_xp
     P["gate_bias"] = _check_bias(gate_bias)
     out = residual_ssm_xp(P, u, path=path, gate=gate, allow_unstable=allow_unstable)
     if return_intermediates:
@@ -184,7 +183,6 @@ def residual_ssm_final_ref(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gat
     >>> residual_ssm_final_ref(*m.tf_arrays(), onp.ones((1, 3, 2))).shape
     (1, 2)
     """
-    from rssm_ref.lti import tf2ss
     sigma = tf2ss(sigma_num, sigma_den)
     r_sys = tf2ss(r_num, r_den)
     return residual_ssm_ref(*sigma, *r_sys, gate_bias, u, gate=gate)[:, -1]

@@ -41,8 +41,9 @@ from autograd.extend import defvjp, primitive
 from rssm_ref.discretize import mamba_discretize
 from rssm_ref.kernels.nonlinear import softplus
 from rssm_ref.kernels.selective import final_kernel
-from rssm_ref.validation import (DISCRETIZATIONS, OUTPUTS, check_array, check_option, is_traced,
-                                 on_other_backend)
+from rssm_ref.validation import (check_array, check_option, DISCRETIZATIONS, is_traced,
+                                 on_other_backend, OUTPUTS)
+from rssm_ref.xp.models import selective_ssm_xp
 
 __all__ = ["selective_ssm", "selective_ssm_ref", "selective_ssm_final", "selective_ssm_final_ref",
            "linear_scan", "linear_scan_ref", "softplus",
@@ -159,7 +160,6 @@ def _on_backend(u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output,
                 return_intermediates):
     """u from CuPy / array_api_strict: the same model through rssm_ref.xp.models on u's
     module (params checked on the host; not traced by autograd)."""
-    from rssm_ref.xp.models import selective_ssm_xp
     # the host checks need only u's width; xp_models checks u itself on its module
     probe = onp.zeros((1, 1, u.shape[-1]))
     _, A, W_delta, W_B, W_C, delta_bias, D = _check(

@@ -34,7 +34,8 @@ import numpy
 import numpy as onp
 from hypothesis import strategies as st
 
-from rssm_ref.oracle import sample
+from rssm_ref.lti import den_from_reflection, StateSpace, TransferFunction
+from rssm_ref.oracle import formats, forward, sample, verify
 
 _ = numpy  # the module doctest uses the name ``numpy``
 
@@ -117,7 +118,6 @@ def stable_denominators(draw, order, method="either", r_max=0.999):
         method = draw(st.sampled_from(["poles", "reflection"]))
     if method == "poles":
         return sample.den_from_poles(draw(poles(order, r_max=r_max)))
-    from rssm_ref.lti import den_from_reflection
     den = onp.asarray(den_from_reflection(draw(reflection_coefficients(order))), dtype=float)
     # step-up gives roots in |z| < 1 but arbitrarily close to it (1 - 1e-14 for a run of
     # k near ±1); contracting z -> z / r_max (a_i -> a_i r_max^i) puts them in |z| < r_max
@@ -152,7 +152,6 @@ def ss_arrays(draw, n=st.integers(1, 5), m=1, p=1, jordan=True):
 @st.composite
 def transfer_functions(draw, p=1, m=1, order=st.integers(1, 4)):
     """rssm_ref.lti.TransferFunction drawn by ``tf_arrays``."""
-    from rssm_ref.lti import TransferFunction
     num, den = draw(tf_arrays(p, m, order))
     return TransferFunction(num, den)
 
@@ -160,7 +159,6 @@ def transfer_functions(draw, p=1, m=1, order=st.integers(1, 4)):
 @st.composite
 def state_spaces(draw, n=st.integers(1, 5), m=1, p=1):
     """rssm_ref.lti.StateSpace drawn by ``ss_arrays``."""
-    from rssm_ref.lti import StateSpace
     return StateSpace(*draw(ss_arrays(n, m, p)))
 
 
@@ -287,7 +285,6 @@ def assert_matches_reference(model, params, inputs, outputs, precision="float64"
     >>> assert_matches_reference("lti", P, U, {"y": y32.reshape(1, 20, 1)}, "float32").passed
     True
     """
-    from rssm_ref.oracle import forward, formats, verify
     want_grads = any(k.startswith("grad_") for k in outputs)
     inter = set(formats.SPECS[model]["intermediates"]) if model in formats.SPECS else set()
     want_inter = any(k in inter for k in outputs)
@@ -295,7 +292,7 @@ def assert_matches_reference(model, params, inputs, outputs, precision="float64"
     params, sizes = formats.check_params(model, params,
                                          allow_unstable=opts["allow_unstable"])
     inputs, _ = formats.check_inputs(model, inputs, sizes, layout=opts["layout"])
-    ref_out = forward._compute_checked(model, params, inputs, opts)
+    ref_out = forward.compute_checked(model, params, inputs, opts)
     if want_grads and "dy" not in inputs:
         inputs = dict(inputs, dy=onp.ones(ref_out["y"].shape))
     # inputs and outputs in the caller's layout (options' layout="channel-first": time last)

@@ -25,7 +25,8 @@ from hypothesis.extra import numpy as hnp
 
 import rssm_ref.util.threads as threads_mod
 from rssm_ref.util import alloc as _alloc, kept as _kept
-from rssm_ref.convolution import DIRECT_MAX_L, causal_conv, fft_conv, fft_conv_ref
+from rssm_ref.convolution import causal_conv, fft_conv, fft_conv_ref
+from rssm_ref.kernels.convolution import DIRECT_MAX_L
 from rssm_ref.kernels.selective import final_kernel as selective_final_kernel
 from rssm_ref.kernels.selective import final_vjp as selective_final_vjp
 from rssm_ref.kernels.selective import j1_negative, phi_deriv_np

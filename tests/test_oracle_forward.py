@@ -109,7 +109,7 @@ def test_cli_init_then_forward_writes_a_self_describing_file(tmp_path, model):
     assert opts["model"] == model and opts["grads"] and opts["intermediates"] == bool(inter)
     assert set(outs) == formats.allowed_output_keys(model, P)
     # the embedded copy recomputes the file exactly
-    again = forward._compute_checked(model, P, U, opts)
+    again = forward.compute_checked(model, P, U, opts)
     assert all(onp.array_equal(again[k], outs[k]) for k in outs)
 
 

@@ -23,7 +23,7 @@ def reference(model, P, U, **opts):
     opts = forward.resolve_options(model, **opts)
     P, sizes = formats.check_params(model, P, allow_unstable=opts["allow_unstable"])
     U, _ = formats.check_inputs(model, U, sizes)
-    out = forward._compute_checked(model, P, U, opts)
+    out = forward.compute_checked(model, P, U, opts)
     if opts["grads"] and "dy" not in U:
         U = dict(U, dy=onp.ones(out["y"].shape))
     return forward.bundle(opts, P, U, out)

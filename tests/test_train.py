@@ -5,7 +5,8 @@ import numpy as onp
 import pytest
 
 from rssm_ref.training.head import ModelConfig
-from rssm_ref.training.train import (TrainConfig, atomic_savez, clip_by_global_norm, load_checkpoint,
+from rssm_ref.util.paths import atomic_savez
+from rssm_ref.training.train import (TrainConfig, clip_by_global_norm, load_checkpoint,
                             lr_schedule, train)
 
 CFG = ModelConfig("residual", "induction")
@@ -60,7 +61,7 @@ def test_resume_equals_uninterrupted(tmp_path):
 
 def test_atomic_checkpoint_and_corrupt_file(tmp_path):
     path = str(tmp_path / "c.npz")
-    atomic_savez(path, step=onp.array(1), **{"param/E": onp.ones(2)})
+    atomic_savez(path, {"step": onp.array(1), "param/E": onp.ones(2)})
     assert sorted(os.listdir(tmp_path)) == ["c.npz"]
     with open(path, "r+b") as fh:
         fh.truncate(20)

@@ -36,13 +36,26 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 import tracemalloc
 
 import numpy as onp
 import scipy.signal as ssig
 from autograd import value_and_grad
+from rssm_ref.convolution import tf_fft_filter
+from rssm_ref.gate import gate
+from rssm_ref.lti import den_from_reflection
+from rssm_ref.recurrence import tf_filter
+from rssm_ref.residual_ssm import residual_ssm_tf, ResidualSSM
+from rssm_ref.selective_ssm import random_params, selective_ssm, selective_ssm_ref
+from rssm_ref.tolerances import rel_err
+from rssm_ref.training.head import (accuracy, init_params, loss, loss_ref, ModelConfig,
+                                    residual_core_arrays)
+from rssm_ref.training.tasks import make_batch
+from rssm_ref.training.train import DATA_STREAM, FlatAdam, fresh_state, TrainConfig
+from rssm_ref.util.paths import atomic_write_text
+from rssm_ref.xp.backend import namespace, synchronize, to_backend, to_host
+from rssm_ref.xp.models import residual_ssm_xp
 
 __all__ = ["run_bench", "format_bench", "bench_document", "write_json", "FIGURES", "load_peers"]
 
@@ -85,7 +98,6 @@ def _best(fn, repeats):
 
 
 def _stable_den(rng, rows, order, radius=0.95):
-    from rssm_ref.lti import den_from_reflection
     return den_from_reflection(radius * onp.tanh(rng.normal(0, 1, size=(rows, order))))
 
 
@@ -98,7 +110,6 @@ def _ratio_row(figure, fast, base, target, baseline, detail):
 
 
 def _lti_recurrent(q, R):
-    from rssm_ref.recurrence import tf_filter
     rng = onp.random.default_rng(0)
     batch, L = (100, 256) if q else (1000, 1024)
     num = rng.normal(size=(1, 1, 5))
@@ -112,8 +123,6 @@ def _lti_recurrent(q, R):
 
 
 def _fft_exact(q, R):
-    from rssm_ref.convolution import tf_fft_filter
-    from rssm_ref.recurrence import tf_filter
     rng = onp.random.default_rng(1)
     p = m = 4 if q else 16
     L, batch = (512, 2) if q else (4096, 4)
@@ -127,7 +136,6 @@ def _fft_exact(q, R):
 
 
 def _gate_forward(q, R):
-    from rssm_ref.gate import gate
     rng = onp.random.default_rng(2)
     batch, L = (100, 256) if q else (1000, 1024)
     y_s = rng.normal(size=(batch, L, 1))
@@ -140,8 +148,6 @@ def _gate_forward(q, R):
 
 
 def _residual_setup(batch, L, seed=0, model="residual"):
-    from rssm_ref.training.head import ModelConfig, init_params
-    from rssm_ref.training.tasks import make_batch
     cfg = ModelConfig(model, "induction")
     params = init_params(cfg, seed=seed)
     tok, tgt = make_batch("induction", onp.random.default_rng(seed), batch, L, cfg.n_tokens)
@@ -160,11 +166,8 @@ def _abs_row(figure, value, target_s, baseline_s, baseline, detail):
 def _step_runner(cfg, params, batch, L, loss_fn):
     """One full training step as rssm_ref.training.train runs it: the batch of step k, loss and
     gradient w.r.t. the flat parameter vector, global-norm clip, Adam."""
-    from autograd import value_and_grad
-    from rssm_ref.training.tasks import make_batch
-    from rssm_ref.training.train import DATA_STREAM, TrainConfig, _FlatAdam, _fresh
     tcfg = TrainConfig(steps=1000, batch=batch, L=L, warmup=10)
-    opt = _FlatAdam(_fresh(params), tcfg)
+    opt = FlatAdam(fresh_state(params), tcfg)
     vg = value_and_grad(lambda theta, tok, tgt: loss_fn(cfg, opt.unflatten(theta), tok, tgt))
     k = [0]
 
@@ -180,7 +183,6 @@ def _step_runner(cfg, params, batch, L, loss_fn):
 def _residual_train_step(q, R):
     """Residual full training step, batch 256, L 16 (issue 13: <= 1.2 ms), against the
     same step through the reference cores (loss_ref: the first release's path)."""
-    from rssm_ref.training.head import loss, loss_ref
     batch = 64 if q else 256
     cfg, params, _, _ = _residual_setup(batch, 16)
     fast = _step_runner(cfg, params, batch, 16, loss)
@@ -195,8 +197,6 @@ def _residual_train_step(q, R):
 
 def _residual_grad(q, R):
     """Residual loss gradient over its own forward (issue 13: <= 3x), batch 256, L 16."""
-    from autograd import value_and_grad
-    from rssm_ref.training.head import loss
     cfg, params, tok, tgt = _residual_setup(64 if q else 256, 16)
     vg = value_and_grad(lambda p: loss(cfg, p, tok, tgt))
     n = 3 if q else 20
@@ -209,8 +209,6 @@ def _residual_grad(q, R):
 def _selective_loss_grad(q, R):
     """Selective loss + gradient, batch 64, L 16, m 16, n 8 (issue 13: <= 3.2 ms),
     against autograd through the full-sequence core (loss_ref)."""
-    from autograd import value_and_grad
-    from rssm_ref.training.head import loss, loss_ref
     cfg, params, tok, tgt = _residual_setup(16 if q else 64, 16, model="selective")
     vg = value_and_grad(lambda p: loss(cfg, p, tok, tgt))
     vg_ref = value_and_grad(lambda p: loss_ref(cfg, p, tok, tgt))
@@ -224,7 +222,6 @@ def _selective_loss_grad(q, R):
 
 
 def _selective(q, R):
-    from rssm_ref.selective_ssm import random_params, selective_ssm, selective_ssm_ref
     P = random_params(m=16, n=8, seed=0)
     batch, L = (2, 16) if q else (8, 64)
     u = onp.random.default_rng(3).normal(size=(batch, L, 16))
@@ -237,7 +234,6 @@ def _selective(q, R):
 def _lfilter_calls(cfg, params, tok):
     """The p m + m scipy lfilter calls the Residual SSM's recurrent evaluation is made of,
     on the same (batch, L) rows: the floor of any evaluation built on lfilter."""
-    from rssm_ref.training.head import residual_core_arrays
     sn, sd, rn, rd, _ = residual_core_arrays(params)
     x = onp.ascontiguousarray(onp.take(params["E"][:, 0], tok))
 
@@ -253,7 +249,6 @@ def _lfilter_calls(cfg, params, tok):
 def _residual_eval(q, R, L=1024, batch=1000, target_s=62e-3, target_ratio=None, figure="residual_eval_L1024"):
     """Residual evaluation (accuracy) at length L: time, peak memory, and the ratio to the
     lfilter calls it is made of, timed in the same run."""
-    from rssm_ref.training.head import accuracy
     if q:
         batch, L = max(10, batch // 10), min(L, 4096)
     cfg, params, tok, tgt = _residual_setup(batch, L)
@@ -278,7 +273,6 @@ def _residual_eval_long(q, R):
 
 
 def _scaling(q, R):
-    from rssm_ref.residual_ssm import ResidualSSM
     model = ResidualSSM.random(seed=0)
     lengths = [2 ** k for k in (range(8, 12) if q else range(10, 17))]
     times = []
@@ -307,10 +301,6 @@ def parse_size(text):
 
 
 def _backend_forward(q, R, backend="numpy", size=None):
-    from rssm_ref.xp.backend import namespace, synchronize, to_backend, to_host
-    from rssm_ref.residual_ssm import ResidualSSM, residual_ssm_tf
-    from rssm_ref.tolerances import rel_err
-    from rssm_ref.xp.models import residual_ssm_xp
     xp = namespace(backend)
     batch, L = size or ((8, 4096) if q else (100, 65536))
     model = ResidualSSM.random(seed=0)
@@ -356,7 +346,6 @@ def check_figures(only):
 def run_bench(quick=False, progress=None, only=None, backend="numpy", backend_size=None):
     """Run every figure (or those in ``only``); returns a list of result rows.
     ``backend`` and ``backend_size`` (batch, L) apply to the backend_forward figure."""
-    from rssm_ref.xp.backend import namespace
     namespace(backend)
     names = check_figures(only)
     R = 2 if quick else 7
@@ -418,14 +407,4 @@ def write_json(rows, path, quick=False):
     if not os.path.isdir(d):
         raise ValueError(f"--json-out: {path}: folder {d} does not exist (expected an existing "
                          "folder)")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh, indent=2, default=float)
-        from rssm_ref.util.paths import finish_tmp
-        finish_tmp(tmp)                          # the usual mode, not mkstemp's 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write_text(path, json.dumps(doc, indent=2, default=float))

@@ -23,6 +23,19 @@ import re
 import sys
 
 import click
+from rssm_ref.app.bench import (bench_document, check_figures, format_bench, load_peers,
+                                parse_size, run_bench, write_json)
+from rssm_ref.experiments.beyond import ExperimentConfig, format_results, run_experiment
+from rssm_ref.experiments.explain import explain, ExplainConfig
+from rssm_ref.experiments.reproduce import format_table, reproduce, ReproduceConfig
+from rssm_ref.oracle.diagnose import diagnose_files
+from rssm_ref.oracle.forward import ForwardConfig, run_forward
+from rssm_ref.oracle.golden import GoldenConfig, run_golden
+from rssm_ref.oracle.sample import InitConfig, run_init
+from rssm_ref.oracle.verify import run_verify, VerifyConfig
+from rssm_ref.util.paths import check_outputs
+from rssm_ref.util.progress import Progress
+from rssm_ref.xp.backend import get_backend_name, namespace
 
 
 class UserError(click.ClickException):
@@ -184,7 +197,6 @@ def forward_cmd(model, params_path, inputs_path, out_path, path, gate, discretiz
     --model mamba takes a Mamba layer's own keys (A_log, D, x_proj.weight, dt_proj.weight,
     dt_proj.bias) and gives grad_<key> for them (docs/12-verify-mamba.md).
     """
-    from rssm_ref.oracle.forward import ForwardConfig, run_forward
     config = ForwardConfig(model=model, path=path, gate=gate, discretization=discretization,
                            output=output, allow_unstable=allow_unstable, grads=grads,
                            intermediates=intermediates, backend=backend, layout=layout)
@@ -219,7 +231,6 @@ def forward_cmd(model, params_path, inputs_path, out_path, path, gate, discretiz
 def init_cmd(model, seed, out, inputs_out, form, m, p, order, order_r, n, vocab, batch, length,
              no_dy, tokens, as_json):
     """Write valid random params (and inputs) in the file format, seeded."""
-    from rssm_ref.oracle.sample import InitConfig, run_init
     if inputs_out is None:
         _refuse_unused({"batch": "--batch", "length": "--length", "no_dy": "--no-dy",
                         "tokens": "--tokens"}, "without --inputs-out U.npz")
@@ -244,7 +255,6 @@ def init_cmd(model, seed, out, inputs_out, form, m, p, order, order_r, n, vocab,
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 def verify_cmd(reference, candidate, golden, candidates, precision, as_json):
     """Judge a candidate against the oracle; exit 0 pass, 1 mismatch, 2 bad input."""
-    from rssm_ref.oracle.verify import VerifyConfig, run_verify
     config = VerifyConfig(reference=reference, candidate=candidate, golden=golden,
                           candidates=candidates, precision=precision)
     _report(run_guarded(run_verify, config), as_json)
@@ -264,7 +274,6 @@ def diagnose_cmd(reference, candidate, precision, as_json):
     (residual: gate and y(1..L) vs y(0..L-1)), ranks them, and reports the best one, the
     precision it matches at, and the forward flags that reproduce it.
     """
-    from rssm_ref.oracle.diagnose import diagnose_files
     _report(run_guarded(diagnose_files, reference, candidate, precision), as_json)
 
 
@@ -275,7 +284,6 @@ def diagnose_cmd(reference, candidate, precision, as_json):
 @_BACKEND
 def golden_cmd(out, check, as_json, backend):
     """Write the golden suite, or check one (exit 2 tampered, 1 numeric mismatch)."""
-    from rssm_ref.oracle.golden import GoldenConfig, run_golden
     _report(run_guarded(run_golden, GoldenConfig(out=out, check=check, backend=backend)), as_json)
 
 
@@ -333,13 +341,10 @@ def reproduce_cmd(task, model, seeds, steps, quick, out, gate, discretization, o
     Progress goes to stderr (a bar on a terminal, a line per 10 % or 30 s otherwise) and
     to DIR/progress.log.
     """
-    from rssm_ref.experiments.reproduce import ReproduceConfig, format_table, reproduce
-    from rssm_ref.util.progress import Progress
     try:
         seed_list = tuple(int(s) for s in seeds.split(",") if s.strip() != "")
     except ValueError:
         raise UserError(f"--seeds: {seeds!r} (expected comma-separated integers, e.g. 0,1,2)") from None
-    from rssm_ref.xp.backend import get_backend_name
     discretization = _deprecated_alias(discretization, selective_discretization,
                                        "--discretization", "--selective-discretization")
     output = _deprecated_alias(output, selective_output, "--output", "--selective-output")
@@ -402,8 +407,6 @@ def experiment_cmd(name, seeds, steps, quick, out, eval_n, checkpoints, results_
     model. Writes DIR/results.json, DIR/NAME.png and DIR/progress.log
     (docs/13-beyond-the-paper.md).
     """
-    from rssm_ref.experiments.beyond import ExperimentConfig, format_results, run_experiment
-    from rssm_ref.util.progress import Progress
     try:
         seed_list = tuple(int(s) for s in seeds.split(",") if s.strip() != "") if seeds else ()
     except ValueError:
@@ -452,16 +455,10 @@ def experiment_cmd(name, seeds, steps, quick, out, eval_n, checkpoints, results_
 def bench_cmd(quick, as_json, json_path, backend, backend_size, only, peers):
     """Speed and memory as ratios against baselines timed in the same run."""
     import os
-    from rssm_ref.xp.backend import get_backend_name
-    from rssm_ref.app.bench import (bench_document, load_peers, check_figures, format_bench, parse_size,
-                                run_bench, write_json)
-    from rssm_ref.xp.backend import namespace
-    from rssm_ref.util.progress import Progress
     backend = backend or run_guarded(get_backend_name)
     run_guarded(namespace, backend)
     size = run_guarded(parse_size, backend_size) if backend_size else None
     names = run_guarded(check_figures, only)
-    from rssm_ref.util.paths import check_outputs
     run_guarded(check_outputs, [("--json-out", json_path)])   # not a directory, before timing
     if json_path and not os.path.isdir(os.path.dirname(os.path.abspath(json_path))):
         raise UserError(f"--json-out: {json_path}: folder "
@@ -528,8 +525,6 @@ def explain_cmd(model, task, params_path, checkpoint, inputs_path, seed, L, step
     sequence, and the poles/zeros and impulse responses of the LTI systems. Training
     progress, when a model is trained here, goes to stderr and DIR/progress.log.
     """
-    from rssm_ref.experiments.explain import ExplainConfig, explain
-    from rssm_ref.util.progress import Progress
     if checkpoint:
         click.echo("note: --checkpoint is deprecated; use --params", err=True)
     if params_path or checkpoint:

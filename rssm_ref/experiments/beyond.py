@@ -27,7 +27,7 @@ cost       every model of these tables: parameter count and measured seconds per
 =========  ==========================================================================
 
 Every training uses reproduce's recipe (``experiments.RECIPES`` through
-``experiments.model_config`` and ``_train_config``: ``--steps`` is the total number of
+``experiments.model_config`` and ``train_config``: ``--steps`` is the total number of
 steps per training, restart candidates included; ``--quick`` its smoke-run steps).
 Evaluation sequences are drawn from ``default_rng([seed, EVAL_STREAM, L])``, the stream
 reproduce evaluates on (so L <= 1024 sees reproduce's very sequences); batches of more
@@ -129,8 +129,18 @@ from dataclasses import asdict, dataclass
 
 import numpy as onp
 
-from rssm_ref.training.head import ModelConfig, accuracy, init_params, param_count, residual_core_arrays
+from rssm_ref.experiments.reproduce import (chance, EVAL_STREAM, LENGTHS, model_config,
+                                            PAPER_TABLES, prepare_out, read_run_config, reproduce,
+                                            ReproduceConfig, run_config, RunCheckpoint, steps_text,
+                                            train_config)
+from rssm_ref.residual_ssm import residual_ssm_tf
+from rssm_ref.training.head import (accuracy, init_params, ModelConfig, param_count,
+                                    residual_core_arrays)
 from rssm_ref.training.tasks import extended_induction_head, extended_method, induction_head
+from rssm_ref.training.train import load_checkpoint, train, TrainConfig
+from rssm_ref.util.paths import atomic_savefig, atomic_write_text, check_outputs
+from rssm_ref.util.progress import Progress
+from rssm_ref.util.version import versions
 
 __all__ = ["ExperimentConfig", "EXPERIMENTS", "run_experiment", "lengths", "nu_sweep", "window",
            "zoh_gate", "cost", "measure_leak", "leak_statistics", "predict_accuracy",
@@ -240,14 +250,12 @@ class ExperimentConfig:
 
     def reproduce_config(self, task, **kw):
         """The ReproduceConfig whose recipe this experiment's trainings follow."""
-        from rssm_ref.experiments.reproduce import ReproduceConfig
         kw.setdefault("out", self.out)
         return ReproduceConfig(task=task, steps=self.steps, quick=self.quick,
                                paper_exact=self.paper_exact, **kw)
 
 
 def _table_lengths():
-    from rssm_ref.experiments.reproduce import LENGTHS
     return tuple(LENGTHS)
 
 
@@ -307,7 +315,6 @@ def leak_statistics(y, y_s, pre, p, targets, n_trig, gate="euler", n_answers=Non
 
 def _trace(model_cfg, params, tokens):
     """(y, y_s, pre-activation) of the Residual SSM along whole sequences (recurrent path)."""
-    from rssm_ref.residual_ssm import residual_ssm_tf
     arrs = residual_core_arrays(params, model_cfg)
     y, mid = residual_ssm_tf(*arrs, onp.asarray(params["E"])[tokens], path="recurrent",
                              gate=model_cfg.gate, return_intermediates=True)
@@ -415,9 +422,8 @@ def horizon_steps(leak, readout, d_max=1 << 20):
 def _plan_run(cfg, task, model_cfg, seed, name):
     """One training of nu_sweep/window: its TrainConfig and checkpoint (carrying its run
     config, as reproduce's)."""
-    from rssm_ref.experiments.reproduce import RunCheckpoint, _train_config, run_config
     rcfg = cfg.reproduce_config(task)
-    tcfg = _train_config(rcfg, model_cfg.model, seed)
+    tcfg = train_config(rcfg, model_cfg.model, seed)
     path = os.path.join(cfg.out, name + ".npz")
     return {"task": task, "model_cfg": model_cfg, "seed": seed, "tcfg": tcfg,
             "ckpt": RunCheckpoint(path, run_config(rcfg, model_cfg, tcfg))}
@@ -425,8 +431,6 @@ def _plan_run(cfg, task, model_cfg, seed, name):
 
 def _check_existing(run):
     """A checkpoint already at the run's path must be of this very run config."""
-    from rssm_ref.experiments.reproduce import read_run_config
-    from rssm_ref.training.train import load_checkpoint
     path, want = run["ckpt"], run["ckpt"].run_config
     if not os.path.exists(path):
         return
@@ -448,11 +452,10 @@ def _check_existing(run):
 def _check_reproduce(rcfg):
     """Before any training: a checkpoint already in a reproduce sub-folder must be of the
     run config reproduce will ask for (else refused here, naming the field)."""
-    from rssm_ref.experiments.reproduce import RunCheckpoint, _train_config, model_config, run_config
     for model in rcfg.models:
         mc = model_config(rcfg, model)
         for seed in rcfg.seeds:
-            tcfg = _train_config(rcfg, model, seed)
+            tcfg = train_config(rcfg, model, seed)
             path = os.path.join(rcfg.out, f"{model}-seed{seed}.npz")
             _check_existing({"ckpt": RunCheckpoint(path, run_config(rcfg, mc, tcfg))})
 
@@ -460,8 +463,6 @@ def _check_reproduce(rcfg):
 def _train_run(run, progress):
     """Train (or reuse / continue the checkpoint of) one run; returns (params, seconds or
     None when reused)."""
-    from rssm_ref.experiments.reproduce import _steps_text
-    from rssm_ref.training.train import load_checkpoint, train
     mc, tcfg, ckpt = run["model_cfg"], run["tcfg"], run["ckpt"]
     label = os.path.splitext(os.path.basename(ckpt))[0]
     if os.path.exists(ckpt) and load_checkpoint(ckpt)[3] >= tcfg.steps:
@@ -469,7 +470,7 @@ def _train_run(run, progress):
         return load_checkpoint(ckpt)[0], None
     resume = os.path.exists(ckpt)
     progress.message(f"train {label} ({mc.model}, {run['task']} task) at L = {tcfg.L}: "
-                     f"{_steps_text(tcfg)}, batch {tcfg.batch}"
+                     f"{steps_text(tcfg)}, batch {tcfg.batch}"
                      + (f" (continuing {ckpt})" if resume else ""))
     t0 = time.perf_counter()
     task = progress.task(f"train {label}", tcfg.total_steps)
@@ -511,7 +512,6 @@ def _evaluate(model_cfg, params, lengths, n, seed, progress, label):
 
 
 def _eval_stream():
-    from rssm_ref.experiments.reproduce import EVAL_STREAM
     return EVAL_STREAM
 
 
@@ -533,13 +533,10 @@ def _stats(rows):
 
 def _start(cfg, progress, outputs=(), inputs=()):
     """Check every output path (none overwrites an input), create --out, open the log."""
-    from rssm_ref.experiments.reproduce import _prepare_out
-    from rssm_ref.util.paths import check_outputs
-    from rssm_ref.util.progress import Progress
     names = ["results.json", f"{cfg.name}.png", "progress.log"]
     check_outputs([("--out", os.path.join(cfg.out, n)) for n in names] + list(outputs),
                   inputs=list(inputs), folders=[("--out", cfg.out)])
-    _prepare_out(cfg.out)
+    prepare_out(cfg.out)
     log = os.path.join(cfg.out, "progress.log")
     progress = progress.with_log(log) if progress is not None else Progress(log_path=log)
     progress.message(f"experiment {cfg.name}: {TITLES[cfg.name]}")
@@ -549,16 +546,15 @@ def _start(cfg, progress, outputs=(), inputs=()):
 
 
 def _finish(cfg, results, t0, plot):
-    from rssm_ref.experiments.reproduce import _atomic_write_text, _versions
     head = {"schema": SCHEMA, "experiment": cfg.name, "title": TITLES[cfg.name],
             "quick": cfg.quick,
             "note": SMOKE_NOTE if cfg.quick else (
                 f"--steps {cfg.steps}: shorter or longer than the recipe" if cfg.steps
                 else "the recipe (docs/recipe.md)"),
             "seeds": list(cfg.seeds), "steps": int(cfg.steps), "paper_exact": cfg.paper_exact}
-    results = {**head, **results, "figure": f"{cfg.name}.png", "versions": _versions(),
+    results = {**head, **results, "figure": f"{cfg.name}.png", "versions": versions(),
                "wall_seconds": round(time.perf_counter() - t0, 3)}
-    _atomic_write_text(os.path.join(cfg.out, "results.json"),
+    atomic_write_text(os.path.join(cfg.out, "results.json"),
                        json.dumps(results, indent=2, default=_jsonable) + "\n")
     plt = _plt()
     if plt is not None:
@@ -577,7 +573,6 @@ def _jsonable(x):
 
 def _total_steps(rc):
     """Steps a checkpoint's run ran in all (restart candidates included), from its run config."""
-    from rssm_ref.training.train import TrainConfig
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     try:
         return int(TrainConfig(**{k: v for k, v in rc.items() if k in fields}).total_steps)
@@ -606,8 +601,6 @@ def lengths(cfg, progress=None):
     from the gate's leak (module docstring). Checkpoints: ``cfg.checkpoints`` with
     {task} filled in, ``residual-seed<k>.npz``; absent ones are trained here by
     ``reproduce`` (its recipe) into ``<out>/train-<task>``. Returns the results dict."""
-    from rssm_ref.experiments.reproduce import read_run_config, reproduce
-    from rssm_ref.training.train import load_checkpoint
     t0 = time.perf_counter()
     found, missing = {}, {}
     for task in TASKS2:
@@ -759,7 +752,6 @@ def nu_sweep(cfg, progress=None):
     ``cfg.n_trigs`` (trigger (0, …, N_trig − 1); N_trig = 1 is the induction-like task),
     seeds ``cfg.seeds``, accuracy at ``cfg.lengths`` (default 16 and 1024); the answer
     from ``nu_answer``. Returns the results dict."""
-    from rssm_ref.experiments.reproduce import model_config
     t0 = time.perf_counter()
     base = model_config(cfg.reproduce_config("extended"), "residual")
     plan = [_plan_run(cfg, "extended", dataclasses.replace(base, nu_r=nu, n_trig=N), seed,
@@ -788,7 +780,6 @@ def window(cfg, progress=None):
     causal window of w inputs, w in ``cfg.windows`` (w = 1: the paper's), seeds
     ``cfg.seeds``, lengths ``cfg.lengths`` (default 16 … 1024). Answer: is it lifted
     (mean >= SOLVED_PCT at L = 16) exactly when w >= N_trig? Returns the results dict."""
-    from rssm_ref.experiments.reproduce import PAPER_TABLES, model_config
     t0 = time.perf_counter()
     base = model_config(cfg.reproduce_config("extended"), "selective")
     plan = [_plan_run(cfg, "extended", dataclasses.replace(base, window=w), seed,
@@ -797,7 +788,6 @@ def window(cfg, progress=None):
     runs = _train_and_evaluate(cfg, plan, progress, lambda mc: f"window {mc.window}")
     acc = onp.array([r["accuracy"] for r in runs]).reshape(
         len(cfg.windows), len(cfg.seeds), len(cfg.lengths))
-    from rssm_ref.experiments.reproduce import LENGTHS
     paper = dict(zip(LENGTHS, PAPER_TABLES["extended"]["selective"]))
     table = {"windows": list(cfg.windows), "lengths": list(cfg.lengths),
              "mean": acc.mean(1).round(4).tolist(), "min": acc.min(1).tolist(),
@@ -828,8 +818,6 @@ def zoh_gate(cfg, progress=None):
     gate = "euler" (eq. 5), each through ``reproduce`` (its recipe, seeds ``cfg.seeds``)
     into ``<out>/<task>-<gate>``, plus the leak per step and the fraction written at the
     answer (``measure_leak``). Returns the results dict."""
-    from rssm_ref.experiments.reproduce import read_run_config, reproduce
-    from rssm_ref.training.train import load_checkpoint
     t0 = time.perf_counter()
     subs = {(task, gate): os.path.join(cfg.out, f"{task}-{gate}")
             for task in TASKS2 for gate in ("euler", "zoh")}
@@ -881,7 +869,6 @@ def zoh_gate(cfg, progress=None):
 def cost_configs(cfg):
     """Every model of the other experiments' tables: [(label, experiments, task,
     ModelConfig)], one entry per distinct ModelConfig (first label kept)."""
-    from rssm_ref.experiments.reproduce import model_config
     items = []
     for task in TASKS2:
         for gate in ("euler", "zoh"):
@@ -953,8 +940,6 @@ def cost(cfg, progress=None):
     ``cost_configs``; the recipe's total steps (``--steps`` overrides) give the estimated
     seconds per training; accuracies joined from ``cfg.results_from``. Returns the results
     dict."""
-    from rssm_ref.experiments.reproduce import _train_config
-    from rssm_ref.training.train import train
     t0 = time.perf_counter()
     items = cost_configs(cfg)
     inputs = [("--results-from", os.path.join(cfg.results_from.format(name=n), "results.json"))
@@ -964,7 +949,7 @@ def cost(cfg, progress=None):
     task_p = progress.task("time training steps", len(items), unit="model")
     rows = []
     for i, (label, exps, task, mc) in enumerate(items):
-        recipe = _train_config(cfg.reproduce_config(task), mc.model, seed)
+        recipe = train_config(cfg.reproduce_config(task), mc.model, seed)
         timing = dataclasses.replace(recipe, steps=cfg.cost_steps, restarts=1, warmup=1,
                                      log_every=10 ** 9, checkpoint_every=10 ** 9)
         train(mc, dataclasses.replace(timing, steps=2))              # warm-up
@@ -1093,10 +1078,9 @@ def _plt():
 
 
 def _savefig(plt, fig, path):
-    from rssm_ref.util.paths import atomic_write
     try:
         fig.tight_layout()
-        atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=100), suffix=".png")
+        atomic_savefig(fig, path, dpi=100)
     finally:
         plt.close(fig)
 
@@ -1120,7 +1104,6 @@ def _accuracy_panels_done(fig, axes, results):
 
 
 def _plot_lengths(plt, results):
-    from rssm_ref.experiments.reproduce import chance
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), sharey=True)
     for ax, task in zip(axes, TASKS2):
         t, c = results["table"][task], results["prediction_curve"][task]
@@ -1164,7 +1147,6 @@ def _plot_nu(plt, results):
 
 
 def _plot_window(plt, results):
-    from rssm_ref.experiments.reproduce import chance
     t = results["table"]
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     L = t["lengths"]
@@ -1186,7 +1168,6 @@ def _plot_window(plt, results):
 
 
 def _plot_zoh(plt, results):
-    from rssm_ref.experiments.reproduce import chance
     t = results["table"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), sharey=True)
     for ax, task in zip(axes, TASKS2):

@@ -37,18 +37,22 @@ oracle_params(model_cfg, params) -> params dict in the oracle's format (docs/for
 import dataclasses
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from typing import Optional
 
 import numpy as onp
 
+from rssm_ref.experiments.reproduce import (model_config, prepare_out, read_run_config,
+                                            ReproduceConfig)
 from rssm_ref.lti import StateSpace, TransferFunction
-from rssm_ref.training.head import ModelConfig, init_params, residual_core_arrays
-from rssm_ref.util.paths import atomic_write, finish_tmp
+from rssm_ref.oracle import formats, forward
 from rssm_ref.selective_ssm import A_from_log
-from rssm_ref.training.tasks import DEFAULT_TOKENS, extended_induction_head, induction_head, vocab_size
-from rssm_ref.training.train import TrainConfig, load_checkpoint, train
+from rssm_ref.training.head import init_params, ModelConfig, residual_core_arrays
+from rssm_ref.training.tasks import (DEFAULT_TOKENS, extended_induction_head, induction_head,
+                                     vocab_size)
+from rssm_ref.training.train import load_checkpoint, train, TrainConfig
+from rssm_ref.util.paths import atomic_savefig, atomic_write_text, check_outputs
+from rssm_ref.util.progress import Progress
 
 __all__ = ["ExplainConfig", "explain", "oracle_params"]
 
@@ -117,7 +121,6 @@ def oracle_params(model_cfg, params):
 def _model_config(cfg):
     """The model explained: a reproduce checkpoint's own options (its run config), else
     the reproduce recipe's model for the task (what explain trains when given no params)."""
-    from rssm_ref.experiments.reproduce import ReproduceConfig, model_config, read_run_config
     if cfg.params_path and os.path.isfile(cfg.params_path):
         try:
             rc = read_run_config(cfg.params_path)
@@ -159,7 +162,6 @@ def _is_checkpoint(arrays):
 
 def _load(cfg, model_cfg, progress):
     """(oracle params, sizes, source text)."""
-    from rssm_ref.oracle import formats
     path = cfg.params_path
     if not path:
         tcfg = TrainConfig(steps=cfg.steps, seed=cfg.seed,
@@ -196,7 +198,6 @@ def _load(cfg, model_cfg, progress):
 
 def _sequence(cfg, P, sizes):
     """u (1, L, m), tokens (L,) or None, target, trigger position p, where-from text."""
-    from rssm_ref.oracle import formats
     if cfg.inputs:
         U, _ = formats.load_inputs(cfg.inputs, cfg.model, sizes,
                                    params_where=cfg.params_path or "params")
@@ -227,15 +228,7 @@ def _prediction(P, y_last, n_content):
 
 
 def _savefig(fig, path):
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=os.path.dirname(os.path.abspath(path)))
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=100, bbox_inches="tight")   # titles and legends kept whole
-        finish_tmp(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_savefig(fig, path, dpi=100, bbox_inches="tight")   # titles and legends kept whole
 
 
 def explain(cfg, progress=None):
@@ -244,16 +237,12 @@ def explain(cfg, progress=None):
     ``progress``: a ``rssm_ref.util.progress.Progress`` for the training run (None: silent;
     the lines still go to ``out/progress.log`` when a model is trained).
     """
-    from rssm_ref.experiments.reproduce import _prepare_out
-    from rssm_ref.oracle import forward, formats
-    from rssm_ref.util.paths import check_outputs
-    from rssm_ref.util.progress import Progress
     # before anything is trained or read: the files written into --out are not inputs
     check_outputs([("--out", os.path.join(cfg.out, n))
                    for n in ("trace.json", "trace.npz", "progress.log")],
                   [("--params", cfg.params_path), ("--inputs", cfg.inputs)],
                   folders=[("--out", cfg.out)])
-    _prepare_out(cfg.out)
+    prepare_out(cfg.out)
     if not cfg.params_path:
         log = os.path.join(cfg.out, "progress.log")
         progress = progress.with_log(log) if progress is not None else Progress(log_path=log)
@@ -290,7 +279,7 @@ def explain(cfg, progress=None):
            "prediction": pred, "rows": rows, "figures": [os.path.basename(f) for f in figures],
            "config": asdict(cfg)}
     jpath = os.path.join(cfg.out, "trace.json")
-    atomic_write(jpath, lambda fh: fh.write(json.dumps(doc, indent=1) + "\n"), mode="w")
+    atomic_write_text(jpath, json.dumps(doc, indent=1) + "\n")
     arrays = {"u": u[0], "y": y[0]}
     arrays.update({k: v[0] for k, v in out.items() if k not in ("y",)})
     if tok is not None:

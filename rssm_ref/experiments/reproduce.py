@@ -38,17 +38,18 @@ extended 8
 """
 import json
 import os
-import platform
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as onp
 
-from rssm_ref.training.head import ModelConfig, accuracy, param_count
-from rssm_ref.util.paths import finish_tmp
-from rssm_ref.training.tasks import DEFAULT_TOKENS, TASKS, make_batch
-from rssm_ref.training.train import TrainConfig, load_checkpoint, train
+from rssm_ref.training.head import accuracy, ModelConfig, param_count
+from rssm_ref.training.tasks import DEFAULT_TOKENS, TASKS
+from rssm_ref.training.train import load_checkpoint, train, TrainConfig
+from rssm_ref.util.paths import atomic_savefig, atomic_write_text, check_outputs
+from rssm_ref.util.progress import Progress
+from rssm_ref.util.version import versions
+from rssm_ref.xp.backend import namespace
 
 __all__ = ["ReproduceConfig", "reproduce", "format_table", "split_steps", "PAPER_TABLES",
            "LENGTHS", "TASK_NAMES"]
@@ -125,7 +126,6 @@ class ReproduceConfig:
             raise ValueError(f"--eval-n: {self.eval_n} (expected a positive integer)")
         if not self.out:
             object.__setattr__(self, "out", default_out(self.task))
-        from rssm_ref.xp.backend import namespace
         namespace(self.backend)   # a clear error now, not after the training
 
 
@@ -164,7 +164,7 @@ def run_config(cfg, model_cfg, tcfg):
 
     >>> from rssm_ref.training.head import ModelConfig
     >>> rc = run_config(ReproduceConfig(), ModelConfig("residual", "induction"),
-    ...                 _train_config(ReproduceConfig(), "residual", 0))
+    ...                 train_config(ReproduceConfig(), "residual", 0))
     >>> rc["task"], rc["model"], rc["gate"], rc["seed"]
     ('induction', 'residual', 'euler', 0)
     """
@@ -206,19 +206,6 @@ def check_resume(path, want):
                              "the same run config: use another --out, or leave out --resume")
 
 
-def _versions():
-    import autograd
-    import scipy
-    from rssm_ref import __version__
-    try:
-        from importlib.metadata import version
-        ag = version("autograd")
-    except Exception:
-        ag = getattr(autograd, "__version__", "unknown")
-    return {"rssm_ref": __version__, "numpy": onp.__version__, "scipy": scipy.__version__,
-            "autograd": ag, "python": platform.python_version()}
-
-
 def split_steps(total, restarts=1, restart_steps=1000):
     """Share ``total`` gradient steps between restart candidates and the winner's run.
 
@@ -258,7 +245,7 @@ def model_config(cfg, model):
                        output=cfg.selective_output, **extra)
 
 
-def _train_config(cfg, model, seed):
+def train_config(cfg, model, seed):
     recipe = dict(RECIPES[(model, cfg.task)])
     recipe.pop("model", None)
     if cfg.quick:
@@ -287,7 +274,7 @@ def _evaluate(model_cfg, params, cfg, seed, task=None):
     return accs, n
 
 
-def _steps_text(tcfg):
+def steps_text(tcfg):
     """What a training runs, in words: '27000 steps (3 discarded restart candidates x
     1000 + 24000)' or '3000 steps'."""
     if tcfg.restarts <= 1:
@@ -297,7 +284,7 @@ def _steps_text(tcfg):
             f"{short} + {tcfg.steps})")
 
 
-def _prepare_out(out, flag="--out"):
+def prepare_out(out, flag="--out"):
     """Create the output folder ``out`` itself; its parent must exist (rssm-ref creates
     no parent folders, for any command)."""
     out = os.fspath(out)
@@ -312,10 +299,6 @@ def _prepare_out(out, flag="--out"):
     os.mkdir(out)
 
 
-def _atomic_write_text(path, text):
-    from rssm_ref.util.paths import atomic_write
-    atomic_write(path, lambda fh: fh.write(text), mode="w")
-
 
 def reproduce(cfg, progress=None):
     """Train and evaluate every (model, seed); write results.json and accuracy.png.
@@ -324,13 +307,11 @@ def reproduce(cfg, progress=None):
     on stderr), or None (silent). Either way every line is appended to
     ``<out>/progress.log``. Returns the results dictionary (as written to results.json).
     """
-    from rssm_ref.util.paths import check_outputs
-    from rssm_ref.util.progress import Progress
     plan = []
     for model in cfg.models:
         model_cfg = model_config(cfg, model)
         for seed in cfg.seeds:
-            tcfg = _train_config(cfg, model, seed)
+            tcfg = train_config(cfg, model, seed)
             ckpt = os.path.join(cfg.out, f"{model}-seed{seed}.npz")
             plan.append((model, seed, model_cfg, tcfg,
                          RunCheckpoint(ckpt, run_config(cfg, model_cfg, tcfg))))
@@ -350,7 +331,7 @@ def reproduce(cfg, progress=None):
             raise ValueError(f"--task: {cfg.out} holds a run of the {have.get('task')} task "
                              f"({ckpt}); this {cfg.task} run would overwrite it (expected "
                              f"another --out, e.g. {default_out(cfg.task)})")
-    _prepare_out(cfg.out)
+    prepare_out(cfg.out)
     log = os.path.join(cfg.out, "progress.log")
     progress = progress.with_log(log) if progress is not None else Progress(log_path=log)
     if cfg.quick:
@@ -358,7 +339,7 @@ def reproduce(cfg, progress=None):
     t_all = time.perf_counter()
     runs = []
     for model, seed, model_cfg, tcfg, ckpt in plan:
-        progress.message(f"train {model} seed {seed} at L = {tcfg.L}: {_steps_text(tcfg)}, "
+        progress.message(f"train {model} seed {seed} at L = {tcfg.L}: {steps_text(tcfg)}, "
                          f"batch {tcfg.batch}")
         t0 = time.perf_counter()
         if cfg.resume and os.path.exists(ckpt) and load_checkpoint(ckpt)[3] >= tcfg.steps:
@@ -386,7 +367,7 @@ def reproduce(cfg, progress=None):
             "model": model, "seed": seed, "lengths": list(cfg.lengths), "accuracy": accs,
             "paper_accuracy": PAPER_TABLES[cfg.task][model], "eval_sequences": n,
             "param_count": param_count(model_cfg), "steps": tcfg.steps,
-            "total_steps": tcfg.total_steps, "steps_text": _steps_text(tcfg),
+            "total_steps": tcfg.total_steps, "steps_text": steps_text(tcfg),
             "train_config": asdict(tcfg), "model_config": asdict(model_cfg),
             "checkpoint": os.path.basename(ckpt), "eval_backend": cfg.backend,
             "train_seconds": round(train_s, 3), "eval_seconds": round(eval_s, 3),
@@ -396,9 +377,9 @@ def reproduce(cfg, progress=None):
                    f"--steps {cfg.steps}: shorter or longer than the recipe" if cfg.steps
                    else "the recipe (docs/recipe.md)"),
                "chance_accuracy": chance(cfg.task), "lengths": list(cfg.lengths),
-               "runs": runs, "summary": _summary(runs), "versions": _versions(),
+               "runs": runs, "summary": _summary(runs), "versions": versions(),
                "wall_seconds": round(time.perf_counter() - t_all, 3)}
-    _atomic_write_text(os.path.join(cfg.out, "results.json"), json.dumps(results, indent=2) + "\n")
+    atomic_write_text(os.path.join(cfg.out, "results.json"), json.dumps(results, indent=2) + "\n")
     _plot(results, os.path.join(cfg.out, "accuracy.png"))
     return results
 
@@ -506,15 +487,8 @@ def _plot(results, path):
               frameon=False)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=d)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        finish_tmp(tmp)                            # the usual mode, not mkstemp's 0600
-        os.replace(tmp, path)
+        atomic_savefig(fig, path, dpi=110)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path

@@ -257,7 +257,7 @@ def diagnose(reference, candidate, where=("reference", "candidate"), precisions=
                                         ref_conv["layout"]).shape for k in cand}
         if any(formats.layout_shape(k, canon[k], lay) != cand[k].shape for k in cand):
             continue
-        out = forward._compute_checked(model, P, inputs, o)
+        out = forward.compute_checked(model, P, inputs, o)
         if any(k not in out for k in cand):         # e.g. grad_D without D
             continue
         out = {k: formats.to_layout(k, v, lay) for k, v in out.items()}

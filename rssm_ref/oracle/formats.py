@@ -56,10 +56,10 @@ ValueError: P.npz: key 'den': row 0 has a pole of modulus 2 (expected all poles 
 """
 import json
 import os
-import tempfile
 
 import numpy as onp
 
+from rssm_ref.util.paths import atomic_savez
 from rssm_ref.validation import check_array, check_stable_den, check_tokens
 
 FORMAT_VERSION = "rssm-ref/1"
@@ -200,7 +200,7 @@ def _mamba_key_hint(key):
     return ""
 
 
-def _check_model(model):
+def check_model(model):
     if model not in SPECS:
         raise ValueError(f"model: {model!r} (expected one of {', '.join(MODELS)})")
 
@@ -274,7 +274,7 @@ def param_form(model, params):
     >>> param_form("lti", {"num": numpy.ones((1, 1, 1)), "den": numpy.ones((1, 1))})
     {'system': 'tf'}
     """
-    _check_model(model)
+    check_model(model)
     out = {}
     for block, forms in SPECS[model]["blocks"].items():
         for form, keys in forms.items():
@@ -298,7 +298,7 @@ def check_params(model, params, where="params", allow_unstable=False):
     >>> sorted(sizes.items())
     [('k', 3), ('m', 1), ('p', 2)]
     """
-    _check_model(model)
+    check_model(model)
     spec = SPECS[model]
     if not hasattr(params, "keys"):
         raise TypeError(f"{where}: {type(params).__name__} (expected a mapping of key -> array)")
@@ -394,7 +394,7 @@ def output_shapes(model, sizes):
     >>> output_shapes("residual", {"batch": 2, "L": 5, "m": 3})["r"]
     (2, 5)
     """
-    _check_model(model)
+    check_model(model)
     spec = SPECS[model]
     shapes = {}
     for key, shp in {**spec["outputs"], **spec["intermediates"]}.items():
@@ -416,7 +416,7 @@ def check_inputs(model, inputs, sizes, where="inputs", params_where="params",
     >>> s["batch"], s["L"]
     (2, 7)
     """
-    _check_model(model)
+    check_model(model)
     if not hasattr(inputs, "keys"):
         raise TypeError(f"{where}: {type(inputs).__name__} (expected a mapping of key -> array)")
     extra = sorted(k for k in inputs if k not in ("u", "tokens", "dy"))
@@ -571,22 +571,7 @@ def save_npz_atomic(path, arrays):
     if not os.path.isdir(folder):
         raise ValueError(f"{path}: directory {folder} does not exist (expected an existing "
                          "directory for the output file)")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            onp.savez(fh, **arrays)
-        os.chmod(tmp, 0o666 & ~_umask())       # mkstemp makes 0600; give the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    atomic_savez(path, arrays)
 
 
 def check_reference(arrays, where="reference"):

@@ -40,9 +40,16 @@ import autograd.numpy as np
 import numpy as onp
 from autograd import grad
 
-import rssm_ref
-from rssm_ref.oracle import formats
-from rssm_ref.validation import DISCRETIZATIONS, GATES, OUTPUTS, PATHS, check_option
+from rssm_ref import residual_ssm as rs
+from rssm_ref.convolution import ss_fft_filter, tf_fft_filter
+from rssm_ref.oracle import formats, mamba
+from rssm_ref.recurrence import ss_filter, tf_filter
+from rssm_ref.selective_ssm import selective_ssm
+from rssm_ref.util.paths import check_outputs
+from rssm_ref.util.version import VERSION
+from rssm_ref.validation import check_option, DISCRETIZATIONS, GATES, OUTPUTS, PATHS
+from rssm_ref.xp.backend import get_backend_name, namespace, to_backend, to_host
+from rssm_ref.xp.models import compute_xp
 
 LAYOUTS = formats.LAYOUTS
 # per model: the options that apply and their defaults (the paper's for selective and
@@ -111,7 +118,7 @@ def resolve_options(model, path=None, gate=None, discretization=None, output=Non
     ...
     ValueError: gate: 'zoh' given for --model lti (expected it only with --model residual)
     """
-    formats._check_model(model)
+    formats.check_model(model)
     if path is not None:
         check_option("path", path, PATHS)
     if model in ("selective", "mamba") and path == "fft":
@@ -141,17 +148,12 @@ def _model_call(model, opts, form):
     if model == "lti":
         if form == "tf":
             if path == "fft":
-                from rssm_ref.convolution import tf_fft_filter
                 return lambda P, u: (tf_fft_filter(P["num"], P["den"], u), {})
-            from rssm_ref.recurrence import tf_filter
             return lambda P, u: (tf_filter(P["num"], P["den"], u), {})
         if path == "fft":
-            from rssm_ref.convolution import ss_fft_filter
             return lambda P, u: (ss_fft_filter(P["A"], P["B"], P["C"], P["D"], u), {})
-        from rssm_ref.recurrence import ss_filter
         return lambda P, u: (ss_filter(P["A"], P["B"], P["C"], P["D"], u), {})
     if model == "residual":
-        from rssm_ref import residual_ssm as rs
         unstable = opts["allow_unstable"]
 
         def call(P, u):
@@ -167,7 +169,6 @@ def _model_call(model, opts, form):
                                               return_intermediates=True, allow_unstable=unstable)
             return y, {k: inter[k] for k in ("y_s", "r", "s")}
         return call
-    from rssm_ref.selective_ssm import selective_ssm
 
     def call_sel(P, u):
         y, inter = selective_ssm(u, P["A"], P["W_delta"], P["W_B"], P["W_C"],
@@ -205,7 +206,7 @@ def compute(model, params, inputs, path=None, gate=None, discretization=None, ou
                                          allow_unstable=allow_unstable)
     inputs, sizes = formats.check_inputs(model, inputs, sizes, where=where[1],
                                          params_where=where[0], layout=opts["layout"])
-    out = _compute_checked(model, params, inputs, opts, backend)
+    out = compute_checked(model, params, inputs, opts, backend)
     return {k: formats.to_layout(k, v, opts["layout"]) for k, v in out.items()}
 
 
@@ -227,15 +228,13 @@ def _residual_before(params, inputs, opts, backend):
         u0 = params["embedding"][inputs["tokens"]] if "tokens" in inputs else inputs["u"]
         dy = inputs["dy"] if "dy" in inputs else onp.ones(onp.shape(u0))
         inner["dy"] = onp.concatenate([dy[:, 1:], onp.zeros_like(dy[:, :1])], axis=1)
-    out = _compute_checked("residual", params, inner, dict(opts, output="after"), backend)
+    out = compute_checked("residual", params, inner, dict(opts, output="after"), backend)
     out["y"] = _shift_right(out["y"])
     return out
 
 
 def _compute_on_backend(model, params, inputs, opts, backend, u0):
     """The neutral path: u and dy go to the backend, the outputs come back to the host."""
-    from rssm_ref.xp.backend import namespace, to_backend, to_host
-    from rssm_ref.xp.models import compute_xp
     xp = namespace(backend)
     core = {k: v for k, v in params.items() if k != "embedding"}
     dy = None
@@ -258,12 +257,30 @@ def _compute_on_backend(model, params, inputs, opts, backend, u0):
     return out
 
 
-def _compute_checked(model, params, inputs, opts, backend="numpy"):
+def _compute_mamba(params, inputs, opts, backend):
+    # the selective core on the derived (A, W_delta, W_B, W_C, ...), gradients pulled
+    # back to A_log, x_proj.weight, dt_proj.* by autograd (rssm_ref.oracle.mamba)
+    extra = {"embedding": params["embedding"]} if "embedding" in params else {}
+    sel_opts = dict(opts, model="selective")
+    if not opts["grads"]:
+        S = {k: onp.asarray(v) for k, v in mamba.to_selective(params).items()}
+        return compute_checked("selective", dict(S, **extra), inputs, sel_opts, backend)
+    S, pull = mamba.with_pullback(params)
+    out = compute_checked("selective", dict(S, **extra), inputs, sel_opts, backend)
+    grads = pull({k: out.pop("grad_" + k) for k in sorted(S)})
+    out.update({"grad_" + k: g for k, g in grads.items()})
+    return out
+
+
+def compute_checked(model, params, inputs, opts, backend="numpy"):
+    """The oracle's outputs for params and inputs already checked (``formats``) and
+    options already resolved (:func:`resolve_options`): y, the intermediates with
+    ``opts["intermediates"]``, and ``grad_<key>``, ``grad_u`` with ``opts["grads"]``
+    (gradients of sum(y * dy), dy defaulting to ones). The entry point behind
+    :func:`compute`, ``forward``, ``verify``, ``diagnose`` and ``golden``.
+    """
     if model == "mamba":
-        # the selective core on the derived (A, W_delta, W_B, W_C, ...), gradients pulled
-        # back to A_log, x_proj.weight, dt_proj.* by autograd (rssm_ref.oracle.mamba)
-        from rssm_ref.oracle import mamba
-        return mamba.compute_checked(params, inputs, opts, backend)
+        return _compute_mamba(params, inputs, opts, backend)
     if model == "residual" and opts.get("output") == "before":
         return _residual_before(params, inputs, opts, backend)
     if opts["allow_unstable"] and opts["path"] == "fft":
@@ -322,7 +339,7 @@ def bundle(opts, params, inputs, outputs):
     arrays.update({formats.PARAM_PREFIX + k: v for k, v in params.items()})
     arrays.update({formats.INPUT_PREFIX + k: v for k, v in inputs.items()})
     meta = dict(opts)
-    meta["rssm_ref_version"] = rssm_ref.__version__
+    meta["rssm_ref_version"] = VERSION
     arrays[formats.OPTIONS_KEY] = formats.encode_options(meta)
     return arrays
 
@@ -357,8 +374,6 @@ def run_forward(config, params_path, inputs_path, out_path):
 
     Returns ``{"out": out_path, "keys": [...], "y_shape": (...)}``.
     """
-    from rssm_ref.xp.backend import get_backend_name, namespace
-    from rssm_ref.util.paths import check_outputs
     # before anything is read or computed: --out must not be an input, nor a directory
     check_outputs([("--out", out_path)], [("--params", params_path), ("--inputs", inputs_path)])
     opts = config.options()
@@ -375,7 +390,7 @@ def run_forward(config, params_path, inputs_path, out_path):
     if not os.path.isdir(folder):
         raise ValueError(f"{os.fspath(out_path)}: directory {folder} does not exist (expected "
                          "an existing directory for --out)")
-    outputs = _compute_checked(config.model, params, inputs, opts, backend)
+    outputs = compute_checked(config.model, params, inputs, opts, backend)
     check_finite(outputs, os.fspath(params_path), os.fspath(inputs_path))
     if opts["grads"] and "dy" not in inputs:
         # embed the cotangent actually used, so the file recomputes without a convention

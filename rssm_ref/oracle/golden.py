@@ -28,16 +28,17 @@ import dataclasses
 import hashlib
 import json
 import os
-import platform
 import shutil
 import tempfile
 from typing import Callable, Optional
 
 import numpy as onp
 
-import rssm_ref
 from rssm_ref.oracle import formats, forward, sample
-from rssm_ref.tolerances import TOLERANCES, rel_err
+from rssm_ref.tolerances import rel_err, TOLERANCES
+from rssm_ref.util.paths import check_outputs, umask
+from rssm_ref.util.version import versions
+from rssm_ref.xp.backend import get_backend_name, namespace
 
 SUITE_FORMAT = "rssm-ref-golden/1"
 FILES = ("params.npz", "inputs.npz", "reference.npz")
@@ -155,17 +156,6 @@ def _canonical(obj):
     return json.dumps(obj, sort_keys=True, indent=1, ensure_ascii=True) + "\n"
 
 
-def _versions():
-    from importlib import metadata
-    out = {"python": platform.python_version(), "rssm_ref": rssm_ref.__version__}
-    for pkg in ("numpy", "scipy", "autograd"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "unknown"
-    return out
-
-
 def case_path(golden_dir, case, which):
     """Path of ``which`` ("params", "inputs", "reference") of ``case`` in a suite."""
     return os.path.join(os.fspath(golden_dir), case, which + ".npz")
@@ -178,7 +168,7 @@ def build_case(case, seed=0):
     opts = case.options()
     params, sizes = formats.check_params(case.model, params, where=case.name)
     inputs, _ = formats.check_inputs(case.model, inputs, sizes, where=case.name)
-    outputs = forward._compute_checked(case.model, params, inputs, opts)
+    outputs = forward.compute_checked(case.model, params, inputs, opts)
     return params, inputs, outputs, opts
 
 
@@ -191,7 +181,6 @@ def write_golden(out_dir, cases=None, seed=0):
     >>> [c["case"] for c in m["cases"]], check_golden(d).passed
     (['selective_zoh_before'], True)
     """
-    from rssm_ref.util.paths import check_outputs
     out_dir = os.fspath(out_dir)
     check_outputs([], folders=[("--out", out_dir)])
     if os.path.exists(out_dir) and os.listdir(out_dir):
@@ -223,12 +212,12 @@ def write_golden(out_dir, cases=None, seed=0):
                 "options": opts, "shapes": shapes,
                 "sha256": {f: _sha256(os.path.join(cdir, f)) for f in FILES},
             })
-        manifest = {"format": SUITE_FORMAT, "versions": _versions(), "seed": seed,
+        manifest = {"format": SUITE_FORMAT, "versions": versions(), "seed": seed,
                     "tolerance_key": "golden_recompute", "cases": entries}
         manifest["manifest_sha256"] = hashlib.sha256(_canonical(manifest).encode()).hexdigest()
         with open(os.path.join(tmp, "manifest.json"), "w", encoding="ascii") as fh:
             fh.write(_canonical(manifest))
-        os.chmod(tmp, 0o777 & ~formats._umask())     # mkdtemp makes 0700
+        os.chmod(tmp, 0o777 & ~umask())     # mkdtemp makes 0700
         if os.path.isdir(target):
             os.rmdir(target)
         os.replace(tmp, target)
@@ -370,7 +359,7 @@ def check_golden(golden_dir, backend="numpy"):
         if {k: v for k, v in ropts.items() if k != "rssm_ref_version"} != opts:
             raise ValueError(f"{rpath}: key 'options_json' differs from the manifest's options "
                              f"for case {name} (expected the same options)")
-        fresh = forward._compute_checked(model, params, inputs, opts, backend)
+        fresh = forward.compute_checked(model, params, inputs, opts, backend)
         # every stored output is recomputed and compared; outputs a newer rssm-ref adds
         # (e.g. last_state) are not in an older suite and are simply not part of it
         gone = sorted(set(routs) - set(fresh))
@@ -411,7 +400,6 @@ def run_golden(config):
     """Dispatch a GoldenConfig: WriteSummary (--out) or GoldenCheckReport (--check)."""
     if (config.out is None) == (config.check is None):
         raise ValueError("golden: expected exactly one of --out DIR or --check DIR")
-    from rssm_ref.xp.backend import get_backend_name, namespace
     backend = config.backend or get_backend_name()
     if config.out is not None:
         if config.backend not in (None, "numpy"):

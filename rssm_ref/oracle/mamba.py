@@ -24,6 +24,7 @@ A_log (m, n)                x_proj.weight (dt_rank + 2 n, m)
 dt_proj.weight (m, dt_rank) dt_proj.bias (m,) optional;  D (m,) optional
 u (batch, L, m)             or (batch, m, L) with layout "channel-first" (mamba_ssm)
 to_selective(P) -> {A, W_delta, W_B, W_C[, delta_bias][, D]}   (autograd-friendly)
+with_pullback(P) -> (S, pull)   S = to_selective(P); pull maps S's gradients to P's keys
 scan_args(P, u) -> selective_scan_ref's arguments (u, delta, A, B, C, D, delta_bias)
 random_params(m, n, dt_rank=None, seed=0) -> a Mamba-initialised parameter set
 
@@ -79,22 +80,19 @@ def to_selective(P):
     return S
 
 
-def compute_checked(params, inputs, opts, backend="numpy"):
-    """The oracle's outputs for checked Mamba ``params`` and (batch, L, m) ``inputs``.
+def with_pullback(params):
+    """The selective parameters of a Mamba parameter set and the pull-back of their
+    gradients: ``S, pull = with_pullback(P)``; ``pull(G)`` maps gradients ``G[k]`` of the
+    selective keys ``k`` of S to the gradients of P's own keys, by autograd's VJP of
+    :func:`to_selective` (no hand-derived chain rule). ``embedding`` is left out of both.
 
-    Runs ``forward._compute_checked("selective", ...)`` on ``to_selective(params)`` (any
-    backend) and, with ``opts["grads"]``, maps the selective gradients back to the
-    Mamba keys with autograd's VJP of ``to_selective``. Returns y, intermediates (delta,
-    h, last_state) and grad_u, grad_<mamba key> (grad_embedding with tokens).
+    >>> P = random_params(m=2, n=1, dt_rank=1, seed=1)
+    >>> S, pull = with_pullback(P)
+    >>> G = pull({k: onp.ones_like(v) for k, v in S.items()})
+    >>> bool(onp.allclose(G["A_log"], S["A"]))      # d/dA_log sum(-exp(A_log)) = A
+    True
     """
-    from rssm_ref.oracle import forward
     keys = sorted(k for k in params if k != "embedding")
-    extra = {"embedding": params["embedding"]} if "embedding" in params else {}
-    sel_opts = dict(opts, model="selective")
-    if not opts["grads"]:
-        S = {k: onp.asarray(v) for k, v in to_selective(params).items()}
-        return forward._compute_checked("selective", dict(S, **extra), inputs, sel_opts,
-                                        backend)
     S = {k: onp.asarray(v, dtype=onp.float64) for k, v in to_selective(params).items()}
     names = sorted(S)
 
@@ -104,11 +102,12 @@ def compute_checked(params, inputs, opts, backend="numpy"):
         return np.concatenate([np.ravel(T[k]) for k in names])
 
     vjp, _ = make_vjp(flat)([params[k] for k in keys])
-    out = forward._compute_checked("selective", dict(S, **extra), inputs, sel_opts, backend)
-    grads = vjp(onp.concatenate([onp.ravel(out.pop("grad_" + k)) for k in names]))
-    for k, g in zip(keys, grads):
-        out["grad_" + k] = onp.asarray(g, dtype=onp.float64).reshape(onp.shape(params[k]))
-    return out
+
+    def pull(G):
+        grads = vjp(onp.concatenate([onp.ravel(G[k]) for k in names]))
+        return {k: onp.asarray(g, dtype=onp.float64).reshape(onp.shape(params[k]))
+                for k, g in zip(keys, grads)}
+    return S, pull
 
 
 def scan_args(P, u, layout="channel-last"):

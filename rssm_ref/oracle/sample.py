@@ -26,6 +26,8 @@ import numpy
 import numpy as onp
 
 from rssm_ref.oracle import formats
+from rssm_ref.oracle.mamba import random_params
+from rssm_ref.util.paths import check_outputs
 
 _ = numpy  # the doctests above use the name ``numpy``
 
@@ -135,7 +137,7 @@ def init_params(model, seed, form=None, m=None, p=None, order=None, n=None, orde
     >>> sorted(init_params("selective", seed=1, m=2, n=3))
     ['A', 'D', 'W_B', 'W_C', 'W_delta', 'delta_bias']
     """
-    formats._check_model(model)
+    formats.check_model(model)
     for name, val in (("m", m), ("p", p), ("order", order), ("n", n), ("order_r", order_r),
                       ("vocab", vocab)):
         if val is not None and (not isinstance(val, (int, onp.integer)) or val < 1):
@@ -148,7 +150,6 @@ def init_params(model, seed, form=None, m=None, p=None, order=None, n=None, orde
         if form is not None:
             raise ValueError(f"--form: {form!r} given for --model mamba (expected none: it has "
                              "one form)")
-        from rssm_ref.oracle.mamba import random_params
         P = random_params(m=m or 4, n=n or 8, seed=int(seed))
     elif model == "selective":
         if form not in (None, "diag"):
@@ -293,7 +294,6 @@ def run_init(config, out, inputs_out=None):
     >>> print(run_init(InitConfig("lti"), os.path.join(d, "P.npz")).split(":")[0].endswith("P.npz"))
     True
     """
-    from rssm_ref.util.paths import check_outputs
     check_outputs([("--out", out), ("--inputs-out", inputs_out)])
     _refuse_unused(config, inputs_out)
     if config.tokens and config.vocab is None:

@@ -40,8 +40,9 @@ from typing import List, Optional
 
 import numpy as onp
 
-from rssm_ref.oracle import formats
-from rssm_ref.oracle.precision import PRECISIONS, emulate
+from rssm_ref.oracle import formats, golden
+from rssm_ref.oracle.forward import DEFAULTS
+from rssm_ref.oracle.precision import emulate, PRECISIONS
 from rssm_ref.tolerances import TINY, TOLERANCES
 
 # stochastic-rounding reruns added to the round-to-nearest one (seeds 0..N-1): enough to
@@ -217,7 +218,6 @@ def describe_reference(opts, params):
     ...                     "output": "after"}, {"A": 0})
     {'discretization': 'euler', 'output': 'after', 'D': 'no', 'layout': 'channel-last'}
     """
-    from rssm_ref.oracle.forward import DEFAULTS
     model = opts.get("model")
     out = {}
     if model in ("lti", "residual"):
@@ -499,7 +499,6 @@ def verify_golden(golden_dir, candidates_dir, precision=None):
     ValueError). Cases without a candidate file are listed as skipped; a candidate file
     that matches no case, or no candidate at all, is bad input.
     """
-    from rssm_ref.oracle import golden
     manifest = golden.read_manifest(golden_dir)
     cdir = os.fspath(candidates_dir)
     if not os.path.isdir(cdir):

@@ -52,12 +52,14 @@ import numpy as onp
 from autograd.extend import defvjp_argnums, primitive
 
 from rssm_ref.lti import den_from_theta
-from rssm_ref.residual_ssm import param_count as residual_core_count
-from rssm_ref.residual_ssm import residual_ssm_final, residual_ssm_tf
-from rssm_ref.selective_ssm import A_from_log, selective_ssm, selective_ssm_final
-from rssm_ref.selective_ssm import param_count as selective_core_count
+from rssm_ref.residual_ssm import (param_count as residual_core_count, residual_ssm_final,
+                                   residual_ssm_tf)
+from rssm_ref.selective_ssm import (A_from_log, param_count as selective_core_count, selective_ssm,
+                                    selective_ssm_final)
 from rssm_ref.training.tasks import DEFAULT_TOKENS, make_batch, vocab_size
-from rssm_ref.validation import TRAINING_PATHS, check_option
+from rssm_ref.validation import check_option, TRAINING_PATHS
+from rssm_ref.xp.backend import namespace, to_backend, to_host
+from rssm_ref.xp.models import residual_ssm_xp, selective_ssm_xp
 
 __all__ = ["ModelConfig", "init_params", "residual_core_arrays", "final_output", "logits",
            "loss", "accuracy", "param_count", "PAPER_PARAM_COUNTS", "embed", "cosine_logits",
@@ -387,8 +389,6 @@ def final_output_ref(cfg, params, tokens, path=None):
 
 
 def _final_output_xp(cfg, params, u, path, backend):
-    from rssm_ref.xp.backend import namespace, to_backend, to_host
-    from rssm_ref.xp.models import residual_ssm_xp, selective_ssm_xp
     u = to_backend(u, namespace(backend))
     if cfg.model == "residual":
         keys = ("sigma_num", "sigma_den", "r_num", "r_den", "gate_bias")

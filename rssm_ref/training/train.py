@@ -29,7 +29,6 @@ train(model_cfg, train_cfg, params=None, checkpoint=None, resume=False, progress
 """
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 
@@ -37,12 +36,12 @@ import numpy as onp
 from autograd import value_and_grad
 from autograd.extend import defvjp, primitive
 
-from rssm_ref.util.alloc import keep_freed_memory
 from rssm_ref.training.head import accuracy, init_params, loss
-from rssm_ref.training.tasks import make_batch
+from rssm_ref.util.alloc import keep_freed_memory
+from rssm_ref.util.paths import atomic_savez
 
 __all__ = ["TrainConfig", "train", "lr_schedule", "clip_by_global_norm", "save_checkpoint",
-           "load_checkpoint", "atomic_savez"]
+           "load_checkpoint"]
 
 DATA_STREAM = 1
 INIT_STREAM = 0
@@ -104,27 +103,6 @@ def clip_by_global_norm(grads, max_norm):
     return {k: g * scale for k, g in grads.items()}, norm
 
 
-def atomic_savez(path, **arrays):
-    """np.savez to a temporary file in the target directory, then os.replace: readers
-    never see half a file, and a failure leaves no output.
-
-    >>> import os, tempfile
-    >>> d = tempfile.mkdtemp(); atomic_savez(os.path.join(d, "x.npz"), a=onp.ones(2))
-    >>> sorted(os.listdir(d))
-    ['x.npz']
-    """
-    directory = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            onp.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
 
 def save_checkpoint(path, params, adam_m, adam_v, step, seed, run_config=None):
     """Write a resumable checkpoint (see the module docstring for the keys), whole and with
@@ -135,7 +113,6 @@ def save_checkpoint(path, params, adam_m, adam_v, step, seed, run_config=None):
     array ``run_config_json`` so that a resume can refuse another run's checkpoint. When
     not given, a ``path`` carrying one (experiments.RunCheckpoint, a str) supplies it.
     """
-    from rssm_ref.util.paths import atomic_write
     arrays = {"step": onp.array(step), "seed": onp.array(seed)}
     for prefix, tree in (("param", params), ("adam_m", adam_m), ("adam_v", adam_v)):
         for k, v in tree.items():
@@ -144,7 +121,7 @@ def save_checkpoint(path, params, adam_m, adam_v, step, seed, run_config=None):
     if run_config is not None:
         arrays["run_config_json"] = onp.frombuffer(
             json.dumps(run_config, sort_keys=True).encode("utf-8"), dtype=onp.uint8).copy()
-    atomic_write(os.fspath(path), lambda fh: onp.savez(fh, **arrays), suffix=".npz")
+    atomic_savez(os.fspath(path), arrays)
 
 
 def load_checkpoint(path):
@@ -170,7 +147,7 @@ def load_checkpoint(path):
     return trees["param"], trees["adam_m"], trees["adam_v"], int(data["step"]), int(data.get("seed", 0))
 
 
-def _fresh(params):
+def fresh_state(params):
     params = {k: onp.array(v, dtype=onp.float64) for k, v in params.items()}
     return params, {k: onp.zeros_like(v) for k, v in params.items()}, {k: onp.zeros_like(v) for k, v in params.items()}
 
@@ -194,7 +171,7 @@ def _part_vjp(ans, theta, start, stop, shape):
 defvjp(_part, _part_vjp)
 
 
-class _FlatAdam:
+class FlatAdam:
     """Adam on one flat vector whose slices are the parameter arrays (views), so an
     update is a dozen NumPy calls whatever the number of arrays. Per element the same
     formulas as the module docstring, in the same order. The loss is differentiated
@@ -265,7 +242,7 @@ def train(model_cfg, cfg, params=None, checkpoint=None, resume=False, progress=N
     t0 = time.perf_counter()
 
     def run(state, start, stop, history, save):
-        opt = _FlatAdam(state, cfg)
+        opt = FlatAdam(state, cfg)
         vg = value_and_grad(lambda theta, tokens, targets: loss(model_cfg, opt.unflatten(theta),
                                                                tokens, targets))
         window_loss, window_n = 0.0, 0
@@ -302,12 +279,12 @@ def train(model_cfg, cfg, params=None, checkpoint=None, resume=False, progress=N
         offset[0] = (cfg.restarts - 1) * min(cfg.restart_steps, cfg.steps) if start >= cfg.restart_steps else 0
         first[0] = offset[0] + start
     elif params is not None or cfg.restarts <= 1:
-        state = _fresh(params if params is not None else init_params(model_cfg, seed=cfg.seed))
+        state = fresh_state(params if params is not None else init_params(model_cfg, seed=cfg.seed))
     else:
         short = min(cfg.restart_steps, cfg.steps)
         best = None
         for r in range(cfg.restarts):
-            cand = _fresh(init_params(model_cfg, seed=cfg.seed if r == 0 else [cfg.seed, r]))
+            cand = fresh_state(init_params(model_cfg, seed=cfg.seed if r == 0 else [cfg.seed, r]))
             cand, hist = run(cand, 0, short, {"step": [], "loss": [], "lr": []}, save=False)
             score = float(onp.mean(hist["loss"][-100:]))
             if best is None or score < best[0]:

@@ -30,6 +30,8 @@ ValueError: --out: ... is the same file as --inputs ... (expected a new path: wr
 import os
 import tempfile
 
+import numpy
+
 __all__ = ["check_outputs", "atomic_write", "finish_tmp", "umask"]
 
 
@@ -114,3 +116,29 @@ def atomic_write(path, write, mode="wb", suffix=""):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def atomic_write_text(path, text):
+    """:func:`atomic_write` of a text (utf-8).
+
+    >>> import os, tempfile
+    >>> p = os.path.join(tempfile.mkdtemp(), "x.txt"); atomic_write_text(p, "ok"); open(p).read()
+    'ok'
+    """
+    atomic_write(path, lambda fh: fh.write(text), mode="w")
+
+
+def atomic_savez(path, arrays):
+    """:func:`atomic_write` of ``numpy.savez(**arrays)``.
+
+    >>> import os, tempfile, numpy
+    >>> d = tempfile.mkdtemp(); atomic_savez(os.path.join(d, "x.npz"), {"a": numpy.ones(2)})
+    >>> sorted(os.listdir(d))
+    ['x.npz']
+    """
+    atomic_write(path, lambda fh: numpy.savez(fh, **arrays), suffix=".npz")
+
+
+def atomic_savefig(fig, path, **savefig_kw):
+    """:func:`atomic_write` of a matplotlib figure as PNG."""
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", **savefig_kw), suffix=".png")

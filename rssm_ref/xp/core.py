@@ -55,7 +55,7 @@ def shift_time(x, d, fill=0.0):
     return xp.concat([pad, x[:, :L - d, ...]], axis=1)
 
 
-def _advance(x, fill=0.0):
+def advance(x, fill=0.0):
     """out(t) = x(t + 1), ``fill`` at t = L - 1 (the adjoint of a one-step delay)."""
     xp = namespace_of(x)
     pad = xp.full((x.shape[0], 1) + tuple(x.shape[2:]), fill, dtype=x.dtype)
@@ -86,7 +86,7 @@ def _flat(x):
     return xp.reshape(x, (x.shape[0] * x.shape[1], x.shape[2]))
 
 
-def _outer_sum(g, x):
+def outer_sum(g, x):
     """sum over batch and time of g(t) x(t)^T: (batch, L, p), (batch, L, q) -> (p, q)."""
     xp = namespace_of(g, x)
     return xp.matmul(xp.matrix_transpose(_flat(g)), _flat(x))
@@ -157,7 +157,7 @@ def diag_scan_vjp(a, H, g):
     [[1.75, 1.5, 1.0]]
     """
     xp = namespace_of(a, H, g)
-    a_next = _advance(xp.broadcast_to(a, H.shape))
+    a_next = advance(xp.broadcast_to(a, H.shape))
     lam = xp.flip(diag_scan(xp.flip(a_next, axis=1), xp.flip(g, axis=1)), axis=1)
     return lam * shift_time(H, 1), lam
 
@@ -199,7 +199,7 @@ def state_scan_vjp(A, S, g):
     """
     xp = namespace_of(A, S, g)
     lam = xp.flip(state_scan(xp.matrix_transpose(A), xp.flip(g, axis=1)), axis=1)
-    return _outer_sum(lam, shift_time(S, 1)), lam
+    return outer_sum(lam, shift_time(S, 1)), lam
 
 
 def ss_forward(A, B, C, D, u):
@@ -252,8 +252,8 @@ def ss_vjp(A, B, C, D, u, S, g):
     X = shift_time(S, 1)
     dX = xp.matmul(g, C)
     # x(t) = S(t-1): the cotangent of S(t) is that of x(t+1)
-    dA, dv = state_scan_vjp(A, S, _advance(dX))
-    return {"A": dA, "B": _outer_sum(dv, u), "C": _outer_sum(g, X), "D": _outer_sum(g, u),
+    dA, dv = state_scan_vjp(A, S, advance(dX))
+    return {"A": dA, "B": outer_sum(dv, u), "C": outer_sum(g, X), "D": outer_sum(g, u),
             "u": xp.matmul(dv, B) + xp.matmul(g, D)}
 
 

@@ -35,10 +35,12 @@ import numpy as onp
 from autograd import make_vjp
 from autograd.builtins import tuple as traced_tuple
 
-from rssm_ref.xp import core as K
-from rssm_ref.xp.backend import namespace_of, to_backend, to_host
+from rssm_ref.convolution import tf_kernel
+from rssm_ref.lti import markov_parameters, observable_realization
 from rssm_ref.validation import (check_array, check_residual_ss, check_residual_tf,
                                  check_spectral_radius, check_state_space, check_tf)
+from rssm_ref.xp import core as K
+from rssm_ref.xp.backend import namespace_of, to_backend, to_host
 
 __all__ = ["lti_xp", "residual_ssm_xp", "selective_ssm_xp",
            "compute_xp", "phi1_prime"]
@@ -50,8 +52,6 @@ MODELS = ("lti", "residual", "selective")
 def _block_maker(form, path, L):
     """θ (num, den) or (A, B, C, D) -> the block's arrays: (h,) for "fft", (A, B, C, D)
     for "recurrent". Runs on the host under autograd."""
-    from rssm_ref.convolution import tf_kernel
-    from rssm_ref.lti import markov_parameters, observable_realization
     if path == "fft":
         if form == "tf":
             return lambda num, den: (tf_kernel(num, den, L),)
@@ -326,7 +326,7 @@ def selective_ssm_xp(params, u, discretization="zoh", output="before", dy=None):
     # y = sum_n h_read C̄
     dC_bar = xp.sum(dy[:, :, :, None] * h_read, axis=2)
     dh_read = dy[:, :, :, None] * C_bar[:, :, None, :]
-    dH = K._advance(dh_read) if output == "before" else dh_read
+    dH = K.advance(dh_read) if output == "before" else dh_read
     # the scan's adjoint (the same recursion as selective_ssm.linear_scan's VJP)
     da, dx = K.diag_scan_vjp(A_t, H, dH)
     du = du + xp.sum(dx * B_t, axis=3)
@@ -346,11 +346,11 @@ def selective_ssm_xp(params, u, discretization="zoh", output="before", dy=None):
     g["A"] = gA
     # softplus' = σ
     d_pre = d_delta * (0.5 * (xp.tanh(0.5 * pre) + 1.0))
-    g["W_delta"] = K._outer_sum(d_pre, u)
+    g["W_delta"] = K.outer_sum(d_pre, u)
     if "delta_bias" in P:
         g["delta_bias"] = xp.sum(d_pre, axis=(0, 1))
-    g["W_B"] = K._outer_sum(dB_bar, u)
-    g["W_C"] = K._outer_sum(dC_bar, u)
+    g["W_B"] = K.outer_sum(dB_bar, u)
+    g["W_C"] = K.outer_sum(dC_bar, u)
     du = du + xp.matmul(d_pre, P["W_delta"]) + xp.matmul(dB_bar, W_B) + xp.matmul(dC_bar, W_C)
     out["grad_u"] = du
     keys = sorted(g)
