@@ -11,8 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from rssm_ref.experiments.beyond import (LEAK_STREAM, SCHEMA, ExperimentConfig, leak_statistics,
-                             measure_leak, nu_answer, predict_accuracy)
+from rssm_ref.experiments.common import LEAK_STREAM, SCHEMA, ExperimentConfig
+from rssm_ref.experiments.lengths import leak_statistics, measure_leak, predict_accuracy
+from rssm_ref.experiments.nu_sweep import nu_answer
 from rssm_ref.gate import gate as gate_scan
 from rssm_ref.training.head import ModelConfig, init_params
 from rssm_ref.training.tasks import (DEFAULT_TRIGGER, count_occurrences, extended_induction_head,

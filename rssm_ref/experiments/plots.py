@@ -1,0 +1,140 @@
+"""The figures of the experiments beyond the paper (docs/13-beyond-the-paper.md): one
+plot per experiment from its results dictionary, matplotlib optional (``pip install
+.[plot]``).
+"""
+import numpy as onp
+from rssm_ref.experiments.common import TARGET_PCT, TASKS2
+from rssm_ref.experiments.reproduce import chance
+
+
+def suptitle(fig, results):
+    title = results["title"]
+    if results.get("quick"):
+        title += "\nSMOKE RUN (--quick): a pipeline check, not the experiment"
+    seeds = results["seeds"]
+    title += f"\n{'seed' if len(seeds) == 1 else 'seeds'} {', '.join(map(str, seeds))}"
+    fig.suptitle(title, fontsize=9)
+
+
+def finish_accuracy_panels(fig, axes, results):
+    """The shared finish of an accuracy-vs-length figure: y label and range, legend, title."""
+    axes[0].set_ylabel("accuracy (%)")
+    axes[0].set_ylim(0, 105)
+    axes[0].legend(fontsize=7, loc="lower left")
+    suptitle(fig, results)
+    return fig
+
+
+def plot_lengths(plt, results):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), sharey=True)
+    for ax, task in zip(axes, TASKS2):
+        t, c = results["table"][task], results["prediction_curve"][task]
+        L = t["lengths"]
+        ax.fill_between(L, t["min"], t["max"], color="tab:blue", alpha=0.15, lw=0)
+        ax.plot(L, t["mean"], "o-", color="tab:blue", label="measured (mean, band min..max)")
+        ax.plot(L, t["predicted"], "s", color="tab:red", mfc="white", label="predicted from the leak")
+        ax.plot(c["lengths"], c["predicted"], "--", color="tab:red", lw=1, label="prediction curve")
+        ax.axhline(TARGET_PCT, color="green", ls=":", lw=1, label=f"target {TARGET_PCT} %")
+        ax.axhline(chance(task), color="gray", ls=":", lw=1, label="chance")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("L at evaluation (trained at L = 16)")
+        ax.set_title(task, fontsize=9)
+        ax.grid(alpha=0.3)
+    return finish_accuracy_panels(fig, axes, results)
+
+
+def plot_nu(plt, results):
+    t = results["table"]
+    mean = onp.array(t["mean"])
+    fig, axes = plt.subplots(1, len(t["lengths"]), figsize=(5.2 * len(t["lengths"]), 4.6),
+                             squeeze=False)
+    for li, ax in enumerate(axes[0]):
+        im = ax.imshow(mean[:, :, li], vmin=0, vmax=100, cmap="viridis", origin="lower",
+                       aspect="auto")
+        for i, N in enumerate(t["n_trig"]):
+            for j, nu in enumerate(t["nu_r"]):
+                v = mean[i, j, li]
+                ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=8,
+                        color="black" if v > 60 else "white",
+                        fontweight="bold" if nu == N else "normal")
+        ax.set_xticks(range(len(t["nu_r"])), [str(v) for v in t["nu_r"]])
+        ax.set_yticks(range(len(t["n_trig"])), [str(v) for v in t["n_trig"]])
+        ax.set_xlabel("nu_r (order of Sigma_r)")
+        ax.set_ylabel("N_trig (trigger length)")
+        ax.set_title(f"mean accuracy (%) at L = {t['lengths'][li]} (bold: nu_r = N_trig)",
+                     fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.05)
+    suptitle(fig, results)
+    return fig
+
+
+def plot_window(plt, results):
+    t = results["table"]
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    L = t["lengths"]
+    paper = [(x, p) for x, p in zip(L, t["paper_selective"]) if p is not None]
+    if paper:
+        ax.plot(*zip(*paper), "s--", color="gray", mfc="white", label="paper, Selective SSM (w = 1)")
+    for i, w in enumerate(t["windows"]):
+        line, = ax.plot(L, t["mean"][i], "o-", label=f"w = {w} (mean)")
+        ax.fill_between(L, t["min"][i], t["max"][i], color=line.get_color(), alpha=0.12, lw=0)
+    ax.axhline(chance("extended"), color="gray", ls=":", lw=1, label="chance")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("L at evaluation (trained at L = 16)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 105)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    suptitle(fig, results)
+    return fig
+
+
+def plot_zoh(plt, results):
+    t = results["table"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), sharey=True)
+    for ax, task in zip(axes, TASKS2):
+        for gate, color in (("euler", "tab:blue"), ("zoh", "tab:orange")):
+            g = t[task][gate]
+            ax.fill_between(t["lengths"], g["min"], g["max"], color=color, alpha=0.15, lw=0)
+            ax.plot(t["lengths"], g["mean"], "o-", color=color,
+                    label=f"gate = {gate}" + (" (eq. 5)" if gate == "euler" else " (Remark 3.1)"))
+        ax.plot(t["lengths"], [100] * len(t["lengths"]), "s--", color="gray", mfc="white",
+                label="paper (eq. 5)")
+        ax.axhline(chance(task), color="gray", ls=":", lw=1, label="chance")
+        ax.set_xscale("log", base=2)
+        ax.set_title("Table 1 (induction)" if task == "induction" else "Table 2 (extended)",
+                     fontsize=9)
+        ax.set_xlabel("L at evaluation (trained at L = 16)")
+        ax.grid(alpha=0.3)
+    return finish_accuracy_panels(fig, axes, results)
+
+
+def plot_cost(plt, results):
+    rows = results["table"]["rows"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
+    colors = {"zoh_gate": "tab:blue", "tables": "tab:gray", "nu_sweep": "tab:green",
+              "window": "tab:orange"}
+    for r in rows:
+        c = colors.get(r["experiments"][0], "black")
+        axes[0].scatter(r["param_count"]["total"], 1e3 * r["per_step_seconds"], color=c, s=18)
+        acc = r["accuracy"]
+        if acc:
+            L_max = "1024" if "1024" in acc else max(acc, key=int)    # Tables' longest
+            axes[1].scatter(1e3 * r["per_step_seconds"], acc[L_max], color=c, s=18)
+            axes[1].annotate(f"{r['label']} (L {L_max})", (1e3 * r["per_step_seconds"], acc[L_max]),
+                             fontsize=5)
+    for name, c in colors.items():
+        axes[0].scatter([], [], color=c, label=name)
+    axes[0].set_xlabel("parameters")
+    axes[0].set_ylabel("training time per step (ms)")
+    axes[0].legend(fontsize=7)
+    axes[0].grid(alpha=0.3)
+    axes[1].set_xlabel("training time per step (ms)")
+    axes[1].set_ylabel("accuracy (%) at L = 1024 (else the longest measured)")
+    axes[1].set_ylim(0, 105)
+    axes[1].grid(alpha=0.3)
+    if not any(r["accuracy"] for r in rows):
+        axes[1].text(0.5, 0.5, "no accuracies found (--results-from)", ha="center",
+                     transform=axes[1].transAxes)
+    suptitle(fig, results)
+    return fig
