@@ -27,17 +27,17 @@ def run_one(job, seed):
     from rssm_ref.training.train import TrainConfig, train
     mcfg = ModelConfig(job["model"], job["task"], **job.get("model_options", {}))
     tcfg = TrainConfig(seed=seed, L=16, log_every=10 ** 9, **job.get("train", {}))
-    ckpt = None
+    ckpt = rc = None
     if job.get("save_dir"):
         # a reproduce-format checkpoint (with its run config): reproduce --resume and the
         # experiments beyond the paper can evaluate it without training again
-        from rssm_ref.experiments.reproduce import ReproduceConfig, RunCheckpoint, run_config
+        from rssm_ref.experiments.reproduce import ReproduceConfig, run_config
         folder = os.path.join(job["save_dir"], job["name"], job["task"])
         os.makedirs(folder, exist_ok=True)
         rc = run_config(ReproduceConfig(task=job["task"]), mcfg, tcfg)
-        ckpt = RunCheckpoint(os.path.join(folder, f"{job['model']}-seed{seed}.npz"), rc)
+        ckpt = os.path.join(folder, f"{job['model']}-seed{seed}.npz")
     t0 = time.perf_counter()
-    params, hist = train(mcfg, tcfg, checkpoint=ckpt, resume=ckpt is not None)
+    params, hist = train(mcfg, tcfg, checkpoint=ckpt, resume=ckpt is not None, run_config=rc)
     train_s = time.perf_counter() - t0
     accs = []
     for L in job.get("lengths", LENGTHS):

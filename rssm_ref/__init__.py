@@ -1,11 +1,13 @@
 """rssm-ref: float64 reference oracle for the Residual SSM (Casti, Zampieri, Pasqualetti,
 arXiv 2505.17932) and the Mamba selective-SSM core it is compared against.
 
-Layout follows the paper's Fig. 3 from the bottom up: ``lti`` (discrete LTI systems,
-state space and transfer function), ``recurrence`` and ``convolution`` (the two
-computation paths), ``discretize`` (eq. 3 and classic methods), ``gate`` (eq. 5 and
-Remark 3.1), ``residual_ssm`` (Section 3.2.2), ``selective_ssm`` (Section 3.2.1),
-``tasks``, ``train``, ``experiments``, ``oracle``, ``testing``, ``backend``.
+Layout follows the paper's Fig. 3 from the bottom up (docs/architecture.md):
+``realization`` (Markov parameters, ss <-> tf), ``recurrence`` and ``convolution`` (the
+two computation paths of eq. (1)), ``discretize`` (eq. (3) and classic methods), ``gate``
+(eq. (5) and Remark 3.1), ``lti`` (the StateSpace and TransferFunction objects),
+``residual_ssm`` (Section 3.2.2), ``selective_ssm`` (Section 3.2.1); below them
+``kernels`` (the training path's primitives), ``validation``, ``util``, ``xp``; above them
+``training``, ``oracle``, ``experiments``, ``testing``, ``app``.
 
 The main types and functions are importable from the top level (loaded on first use,
 so ``import rssm_ref`` stays light):
@@ -23,8 +25,8 @@ from rssm_ref.util.version import VERSION as __version__  # noqa: F401
 # rssm_ref.selective_ssm.selective_ssm) stay
 # in their module: a package attribute would shadow the submodule.
 _EXPORTS = {
-    "rssm_ref.lti": ("StateSpace", "TransferFunction", "from_scipy", "from_control", "ss2tf",
-                     "tf2ss", "markov_parameters", "den_from_reflection"),
+    "rssm_ref.lti": ("StateSpace", "TransferFunction", "from_scipy", "from_control"),
+    "rssm_ref.realization": ("ss2tf", "tf2ss", "markov_parameters", "den_from_reflection"),
     "rssm_ref.recurrence": ("tf_filter", "ss_filter"),
     "rssm_ref.convolution": ("fft_conv", "tf_kernel", "tf_fft_filter", "ss_fft_filter"),
     "rssm_ref.discretize": ("cont2discrete", "mamba_discretize"),

@@ -360,8 +360,8 @@ def reproduce_cmd(task, model, seeds, steps, quick, out, gate, discretization, o
     backend = backend or run_guarded(get_backend_name)
     config = run_guarded(ReproduceConfig, task=task, models=models, seeds=seed_list, steps=steps,
                          quick=quick, out=out or "", gate=gate, eval_n=eval_n, resume=resume,
-                         backend=backend, selective_discretization=discretization,
-                         selective_output=output, paper_exact=paper_exact)
+                         backend=backend, discretization=discretization,
+                         output=output, paper_exact=paper_exact)
     progress = Progress.to_stderr()
     results = run_guarded(reproduce, config, progress)
     if as_json:

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import numpy as onp
 from rssm_ref.experiments.reproduce import (EVAL_STREAM, LENGTHS, model_config, prepare_out,
                                             read_run_config, ReproduceConfig, run_config,
-                                            RunCheckpoint, steps_text, train_config)
+                                            steps_text, train_config)
 from rssm_ref.training.head import accuracy, ModelConfig, param_count
 from rssm_ref.training.tasks import extended_method
 from rssm_ref.training.train import load_checkpoint, train, TrainConfig
@@ -167,18 +167,18 @@ def table_lengths():
 
 # ==================================================================== shared machinery
 def plan_run(cfg, task, model_cfg, seed, name):
-    """One training of nu_sweep/window: its TrainConfig and checkpoint (carrying its run
-    config, as reproduce's)."""
+    """One training of nu_sweep/window: its TrainConfig, checkpoint path and run config
+    (stored in the checkpoint, as reproduce's)."""
     rcfg = cfg.reproduce_config(task)
     tcfg = train_config(rcfg, model_cfg.model, seed)
     path = os.path.join(cfg.out, name + ".npz")
     return {"task": task, "model_cfg": model_cfg, "seed": seed, "tcfg": tcfg,
-            "ckpt": RunCheckpoint(path, run_config(rcfg, model_cfg, tcfg))}
+            "ckpt": path, "run_config": run_config(rcfg, model_cfg, tcfg)}
 
 
 def check_existing(run):
     """A checkpoint already at the run's path must be of this very run config."""
-    path, want = run["ckpt"], run["ckpt"].run_config
+    path, want = run["ckpt"], run["run_config"]
     if not os.path.exists(path):
         return
     try:
@@ -204,7 +204,7 @@ def check_reproduce(rcfg):
         for seed in rcfg.seeds:
             tcfg = train_config(rcfg, model, seed)
             path = os.path.join(rcfg.out, f"{model}-seed{seed}.npz")
-            check_existing({"ckpt": RunCheckpoint(path, run_config(rcfg, mc, tcfg))})
+            check_existing({"ckpt": path, "run_config": run_config(rcfg, mc, tcfg)})
 
 
 def train_run(run, progress):
@@ -221,7 +221,7 @@ def train_run(run, progress):
                      + (f" (continuing {ckpt})" if resume else ""))
     t0 = time.perf_counter()
     task = progress.task(f"train {label}", tcfg.total_steps)
-    params, _ = train(mc, tcfg, checkpoint=ckpt, resume=resume,
+    params, _ = train(mc, tcfg, checkpoint=ckpt, resume=resume, run_config=run["run_config"],
                       progress=lambda k, info: task.update(k, rate=info.get("steps_per_s"),
                                                            loss=info.get("loss"), acc=info.get("acc")))
     task.close()

@@ -131,8 +131,8 @@ def _model_config(cfg):
             return ModelConfig(cfg.model, cfg.task, **{k: (tuple(v) if isinstance(v, list) else v)
                                                         for k, v in rc.items() if k in fields})
     recipe = model_config(ReproduceConfig(task=cfg.task, gate=cfg.gate or "euler",
-                                          selective_discretization=cfg.discretization or "zoh",
-                                          selective_output=cfg.output or "before"), cfg.model)
+                                          discretization=cfg.discretization or "zoh",
+                                          output=cfg.output or "before"), cfg.model)
     keys = _checkpoint_keys(cfg.params_path)
     if keys is None:
         return recipe

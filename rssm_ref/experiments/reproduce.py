@@ -39,7 +39,7 @@ extended 8
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as onp
 
@@ -102,13 +102,12 @@ class ReproduceConfig:
     quick: bool = False
     out: str = ""                  # "": results-<task>, one folder per task
     gate: str = "euler"
-    selective_discretization: str = "zoh"
-    selective_output: str = "before"
+    discretization: str = "zoh"    # the Selective SSM's conventions (ModelConfig's names)
+    output: str = "before"
     eval_n: int = 1000
     lengths: tuple = LENGTHS
     resume: bool = False
     backend: str = "numpy"         # array module of the evaluation (training: NumPy autograd)
-    extra: dict = field(default_factory=dict)
     paper_exact: bool = False      # True: the paper's model, none of the recipe's additions
 
     def __post_init__(self):
@@ -147,16 +146,6 @@ _NOT_COMPARED = ("log_every", "checkpoint_every")
 _FIELD_FLAGS = {"task": "--task", "model": "--model", "gate": "--gate",
                 "discretization": "--discretization", "output": "--output", "seed": "--seeds",
                 "steps": "--steps", "restarts": "--steps", "restart_steps": "--steps"}
-
-
-class RunCheckpoint(str):
-    """A checkpoint path that carries its run config: ``train`` passes the path through
-    to ``save_checkpoint``, which stores ``run_config`` in every checkpoint it writes."""
-
-    def __new__(cls, path, run_config):
-        obj = super().__new__(cls, path)
-        obj.run_config = run_config
-        return obj
 
 
 def run_config(cfg, model_cfg, tcfg):
@@ -241,8 +230,8 @@ def model_config(cfg, model):
     1.0
     """
     extra = {} if cfg.paper_exact else dict(RECIPES[(model, cfg.task)].get("model", {}))
-    return ModelConfig(model, cfg.task, gate=cfg.gate, discretization=cfg.selective_discretization,
-                       output=cfg.selective_output, **extra)
+    return ModelConfig(model, cfg.task, gate=cfg.gate, discretization=cfg.discretization,
+                       output=cfg.output, **extra)
 
 
 def train_config(cfg, model, seed):
@@ -313,18 +302,17 @@ def reproduce(cfg, progress=None):
         for seed in cfg.seeds:
             tcfg = train_config(cfg, model, seed)
             ckpt = os.path.join(cfg.out, f"{model}-seed{seed}.npz")
-            plan.append((model, seed, model_cfg, tcfg,
-                         RunCheckpoint(ckpt, run_config(cfg, model_cfg, tcfg))))
+            plan.append((model, seed, model_cfg, tcfg, ckpt, run_config(cfg, model_cfg, tcfg)))
     # before any training: the files written are files, and a checkpoint already in --out
     # is of this run (--resume) or at least of this task (else it would be overwritten)
     names = ["results.json", "accuracy.png", "progress.log"]
     check_outputs([("--out", os.path.join(cfg.out, n)) for n in names] +
                   [("--out", p[4]) for p in plan], folders=[("--out", cfg.out)])
-    for model, seed, model_cfg, tcfg, ckpt in plan:
+    for model, seed, model_cfg, tcfg, ckpt, rc in plan:
         if not os.path.exists(ckpt):
             continue
         if cfg.resume:
-            check_resume(ckpt, ckpt.run_config)
+            check_resume(ckpt, rc)
             continue
         have = read_run_config(ckpt)
         if have is not None and have.get("task") != cfg.task:
@@ -338,7 +326,7 @@ def reproduce(cfg, progress=None):
         progress.message(SMOKE_NOTE)
     t_all = time.perf_counter()
     runs = []
-    for model, seed, model_cfg, tcfg, ckpt in plan:
+    for model, seed, model_cfg, tcfg, ckpt, rc in plan:
         progress.message(f"train {model} seed {seed} at L = {tcfg.L}: {steps_text(tcfg)}, "
                          f"batch {tcfg.batch}")
         t0 = time.perf_counter()
@@ -347,7 +335,7 @@ def reproduce(cfg, progress=None):
             progress.message(f"  {ckpt}: already trained to step {tcfg.steps}; not trained again")
         else:
             task = progress.task(f"train {model}/seed {seed}", tcfg.total_steps)
-            params, _ = train(model_cfg, tcfg, checkpoint=ckpt, resume=cfg.resume,
+            params, _ = train(model_cfg, tcfg, checkpoint=ckpt, resume=cfg.resume, run_config=rc,
                               progress=lambda k, info: task.update(
                                   k, rate=info.get("steps_per_s"), loss=info.get("loss"),
                                   acc=info.get("acc")))

@@ -19,7 +19,8 @@ renamed, so a crash never leaves half a file.
 Glossary
 --------
 TrainConfig   steps, batch, L, lr, warmup, clip, seed, betas, eps, log_every, checkpoint_every
-train(model_cfg, train_cfg, params=None, checkpoint=None, resume=False, progress=None) -> (params, history)
+train(model_cfg, train_cfg, params=None, checkpoint=None, resume=False, progress=None,
+      run_config=None) -> (params, history)
 
 >>> from rssm_ref.training.head import ModelConfig
 >>> cfg = ModelConfig("residual", "induction")
@@ -111,13 +112,11 @@ def save_checkpoint(path, params, adam_m, adam_v, step, seed, run_config=None):
     ``run_config``: a JSON-able dict of everything that decides the run (task, model
     options, recipe; rssm_ref.experiments.run_config), stored as the UTF-8 JSON uint8
     array ``run_config_json`` so that a resume can refuse another run's checkpoint. When
-    not given, a ``path`` carrying one (experiments.RunCheckpoint, a str) supplies it.
     """
     arrays = {"step": onp.array(step), "seed": onp.array(seed)}
     for prefix, tree in (("param", params), ("adam_m", adam_m), ("adam_v", adam_v)):
         for k, v in tree.items():
             arrays[f"{prefix}/{k}"] = onp.asarray(v, dtype=onp.float64)
-    run_config = getattr(path, "run_config", None) if run_config is None else run_config
     if run_config is not None:
         arrays["run_config_json"] = onp.frombuffer(
             json.dumps(run_config, sort_keys=True).encode("utf-8"), dtype=onp.uint8).copy()
@@ -221,7 +220,8 @@ class FlatAdam:
         return copy(self.theta), copy(self.m), copy(self.v)
 
 
-def train(model_cfg, cfg, params=None, checkpoint=None, resume=False, progress=None):
+def train(model_cfg, cfg, params=None, checkpoint=None, resume=False, progress=None,
+          run_config=None):
     """Train ``model_cfg`` on its task at length cfg.L; returns (params, history).
 
     Seeded restarts (``cfg.restarts`` > 1, and no ``params`` given): candidate r starts
@@ -235,7 +235,8 @@ def train(model_cfg, cfg, params=None, checkpoint=None, resume=False, progress=N
     info = {"loss", "acc", "steps_per_s", "lr"}; ``step`` counts all steps run, restarts
     included (up to ``cfg.total_steps``). ``checkpoint``: path written every
     ``checkpoint_every`` steps and at the end; with ``resume`` an existing checkpoint
-    there is continued from its step.
+    there is continued from its step. ``run_config``: a JSON-able dict of what decides the
+    run (``rssm_ref.experiments.reproduce.run_config``), stored in every checkpoint.
     """
     keep_freed_memory()
     offset = [0]          # steps already run by discarded restart candidates
@@ -265,7 +266,7 @@ def train(model_cfg, cfg, params=None, checkpoint=None, resume=False, progress=N
                                  "steps_per_s": (shown - first[0]) / max(elapsed, 1e-9)})
                 window_loss, window_n = 0.0, 0
             if save and checkpoint and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
-                save_checkpoint(checkpoint, *opt.state(), done, cfg.seed)
+                save_checkpoint(checkpoint, *opt.state(), done, cfg.seed, run_config)
         return opt.state(), history
 
     first = [0]
