@@ -1,5 +1,5 @@
 """Peers in the bench: the bench's training and evaluation workloads written by hand in
-JAX (``jit``) and PyTorch (eager), checked against rssm-ref, then timed (issue 13, point 4).
+JAX (``jit``) and PyTorch (eager), checked against rssm-ref, then timed (docs/bench.md).
 
 JAX and PyTorch are optional comparison peers, never dependencies: ``pip install
 '.[peers]'`` brings both (CPU builds suffice). Nothing imports this module except

@@ -394,7 +394,7 @@ def ss_fft_filter(A, B, C, D, u):
 
 
 def ss_fft_filter_ref(A, B, C, D, u):
-    """Recurrence twin of ``ss_fft_filter``: the state equation (2) as a plain loop.
+    """Recurrence twin of ``ss_fft_filter``: the state eq. (2) as a plain loop.
 
     A (n, n), B (n, m), C (p, n), D (p, m), u (batch, L, m) -> y (batch, L, p).
 

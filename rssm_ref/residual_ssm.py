@@ -9,7 +9,7 @@ Equations (the paper's, discrete time, zero initial states):
     Σ   : y_s = Σ(u)                       MIMO LTI, m inputs -> m outputs
     Σ_r : r   = Σ_r(y_s − u)               LTI, m inputs -> 1 output (the residual)
           s(t) = σ(r(t) + c)               c = ``gate_bias``; σ the logistic sigmoid
-    Σ_g : y(t+1) = y(t) + (y_s(t) − y(t)) s(t),    y(0) = 0              (eq. 5)
+    Σ_g : y(t+1) = y(t) + (y_s(t) − y(t)) s(t),    y(0) = 0              (eq. (5))
           or, with ``gate="zoh"``, Remark 3.1's exact ZOH step
           y(t+1) = e^{−s(t)} y(t) + (1 − e^{−s(t)}) y_s(t).
 
@@ -80,7 +80,7 @@ def _check_bias(gate_bias):
 
 # ------------------------------------------------------------------ the model, both forms
 def _gate_and_pack(y_s, r, gate_bias, gate, return_intermediates):
-    # s(t) = σ(r(t) + c), then Σ_g (eq. 5, or Remark 3.1 with gate="zoh")
+    # s(t) = σ(r(t) + c), then Σ_g (eq. (5), or Remark 3.1 with gate="zoh")
     s = sigmoid(r + gate_bias)
     y = gate_scan(y_s, s, None, gate)
     if return_intermediates:
@@ -105,7 +105,7 @@ def _on_backend(P, gate_bias, u, path, gate, return_intermediates, allow_unstabl
 
 def residual_ssm_tf(sigma_num, sigma_den, r_num, r_den, gate_bias, u, path="fft",
                     gate="euler", return_intermediates=False, allow_unstable=False):
-    """Residual SSM (Fig. 3, eq. 5) with Σ and Σ_r as transfer matrices (Remark 3.2).
+    """Residual SSM (Fig. 3, eq. (5)) with Σ and Σ_r as transfer matrices (Remark 3.2).
 
     Shapes: sigma_num (m, m, k), sigma_den (m, k), r_num (1, m, k_r), r_den (1, k_r),
     gate_bias scalar, u (batch, L, m) -> y (batch, L, m) = y(1..L); with
@@ -138,7 +138,7 @@ def residual_ssm_tf(sigma_num, sigma_den, r_num, r_den, gate_bias, u, path="fft"
 
 def residual_ssm_final(sigma_num, sigma_den, r_num, r_den, gate_bias, u, path="auto",
                        gate="euler", allow_unstable=False):
-    """The Residual SSM's last output y(L) only (Fig. 3, eq. 5): what the readout uses.
+    """The Residual SSM's last output y(L) only (Fig. 3, eq. (5)): what the readout uses.
 
     Shapes and arguments as :func:`residual_ssm_tf`; returns (batch, m).
     ``path="kernel"``: Σ and Σ_r as their exact first L Markov parameters (the
@@ -190,7 +190,7 @@ def residual_ssm_final_ref(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gat
 
 def residual_ssm_ss(sigma_A, sigma_B, sigma_C, sigma_D, r_A, r_B, r_C, r_D, gate_bias, u,
                     path="recurrent", gate="euler", return_intermediates=False, allow_unstable=False):
-    """Residual SSM (Fig. 3, eq. 5) with Σ and Σ_r in state space (Remark 3.2).
+    """Residual SSM (Fig. 3, eq. (5)) with Σ and Σ_r in state space (Remark 3.2).
 
     Σ : h(t+1) = sigma_A h(t) + sigma_B u(t),  y_s(t) = sigma_C h(t) + sigma_D u(t);
     Σ_r likewise on e(t) = y_s(t) − u(t) with r_A .. r_D. Shapes in the module glossary.
@@ -267,7 +267,7 @@ def residual_ssm_ref(sigma_A, sigma_B, sigma_C, sigma_D, r_A, r_B, r_C, r_D, gat
 # ------------------------------------------------------------------ the object
 class ResidualSSM:
     """A Residual SSM: Σ and Σ_r (each an lti ``TransferFunction`` or ``StateSpace``),
-    the gate bias c and the gate kind ("euler" = eq. 5, "zoh" = Remark 3.1).
+    the gate bias c and the gate kind ("euler" = eq. (5), "zoh" = Remark 3.1).
 
     >>> model = ResidualSSM.random(m=2, nu=4, nu_r=4, seed=0)
     >>> model.m, model.sigma.order, model.r_sys.order
@@ -402,10 +402,10 @@ def param_count(m=2, nu=4, nu_r=4, form="tf", gate_bias=False):
     """Learnable parameters of the Residual SSM core (without the embedding), eqs. (8)-(9)
     generalized to MIMO with one common monic denominator per output row.
 
-    form="tf" (eq. 9): Σ has m monic denominators of order ν (m·ν) and m·m numerators of
+    form="tf" (eq. (9)): Σ has m monic denominators of order ν (m·ν) and m·m numerators of
     ν + 1 coefficients (the +1 is the feedthrough D); Σ_r has ν_r + m(ν_r + 1):
     m ν + m²(ν+1) + ν_r + m(ν_r+1).
-    form="ss" (eq. 8): Σ with n = mν states: n² + 2 n m + m²; Σ_r with n_r = ν_r states:
+    form="ss" (eq. (8)): Σ with n = mν states: n² + 2 n m + m²; Σ_r with n_r = ν_r states:
     n_r² + n_r m + n_r + m. ``gate_bias``: + 1 (a learned bias c in s = σ(r + c), which
     the paper does not have).
 

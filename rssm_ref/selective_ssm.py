@@ -1,4 +1,4 @@
-"""The Selective SSM core of Mamba as the paper writes it (Section 3.2.1, eqs. 2-4).
+"""The Selective SSM core of Mamba as the paper writes it (Section 3.2.1, eqs. (2)-4).
 
 m SISO systems, one per embedding channel i, each with n states and time-varying
 matrices produced from the current input u(t) (the selection mechanism):
@@ -10,7 +10,7 @@ matrices produced from the current input u(t) (the selection mechanism):
     (3b)  B_t^i  = (Ā^i)^{-1}(exp(Δ_t^i Ā^i) − I) B̄_t       discretization="zoh" (the paper)
           B_t^i  = Δ_t^i B̄_t                                discretization="euler" (mamba_ssm)
     (2)   h^i(t+1) = A_t^i h^i(t) + B_t^i u_i(t),   h^i(0) = 0
-          y_i(t)   = C̄_t · h^i(t)                           output="before" (the paper, eq. 2)
+          y_i(t)   = C̄_t · h^i(t)                           output="before" (the paper, eq. (2))
           y_i(t)   = C̄_t · h^i(t+1)                         output="after"  (mamba_ssm)
           (+ D_i u_i(t) when a skip D is given, as in mamba_ssm)
 

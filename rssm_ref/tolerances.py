@@ -73,7 +73,7 @@ TOLERANCES = {
     # float64 quantities; a few ulps times log2(L) or the length of the longest sum.
     "neutral_vs_reference": 1e-12,
     # the same neutral code on two array modules (CuPy vs NumPy, array_api_strict vs
-    # NumPy): only the BLAS / FFT libraries' summation order differs (issue 6: 1e-12).
+    # NumPy): only the BLAS / FFT libraries' summation order differs (1e-12, docs/11-backends.md).
     "backend_agreement": 1e-12,
     # phi1 = expm1(x)/x and phi1' vs an 80-digit decimal reference, relative to each
     # value (not the max): a few ulps (measured <= 1.8 ulps over |x| in 1e-300..630).

@@ -3,7 +3,7 @@
 This is what a user's fast kernel computes (mamba_ssm / mambapy style): float32 arrays,
 float32 einsums, the loops over time written out, gradients by the hand-written adjoint
 recursions. It shares NO code with rssm_ref (it is the "someone else's implementation"
-that ``verify --precision float32`` must pass; issue 12, point 3), and each model has a
+that ``verify --precision float32`` must pass), and each model has a
 wrong-convention twin that ``verify`` must still fail.
 
 Symbols (rssm_ref/oracle/formats.py): u (batch, L, m); dy (batch, L, p|m) the cotangent;

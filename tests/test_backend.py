@@ -1,4 +1,4 @@
-"""Backends (issue 6): the neutral kernels on every available array module.
+"""Backends: the neutral kernels on every available array module.
 
 Three comparisons, each keyed in rssm_ref.tolerances:
 - ``neutral_vs_reference``: rssm_ref.xp.models on a backend vs the autograd NumPy

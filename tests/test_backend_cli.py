@@ -1,4 +1,4 @@
-"""`--backend` on the commands that compute (issue 6), through click's CliRunner.
+"""`--backend` on the commands that compute, through click's CliRunner.
 
 Without CuPy, array_api_strict stands in for a second array module: the same neutral
 code, so a file computed there must pass `verify` against the NumPy reference at float64.

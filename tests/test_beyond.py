@@ -1,4 +1,4 @@
-"""`python cli.py experiment NAME --quick` (issue 17): pipeline and results.json schema of
+"""`python cli.py experiment NAME --quick`: pipeline and results.json schema of
 each experiment (not their accuracies), the leak prediction, and the extended task's
 construction at long L."""
 import json

@@ -1,4 +1,4 @@
-"""Issue 12, points 1, 5 and 6: no output overwrites an input (or another output), a
+"""no output overwrites an input (or another output), a
 non-finite result is not a reference, and errors speak the CLI's language (flags as typed,
 no raw OSError text, --allow-unstable only where it helps, one file mode everywhere)."""
 import os

@@ -1,4 +1,4 @@
-"""One flag vocabulary (issue 16): --json everywhere (errors too), options that do
+"""One flag vocabulary: --json everywhere (errors too), options that do
 nothing refused, whole sentences in --help, three ways to run the same commands."""
 import json
 import os

@@ -1,4 +1,4 @@
-"""Tests of the fused training-path primitives (issue 13) against their twins.
+"""Tests of the fused training-path primitives against their twins.
 
 Every fused primitive has a hand-written VJP; each is checked three ways: its values
 against its ``_ref`` twin (or the full-sequence core, last step) with ``fast_vs_ref``;

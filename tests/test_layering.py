@@ -209,3 +209,25 @@ def test_a_clean_toy_package_passes():
                  high="from rssm_ref.low2 import h\n\n\ndef f():\n    import matplotlib\n",
                  pkg="")
     assert violations(clean, TOY_LAYERS) == []
+
+
+# ---------------------------------------------------------------- one spelling, no tracker
+def _package_text():
+    return modules(ROOT).items()
+
+
+def test_equations_are_cited_one_way():
+    """`eq. (N)` everywhere, so that one grep finds every place an equation is computed."""
+    import re
+    loose = re.compile(r"\b[Ee]qs?\.? ?\d+[a-z]?\b")
+    bad = [f"{name}: {m.group(0)!r}" for name, src in _package_text() for m in loose.finditer(src)]
+    assert not bad, "\n".join(bad)
+
+
+def test_no_tracker_numbers_in_the_package():
+    """Comments and docstrings cite the paper or a doc page, never an issue number."""
+    import re
+    tracker = re.compile(r"\b[Ii]ssues? #?\d+")
+    bad = [f"{name}: {m.group(0)!r}" for name, src in _package_text() for m in tracker.finditer(src)
+           if "mamba_ssm issue" not in src[max(0, m.start() - 10):m.end()]]
+    assert not bad, "\n".join(bad)

@@ -1,4 +1,4 @@
-"""The library API of issue 16: top-level exports, StateSpace/TransferFunction.filter on
+"""The library API: top-level exports, StateSpace/TransferFunction.filter on
 both paths against scipy, python-control round trips."""
 import numpy as onp
 import pytest

@@ -1,4 +1,4 @@
-"""Real third-party Mamba code against the oracle (issue 15), when it is importable here.
+"""Real third-party Mamba code against the oracle, when it is importable here.
 
 mambapy's ``MambaBlock`` (pscan and sequential scan) and mamba_ssm's pure-PyTorch
 ``selective_scan_ref`` are run on a Mamba-layout parameter set; their outputs and

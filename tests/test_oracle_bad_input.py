@@ -408,7 +408,7 @@ def c_verify_candidate_unknown_key(t):
 
 
 def c_verify_candidate_grad_not_in_reference(t):
-    # a grad the reference lacks is unchecked (issue 15); with nothing else to compare,
+    # a grad the reference lacks is unchecked; with nothing else to compare,
     # the candidate is bad input that names the key and the rerun that adds it
     return _ver(t, {"grad_u": onp.zeros((2, 8, 2))}), ["C.npz", "no tensor to compare",
                                                         "grad_u"]

@@ -1,4 +1,4 @@
-"""Issue 12, point 3: the float32 emulation computes in float32 everywhere, so that a
+"""the float32 emulation computes in float32 everywhere, so that a
 correct float32 implementation written by someone else (tests/_plain_float32.py: plain
 float32 einsums and loops, hand-written gradients, no rssm_ref code) passes
 ``verify --precision float32``, and its wrong-convention twin still fails."""

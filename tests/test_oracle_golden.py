@@ -204,7 +204,7 @@ def test_verify_a_whole_suite(suite, tmp_path):
 
 
 def test_a_suite_from_an_older_version_still_checks(suite, tmp_path):
-    """A suite written before an output was added (last_state, issue 15) still checks: every
+    """A suite written before an output was added (last_state) still checks: every
     stored output is recomputed and compared, the newer output is simply not in it; a
     stored output that no longer exists would still be refused."""
     d = tmp_path / "older"

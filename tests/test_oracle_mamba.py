@@ -1,4 +1,4 @@
-"""Issue 15: a Mamba layer's own parameters (--model mamba), the channel-first layout,
+"""a Mamba layer's own parameters (--model mamba), the channel-first layout,
 last_state, keys the reference lacks (unchecked), the reference's conventions in the
 report, and ``diagnose`` (which conventions a candidate follows)."""
 import json

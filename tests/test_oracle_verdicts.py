@@ -1,4 +1,4 @@
-"""Issue 12, points 2 and 7: a check that cannot fail does not pass (INCONCLUSIVE), and the
+"""a check that cannot fail does not pass (INCONCLUSIVE), and the
 precision comes from the candidate's dtype when --precision is not given."""
 import json
 

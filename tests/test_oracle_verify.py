@@ -120,7 +120,7 @@ def test_float32_arithmetic_fails_at_float64_and_passes_at_float32_lti():
     assert all(t.rel > 0.05 * t.oracle_rel for t in r32.tensors), r32.to_text()
     assert verify(ref, cand, "float16").passed
     # bfloat16 cannot resolve this pole over L = 1024 (oracle error > 1): its thresholds
-    # admit a candidate of zeros, so the verdict is INCONCLUSIVE, not PASS (issue 12)
+    # admit a candidate of zeros, so the verdict is INCONCLUSIVE, not PASS
     assert verify(ref, cand, "bfloat16").verdict == "INCONCLUSIVE"
 
 

@@ -1,4 +1,4 @@
-"""Issue 12, point 4: ``reproduce --resume`` never continues or evaluates another run's
+"""``reproduce --resume`` never continues or evaluates another run's
 model, and each task has its own default run folder."""
 import json
 import os

@@ -1,4 +1,4 @@
-"""Residual SSM (Section 3.2.2, Fig. 3, eq. 5, Remarks 3.1-3.2): forms, paths, streaming, gradients."""
+"""Residual SSM (Section 3.2.2, Fig. 3, eq. (5), Remarks 3.1-3.2): forms, paths, streaming, gradients."""
 import autograd.numpy as np
 import numpy as onp
 import pytest
@@ -52,7 +52,7 @@ def test_ss_fft_path_agrees():
 
 
 def test_gate_equation_holds_on_outputs():
-    """y(t+1) = y(t) + (y_s(t) - y(t)) s(t) with y(0) = 0 (eq. 5), read off the intermediates."""
+    """y(t+1) = y(t) + (y_s(t) - y(t)) s(t) with y(0) = 0 (eq. (5)), read off the intermediates."""
     model = ResidualSSM.random(seed=3, gate_bias=0.5)
     u = _u(3, L=20)
     y, mid = model.forward(u, return_intermediates=True)

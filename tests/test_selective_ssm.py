@@ -1,4 +1,4 @@
-"""Selective SSM (Section 3.2.1, eqs. 2-4): fast vs ref, conventions, limits, gradients."""
+"""Selective SSM (Section 3.2.1, eqs. (2)-4): fast vs ref, conventions, limits, gradients."""
 import autograd.numpy as np
 import numpy as onp
 import pytest

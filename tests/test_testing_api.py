@@ -1,4 +1,4 @@
-"""rssm_ref.testing additions of issue 16: params and inputs drawn together, a documented
+"""rssm_ref.testing additions: params and inputs drawn together, a documented
 threshold override in assert_matches_reference; verify's table on long names."""
 import numpy as onp
 import pytest

@@ -181,7 +181,7 @@ def _step_runner(cfg, params, batch, L, loss_fn):
 
 
 def _residual_train_step(q, R):
-    """Residual full training step, batch 256, L 16 (issue 13: <= 1.2 ms), against the
+    """Residual full training step, batch 256, L 16 (docs/bench.md), against the
     same step through the reference cores (loss_ref: the first release's path)."""
     batch = 64 if q else 256
     cfg, params, _, _ = _residual_setup(batch, 16)
@@ -196,7 +196,7 @@ def _residual_train_step(q, R):
 
 
 def _residual_grad(q, R):
-    """Residual loss gradient over its own forward (issue 13: <= 3x), batch 256, L 16."""
+    """Residual loss gradient over its own forward (docs/bench.md: <= 3x), batch 256, L 16."""
     cfg, params, tok, tgt = _residual_setup(64 if q else 256, 16)
     vg = value_and_grad(lambda p: loss(cfg, p, tok, tgt))
     n = 3 if q else 20
@@ -207,7 +207,7 @@ def _residual_grad(q, R):
 
 
 def _selective_loss_grad(q, R):
-    """Selective loss + gradient, batch 64, L 16, m 16, n 8 (issue 13: <= 3.2 ms),
+    """Selective loss + gradient, batch 64, L 16, m 16, n 8 (docs/bench.md),
     against autograd through the full-sequence core (loss_ref)."""
     cfg, params, tok, tgt = _residual_setup(16 if q else 64, 16, model="selective")
     vg = value_and_grad(lambda p: loss(cfg, p, tok, tgt))

@@ -148,9 +148,9 @@ def _refuse_unused(flags, reason):
 
 # --- commands are registered below this line ---------------------------------------
 
-# oracle commands (issue 5): forward, init, verify, golden. Formats: docs/formats.md.
+# oracle commands: forward, init, verify, golden. Formats: docs/formats.md.
 _MODELS = click.Choice(["lti", "residual", "selective", "mamba"])
-# the array module (issue 6); default: $RSSM_REF_BACKEND, else numpy (the autograd cores)
+# the array module (docs/11-backends.md); default: $RSSM_REF_BACKEND, else numpy (the autograd cores)
 _BACKEND = click.option(
     "--backend", type=click.Choice(["numpy", "cupy", "array_api_strict"]), default=None,
     help="Array module for the sequence work: numpy (default, or $RSSM_REF_BACKEND), cupy "
@@ -178,7 +178,7 @@ def _report(result, as_json):
               help="Selective/mamba B: eq. (3b) ZOH or mamba_ssm's Euler (default zoh; "
                    "mamba: euler).")
 @click.option("--output", type=click.Choice(["before", "after"]), default=None,
-              help="Selective/mamba y read before (eq. 2) or after the state update (default "
+              help="Selective/mamba y read before (eq. (2)) or after the state update (default "
                    "before; mamba: after); residual y(0..L-1) (before) or y(1..L) (after, "
                    "default).")
 @click.option("--layout", type=click.Choice(["channel-last", "channel-first"]), default=None,
@@ -287,7 +287,7 @@ def golden_cmd(out, check, as_json, backend):
     _report(run_guarded(run_golden, GoldenConfig(out=out, check=check, backend=backend)), as_json)
 
 
-# experiments (issue 4): reproduce Tables 1 and 2.
+# experiments: reproduce Tables 1 and 2 (docs/recipe.md).
 def _deprecated_alias(new_value, old_value, new_flag, old_flag):
     """A hidden old flag name: its value when given (with a note on stderr), refused when
     it disagrees with the new one."""
@@ -320,7 +320,7 @@ def _deprecated_alias(new_value, old_value, new_flag, old_flag):
 @click.option("--discretization", type=click.Choice(["zoh", "euler"]), default="zoh",
               show_default=True, help="Selective B: eq. (3b) ZOH (paper) or Euler (mamba_ssm).")
 @click.option("--output", type=click.Choice(["before", "after"]), default="before",
-              show_default=True, help="Selective y before (eq. 2) or after (mamba_ssm) the update.")
+              show_default=True, help="Selective y before (eq. (2)) or after (mamba_ssm) the update.")
 @click.option("--selective-discretization", type=click.Choice(["zoh", "euler"]), default=None,
               hidden=True)
 @click.option("--selective-output", type=click.Choice(["before", "after"]), default=None,
@@ -374,7 +374,7 @@ def reproduce_cmd(task, model, seeds, steps, quick, out, gate, discretization, o
                f"(wall {results['wall_seconds']:.0f} s)")
 
 
-# beyond the paper (issue 17): lengths, nu_sweep, window, zoh_gate, cost.
+# beyond the paper (docs/13-beyond-the-paper.md): lengths, nu_sweep, window, zoh_gate, cost.
 @main.command("experiment")
 @click.argument("name", metavar="NAME")
 @click.option("--seeds", default=None, help="Comma-separated seeds (default 0,1,2; --quick: 0).")
@@ -436,7 +436,7 @@ def experiment_cmd(name, seeds, steps, quick, out, eval_n, checkpoints, results_
                f"(wall {results['wall_seconds']:.0f} s)")
 
 
-# benchmarks (issue 8): ratios against baselines timed in the same run.
+# benchmarks (docs/bench.md): ratios against baselines timed in the same run.
 @main.command("bench")
 @click.option("--quick", is_flag=True,
               help="A smoke run: small sizes, 2 repeats (seconds); marked as such in the table "
@@ -490,7 +490,7 @@ def bench_cmd(quick, as_json, json_path, backend, backend_size, only, peers):
         click.echo(f"wrote {json_path}")
 
 
-# teaching (issue 7): one sequence through a model, step by step.
+# teaching (docs/index.md): one sequence through a model, step by step.
 @main.command("explain")
 @click.option("--model", type=click.Choice(["residual", "selective", "lti"]), default="residual",
               show_default=True)
@@ -512,7 +512,7 @@ def bench_cmd(quick, as_json, json_path, backend, backend_size, only, peers):
 @click.option("--discretization", type=click.Choice(["zoh", "euler"]), default=None,
               help="Selective B: eq. (3b) ZOH (default) or Euler (mamba_ssm).")
 @click.option("--output", type=click.Choice(["before", "after"]), default=None,
-              help="Selective y before (eq. 2, default) or after the update.")
+              help="Selective y before (eq. (2), default) or after the update.")
 @click.option("--out", default="explain", show_default=True, metavar="DIR",
               help="Folder for the figures, trace.json and trace.npz (created; its parent must "
                    "exist).")

@@ -1,4 +1,4 @@
-"""Beyond the paper (issue 17): its untested claims as experiments, and lengths to 65536.
+"""Beyond the paper (docs/13-beyond-the-paper.md): its untested claims as experiments, and lengths to 65536.
 
 One function per experiment, one runner (``run_experiment``), one command::
 
@@ -20,7 +20,7 @@ window     §4.3 "the selection is static": the Selective SSM whose Δ, B, C rea
            depthwise causal window of w ∈ {1, 2, 4, 8} inputs, Table 2 (extended,
            L = 16 … 1024)
 zoh_gate   Remark 3.1's exact ZOH gate, trained: Tables 1 and 2 (Residual SSM) with
-           gate = "zoh" beside gate = "euler" (eq. 5), through ``reproduce``; with the
+           gate = "zoh" beside gate = "euler" (eq. (5)), through ``reproduce``; with the
            leak per step and the fraction written at the answer
 cost       every model of these tables: parameter count and measured seconds per
            training step, joined with the accuracies of the other experiments' results
@@ -86,9 +86,9 @@ length).
 
 The leak prediction (``measure_leak``, ``predict_accuracy``)
 -------------------------------------------------------------
-The gate is y(t+1) = a(t) y(t) + (1 − a(t)) y_s(t), a = 1 − s (eq. 5) or e^{−s} (ZOH).
+The gate is y(t+1) = a(t) y(t) + (1 − a(t)) y_s(t), a = 1 − s (eq. (5)) or e^{−s} (ZOH).
 Per step it keeps a fraction a(t) of what is stored; its leak is ℓ(t) = −log a(t)
-(eq. 5: softplus of the gate's pre-activation, exact even where s rounds to 1; ZOH: s).
+(eq. (5): softplus of the gate's pre-activation, exact even where s rounds to 1; ZOH: s).
 Measured on the trained model over ``leak_n`` fresh sequences of length ``leak_L``:
 
 - λ, the leak per step: the mean of ℓ(t) over the holding positions, strictly between

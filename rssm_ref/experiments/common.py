@@ -47,7 +47,7 @@ WINDOWS = (1, 2, 4, 8)
 SOLVED_PCT = 99.0          # "solves" / "lifted": mean accuracy >= this at L = 16
 
 
-TARGET_PCT = 99.5          # issue 17's target for the long lengths
+TARGET_PCT = 99.5          # the target for the long lengths (docs/13)
 
 
 EVAL_N = 1000

@@ -7,12 +7,12 @@ one task sequence (when the params hold an embedding with a row for every token 
 task), the first sequence of an inputs file (``inputs``), or else a Gaussian input
 u ~ N(0, 1), seeded.
 
-Residual SSM (Fig. 3, eq. 5): the trace lists, per step t, the token, y_s(t), the
+Residual SSM (Fig. 3, eq. (5)): the trace lists, per step t, the token, y_s(t), the
 residual r(t), the gate s(t) = σ(r(t) + c) and the gate output y(t+1). Figures: s(t)
 along the sequence with the trigger and answer positions marked; poles and zeros of Σ
 and Σ_r, per channel, with the unit circle; their impulse responses per channel.
 
-Selective SSM (eqs. 2-4): per step the token, Δ_t (mean over channels) and the state
+Selective SSM (eqs. (2)-4): per step the token, Δ_t (mean over channels) and the state
 norm ‖h(t+1)‖; the figure shows Δ_t along the sequence, the tokens under it.
 
 LTI system: per step u(t) and y(t); figures: poles/zeros and impulse response.
@@ -409,7 +409,7 @@ def _residual_figures(ctx, P, out):
     ax.set_ylabel("gate s(t) = σ(r(t) + c)")
     what = (f"one {TASK_TITLES[cfg.task]} sequence" if ctx["tag"] != "input"
             else "one input sequence")
-    ax.set_title(f"Residual SSM: gate s(t) (eq. 5) along {what}{_pred_text(ctx)}", fontsize=10)
+    ax.set_title(f"Residual SSM: gate s(t) (eq. (5)) along {what}{_pred_text(ctx)}", fontsize=10)
     ax.grid(alpha=0.3)
     _legend_below(ax)
     fig.tight_layout()
@@ -547,7 +547,7 @@ def _selective_figures(ctx, out):
     ax.set_ylabel("step size Δ_t")
     what = (f"one {TASK_TITLES[cfg.task]} sequence" if ctx["tag"] != "input"
             else "one input sequence")
-    ax.set_title(f"Selective SSM: step size Δ_t (eq. 4a) along {what}{_pred_text(ctx)}",
+    ax.set_title(f"Selective SSM: step size Δ_t (eq. (4a)) along {what}{_pred_text(ctx)}",
                  fontsize=10)
     ax.grid(alpha=0.3)
     _legend_below(ax, ncol=4)

@@ -97,9 +97,9 @@ def plot_zoh(plt, results):
             g = t[task][gate]
             ax.fill_between(t["lengths"], g["min"], g["max"], color=color, alpha=0.15, lw=0)
             ax.plot(t["lengths"], g["mean"], "o-", color=color,
-                    label=f"gate = {gate}" + (" (eq. 5)" if gate == "euler" else " (Remark 3.1)"))
+                    label=f"gate = {gate}" + (" (eq. (5))" if gate == "euler" else " (Remark 3.1)"))
         ax.plot(t["lengths"], [100] * len(t["lengths"]), "s--", color="gray", mfc="white",
-                label="paper (eq. 5)")
+                label="paper (eq. (5))")
         ax.axhline(chance(task), color="gray", ls=":", lw=1, label="chance")
         ax.set_xscale("log", base=2)
         ax.set_title("Table 1 (induction)" if task == "induction" else "Table 2 (extended)",

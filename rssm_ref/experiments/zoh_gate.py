@@ -16,7 +16,7 @@ from rssm_ref.training.train import load_checkpoint
 # ==================================================================== 4. zoh_gate
 def zoh_gate(cfg, progress=None):
     """Tables 1 and 2 for the Residual SSM with gate = "zoh" (Remark 3.1) beside
-    gate = "euler" (eq. 5), each through ``reproduce`` (its recipe, seeds ``cfg.seeds``)
+    gate = "euler" (eq. (5)), each through ``reproduce`` (its recipe, seeds ``cfg.seeds``)
     into ``<out>/<task>-<gate>``, plus the leak per step and the fraction written at the
     answer (``measure_leak``). Returns the results dict."""
     t0 = time.perf_counter()

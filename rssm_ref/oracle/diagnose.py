@@ -7,7 +7,7 @@ recomputes the reference from the params and inputs embedded in the reference fi
 under every combination of
 
     lti               layout
-    residual          gate (euler eq. 5, zoh Remark 3.1) x output (after: y(1..L), the
+    residual          gate (euler eq. (5), zoh Remark 3.1) x output (after: y(1..L), the
                       format's; before: y(0..L-1)) x layout
     selective, mamba  discretization (zoh, euler) x output (before, after) x D (with,
                       without; when the params hold D) x layout

@@ -28,7 +28,7 @@ residual   Σ  ss: sigma_A (n_sigma, n_sigma), sigma_B (n_sigma, m), sigma_C (m,
               |  tf: r_num (1, m, k_r), r_den (1, k_r)        (Σ and Σ_r in the same form)
            optional gate_bias () : s(t) = σ(r(t) + gate_bias), eq. (5)
 selective  A (m, n) < 0, W_delta (m, m), W_B (n, m), W_C (n, m); optional delta_bias (m,),
-           D (m,)  (eqs. 2-4)
+           D (m,)  (eqs. (2)-4)
 mamba      a Mamba layer's own names (rssm_ref.oracle.mamba): A_log (m, n),
            x_proj.weight (dt_rank + 2 n, m) (rows: Δ's dt_rank, B's n, C's n),
            dt_proj.weight (m, dt_rank); optional dt_proj.bias (m,), D (m,)
@@ -290,7 +290,7 @@ def check_params(model, params, where="params", allow_unstable=False):
     of the symbols (``{"m": 2, "p": 1, ...}``). Raises ValueError/TypeError naming
     ``where`` and the key. Stability: denominators (``den`` rows, descending powers of
     z) and state matrices must have all roots/eigenvalues inside |z| < 1, selective
-    ``A`` must be negative (continuous-time Hurwitz, eq. 3a), unless ``allow_unstable``.
+    ``A`` must be negative (continuous-time Hurwitz, eq. (3a)), unless ``allow_unstable``.
 
     >>> import numpy
     >>> p, sizes = check_params("lti", {"num": numpy.ones((2, 1, 3)),
@@ -362,13 +362,13 @@ def check_params(model, params, where="params", allow_unstable=False):
 
 def check_selective_A(where, A):
     """Selective ``A`` must be negative: the model computes nothing else (the ZOH step
-    divides by A, eq. 3b, and the cores refuse A >= 0), so --allow-unstable cannot help
+    divides by A, eq. (3b), and the cores refuse A >= 0), so --allow-unstable cannot help
     and is not suggested; ``forward`` checks this with and without the flag."""
     pos = onp.argwhere(onp.asarray(A) >= 0.0)
     if pos.size:
         i, j = (int(v) for v in pos[0])
         raise ValueError(f"{where}: key 'A': entry ({i}, {j}) = {A[i, j]:.6g} is not negative "
-                         "(expected continuous-time diagonals A < 0, eq. 3a; --allow-unstable "
+                         "(expected continuous-time diagonals A < 0, eq. (3a); --allow-unstable "
                          "does not apply to the selective model)")
 
 

@@ -108,8 +108,8 @@ def resolve_options(model, path=None, gate=None, discretization=None, output=Non
     """Check the options against the model and fill in defaults.
 
     Defaults (``DEFAULTS``): path "recurrent", layout "channel-last"; residual gate
-    "euler" (eq. 5) and output "after" (y(1..L)); selective discretization "zoh"
-    (eq. 3b) and output "before" (eq. 2); mamba "euler" and "after" (mamba_ssm's).
+    "euler" (eq. (5)) and output "after" (y(1..L)); selective discretization "zoh"
+    (eq. (3b)) and output "before" (eq. (2)); mamba "euler" and "after" (mamba_ssm's).
 
     >>> resolve_options("selective")["output"]
     'before'

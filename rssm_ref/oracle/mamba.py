@@ -56,7 +56,7 @@ def dims(P):
 
 
 def to_selective(P):
-    """Mamba names -> the selective model's params (eqs. 3a, 4a-c); autograd-friendly.
+    """Mamba names -> the selective model's params (eqs. (3a), (4a)-c); autograd-friendly.
 
     A = -exp(A_log), W_delta = dt_proj.weight @ x_proj.weight[:dt_rank] (m, m),
     W_B = x_proj.weight[dt_rank:dt_rank+n], W_C = x_proj.weight[dt_rank+n:] (n, m),

@@ -158,7 +158,7 @@ class Arith:
             # every rounding point, forward and backward, also checks that its value is in
             # the working dtype: a float64 leak (e.g. autograd's VJP of np.maximum or
             # np.where makes float64 zeros) would accumulate in float64 and under-state
-            # the precision's error (issue 12), so it is an error, not a silent upcast
+            # the precision's error (docs/verify.md), so it is an error, not a silent upcast
             self.q = primitive(lambda x: self._round(x, "forward"))
             defvjp(self.q, lambda ans, x: lambda g: self._round(g, "backward"))
         # partial sums of the long reductions (over batch and time, in the parameter
@@ -418,7 +418,7 @@ defvjp_argnums(iir_scan, _iir_scan_vjp)
 # ------------------------------------------------------------------ building blocks
 # Selection and max(z, 0) as primitives whose VJPs keep the cotangent's dtype: autograd's
 # own VJPs of np.where and np.maximum build float64 masks/zeros, which would carry a
-# float32 gradient into float64 (issue 12). Shapes: c, x, y, z all the same shape.
+# float32 gradient into float64 (docs/verify.md). Shapes: c, x, y, z all the same shape.
 @primitive
 def _select(c, x, y):
     """where(c, x, y) for same-shaped x, y."""
@@ -533,7 +533,7 @@ def selective_scan(ar, P, u, discretization="zoh", output="before", ref=False):
 
     Δ_t = softplus(W_Δ u(t) + delta_bias)  (4a);  B̄_t = W_B u(t), C̄_t = W_C u(t)  (4b-c)
     A_t = exp(Δ_t A)  (3a);  B_t = A^{-1}(exp(Δ_t A) - 1) B̄_t (ZOH, 3b) or Δ_t B̄_t (Euler)
-    h(t+1) = A_t h(t) + B_t u(t)  (2);  y(t) = C̄_t·h(t) ("before", eq. 2) or C̄_t·h(t+1)
+    h(t+1) = A_t h(t) + B_t u(t)  (2);  y(t) = C̄_t·h(t) ("before", eq. (2)) or C̄_t·h(t+1)
     ("after", mamba_ssm), + D u(t). Shapes: A (m, n), u (batch, L, m) -> y (batch, L, m),
     {"delta": (batch, L, m), "h": (batch, L, m, n) = h(t+1)}.
     """

@@ -4,7 +4,7 @@ Stability holds by construction: discrete poles are drawn as r·e^{iθ} with r <
 closed under conjugation, denominators are the monic polynomials with those roots
 (descending powers of z), state matrices are real block-diagonal realizations of such
 poles (2x2 rotation-scaling blocks; optional Jordan coupling for repeated poles) under
-an orthogonal change of basis; selective ``A`` is negative (eq. 3a).
+an orthogonal change of basis; selective ``A`` is negative (eq. (3a)).
 
 Glossary
 --------

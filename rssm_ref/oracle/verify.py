@@ -55,7 +55,7 @@ UNRESOLVED = 0.1
 # up to MORE_RUNS further stochastic runs (in batches of STOCHASTIC_RUNS) look for the
 # tail of the oracle's own error. Ill-conditioned cases (a residual gate that flips on
 # one rounding error) have heavy-tailed errors that 3 samples miss about a third of the
-# time (issue 12); a wrong convention fails by orders of magnitude and never reruns.
+# time (docs/verify.md); a wrong convention fails by orders of magnitude and never reruns.
 NEAR_MISS = 10.0
 MORE_RUNS = 12
 # INCONCLUSIVE: a tensor whose threshold admits a candidate of zeros, or of twice the

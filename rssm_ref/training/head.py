@@ -8,7 +8,7 @@ Residual SSM (Section 3.2.2) — trainable arrays
     sigma_num (m, m, ν+1)       Σ numerators;   sigma_theta (m, ν)   Σ denominators
     r_num (1, m, ν_r+1)         Σ_r numerators; r_theta (1, ν_r)     Σ_r denominator
     c ()                        gate bias, only with ``gate_bias=True`` (not in the paper)
-  The paper's gate is s(t) = σ(r(t)) (below eq. 5): the defaults. Options the paper does
+  The paper's gate is s(t) = σ(r(t)) (below eq. (5)): the defaults. Options the paper does
   not have, each measured in docs/recipe.md's deviations table: a fixed gain g in front
   of the sigmoid, s = σ(g (r + c)) (``gate_gain``; folded into the core's convention
   s = σ(r' + c') as r' = g·r, c' = g·c by ``residual_core_arrays``), and the learned bias c
@@ -76,7 +76,7 @@ class ModelConfig:
     """What a model is: kind, task (sets the vocabulary) and sizes.
 
     residual: m = 2, ν = 4, ν_r = 4 (Section 4.2); selective: m = 16, n = 8.
-    ``gate`` "euler" (eq. 5) or "zoh" (Remark 3.1); ``discretization`` and ``output``
+    ``gate`` "euler" (eq. (5)) or "zoh" (Remark 3.1); ``discretization`` and ``output``
     are the selective model's conventions (see ``rssm_ref.selective_ssm``).
     ``n_tokens`` content tokens (0: the paper's N = 8 dictionary, i.e. 7 plus the
     trigger for the induction task, 8 for the extended task). ``gate_gain``,

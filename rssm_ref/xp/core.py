@@ -17,11 +17,11 @@ written straight from its equation.
 Glossary (shapes)
 -----------------
 batch, L, m, p, n    sequences, length, inputs, outputs, states
-a, x (batch, L, ...)   diag_scan: H(t) = a(t) H(t-1) + x(t), H(-1) = 0   (eq. 2, eq. 5)
-A (n, n), v (batch, L, n)   state_scan: S(t) = A S(t-1) + v(t), S(-1) = 0   (eq. 2, LTI)
+a, x (batch, L, ...)   diag_scan: H(t) = a(t) H(t-1) + x(t), H(-1) = 0   (eq. (2), eq. (5))
+A (n, n), v (batch, L, n)   state_scan: S(t) = A S(t-1) + v(t), S(-1) = 0   (eq. (2), LTI)
 A, B, C, D            state space, x(t+1) = A x(t) + B u(t), y(t) = C x(t) + D u(t), x(0) = 0
 h (L, p, m)           Markov kernel; causal_conv: y(t) = sum_k h(k) u(t-k)   (Remark 3.2)
-y_s (batch, L, m), s (batch, L)   gate input and values (eq. 5 / Remark 3.1)
+y_s (batch, L, m), s (batch, L)   gate input and values (eq. (5) / Remark 3.1)
 g                     a cotangent, same shape as the output it belongs to
 
 >>> import numpy
@@ -203,7 +203,7 @@ def state_scan_vjp(A, S, g):
 
 
 def ss_forward(A, B, C, D, u):
-    """y(t) = C x(t) + D u(t), x(t+1) = A x(t) + B u(t), x(0) = 0 (eq. 2, LTI; the output
+    """y(t) = C x(t) + D u(t), x(t+1) = A x(t) + B u(t), x(0) = 0 (eq. (2), LTI; the output
     is read before the update, as in ``rssm_ref.recurrence.ss_filter``).
 
     Shapes: A (n, n), B (n, m), C (p, n), D (p, m), u (batch, L, m) -> (y (batch, L, p),
@@ -342,7 +342,7 @@ def causal_conv_vjp(h, u, g):
 def gate_coefficients(s, mode):
     """(a, b, db/ds) of y(t+1) = a(t) y(t) + b(t) y_s(t):
 
-        euler (eq. 5)        a = 1 - s,      b = s,                 db/ds = 1
+        euler (eq. (5))        a = 1 - s,      b = s,                 db/ds = 1
         zoh (Remark 3.1)     a = 1 - b,      b = 1 - e^{-s} = -expm1(-s),  db/ds = e^{-s}
 
     as in ``rssm_ref.gate`` (a = 1 - b, one transcendental). Shapes: s (batch, L).
@@ -361,7 +361,7 @@ def gate_coefficients(s, mode):
 
 
 def gate_forward(y_s, s, mode="euler"):
-    """The gate Σ_g from y(0) = 0: y(t+1) = a(t) y(t) + b(t) y_s(t) (eq. 5 / Remark 3.1).
+    """The gate Σ_g from y(0) = 0: y(t+1) = a(t) y(t) + b(t) y_s(t) (eq. (5) / Remark 3.1).
 
     Shapes: y_s (batch, L, m), s (batch, L) -> y (batch, L, m) = y(1..L), the same
     convention as ``rssm_ref.gate.gate``. A diagonal scan (doubling).

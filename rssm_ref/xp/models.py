@@ -14,7 +14,7 @@ How a gradient is computed here (autograd holds NumPy arrays, so it cannot trace
    come back to the host and step 1's VJP carries them to θ.
 
 The selective SSM's parameters act at every time step, so its whole reverse pass
-(eqs. 2-4 backwards) runs on the device by hand; only the final parameter cotangents
+(eqs. (2)-(4) backwards) runs on the device by hand; only the final parameter cotangents
 come back. Gradients are those of sum(y * dy), as in ``rssm_ref.oracle.forward``.
 
 Glossary (shapes)
@@ -144,7 +144,7 @@ def lti_xp(params, u, path="recurrent", dy=None):
 
     Shapes: num (p, m, k), den (p, k) | A (n, n), B (n, m), C (p, n), D (p, m);
     u (batch, L, m), dy (batch, L, p) or None -> {"y"} (+ "grad_u", "grad_<key>").
-    ``path="recurrent"`` runs the state recursion (eq. 2, LTI), ``"fft"`` the causal
+    ``path="recurrent"`` runs the state recursion (eq. (2), LTI), ``"fft"`` the causal
     convolution with the exact kernel (Remark 3.2).
 
     >>> import numpy
@@ -183,7 +183,7 @@ def _sigmoid_and_slope(x, xp):
 
 
 def residual_ssm_xp(params, u, path="fft", gate="euler", dy=None, allow_unstable=False):
-    """Residual SSM (Fig. 3, eq. 5) on u's backend; the same model as
+    """Residual SSM (Fig. 3, eq. (5)) on u's backend; the same model as
     ``residual_ssm.residual_ssm_tf`` / ``residual_ssm_ss`` (either form, either path).
 
         y_s = Σ(u),  r = Σ_r(y_s - u),  s = σ(r + gate_bias),  y(t+1) = a(t) y(t) + b(t) y_s(t)
@@ -242,12 +242,12 @@ def residual_ssm_xp(params, u, path="fft", gate="euler", dy=None, allow_unstable
     return out
 
 
-# ------------------------------------------------------------------ Selective SSM, eqs. 2-4
+# ------------------------------------------------------------------ Selective SSM, eqs. (2)-(4)
 _SERIES_TERMS = 25
 
 
 def phi1_prime(x):
-    """φ1'(x) = d/dx (e^x - 1)/x = ∫_0^1 t e^{xt} dt for x <= 0 (Δ A < 0 in eq. 3b),
+    """φ1'(x) = d/dx (e^x - 1)/x = ∫_0^1 t e^{xt} dt for x <= 0 (Δ A < 0 in eq. (3b)),
     backend-neutral: the series sum_j x^j / (j! (j + 2)) for |x| < 1 (no cancellation),
     (e^x - φ1(x)) / x below, as ``discretize._phi_deriv_np(x, 1)``.
 
@@ -309,7 +309,7 @@ def selective_ssm_xp(params, u, discretization="zoh", output="before", dy=None):
     B_t = q * B_bar[:, :, None, :]
     # (2) h^i(t+1) = A_t^i h^i(t) + B_t^i u_i(t)
     H = K.diag_scan(A_t, B_t * u[:, :, :, None])
-    # y_i(t) = C̄_t h^i(t) ("before", eq. 2) or C̄_t h^i(t+1) ("after", mamba_ssm)
+    # y_i(t) = C̄_t h^i(t) ("before", eq. (2)) or C̄_t h^i(t+1) ("after", mamba_ssm)
     h_read = K.shift_time(H, 1) if output == "before" else H
     y = xp.sum(h_read * C_bar[:, :, None, :], axis=3)
     if "D" in P:
