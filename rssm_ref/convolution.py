@@ -304,6 +304,32 @@ def _tf_kernel_spectrum(setup, K, full=False):
 
 
 # ------------------------------------------------------------------- convolution (C1)
+def fft_conv_ref(h, u):
+    """Direct-sum twin of ``fft_conv``: ``y(t) = sum_{s<=t} h(t-s) u(s)``, a plain loop.
+
+    h (Lh, p, m), u (batch, L, m) -> (batch, L, p). O(L^2); for tests.
+
+    >>> import numpy
+    >>> h = numpy.array([1.0, 0.5, 0.25]).reshape(3, 1, 1)
+    >>> u = numpy.array([1.0, 0.0, 0.0, 2.0, 0.0]).reshape(1, 5, 1)
+    >>> fft_conv_ref(h, u)[0, :, 0].tolist()
+    [1.0, 0.5, 0.25, 2.0, 1.0]
+    """
+    h = check_array("h", h, ndim=3)
+    u = check_u(u, onp.shape(h)[2], what="h (Lh, p, m)")
+    L = onp.shape(u)[1]
+    Lh = onp.shape(h)[0]
+    batch, p = onp.shape(u)[0], onp.shape(h)[1]
+    ys = []
+    for t in range(L):
+        acc = onp.zeros((batch, p))
+        for s in range(t + 1):
+            if t - s < Lh:
+                acc = acc + np.dot(u[:, s, :], np.transpose(h[t - s]))      # (batch, p)
+        ys.append(acc)
+    return np.stack(ys, axis=1)
+
+
 def fft_conv(h, u):
     """Causal linear convolution ``y(t) = sum_{s<=t} h(t-s) u(s)`` by real FFTs, (C1).
 
@@ -347,52 +373,7 @@ def causal_conv(h, u):
     return causal_conv_kernel(h, u)
 
 
-def fft_conv_ref(h, u):
-    """Direct-sum twin of ``fft_conv``: ``y(t) = sum_{s<=t} h(t-s) u(s)``, a plain loop.
-
-    h (Lh, p, m), u (batch, L, m) -> (batch, L, p). O(L^2); for tests.
-
-    >>> import numpy
-    >>> h = numpy.array([1.0, 0.5, 0.25]).reshape(3, 1, 1)
-    >>> u = numpy.array([1.0, 0.0, 0.0, 2.0, 0.0]).reshape(1, 5, 1)
-    >>> fft_conv_ref(h, u)[0, :, 0].tolist()
-    [1.0, 0.5, 0.25, 2.0, 1.0]
-    """
-    h = check_array("h", h, ndim=3)
-    u = check_u(u, onp.shape(h)[2], what="h (Lh, p, m)")
-    L = onp.shape(u)[1]
-    Lh = onp.shape(h)[0]
-    batch, p = onp.shape(u)[0], onp.shape(h)[1]
-    ys = []
-    for t in range(L):
-        acc = onp.zeros((batch, p))
-        for s in range(t + 1):
-            if t - s < Lh:
-                acc = acc + np.dot(u[:, s, :], np.transpose(h[t - s]))      # (batch, p)
-        ys.append(acc)
-    return np.stack(ys, axis=1)
-
-
 # --------------------------------------------------------------- Markov-kernel route
-def ss_fft_filter(A, B, C, D, u):
-    """Output of the LTI system (eq. (2) with constant matrices, zero initial state)
-    by FFT convolution with its Markov parameters, (C1).
-
-    x(t+1) = A x(t) + B u(t), y(t) = C x(t) + D u(t); h[0] = D, h[t] = C A^(t-1) B.
-    A (n, n), B (n, m), C (p, n), D (p, m), u (batch, L, m) -> y (batch, L, p).
-    Differentiable in A, B, C, D, u.
-
-    >>> import numpy
-    >>> A, B, C, D = [[0.5]], [[1.0]], [[1.0]], [[0.0]]
-    >>> numpy.round(ss_fft_filter(A, B, C, D, numpy.ones((1, 4, 1)))[0, :, 0], 12)
-    array([0.  , 1.  , 1.5 , 1.75])
-    """
-    A, B, C, D = check_state_space(A, B, C, D)
-    u = check_u(u, onp.shape(B)[1], what="B (n, m)")
-    L = onp.shape(u)[1]
-    return fft_conv(markov_parameters(A, B, C, D, L), u)
-
-
 def ss_fft_filter_ref(A, B, C, D, u):
     """Recurrence twin of ``ss_fft_filter``: the state eq. (2) as a plain loop.
 
@@ -416,30 +397,26 @@ def ss_fft_filter_ref(A, B, C, D, u):
     return np.stack(ys, axis=1)
 
 
-# ------------------------------------------------------------ transfer-function route
-def tf_kernel_aliased(num, den, K):
-    """The aliased kernel ``h_K[t] = sum_{j>=0} h[t + jK]``, t < K, (C2).
+def ss_fft_filter(A, B, C, D, u):
+    """Output of the LTI system (eq. (2) with constant matrices, zero initial state)
+    by FFT convolution with its Markov parameters, (C1).
 
-    This is ``irfft(rfft(num, K) / rfft(den, K), K)`` -- the paper's state-free
-    evaluation of the transfer function on K FFT points (Remark 3.2, Section 4.1) --
-    except that b(w) and a(w) are evaluated accurately (Newton basis, see the module
-    docstring) and also for K < k (where ``rfft(num, K)`` would truncate instead of
-    folding). Odd K uses the full complex FFT. num (p, m, k), den (p, k), K >= 1 ->
-    (K, p, m). Differentiable in num and den.
+    x(t+1) = A x(t) + B u(t), y(t) = C x(t) + D u(t); h[0] = D, h[t] = C A^(t-1) B.
+    A (n, n), B (n, m), C (p, n), D (p, m), u (batch, L, m) -> y (batch, L, p).
+    Differentiable in A, B, C, D, u.
 
     >>> import numpy
-    >>> hK = tf_kernel_aliased([[[0.0, 1.0]]], [[1.0, -0.5]], 3)[:, 0, 0]
-    >>> bool(numpy.allclose(hK, [0.25 / 0.875, 1 / 0.875, 0.5 / 0.875]))
-    True
+    >>> A, B, C, D = [[0.5]], [[1.0]], [[1.0]], [[0.0]]
+    >>> numpy.round(ss_fft_filter(A, B, C, D, numpy.ones((1, 4, 1)))[0, :, 0], 12)
+    array([0.  , 1.  , 1.5 , 1.75])
     """
-    num, den = check_tf(num, den, proper=True, stable=True)
-    K = check_length("K", K)
-    if K % 2 == 0:
-        return np.fft.irfft(_tf_kernel_spectrum(_tf_setup(num, den, None), K), K, axis=0)
-    H = _tf_kernel_spectrum(_tf_setup(num, den, None), K, full=True)
-    return np.real(np.fft.ifft(H, K, axis=0))
+    A, B, C, D = check_state_space(A, B, C, D)
+    u = check_u(u, onp.shape(B)[1], what="B (n, m)")
+    L = onp.shape(u)[1]
+    return fft_conv(markov_parameters(A, B, C, D, L), u)
 
 
+# ------------------------------------------------------------ transfer-function route
 def tf_kernel_aliased_ref(num, den, K):
     """Twin of ``tf_kernel_aliased``: fold the impulse response, ``sum_j h[t + jK]``, (C2).
 
@@ -463,6 +440,44 @@ def tf_kernel_aliased_ref(num, den, K):
     periods = -(-N // K)
     h = tf_kernel_ref(num, den, periods * K)
     return np.sum(np.reshape(h, (periods, K) + onp.shape(h)[1:]), axis=0)
+
+
+def tf_kernel_aliased(num, den, K):
+    """The aliased kernel ``h_K[t] = sum_{j>=0} h[t + jK]``, t < K, (C2).
+
+    This is ``irfft(rfft(num, K) / rfft(den, K), K)`` -- the paper's state-free
+    evaluation of the transfer function on K FFT points (Remark 3.2, Section 4.1) --
+    except that b(w) and a(w) are evaluated accurately (Newton basis, see the module
+    docstring) and also for K < k (where ``rfft(num, K)`` would truncate instead of
+    folding). Odd K uses the full complex FFT. num (p, m, k), den (p, k), K >= 1 ->
+    (K, p, m). Differentiable in num and den.
+
+    >>> import numpy
+    >>> hK = tf_kernel_aliased([[[0.0, 1.0]]], [[1.0, -0.5]], 3)[:, 0, 0]
+    >>> bool(numpy.allclose(hK, [0.25 / 0.875, 1 / 0.875, 0.5 / 0.875]))
+    True
+    """
+    num, den = check_tf(num, den, proper=True, stable=True)
+    K = check_length("K", K)
+    if K % 2 == 0:
+        return np.fft.irfft(_tf_kernel_spectrum(_tf_setup(num, den, None), K), K, axis=0)
+    H = _tf_kernel_spectrum(_tf_setup(num, den, None), K, full=True)
+    return np.real(np.fft.ifft(H, K, axis=0))
+
+
+def tf_kernel_ref(num, den, L):
+    """Twin of ``tf_kernel``: the impulse response by the difference equation, a loop
+    (``rssm_ref.realization.tf_impulse_ref``):
+
+        a_0 h[t] = b_t - sum_{i=1}^{min(t, n)} a_i h[t-i]  (b_t = 0 for t > n).
+
+    num (p, m, k), den (p, k) -> (L, p, m). Works for any den with den[:, 0] != 0.
+
+    >>> import numpy
+    >>> numpy.round(tf_kernel_ref([[[1.0, 0.0, 0.0]]], [[1.0, -1.8, 0.81]], 4)[:, 0, 0], 12)
+    array([1.   , 1.8  , 2.43 , 2.916])
+    """
+    return tf_impulse_ref(num, den, L)
 
 
 def tf_kernel(num, den, L):
@@ -489,19 +504,32 @@ def tf_kernel(num, den, L):
     return h * setup["undamp"][:, None, None]
 
 
-def tf_kernel_ref(num, den, L):
-    """Twin of ``tf_kernel``: the impulse response by the difference equation, a loop
-    (``rssm_ref.realization.tf_impulse_ref``):
+def tf_fft_filter_ref(num, den, u):
+    """Twin of ``tf_fft_filter``: the difference equation of each output row, a loop.
 
-        a_0 h[t] = b_t - sum_{i=1}^{min(t, n)} a_i h[t-i]  (b_t = 0 for t > n).
-
-    num (p, m, k), den (p, k) -> (L, p, m). Works for any den with den[:, 0] != 0.
+    a_0 y_p(t) = sum_j sum_i b_pji u_j(t-i) - sum_{i>=1} a_pi y_p(t-i).
+    num (p, m, k), den (p, k), u (batch, L, m) -> y (batch, L, p).
 
     >>> import numpy
-    >>> numpy.round(tf_kernel_ref([[[1.0, 0.0, 0.0]]], [[1.0, -1.8, 0.81]], 4)[:, 0, 0], 12)
-    array([1.   , 1.8  , 2.43 , 2.916])
+    >>> tf_fft_filter_ref([[[0.0, 1.0]]], [[1.0, -0.5]], numpy.ones((1, 4, 1)))[0, :, 0].tolist()
+    [0.0, 1.0, 1.5, 1.75]
     """
-    return tf_impulse_ref(num, den, L)
+    num = check_array("num", num, ndim=3)
+    den = check_array("den", den, ndim=2)
+    p, m, k = onp.shape(num)
+    if onp.shape(den) != (p, k):
+        raise ValueError(f"den: expected shape ({p}, {k}) to match num, got {onp.shape(den)}")
+    u = check_u(u, m)
+    L = onp.shape(u)[1]
+    ys = []
+    for t in range(L):
+        acc = onp.zeros((onp.shape(u)[0], p))
+        for i in range(min(t, k - 1) + 1):
+            acc = acc + np.dot(u[:, t - i, :], np.transpose(num[:, :, i]))   # (batch, p)
+            if i:
+                acc = acc - den[:, i] * ys[t - i]
+        ys.append(acc / den[:, 0])
+    return np.stack(ys, axis=1)
 
 
 def tf_fft_filter(num, den, u, corrected=True):
@@ -543,29 +571,3 @@ def tf_fft_filter(num, den, u, corrected=True):
     return np.transpose(y, (1, 0, 2)) * undamp[None, :, None]
 
 
-def tf_fft_filter_ref(num, den, u):
-    """Twin of ``tf_fft_filter``: the difference equation of each output row, a loop.
-
-    a_0 y_p(t) = sum_j sum_i b_pji u_j(t-i) - sum_{i>=1} a_pi y_p(t-i).
-    num (p, m, k), den (p, k), u (batch, L, m) -> y (batch, L, p).
-
-    >>> import numpy
-    >>> tf_fft_filter_ref([[[0.0, 1.0]]], [[1.0, -0.5]], numpy.ones((1, 4, 1)))[0, :, 0].tolist()
-    [0.0, 1.0, 1.5, 1.75]
-    """
-    num = check_array("num", num, ndim=3)
-    den = check_array("den", den, ndim=2)
-    p, m, k = onp.shape(num)
-    if onp.shape(den) != (p, k):
-        raise ValueError(f"den: expected shape ({p}, {k}) to match num, got {onp.shape(den)}")
-    u = check_u(u, m)
-    L = onp.shape(u)[1]
-    ys = []
-    for t in range(L):
-        acc = onp.zeros((onp.shape(u)[0], p))
-        for i in range(min(t, k - 1) + 1):
-            acc = acc + np.dot(u[:, t - i, :], np.transpose(num[:, :, i]))   # (batch, p)
-            if i:
-                acc = acc - den[:, i] * ys[t - i]
-        ys.append(acc / den[:, 0])
-    return np.stack(ys, axis=1)

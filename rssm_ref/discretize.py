@@ -173,48 +173,6 @@ def _tustin_matrix(A, dt):
     return ima
 
 
-def cont2discrete(A, B, C, D, dt, method="zoh"):
-    """Discretize x' = A x + B u, y = C x + D u with sampling time dt (as scipy does).
-
-    Shapes: A (n, n), B (n, m), C (p, n), D (p, m), dt > 0 scalar ->
-    (Ad (n, n), Bd (n, m), Cd (p, n), Dd (p, m)), all float64. Matches
-    ``scipy.signal.cont2discrete((A, B, C, D), dt, method)[:4]``:
-
-      zoh       expm(dt [[A, B], [0, 0]]) = [[Ad, Bd], [0, I]]: Ad = e^{A dt},
-                Bd = int_0^dt e^{A s} ds B (the general-A form of eq. (3)); Cd = C, Dd = D.
-      euler     forward difference: Ad = I + dt A, Bd = dt B, Cd = C, Dd = D.
-      bilinear  Tustin, s = (2/dt)(z - 1)/(z + 1): with M = I - dt/2 A,
-                Ad = M^{-1}(I + dt/2 A), Bd = M^{-1} dt B, Cd = C M^{-1},
-                Dd = D + dt/2 C M^{-1} B = D + C Bd / 2.
-
-    Not differentiable by autograd (uses scipy.linalg.expm and solves); keep it off
-    differentiated paths. For a diagonal A use :func:`mamba_discretize`.
-
-    >>> Ad, Bd, Cd, Dd = cont2discrete([[-1.0]], [[1.0]], [[1.0]], [[0.0]], 0.5)
-    >>> round(float(Ad[0, 0]), 12), round(float(Bd[0, 0]), 12)
-    (0.606530659713, 0.393469340287)
-    """
-    A, B, C, D, dt = _check_ss(A, B, C, D, dt, method)
-    n, m = B.shape
-    if method == "zoh":
-        # d/dt [x; u] = [[A, B], [0, 0]] [x; u] with u held constant over the step
-        em = onp.zeros((n + m, n + m))
-        em[:n, :n] = A
-        em[:n, n:] = B
-        ms = sla.expm(dt * em)
-        return ms[:n, :n].copy(), ms[:n, n:].copy(), C.copy(), D.copy()
-    if method == "euler":
-        # x(t+dt) ~ x(t) + dt (A x(t) + B u(t))
-        return onp.eye(n) + dt * A, dt * B, C.copy(), D.copy()
-    # bilinear (Tustin): generalized bilinear transform with alpha = 1/2, as scipy
-    ima = _tustin_matrix(A, dt)
-    Ad = sla.solve(ima, onp.eye(n) + 0.5 * dt * A)
-    Bd = sla.solve(ima, dt * B)
-    Cd = sla.solve(ima.T, C.T).T
-    Dd = D + 0.5 * (C @ Bd)
-    return Ad, Bd, Cd, Dd
-
-
 def cont2discrete_ref(A, B, C, D, dt, method="zoh"):
     """Slow twin of :func:`cont2discrete` by a different route (tests only).
 
@@ -260,3 +218,47 @@ def cont2discrete_ref(A, B, C, D, dt, method="zoh"):
     for _ in range(q):
         E, F = E @ E, F + E @ F
     return E, F @ B, C.copy(), D.copy()
+
+
+def cont2discrete(A, B, C, D, dt, method="zoh"):
+    """Discretize x' = A x + B u, y = C x + D u with sampling time dt (as scipy does).
+
+    Shapes: A (n, n), B (n, m), C (p, n), D (p, m), dt > 0 scalar ->
+    (Ad (n, n), Bd (n, m), Cd (p, n), Dd (p, m)), all float64. Matches
+    ``scipy.signal.cont2discrete((A, B, C, D), dt, method)[:4]``:
+
+      zoh       expm(dt [[A, B], [0, 0]]) = [[Ad, Bd], [0, I]]: Ad = e^{A dt},
+                Bd = int_0^dt e^{A s} ds B (the general-A form of eq. (3)); Cd = C, Dd = D.
+      euler     forward difference: Ad = I + dt A, Bd = dt B, Cd = C, Dd = D.
+      bilinear  Tustin, s = (2/dt)(z - 1)/(z + 1): with M = I - dt/2 A,
+                Ad = M^{-1}(I + dt/2 A), Bd = M^{-1} dt B, Cd = C M^{-1},
+                Dd = D + dt/2 C M^{-1} B = D + C Bd / 2.
+
+    Not differentiable by autograd (uses scipy.linalg.expm and solves); keep it off
+    differentiated paths. For a diagonal A use :func:`mamba_discretize`.
+
+    >>> Ad, Bd, Cd, Dd = cont2discrete([[-1.0]], [[1.0]], [[1.0]], [[0.0]], 0.5)
+    >>> round(float(Ad[0, 0]), 12), round(float(Bd[0, 0]), 12)
+    (0.606530659713, 0.393469340287)
+    """
+    A, B, C, D, dt = _check_ss(A, B, C, D, dt, method)
+    n, m = B.shape
+    if method == "zoh":
+        # d/dt [x; u] = [[A, B], [0, 0]] [x; u] with u held constant over the step
+        em = onp.zeros((n + m, n + m))
+        em[:n, :n] = A
+        em[:n, n:] = B
+        ms = sla.expm(dt * em)
+        return ms[:n, :n].copy(), ms[:n, n:].copy(), C.copy(), D.copy()
+    if method == "euler":
+        # x(t+dt) ~ x(t) + dt (A x(t) + B u(t))
+        return onp.eye(n) + dt * A, dt * B, C.copy(), D.copy()
+    # bilinear (Tustin): generalized bilinear transform with alpha = 1/2, as scipy
+    ima = _tustin_matrix(A, dt)
+    Ad = sla.solve(ima, onp.eye(n) + 0.5 * dt * A)
+    Bd = sla.solve(ima, dt * B)
+    Cd = sla.solve(ima.T, C.T).T
+    Dd = D + 0.5 * (C @ Bd)
+    return Ad, Bd, Cd, Dd
+
+

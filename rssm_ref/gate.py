@@ -82,27 +82,6 @@ def _check_gate_args(y_s, s, y0, mode):
 
 
 # ---------------------------------------------------------------- public API
-def gate(y_s, s, y0=None, mode="euler"):
-    """Run the gate of eq. (5) (mode="euler") or Remark 3.1's ZOH gate (mode="zoh").
-
-    Shapes: y_s (batch, L, m), s (batch, L) (one gate value per step, shared by the m
-    channels), y0 (batch, m) or None (zeros) -> y (batch, L, m) = y(1..L).
-
-        euler  y(t+1) = y(t) + (y_s(t) - y(t)) s(t)                        (5)
-        zoh    y(t+1) = e^{-s(t)} y(t) + (1 - e^{-s(t)}) y_s(t)            (Remark 3.1)
-
-    s must lie in [0, 1] for "euler" (the paper's s = sigma(r) is in (0, 1)) and be >= 0
-    for "zoh". A LAPACK forward-substitution scan; differentiable with autograd in y_s,
-    s and y0 through a custom VJP (the reverse-time adjoint scan).
-
-    >>> y = gate(np.ones((1, 2, 1)), np.array([[0.5, 1.0]]), y0=np.array([[3.0]]))
-    >>> y[0, :, 0].tolist()
-    [2.0, 1.0]
-    """
-    y_s, s, y0 = _check_gate_args(y_s, s, y0, mode)
-    return gate_kernel(y_s, s, y0, mode)
-
-
 def gate_ref(y_s, s, y0=None, mode="euler"):
     """Plain loop twin of :func:`gate`, straight from eq. (5) / Remark 3.1.
 
@@ -128,6 +107,36 @@ def gate_ref(y_s, s, y0=None, mode="euler"):
     return np.stack(ys, axis=1)
 
 
+def gate(y_s, s, y0=None, mode="euler"):
+    """Run the gate of eq. (5) (mode="euler") or Remark 3.1's ZOH gate (mode="zoh").
+
+    Shapes: y_s (batch, L, m), s (batch, L) (one gate value per step, shared by the m
+    channels), y0 (batch, m) or None (zeros) -> y (batch, L, m) = y(1..L).
+
+        euler  y(t+1) = y(t) + (y_s(t) - y(t)) s(t)                        (5)
+        zoh    y(t+1) = e^{-s(t)} y(t) + (1 - e^{-s(t)}) y_s(t)            (Remark 3.1)
+
+    s must lie in [0, 1] for "euler" (the paper's s = sigma(r) is in (0, 1)) and be >= 0
+    for "zoh". A LAPACK forward-substitution scan; differentiable with autograd in y_s,
+    s and y0 through a custom VJP (the reverse-time adjoint scan).
+
+    >>> y = gate(np.ones((1, 2, 1)), np.array([[0.5, 1.0]]), y0=np.array([[3.0]]))
+    >>> y[0, :, 0].tolist()
+    [2.0, 1.0]
+    """
+    y_s, s, y0 = _check_gate_args(y_s, s, y0, mode)
+    return gate_kernel(y_s, s, y0, mode)
+
+
+def gate_final_ref(y_s, s, mode="euler"):
+    """Twin of :func:`gate_final`: the loop of eq. (5) / Remark 3.1, last step kept.
+
+    >>> gate_final_ref(np.ones((1, 3, 1)), np.full((1, 3), 0.5)).tolist()
+    [[0.875]]
+    """
+    return gate_ref(y_s, s, None, mode)[:, -1]
+
+
 def gate_final(y_s, s, mode="euler"):
     """The gate's last output y(L) only, from y(0) = 0: what the models' readout uses.
 
@@ -146,15 +155,6 @@ def gate_final(y_s, s, mode="euler"):
     """
     y_s, s, _ = _check_gate_args(y_s, s, None, mode)
     return gate_final_kernel(y_s, s, mode)
-
-
-def gate_final_ref(y_s, s, mode="euler"):
-    """Twin of :func:`gate_final`: the loop of eq. (5) / Remark 3.1, last step kept.
-
-    >>> gate_final_ref(np.ones((1, 3, 1)), np.full((1, 3), 0.5)).tolist()
-    [[0.875]]
-    """
-    return gate_ref(y_s, s, None, mode)[:, -1]
 
 
 def gate_step(y, y_s_t, s_t, mode="euler"):

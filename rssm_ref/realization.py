@@ -96,6 +96,22 @@ def normalize_tf(num, den):
 
 
 # --------------------------------------------------------------- Markov parameters
+def markov_parameters_ref(A, B, C, D, L):
+    """Plain loop twin of :func:`markov_parameters`: h[t] = C A^(t-1) B, one step at a time.
+
+    >>> markov_parameters_ref([[0.5]], [[1.0]], [[2.0]], [[3.0]], 3)[:, 0, 0].tolist()
+    [3.0, 2.0, 1.0]
+    """
+    A, B, C, D = check_state_space(A, B, C, D)
+    L = check_length("L", L)
+    hs = [D]
+    G = B  # A^(t-1) B
+    for _ in range(1, L):
+        hs.append(np.dot(C, G))
+        G = np.dot(A, G)
+    return np.stack(hs)
+
+
 def markov_parameters(A, B, C, D, L):
     """Impulse response (Markov parameters) of x(t+1) = A x + B u, y = C x + D u.
 
@@ -125,23 +141,23 @@ def markov_parameters(A, B, C, D, L):
     return np.concatenate([D[None], tail], axis=0)
 
 
-def markov_parameters_ref(A, B, C, D, L):
-    """Plain loop twin of :func:`markov_parameters`: h[t] = C A^(t-1) B, one step at a time.
-
-    >>> markov_parameters_ref([[0.5]], [[1.0]], [[2.0]], [[3.0]], 3)[:, 0, 0].tolist()
-    [3.0, 2.0, 1.0]
-    """
-    A, B, C, D = check_state_space(A, B, C, D)
-    L = check_length("L", L)
-    hs = [D]
-    G = B  # A^(t-1) B
-    for _ in range(1, L):
-        hs.append(np.dot(C, G))
-        G = np.dot(A, G)
-    return np.stack(hs)
-
-
 # -------------------------------------------------------- reflection coefficients
+def den_from_reflection_ref(k):
+    """Loop twin of :func:`den_from_reflection`, coefficient by coefficient, 1-D only.
+
+    a_new[j] = a[j] + k a[i+1-j] with a[-1] = a[i+1] = 0 (the step-up recursion).
+
+    >>> den_from_reflection_ref([0.5, 0.25]).tolist()
+    [1.0, 0.625, 0.25]
+    """
+    k = check_array("k", k, ndim=1)
+    a = [1.0]
+    for i, ki in enumerate(k):
+        ext = a + [0.0]
+        a = [ext[j] + ki * ext[i + 1 - j] for j in range(i + 2)]
+    return onp.array(a)
+
+
 def den_from_reflection(k):
     """Monic Schur-stable polynomial from reflection coefficients (step-up recursion).
 
@@ -239,22 +255,6 @@ def den_from_theta_vjp(ans, theta, bound):
 
 
 defvjp(den_from_theta, den_from_theta_vjp)
-
-
-def den_from_reflection_ref(k):
-    """Loop twin of :func:`den_from_reflection`, coefficient by coefficient, 1-D only.
-
-    a_new[j] = a[j] + k a[i+1-j] with a[-1] = a[i+1] = 0 (the step-up recursion).
-
-    >>> den_from_reflection_ref([0.5, 0.25]).tolist()
-    [1.0, 0.625, 0.25]
-    """
-    k = check_array("k", k, ndim=1)
-    a = [1.0]
-    for i, ki in enumerate(k):
-        ext = a + [0.0]
-        a = [ext[j] + ki * ext[i + 1 - j] for j in range(i + 2)]
-    return onp.array(a)
 
 
 # ----------------------------------------------------------------- conversions

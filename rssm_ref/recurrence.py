@@ -78,6 +78,16 @@ def lfilter_prim(b, a, x):
     return lfilter_kernel(b, a, x)
 
 
+def impulse_response_ref(num, den, L):
+    """Twin of :func:`impulse_response`: the difference equation on an impulse, a loop
+    (``rssm_ref.realization.tf_impulse_ref``).
+
+    >>> impulse_response_ref([[[0.0, 1.0]]], [[1.0, -0.5]], 3)[:, 0, 0].tolist()
+    [0.0, 1.0, 0.5]
+    """
+    return tf_impulse_ref(num, den, L)
+
+
 def impulse_response(num, den, L):
     """The first L Markov parameters of a transfer matrix by its difference equation.
 
@@ -98,16 +108,6 @@ def impulse_response(num, den, L):
     if int(L) != L or L < 1:
         raise ValueError(f"L: {L!r} (expected an integer >= 1)")
     return impulse_kernel(num, den, int(L))
-
-
-def impulse_response_ref(num, den, L):
-    """Twin of :func:`impulse_response`: the difference equation on an impulse, a loop
-    (``rssm_ref.realization.tf_impulse_ref``).
-
-    >>> impulse_response_ref([[[0.0, 1.0]]], [[1.0, -0.5]], 3)[:, 0, 0].tolist()
-    [0.0, 1.0, 0.5]
-    """
-    return tf_impulse_ref(num, den, L)
 
 
 # ------------------------------------------------------------- transfer function
@@ -132,25 +132,6 @@ def _check_tf_filter_args(num, den, u):
         raise ValueError(f"u: expected shape (batch, L, {m}) to match num {onp.shape(num)}, got {onp.shape(u)}")
     _check_nonempty(u)
     return num, den, u
-
-
-def tf_filter(num, den, u):
-    """Run a transfer matrix over batched sequences by its difference equation (fast path).
-
-    Shapes: num (p, m, k), den (p, k) (descending powers of z, den[:, 0] != 0, need not
-    be 1), u (batch, L, m) -> y (batch, L, p), zero initial conditions:
-
-        y_i = sum_j lfilter(num[i, j], den[i], u_j)      (Remark 3.2, recurrent form)
-
-    p * m scipy lfilter calls (SISO is exactly one) in one custom primitive; its VJP runs
-    p backward all-pole filters g_i = T_(a_i)^-T dy_i and p * m backward FIR filters
-    (see :func:`lfilter_prim` for the formulas). Differentiable in num, den and u.
-
-    >>> tf_filter([[[1.0, 0.0]]], [[1.0, -0.5]], np.ones((1, 3, 1)))[0, :, 0].tolist()
-    [1.0, 1.5, 1.75]
-    """
-    num, den, u = _check_tf_filter_args(num, den, u)
-    return tf_filter_kernel(num, den, u)
 
 
 def tf_filter_ref(num, den, u):
@@ -184,6 +165,25 @@ def tf_filter_ref(num, den, u):
             ys.append(np.stack(row_vals))
         out.append(np.stack(ys))
     return np.stack(out)
+
+
+def tf_filter(num, den, u):
+    """Run a transfer matrix over batched sequences by its difference equation (fast path).
+
+    Shapes: num (p, m, k), den (p, k) (descending powers of z, den[:, 0] != 0, need not
+    be 1), u (batch, L, m) -> y (batch, L, p), zero initial conditions:
+
+        y_i = sum_j lfilter(num[i, j], den[i], u_j)      (Remark 3.2, recurrent form)
+
+    p * m scipy lfilter calls (SISO is exactly one) in one custom primitive; its VJP runs
+    p backward all-pole filters g_i = T_(a_i)^-T dy_i and p * m backward FIR filters
+    (see :func:`lfilter_prim` for the formulas). Differentiable in num, den and u.
+
+    >>> tf_filter([[[1.0, 0.0]]], [[1.0, -0.5]], np.ones((1, 3, 1)))[0, :, 0].tolist()
+    [1.0, 1.5, 1.75]
+    """
+    num, den, u = _check_tf_filter_args(num, den, u)
+    return tf_filter_kernel(num, den, u)
 
 
 _CHUNK = 64  # time steps per block of the untraced forward: blocks stay in cache
@@ -237,6 +237,30 @@ def _check_ss_filter_args(A, B, C, D, u, x0):
     return A, B, C, D, u, x0
 
 
+def ss_filter_ref(A, B, C, D, u, x0=None, return_state=False):
+    """Plain loop twin of :func:`ss_filter`: over batch and time, straight from eq. (2).
+
+    >>> ss_filter_ref([[0.5]], [[1.0]], [[1.0]], [[1.0]], np.ones((1, 3, 1)))[0, :, 0].tolist()
+    [1.0, 2.0, 2.5]
+    """
+    A, B, C, D, u, x0 = _check_ss_filter_args(A, B, C, D, u, x0)
+    batch, L, _ = onp.shape(u)
+    ys, xs = [], []
+    for bi in range(batch):
+        x = x0[bi]
+        yb = []
+        for t in range(L):
+            # y(t) = C x(t) + D u(t);  x(t+1) = A x(t) + B u(t)
+            yb.append(np.dot(C, x) + np.dot(D, u[bi, t]))
+            x = np.dot(A, x) + np.dot(B, u[bi, t])
+        ys.append(np.stack(yb) if L else np.zeros((0, onp.shape(C)[0])))
+        xs.append(x)
+    y = np.stack(ys)
+    if return_state:
+        return y, np.stack(xs)
+    return y
+
+
 def ss_filter(A, B, C, D, u, x0=None, return_state=False):
     """Run a state-space system over batched sequences (fast path, eq. (2) with D).
 
@@ -276,25 +300,3 @@ def ss_filter(A, B, C, D, u, x0=None, return_state=False):
     return y
 
 
-def ss_filter_ref(A, B, C, D, u, x0=None, return_state=False):
-    """Plain loop twin of :func:`ss_filter`: over batch and time, straight from eq. (2).
-
-    >>> ss_filter_ref([[0.5]], [[1.0]], [[1.0]], [[1.0]], np.ones((1, 3, 1)))[0, :, 0].tolist()
-    [1.0, 2.0, 2.5]
-    """
-    A, B, C, D, u, x0 = _check_ss_filter_args(A, B, C, D, u, x0)
-    batch, L, _ = onp.shape(u)
-    ys, xs = [], []
-    for bi in range(batch):
-        x = x0[bi]
-        yb = []
-        for t in range(L):
-            # y(t) = C x(t) + D u(t);  x(t+1) = A x(t) + B u(t)
-            yb.append(np.dot(C, x) + np.dot(D, u[bi, t]))
-            x = np.dot(A, x) + np.dot(B, u[bi, t])
-        ys.append(np.stack(yb) if L else np.zeros((0, onp.shape(C)[0])))
-        xs.append(x)
-    y = np.stack(ys)
-    if return_state:
-        return y, np.stack(xs)
-    return y

@@ -64,8 +64,6 @@ __all__ = [
 ]
 
 
-
-
 # ------------------------------------------------------------------ validation
 
 
@@ -101,119 +99,6 @@ def _on_backend(P, gate_bias, u, path, gate, return_intermediates, allow_unstabl
     if return_intermediates:
         return out["y"], {k: out[k] for k in ("y_s", "r", "s")}
     return out["y"]
-
-
-def residual_ssm_tf(sigma_num, sigma_den, r_num, r_den, gate_bias, u, path="fft",
-                    gate="euler", return_intermediates=False, allow_unstable=False):
-    """Residual SSM (Fig. 3, eq. (5)) with Σ and Σ_r as transfer matrices (Remark 3.2).
-
-    Shapes: sigma_num (m, m, k), sigma_den (m, k), r_num (1, m, k_r), r_den (1, k_r),
-    gate_bias scalar, u (batch, L, m) -> y (batch, L, m) = y(1..L); with
-    ``return_intermediates`` also {"y_s": (batch, L, m), "r": (batch, L), "s": (batch, L)}.
-    ``path="fft"`` is the paper's state-free training route (Section 4.1, exact: the
-    aliasing tail is corrected), ``"recurrent"`` the difference equation. Differentiable
-    with autograd in every array argument.
-
-    >>> m = ResidualSSM.random(seed=1)
-    >>> u = onp.ones((1, 8, 2))
-    >>> y, mid = residual_ssm_tf(*m.tf_arrays(), u, return_intermediates=True)
-    >>> y.shape, mid["s"].shape, bool(((mid["s"] > 0) & (mid["s"] < 1)).all())
-    ((1, 8, 2), (1, 8), True)
-    """
-    check_option("path", path, PATHS)
-    check_option("gate", gate, GATES)
-    sigma_num, sigma_den, r_num, r_den, m = check_residual_tf(sigma_num, sigma_den, r_num, r_den, allow_unstable)
-    if on_other_backend(u):
-        return _on_backend(dict(zip(_TF_KEYS, (sigma_num, sigma_den, r_num, r_den))), gate_bias,
-                           u, path, gate, return_intermediates, allow_unstable)
-    u = check_u(u, m)
-    gate_bias = _check_bias(gate_bias)
-    filt = tf_fft_filter if path == "fft" else tf_filter
-    # Σ : y_s = Σ(u)
-    y_s = filt(sigma_num, sigma_den, u)
-    # Σ_r : r = Σ_r(y_s − u), the residual of the fault-detection analogy
-    r = filt(r_num, r_den, y_s - u)[:, :, 0]
-    return _gate_and_pack(y_s, r, gate_bias, gate, return_intermediates)
-
-
-def residual_ssm_final(sigma_num, sigma_den, r_num, r_den, gate_bias, u, path="auto",
-                       gate="euler", allow_unstable=False):
-    """The Residual SSM's last output y(L) only (Fig. 3, eq. (5)): what the readout uses.
-
-    Shapes and arguments as :func:`residual_ssm_tf`; returns (batch, m).
-    ``path="kernel"``: Σ and Σ_r as their exact first L Markov parameters (the
-    difference equation on an impulse) applied by causal convolution (one block-Toeplitz
-    matmul for L <= DIRECT_MAX_L, FFTs above), then :func:`rssm_ref.gate.gate_final`;
-    one autograd primitive whose VJP chains the blocks' hand-written VJPs (the training
-    path: ~1/20 of autograd's bookkeeping). ``path="recurrent"`` / ``"fft"``: the
-    difference equation (scipy lfilter) / the exact state-free FFT route for Σ and Σ_r,
-    then ``gate_final``. ``"auto"``: "kernel" for L <= DIRECT_MAX_L, else "recurrent"
-    (at m = 2, p m lfilter calls beat the FFTs of a long convolution). Equal to
-    ``residual_ssm_tf(...)[:, -1]`` to rounding (tests: ``fast_vs_ref``).
-
-    >>> m = ResidualSSM.random(seed=1)
-    >>> u = onp.random.default_rng(0).normal(size=(2, 12, 2))
-    >>> bool(onp.allclose(residual_ssm_final(*m.tf_arrays(), u), residual_ssm_tf(*m.tf_arrays(), u)[:, -1], rtol=0, atol=1e-14))
-    True
-    """
-    check_option("path", path, ("auto",) + FINAL_PATHS)
-    check_option("gate", gate, GATES)
-    sigma_num, sigma_den, r_num, r_den, m = check_residual_tf(sigma_num, sigma_den, r_num, r_den, allow_unstable)
-    u = check_u(u, m)
-    gate_bias = _check_bias(gate_bias)
-    L = onp.shape(u)[1]
-    if path == "auto":
-        path = "kernel" if L <= DIRECT_MAX_L else "recurrent"
-    traced = any(is_traced(a) for a in (sigma_num, sigma_den, r_num, r_den, gate_bias, u))
-    if path == "kernel":
-        return final_kernel(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate, traced)
-    if path == "recurrent" and not traced:
-        return final_recurrent(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate)
-    filt = tf_fft_filter if path == "fft" else tf_filter
-    y_s = filt(sigma_num, sigma_den, u)
-    r = filt(r_num, r_den, y_s - u)[:, :, 0]
-    return gate_final(y_s, sigmoid(r + gate_bias), gate)
-
-
-def residual_ssm_final_ref(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate="euler"):
-    """Twin of :func:`residual_ssm_final`: the loop of ``residual_ssm_ref`` (Σ, Σ_r and
-    the gate stepped together) on the observable realization, last output kept.
-
-    >>> m = ResidualSSM.random(seed=2)
-    >>> residual_ssm_final_ref(*m.tf_arrays(), onp.ones((1, 3, 2))).shape
-    (1, 2)
-    """
-    sigma = tf2ss(sigma_num, sigma_den)
-    r_sys = tf2ss(r_num, r_den)
-    return residual_ssm_ref(*sigma, *r_sys, gate_bias, u, gate=gate)[:, -1]
-
-
-def residual_ssm_ss(sigma_A, sigma_B, sigma_C, sigma_D, r_A, r_B, r_C, r_D, gate_bias, u,
-                    path="recurrent", gate="euler", return_intermediates=False, allow_unstable=False):
-    """Residual SSM (Fig. 3, eq. (5)) with Σ and Σ_r in state space (Remark 3.2).
-
-    Σ : h(t+1) = sigma_A h(t) + sigma_B u(t),  y_s(t) = sigma_C h(t) + sigma_D u(t);
-    Σ_r likewise on e(t) = y_s(t) − u(t) with r_A .. r_D. Shapes in the module glossary.
-    ``path="recurrent"`` runs the state recursion, ``"fft"`` the Markov-kernel convolution.
-
-    >>> m = ResidualSSM.random(seed=2).to_ss()
-    >>> u = onp.ones((2, 5, 2))
-    >>> residual_ssm_ss(*m.ss_arrays(), u).shape
-    (2, 5, 2)
-    """
-    check_option("path", path, PATHS)
-    check_option("gate", gate, GATES)
-    arrs, m = check_residual_ss((sigma_A, sigma_B, sigma_C, sigma_D, r_A, r_B, r_C, r_D), allow_unstable)
-    (sA, sB, sC, sD, rA, rB, rC, rD) = arrs
-    if on_other_backend(u):
-        return _on_backend(dict(zip(_SS_KEYS, arrs)), gate_bias, u, path, gate, return_intermediates,
-                           allow_unstable)
-    u = check_u(u, m)
-    gate_bias = _check_bias(gate_bias)
-    filt = ss_fft_filter if path == "fft" else ss_filter
-    y_s = filt(sA, sB, sC, sD, u)
-    r = filt(rA, rB, rC, rD, y_s - u)[:, :, 0]
-    return _gate_and_pack(y_s, r, gate_bias, gate, return_intermediates)
 
 
 def residual_ssm_ref(sigma_A, sigma_B, sigma_C, sigma_D, r_A, r_B, r_C, r_D, gate_bias, u,
@@ -262,6 +147,119 @@ def residual_ssm_ref(sigma_A, sigma_B, sigma_C, sigma_D, r_A, r_B, r_C, r_D, gat
         return y_out, {"y_s": np.stack(ys_list, axis=1), "r": np.stack(r_list, axis=1),
                        "s": np.stack(s_list, axis=1)}
     return y_out
+
+
+def residual_ssm_tf(sigma_num, sigma_den, r_num, r_den, gate_bias, u, path="fft",
+                    gate="euler", return_intermediates=False, allow_unstable=False):
+    """Residual SSM (Fig. 3, eq. (5)) with Σ and Σ_r as transfer matrices (Remark 3.2).
+
+    Shapes: sigma_num (m, m, k), sigma_den (m, k), r_num (1, m, k_r), r_den (1, k_r),
+    gate_bias scalar, u (batch, L, m) -> y (batch, L, m) = y(1..L); with
+    ``return_intermediates`` also {"y_s": (batch, L, m), "r": (batch, L), "s": (batch, L)}.
+    ``path="fft"`` is the paper's state-free training route (Section 4.1, exact: the
+    aliasing tail is corrected), ``"recurrent"`` the difference equation. Differentiable
+    with autograd in every array argument.
+
+    >>> m = ResidualSSM.random(seed=1)
+    >>> u = onp.ones((1, 8, 2))
+    >>> y, mid = residual_ssm_tf(*m.tf_arrays(), u, return_intermediates=True)
+    >>> y.shape, mid["s"].shape, bool(((mid["s"] > 0) & (mid["s"] < 1)).all())
+    ((1, 8, 2), (1, 8), True)
+    """
+    check_option("path", path, PATHS)
+    check_option("gate", gate, GATES)
+    sigma_num, sigma_den, r_num, r_den, m = check_residual_tf(sigma_num, sigma_den, r_num, r_den, allow_unstable)
+    if on_other_backend(u):
+        return _on_backend(dict(zip(_TF_KEYS, (sigma_num, sigma_den, r_num, r_den))), gate_bias,
+                           u, path, gate, return_intermediates, allow_unstable)
+    u = check_u(u, m)
+    gate_bias = _check_bias(gate_bias)
+    filt = tf_fft_filter if path == "fft" else tf_filter
+    # Σ : y_s = Σ(u)
+    y_s = filt(sigma_num, sigma_den, u)
+    # Σ_r : r = Σ_r(y_s − u), the residual of the fault-detection analogy
+    r = filt(r_num, r_den, y_s - u)[:, :, 0]
+    return _gate_and_pack(y_s, r, gate_bias, gate, return_intermediates)
+
+
+def residual_ssm_final_ref(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate="euler"):
+    """Twin of :func:`residual_ssm_final`: the loop of ``residual_ssm_ref`` (Σ, Σ_r and
+    the gate stepped together) on the observable realization, last output kept.
+
+    >>> m = ResidualSSM.random(seed=2)
+    >>> residual_ssm_final_ref(*m.tf_arrays(), onp.ones((1, 3, 2))).shape
+    (1, 2)
+    """
+    sigma = tf2ss(sigma_num, sigma_den)
+    r_sys = tf2ss(r_num, r_den)
+    return residual_ssm_ref(*sigma, *r_sys, gate_bias, u, gate=gate)[:, -1]
+
+
+def residual_ssm_final(sigma_num, sigma_den, r_num, r_den, gate_bias, u, path="auto",
+                       gate="euler", allow_unstable=False):
+    """The Residual SSM's last output y(L) only (Fig. 3, eq. (5)): what the readout uses.
+
+    Shapes and arguments as :func:`residual_ssm_tf`; returns (batch, m).
+    ``path="kernel"``: Σ and Σ_r as their exact first L Markov parameters (the
+    difference equation on an impulse) applied by causal convolution (one block-Toeplitz
+    matmul for L <= DIRECT_MAX_L, FFTs above), then :func:`rssm_ref.gate.gate_final`;
+    one autograd primitive whose VJP chains the blocks' hand-written VJPs (the training
+    path: ~1/20 of autograd's bookkeeping). ``path="recurrent"`` / ``"fft"``: the
+    difference equation (scipy lfilter) / the exact state-free FFT route for Σ and Σ_r,
+    then ``gate_final``. ``"auto"``: "kernel" for L <= DIRECT_MAX_L, else "recurrent"
+    (at m = 2, p m lfilter calls beat the FFTs of a long convolution). Equal to
+    ``residual_ssm_tf(...)[:, -1]`` to rounding (tests: ``fast_vs_ref``).
+
+    >>> m = ResidualSSM.random(seed=1)
+    >>> u = onp.random.default_rng(0).normal(size=(2, 12, 2))
+    >>> bool(onp.allclose(residual_ssm_final(*m.tf_arrays(), u), residual_ssm_tf(*m.tf_arrays(), u)[:, -1], rtol=0, atol=1e-14))
+    True
+    """
+    check_option("path", path, ("auto",) + FINAL_PATHS)
+    check_option("gate", gate, GATES)
+    sigma_num, sigma_den, r_num, r_den, m = check_residual_tf(sigma_num, sigma_den, r_num, r_den, allow_unstable)
+    u = check_u(u, m)
+    gate_bias = _check_bias(gate_bias)
+    L = onp.shape(u)[1]
+    if path == "auto":
+        path = "kernel" if L <= DIRECT_MAX_L else "recurrent"
+    traced = any(is_traced(a) for a in (sigma_num, sigma_den, r_num, r_den, gate_bias, u))
+    if path == "kernel":
+        return final_kernel(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate, traced)
+    if path == "recurrent" and not traced:
+        return final_recurrent(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate)
+    filt = tf_fft_filter if path == "fft" else tf_filter
+    y_s = filt(sigma_num, sigma_den, u)
+    r = filt(r_num, r_den, y_s - u)[:, :, 0]
+    return gate_final(y_s, sigmoid(r + gate_bias), gate)
+
+
+def residual_ssm_ss(sigma_A, sigma_B, sigma_C, sigma_D, r_A, r_B, r_C, r_D, gate_bias, u,
+                    path="recurrent", gate="euler", return_intermediates=False, allow_unstable=False):
+    """Residual SSM (Fig. 3, eq. (5)) with Σ and Σ_r in state space (Remark 3.2).
+
+    Σ : h(t+1) = sigma_A h(t) + sigma_B u(t),  y_s(t) = sigma_C h(t) + sigma_D u(t);
+    Σ_r likewise on e(t) = y_s(t) − u(t) with r_A .. r_D. Shapes in the module glossary.
+    ``path="recurrent"`` runs the state recursion, ``"fft"`` the Markov-kernel convolution.
+
+    >>> m = ResidualSSM.random(seed=2).to_ss()
+    >>> u = onp.ones((2, 5, 2))
+    >>> residual_ssm_ss(*m.ss_arrays(), u).shape
+    (2, 5, 2)
+    """
+    check_option("path", path, PATHS)
+    check_option("gate", gate, GATES)
+    arrs, m = check_residual_ss((sigma_A, sigma_B, sigma_C, sigma_D, r_A, r_B, r_C, r_D), allow_unstable)
+    (sA, sB, sC, sD, rA, rB, rC, rD) = arrs
+    if on_other_backend(u):
+        return _on_backend(dict(zip(_SS_KEYS, arrs)), gate_bias, u, path, gate, return_intermediates,
+                           allow_unstable)
+    u = check_u(u, m)
+    gate_bias = _check_bias(gate_bias)
+    filt = ss_fft_filter if path == "fft" else ss_filter
+    y_s = filt(sA, sB, sC, sD, u)
+    r = filt(rA, rB, rC, rD, y_s - u)[:, :, 0]
+    return _gate_and_pack(y_s, r, gate_bias, gate, return_intermediates)
 
 
 # ------------------------------------------------------------------ the object

@@ -61,6 +61,20 @@ def A_from_log(A_log):
 
 
 # ------------------------------------------------------------------ the scan, eq. (2)
+def linear_scan_ref(a, x):
+    """The plain loop twin of ``linear_scan`` (collect and stack; autograd-differentiable).
+
+    >>> linear_scan_ref(onp.full((1, 3), 0.5), onp.ones((1, 3))).tolist()
+    [[1.0, 1.5, 1.75]]
+    """
+    h = 0.0 * x[:, 0]
+    out = []
+    for t in range(onp.shape(x)[1]):
+        h = a[:, t] * h + x[:, t]
+        out.append(h)
+    return np.stack(out, axis=1)
+
+
 @primitive
 def linear_scan(a, x):
     """H(t) = a(t) H(t−1) + x(t), H(−1) = 0, along axis 1 (time); elementwise.
@@ -120,20 +134,6 @@ def _unbroadcast_vjp(argnum):
 defvjp(linear_scan, _unbroadcast_vjp(0), _unbroadcast_vjp(1))
 
 
-def linear_scan_ref(a, x):
-    """The plain loop twin of ``linear_scan`` (collect and stack; autograd-differentiable).
-
-    >>> linear_scan_ref(onp.full((1, 3), 0.5), onp.ones((1, 3))).tolist()
-    [[1.0, 1.5, 1.75]]
-    """
-    h = 0.0 * x[:, 0]
-    out = []
-    for t in range(onp.shape(x)[1]):
-        h = a[:, t] * h + x[:, t]
-        out.append(h)
-    return np.stack(out, axis=1)
-
-
 # ------------------------------------------------------------------ validation
 def _check(u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output):
     check_option("discretization", discretization, DISCRETIZATIONS)
@@ -171,6 +171,50 @@ def _on_backend(u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output,
     if return_intermediates:
         return out["y"], {"delta": out["delta"], "h": out["h"]}
     return out["y"]
+
+
+def selective_ssm_ref(u, A, W_delta, W_B, W_C, delta_bias=None, D=None, discretization="zoh",
+                      output="before", return_intermediates=False):
+    """The `_ref` twin: loops over batch, time and channel straight from eqs. (2)-(4),
+    with the matrix form of (3b) A^{-1}(exp(ΔA) − I) B̄ for diagonal A.
+
+    Same signature and outputs as ``selective_ssm``; plain NumPy (not differentiated).
+
+    >>> P = random_params(m=2, n=2, seed=2)
+    >>> selective_ssm_ref(onp.ones((1, 2, 2)), **P).shape
+    (1, 2, 2)
+    """
+    u, A, W_delta, W_B, W_C, delta_bias, D = _check(
+        u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output)
+    u, A = onp.asarray(u), onp.asarray(A)
+    batch, L, m = u.shape
+    n = A.shape[1]
+    bias = onp.zeros(m) if delta_bias is None else onp.asarray(delta_bias)
+    y = onp.zeros((batch, L, m))
+    deltas = onp.zeros((batch, L, m))
+    hs = onp.zeros((batch, L, m, n))
+    for b in range(batch):
+        h = onp.zeros((m, n))
+        for t in range(L):
+            B_bar = W_B @ u[b, t]
+            C_bar = W_C @ u[b, t]
+            for i in range(m):
+                delta = onp.logaddexp(0.0, W_delta[i] @ u[b, t] + bias[i])
+                Abar = onp.diag(A[i])
+                A_t = onp.diag(onp.exp(delta * A[i]))
+                if discretization == "zoh":
+                    B_t = onp.linalg.solve(Abar, (A_t - onp.eye(n)) @ B_bar)
+                else:
+                    B_t = delta * B_bar
+                h_next = A_t @ h[i] + B_t * u[b, t, i]
+                read = h[i] if output == "before" else h_next
+                y[b, t, i] = C_bar @ read + (0.0 if D is None else D[i] * u[b, t, i])
+                h[i] = h_next
+                deltas[b, t, i] = delta
+            hs[b, t] = h
+    if return_intermediates:
+        return y, {"delta": deltas, "h": hs}
+    return y
 
 
 def selective_ssm(u, A, W_delta, W_B, W_C, delta_bias=None, D=None, discretization="zoh",
@@ -220,48 +264,19 @@ def selective_ssm(u, A, W_delta, W_B, W_C, delta_bias=None, D=None, discretizati
     return y
 
 
-def selective_ssm_ref(u, A, W_delta, W_B, W_C, delta_bias=None, D=None, discretization="zoh",
-                      output="before", return_intermediates=False):
-    """The `_ref` twin: loops over batch, time and channel straight from eqs. (2)-(4),
-    with the matrix form of (3b) A^{-1}(exp(ΔA) − I) B̄ for diagonal A.
-
-    Same signature and outputs as ``selective_ssm``; plain NumPy (not differentiated).
+def selective_ssm_final_ref(u, A, W_delta, W_B, W_C, delta_bias=None, D=None,
+                            discretization="zoh", output="before", v=None):
+    """Twin of :func:`selective_ssm_final`: the loops of ``selective_ssm_ref``, last step
+    (with ``v``: the selection of step t computed from v(t), the scan fed u(t)).
 
     >>> P = random_params(m=2, n=2, seed=2)
-    >>> selective_ssm_ref(onp.ones((1, 2, 2)), **P).shape
-    (1, 2, 2)
+    >>> selective_ssm_final_ref(onp.ones((1, 2, 2)), **P).shape
+    (1, 2)
     """
-    u, A, W_delta, W_B, W_C, delta_bias, D = _check(
-        u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output)
-    u, A = onp.asarray(u), onp.asarray(A)
-    batch, L, m = u.shape
-    n = A.shape[1]
-    bias = onp.zeros(m) if delta_bias is None else onp.asarray(delta_bias)
-    y = onp.zeros((batch, L, m))
-    deltas = onp.zeros((batch, L, m))
-    hs = onp.zeros((batch, L, m, n))
-    for b in range(batch):
-        h = onp.zeros((m, n))
-        for t in range(L):
-            B_bar = W_B @ u[b, t]
-            C_bar = W_C @ u[b, t]
-            for i in range(m):
-                delta = onp.logaddexp(0.0, W_delta[i] @ u[b, t] + bias[i])
-                Abar = onp.diag(A[i])
-                A_t = onp.diag(onp.exp(delta * A[i]))
-                if discretization == "zoh":
-                    B_t = onp.linalg.solve(Abar, (A_t - onp.eye(n)) @ B_bar)
-                else:
-                    B_t = delta * B_bar
-                h_next = A_t @ h[i] + B_t * u[b, t, i]
-                read = h[i] if output == "before" else h_next
-                y[b, t, i] = C_bar @ read + (0.0 if D is None else D[i] * u[b, t, i])
-                h[i] = h_next
-                deltas[b, t, i] = delta
-            hs[b, t] = h
-    if return_intermediates:
-        return y, {"delta": deltas, "h": hs}
-    return y
+    if v is None:
+        return selective_ssm_ref(u, A, W_delta, W_B, W_C, delta_bias, D, discretization,
+                                 output)[:, -1]
+    return _selection_from_ref(u, v, A, W_delta, W_B, W_C, delta_bias, D, discretization, output)
 
 
 def selective_ssm_final(u, A, W_delta, W_B, W_C, delta_bias=None, D=None, discretization="zoh",
@@ -295,21 +310,6 @@ def selective_ssm_final(u, A, W_delta, W_B, W_C, delta_bias=None, D=None, discre
     if v is None:
         return final_kernel(u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output, keep)
     return final_kernel(u, A, W_delta, W_B, W_C, delta_bias, D, discretization, output, keep, v)
-
-
-def selective_ssm_final_ref(u, A, W_delta, W_B, W_C, delta_bias=None, D=None,
-                            discretization="zoh", output="before", v=None):
-    """Twin of :func:`selective_ssm_final`: the loops of ``selective_ssm_ref``, last step
-    (with ``v``: the selection of step t computed from v(t), the scan fed u(t)).
-
-    >>> P = random_params(m=2, n=2, seed=2)
-    >>> selective_ssm_final_ref(onp.ones((1, 2, 2)), **P).shape
-    (1, 2)
-    """
-    if v is None:
-        return selective_ssm_ref(u, A, W_delta, W_B, W_C, delta_bias, D, discretization,
-                                 output)[:, -1]
-    return _selection_from_ref(u, v, A, W_delta, W_B, W_C, delta_bias, D, discretization, output)
 
 
 def _selection_from_ref(u, v, A, W_delta, W_B, W_C, delta_bias, D, discretization, output):

@@ -326,6 +326,24 @@ def _residual_final(cfg, params, u, path):
     return residual_ssm_final(*residual_core_arrays(params, cfg), u, path=path, gate=cfg.gate)
 
 
+def final_output_ref(cfg, params, tokens, path=None):
+    """Twin of :func:`final_output`: the whole sequence by the reference cores
+    (``residual_ssm_tf`` / ``selective_ssm``), then its last step.
+
+    >>> cfg = ModelConfig("residual", "induction")
+    >>> p, tok = init_params(cfg), onp.array([[0, 7, 1, 7]])
+    >>> bool(onp.allclose(final_output(cfg, p, tok), final_output_ref(cfg, p, tok), rtol=0, atol=1e-14))
+    True
+    """
+    if cfg.model == "selective" and cfg.window > 1:
+        u = params["E"][tokens]
+        return selective_ssm(u, A_from_log(params["A_log"]), params["W_delta"], params["W_B"],
+                             params["W_C"], delta_bias=params["delta_bias"],
+                             discretization=cfg.discretization, output=cfg.output,
+                             v=_window(cfg, params, u))[:, -1, :]
+    return _core(cfg, params, params["E"][tokens], path=path)[:, -1, :]
+
+
 def final_output(cfg, params, tokens, path=None, backend="numpy"):
     """y(L) (batch, m): the core's output after the last token.
 
@@ -370,24 +388,6 @@ def _window(cfg, params, u):
     return v
 
 
-def final_output_ref(cfg, params, tokens, path=None):
-    """Twin of :func:`final_output`: the whole sequence by the reference cores
-    (``residual_ssm_tf`` / ``selective_ssm``), then its last step.
-
-    >>> cfg = ModelConfig("residual", "induction")
-    >>> p, tok = init_params(cfg), onp.array([[0, 7, 1, 7]])
-    >>> bool(onp.allclose(final_output(cfg, p, tok), final_output_ref(cfg, p, tok), rtol=0, atol=1e-14))
-    True
-    """
-    if cfg.model == "selective" and cfg.window > 1:
-        u = params["E"][tokens]
-        return selective_ssm(u, A_from_log(params["A_log"]), params["W_delta"], params["W_B"],
-                             params["W_C"], delta_bias=params["delta_bias"],
-                             discretization=cfg.discretization, output=cfg.output,
-                             v=_window(cfg, params, u))[:, -1, :]
-    return _core(cfg, params, params["E"][tokens], path=path)[:, -1, :]
-
-
 def _final_output_xp(cfg, params, u, path, backend):
     u = to_backend(u, namespace(backend))
     if cfg.model == "residual":
@@ -419,16 +419,6 @@ def _readout(cfg, params, y):
     return cosine_logits(y, params["E"], SCALE, cfg.n_tokens)
 
 
-def loss(cfg, params, tokens, targets):
-    """Cross-entropy on the final position (stable log-softmax), mean over the batch.
-
-    >>> cfg = ModelConfig("residual", "induction")
-    >>> round(float(loss(cfg, init_params(cfg), onp.array([[0, 7, 1, 7]]), onp.array([1]))), 3) > 0
-    True
-    """
-    return cross_entropy(logits(cfg, params, tokens), onp.asarray(targets))
-
-
 def loss_ref(cfg, params, tokens, targets):
     """Twin of :func:`loss` written with autograd's own operations only: the reference
     cores' last output, the cosine readout and the log-softmax as plain expressions.
@@ -449,6 +439,16 @@ def loss_ref(cfg, params, tokens, targets):
     z = SCALE * np.dot(y_n, E_n.T)
     logp = z - _logsumexp(z)
     return -np.mean(logp[onp.arange(len(targets)), targets])
+
+
+def loss(cfg, params, tokens, targets):
+    """Cross-entropy on the final position (stable log-softmax), mean over the batch.
+
+    >>> cfg = ModelConfig("residual", "induction")
+    >>> round(float(loss(cfg, init_params(cfg), onp.array([[0, 7, 1, 7]]), onp.array([1]))), 3) > 0
+    True
+    """
+    return cross_entropy(logits(cfg, params, tokens), onp.asarray(targets))
 
 
 def _logsumexp(z):

@@ -93,6 +93,23 @@ def outer_sum(g, x):
 
 
 # ------------------------------------------------------------ diagonal (elementwise) scan
+def diag_scan_ref(a, x):
+    """The plain loop twin of :func:`diag_scan`, straight from H(t) = a(t) H(t-1) + x(t).
+
+    >>> import numpy
+    >>> diag_scan_ref(numpy.full((1, 3), 0.5), numpy.ones((1, 3))).tolist()
+    [[1.0, 1.5, 1.75]]
+    """
+    xp = namespace_of(a, x)
+    a = xp.broadcast_to(a, x.shape)
+    h = xp.zeros_like(x[:, 0, ...])
+    out = []
+    for t in range(x.shape[1]):
+        h = a[:, t, ...] * h + x[:, t, ...]
+        out.append(h)
+    return xp.stack(out, axis=1)
+
+
 def diag_scan(a, x):
     """H(t) = a(t) H(t-1) + x(t), H(-1) = 0, along axis 1, elementwise (fast path).
 
@@ -122,23 +139,6 @@ def diag_scan(a, x):
             P = P * shift_time(P, d, fill=1.0)
         d *= 2
     return H
-
-
-def diag_scan_ref(a, x):
-    """The plain loop twin of :func:`diag_scan`, straight from H(t) = a(t) H(t-1) + x(t).
-
-    >>> import numpy
-    >>> diag_scan_ref(numpy.full((1, 3), 0.5), numpy.ones((1, 3))).tolist()
-    [[1.0, 1.5, 1.75]]
-    """
-    xp = namespace_of(a, x)
-    a = xp.broadcast_to(a, x.shape)
-    h = xp.zeros_like(x[:, 0, ...])
-    out = []
-    for t in range(x.shape[1]):
-        h = a[:, t, ...] * h + x[:, t, ...]
-        out.append(h)
-    return xp.stack(out, axis=1)
 
 
 def diag_scan_vjp(a, H, g):
@@ -202,6 +202,23 @@ def state_scan_vjp(A, S, g):
     return outer_sum(lam, shift_time(S, 1)), lam
 
 
+def ss_forward_ref(A, B, C, D, u):
+    """Loop twin of :func:`ss_forward` (output only), one time step at a time.
+
+    >>> import numpy
+    >>> ss_forward_ref(*[numpy.array([[v]]) for v in (0.5, 1.0, 1.0, 0.0)], numpy.ones((1, 3, 1)))[0, :, 0].tolist()
+    [0.0, 1.0, 1.5]
+    """
+    xp = namespace_of(A, B, C, D, u)
+    x = xp.zeros((u.shape[0], A.shape[0]), dtype=u.dtype)
+    ys = []
+    for t in range(u.shape[1]):
+        u_t = u[:, t, :]
+        ys.append(xp.matmul(x, xp.matrix_transpose(C)) + xp.matmul(u_t, xp.matrix_transpose(D)))
+        x = xp.matmul(x, xp.matrix_transpose(A)) + xp.matmul(u_t, xp.matrix_transpose(B))
+    return xp.stack(ys, axis=1)
+
+
 def ss_forward(A, B, C, D, u):
     """y(t) = C x(t) + D u(t), x(t+1) = A x(t) + B u(t), x(0) = 0 (eq. (2), LTI; the output
     is read before the update, as in ``rssm_ref.recurrence.ss_filter``).
@@ -220,23 +237,6 @@ def ss_forward(A, B, C, D, u):
     # y(t) = C x(t) + D u(t), x(t) = S(t-1)
     y = xp.matmul(shift_time(S, 1), xp.matrix_transpose(C)) + xp.matmul(u, xp.matrix_transpose(D))
     return y, S
-
-
-def ss_forward_ref(A, B, C, D, u):
-    """Loop twin of :func:`ss_forward` (output only), one time step at a time.
-
-    >>> import numpy
-    >>> ss_forward_ref(*[numpy.array([[v]]) for v in (0.5, 1.0, 1.0, 0.0)], numpy.ones((1, 3, 1)))[0, :, 0].tolist()
-    [0.0, 1.0, 1.5]
-    """
-    xp = namespace_of(A, B, C, D, u)
-    x = xp.zeros((u.shape[0], A.shape[0]), dtype=u.dtype)
-    ys = []
-    for t in range(u.shape[1]):
-        u_t = u[:, t, :]
-        ys.append(xp.matmul(x, xp.matrix_transpose(C)) + xp.matmul(u_t, xp.matrix_transpose(D)))
-        x = xp.matmul(x, xp.matrix_transpose(A)) + xp.matmul(u_t, xp.matrix_transpose(B))
-    return xp.stack(ys, axis=1)
 
 
 def ss_vjp(A, B, C, D, u, S, g):
@@ -278,6 +278,20 @@ def _spectra(h, u):
     return xp.fft.rfft(h, n=K, axis=0), xp.fft.rfft(u, n=K, axis=1), K
 
 
+def causal_conv_ref(h, u):
+    """Direct O(L^2) twin of :func:`causal_conv`: y = sum_k (u delayed by k) h(k)^T.
+
+    >>> import numpy
+    >>> causal_conv_ref(numpy.ones((3, 1, 1)), numpy.ones((1, 3, 1)))[0, :, 0].tolist()
+    [1.0, 2.0, 3.0]
+    """
+    xp = namespace_of(h, u)
+    y = xp.zeros((u.shape[0], u.shape[1], h.shape[1]), dtype=u.dtype)
+    for k in range(u.shape[1]):
+        y = y + xp.matmul(shift_time(u, k), xp.matrix_transpose(h[k, ...]))
+    return y
+
+
 def causal_conv(h, u):
     """y(t) = sum_{k=0}^{t} h(k) u(t-k), the convolution form of an LTI system (Remark 3.2).
 
@@ -297,20 +311,6 @@ def causal_conv(h, u):
     # Y(f) = H(f) U(f) per frequency: (batch, F, 1, m) @ (F, m, p)
     Y = xp.matmul(U[:, :, None, :], xp.matrix_transpose(Hf))[:, :, 0, :]
     return xp.fft.irfft(Y, n=K, axis=1)[:, :L, :]
-
-
-def causal_conv_ref(h, u):
-    """Direct O(L^2) twin of :func:`causal_conv`: y = sum_k (u delayed by k) h(k)^T.
-
-    >>> import numpy
-    >>> causal_conv_ref(numpy.ones((3, 1, 1)), numpy.ones((1, 3, 1)))[0, :, 0].tolist()
-    [1.0, 2.0, 3.0]
-    """
-    xp = namespace_of(h, u)
-    y = xp.zeros((u.shape[0], u.shape[1], h.shape[1]), dtype=u.dtype)
-    for k in range(u.shape[1]):
-        y = y + xp.matmul(shift_time(u, k), xp.matrix_transpose(h[k, ...]))
-    return y
 
 
 def causal_conv_vjp(h, u, g):
@@ -360,20 +360,6 @@ def gate_coefficients(s, mode):
     raise ValueError(f"mode: expected 'euler' or 'zoh', got {mode!r}")
 
 
-def gate_forward(y_s, s, mode="euler"):
-    """The gate Σ_g from y(0) = 0: y(t+1) = a(t) y(t) + b(t) y_s(t) (eq. (5) / Remark 3.1).
-
-    Shapes: y_s (batch, L, m), s (batch, L) -> y (batch, L, m) = y(1..L), the same
-    convention as ``rssm_ref.gate.gate``. A diagonal scan (doubling).
-
-    >>> import numpy
-    >>> gate_forward(numpy.ones((1, 3, 1)), numpy.full((1, 3), 0.5))[0, :, 0].tolist()
-    [0.5, 0.75, 0.875]
-    """
-    a, b, _ = gate_coefficients(s, mode)
-    return diag_scan(a[:, :, None], b[:, :, None] * y_s)
-
-
 def gate_forward_ref(y_s, s, mode="euler"):
     """Loop twin of :func:`gate_forward`, straight from eq. (5) / Remark 3.1.
 
@@ -394,6 +380,20 @@ def gate_forward_ref(y_s, s, mode="euler"):
             y = xp.exp(-s_t) * y + (-xp.expm1(-s_t)) * y_s[:, t, :]
         out.append(y)
     return xp.stack(out, axis=1)
+
+
+def gate_forward(y_s, s, mode="euler"):
+    """The gate Σ_g from y(0) = 0: y(t+1) = a(t) y(t) + b(t) y_s(t) (eq. (5) / Remark 3.1).
+
+    Shapes: y_s (batch, L, m), s (batch, L) -> y (batch, L, m) = y(1..L), the same
+    convention as ``rssm_ref.gate.gate``. A diagonal scan (doubling).
+
+    >>> import numpy
+    >>> gate_forward(numpy.ones((1, 3, 1)), numpy.full((1, 3), 0.5))[0, :, 0].tolist()
+    [0.5, 0.75, 0.875]
+    """
+    a, b, _ = gate_coefficients(s, mode)
+    return diag_scan(a[:, :, None], b[:, :, None] * y_s)
 
 
 def gate_vjp(y_s, s, y, g, mode="euler"):
