@@ -10,7 +10,7 @@ calls these (autograd.numpy by default; ``xp`` an array namespace for the backen
 import autograd.numpy as np
 import numpy as onp
 
-__all__ = ["sigmoid", "sigmoid_", "sigmoid_slope", "log_sigmoid", "softplus", "softplus_slope",
+__all__ = ["sigmoid", "silu", "sigmoid_", "sigmoid_slope", "log_sigmoid", "softplus", "softplus_slope",
            "softplus_np"]
 
 
@@ -22,6 +22,16 @@ def sigmoid(x, xp=np):
     0.5
     """
     return 0.5 * (xp.tanh(0.5 * x) + 1.0)
+
+
+def silu(x, xp=np):
+    """SiLU(x) = x σ(x) (Mamba's activation after the conv and on the gate z; Gu & Dao,
+    Algorithm 2), with the σ of :func:`sigmoid`.
+
+    >>> [round(float(v), 6) for v in silu(onp.array([-1e4, 0.0, 1.0]))]
+    [-0.0, 0.0, 0.731059]
+    """
+    return x * sigmoid(x, xp)
 
 
 def sigmoid_(x):
