@@ -149,7 +149,7 @@ def _refuse_unused(flags, reason):
 # --- commands are registered below this line ---------------------------------------
 
 # oracle commands: forward, init, verify, golden. Formats: docs/formats.md.
-_MODELS = click.Choice(["lti", "residual", "selective", "mamba"])
+_MODELS = click.Choice(["lti", "residual", "selective", "mamba", "mamba-block"])
 # the array module (docs/11-backends.md); default: $RSSM_REF_BACKEND, else numpy (the autograd cores)
 _BACKEND = click.option(
     "--backend", type=click.Choice(["numpy", "cupy", "array_api_strict"]), default=None,
@@ -188,18 +188,24 @@ def _report(result, as_json):
 @click.option("--grads", is_flag=True, help="Add grad_u and grad_<key> of sum(y * dy).")
 @click.option("--intermediates", is_flag=True,
               help="Add the model's internal signals (residual, selective; refused for lti).")
+@click.option("--step", is_flag=True,
+              help="mamba-block: one decoding step (Mamba.step) from the inputs' conv_state and "
+                   "ssm_state on hidden_states (batch, 1, d).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 @_BACKEND
 def forward_cmd(model, params_path, inputs_path, out_path, path, gate, discretization, output,
-                layout, allow_unstable, grads, intermediates, as_json, backend):
+                layout, allow_unstable, grads, intermediates, step, as_json, backend):
     """Compute the float64 reference outputs (and gradients) for a params/inputs pair.
 
     --model mamba takes a Mamba layer's own keys (A_log, D, x_proj.weight, dt_proj.weight,
-    dt_proj.bias) and gives grad_<key> for them (docs/12-verify-mamba.md).
+    dt_proj.bias) and gives grad_<key> for them (docs/12-verify-mamba.md). --model
+    mamba-block takes a whole Mamba-1 layer's state_dict (in_proj, conv1d, x_proj, dt_proj,
+    A_log, D, out_proj) on hidden_states, and returns y, conv_state and ssm_state.
     """
     config = ForwardConfig(model=model, path=path, gate=gate, discretization=discretization,
                            output=output, allow_unstable=allow_unstable, grads=grads,
-                           intermediates=intermediates, backend=backend, layout=layout)
+                           intermediates=intermediates, backend=backend, layout=layout,
+                           step=step)
     info = run_guarded(run_forward, config, params_path, inputs_path, out_path)
     if as_json:
         _json_out(info)

@@ -9,9 +9,10 @@ precision   the oracle rerun in emulated float32/float16/bfloat16 (verify's yard
 verify      per-tensor verdicts against a reference, in the candidate's precision
 golden      the frozen suite of named cases and its tamper-proof check
 mamba       a Mamba layer's own parameters (A_log, x_proj, dt_proj, D) on the selective core
+            (--model mamba), and the whole Mamba-1 layer (--model mamba-block)
 diagnose    which conventions (discretization, output, D, layout, gate) a candidate follows
 
 >>> from rssm_ref.oracle import formats
 >>> formats.MODELS
-('lti', 'residual', 'selective', 'mamba')
+('lti', 'residual', 'selective', 'mamba', 'mamba-block')
 """

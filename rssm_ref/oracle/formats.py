@@ -63,7 +63,7 @@ from rssm_ref.util.paths import atomic_savez
 from rssm_ref.validation import check_array, check_stable_den, check_tokens
 
 FORMAT_VERSION = "rssm-ref/1"
-MODELS = ("lti", "residual", "selective", "mamba")
+MODELS = ("lti", "residual", "selective", "mamba", "mamba-block")
 PARAM_PREFIX = "param__"
 INPUT_PREFIX = "input__"
 OPTIONS_KEY = "options_json"
@@ -124,6 +124,28 @@ SPECS = {
         "intermediates": {"delta": ("batch", "L", "m"), "h": ("batch", "L", "m", "n"),
                           "last_state": ("batch", "m", "n")},
     },
+    # a whole Mamba-1 layer (mamba_ssm's Mamba, rssm_ref.mamba_block) under its state_dict
+    # names; in_proj.weight's rows (2E) and x_proj.weight's (dt_rank + 2 n) are checked
+    # after binding. Its input is hidden_states (batch, L, d), HF's name; optional initial
+    # states conv_state (batch, E, W) (or causal-conv1d's (batch, E, W - 1)) and ssm_state.
+    "mamba-block": {
+        "blocks": {
+            "layer": {
+                "mamba-block": {"in_proj.weight": ("2E", "d"), "conv1d.weight": ("E", 1, "W"),
+                                "x_proj.weight": ("dt_rank+2n", "E"),
+                                "dt_proj.weight": ("E", "dt_rank"), "dt_proj.bias": ("E",),
+                                "A_log": ("E", "n"), "D": ("E",), "out_proj.weight": ("d", "E")},
+            },
+        },
+        "optional": {"in_proj.bias": ("2E",), "conv1d.bias": ("E",), "out_proj.bias": ("d",)},
+        "input": ("hidden_states", ("batch", "L", "d")),
+        "states": {"conv_state": ("batch", "E", "W"), "ssm_state": ("batch", "E", "n")},
+        "outputs": {"y": ("batch", "L", "d"), "conv_state": ("batch", "E", "W"),
+                    "ssm_state": ("batch", "E", "n")},
+        "intermediates": {"xz": ("batch", "L", "2E"), "x_conv": ("batch", "L", "E"),
+                          "x_act": ("batch", "L", "E"), "delta": ("batch", "L", "E"),
+                          "y_ssm": ("batch", "L", "E"), "z": ("batch", "L", "E")},
+    },
 }
 
 # Sequence tensors carry time on axis 1 (used by verify for "first bad time step").
@@ -131,7 +153,7 @@ TIME_AXIS_TENSORS = ("y", "y_s", "r", "s", "delta", "h", "grad_u", "dy", "u")
 LAYOUTS = ("channel-last", "channel-first")
 
 _FORM_NAMES = {"ss": "state-space", "tf": "transfer-function", "diag": "diagonal",
-               "mamba": "Mamba-layer"}
+               "mamba": "Mamba-layer", "mamba-block": "Mamba-1 layer"}
 # keys of a whole Mamba block outside its selective scan (refused with a hint)
 _MAMBA_OUTSIDE = ("in_proj", "conv1d", "out_proj", "norm", "embedding.weight", "lm_head")
 
@@ -355,6 +377,8 @@ def check_params(model, params, where="params", allow_unstable=False):
             _ss_stable(where, key, arr)
     if model == "mamba":
         _check_mamba(where, out, sizes.as_dict())
+    if model == "mamba-block":
+        _check_mamba_block(where, out, sizes.as_dict())
     if model == "selective" and not allow_unstable:
         check_selective_A(where, out["A"])
     return out, sizes.as_dict()
@@ -388,6 +412,27 @@ def _check_mamba(where, params, sizes):
                          "makes A = -exp(A_log) overflow or vanish (expected -745 < A_log < 709)")
 
 
+def _check_mamba_block(where, params, sizes):
+    """in_proj.weight holds x then z (2E rows, E from key 'conv1d.weight'); x_proj.weight's
+    rows are dt_rank, n, n; A = -exp(A_log) finite."""
+    rows, E = sizes["2E"], sizes["E"]
+    if rows != 2 * E:
+        raise ValueError(f"{where}: key 'in_proj.weight': {rows} rows (expected 2 E = 2*{E} = "
+                         f"{2 * E}: E rows for x, then E for z; E from key 'conv1d.weight' "
+                         f"({E}, 1, W))")
+    _check_mamba(where, params, {"dt_rank+2n": sizes["dt_rank+2n"], "dt_rank": sizes["dt_rank"],
+                                 "n": sizes["n"]})
+
+
+def input_key(model):
+    """The name of a model's input sequence: ``u`` (hidden_states for mamba-block).
+
+    >>> input_key("mamba-block"), input_key("lti")
+    ('hidden_states', 'u')
+    """
+    return SPECS[model].get("input", ("u",))[0]
+
+
 def output_shapes(model, sizes):
     """Concrete shapes of ``y`` and the intermediates, given all sizes.
 
@@ -419,6 +464,8 @@ def check_inputs(model, inputs, sizes, where="inputs", params_where="params",
     check_model(model)
     if not hasattr(inputs, "keys"):
         raise TypeError(f"{where}: {type(inputs).__name__} (expected a mapping of key -> array)")
+    if "input" in SPECS[model]:
+        return _check_layer_inputs(model, inputs, sizes, where, params_where, layout)
     extra = sorted(k for k in inputs if k not in ("u", "tokens", "dy"))
     if extra:
         raise ValueError(f"{where}: unexpected key {_q(extra[0])} (expected u or tokens, "
@@ -463,6 +510,50 @@ def check_inputs(model, inputs, sizes, where="inputs", params_where="params",
         spec = layout_shape("dy", SPECS[model]["outputs"]["y"], layout)
         bound.bind("dy", spec, onp.shape(out["dy"]))
         out["dy"] = from_layout("dy", out["dy"], layout)
+    return out, bound.as_dict()
+
+
+def _check_layer_inputs(model, inputs, sizes, where, params_where, layout):
+    """A layer's inputs: its input sequence (``SPECS[model]["input"]``), optional initial
+    states and ``dy``; channel-last only (the layers take (batch, L, d) in every anchor)."""
+    spec = SPECS[model]
+    name, shape = spec["input"]
+    if check_layout(layout) != "channel-last":
+        raise ValueError(f"layout: {layout!r} given for --model {model} (its {name} is "
+                         "(batch, L, d) in mamba_ssm, mambapy and HF alike; expected "
+                         "channel-last)")
+    allowed = (name, "dy") + tuple(spec["states"])
+    extra = sorted(k for k in inputs if k not in allowed)
+    if extra:
+        hint = " (the layer's input is hidden_states, HF's name)" if extra[0] == "u" else ""
+        raise ValueError(f"{where}: unexpected key {_q(extra[0])} for --model {model} "
+                         f"(expected {name}, and optionally {', '.join(allowed[1:])}){hint}")
+    if name not in inputs:
+        raise ValueError(f"{where}: missing key {_q(name)} (expected {name} "
+                         f"{_fmt_shape(shape)} float64)")
+    bound = _Sizes(where)
+    for sym, val in sizes.items():
+        bound.values[sym] = (val, f"{params_where}")
+    out = {name: _float_array(where, name, inputs[name])}
+    bound.bind(name, shape, onp.shape(out[name]))
+    for key, st in spec["states"].items():
+        if key not in inputs:
+            continue
+        out[key] = _float_array(where, key, inputs[key])
+        shp = onp.shape(out[key])
+        if key == "conv_state":
+            # mamba_ssm's / HF's (batch, E, W), or causal-conv1d's initial_states (batch, E, W - 1)
+            W = sizes["W"]
+            if len(shp) == 3 and shp[2] not in (W, W - 1):
+                raise ValueError(f"{where}: key 'conv_state': shape {shp} (expected (batch, E, W) "
+                                 f"= (batch, {sizes['E']}, {W}), the last W conv inputs as "
+                                 f"mamba_ssm keeps them, or causal-conv1d's (batch, "
+                                 f"{sizes['E']}, {W - 1}); W from key 'conv1d.weight')")
+            st = ("batch", "E", "W_state")
+        bound.bind(key, st, shp)
+    if "dy" in inputs:
+        out["dy"] = _float_array(where, "dy", inputs["dy"])
+        bound.bind("dy", spec["outputs"]["y"], onp.shape(out["dy"]))
     return out, bound.as_dict()
 
 
@@ -624,15 +715,22 @@ def allowed_output_keys(model, params):
     ['grad_den', 'grad_num', 'grad_u', 'y']
     """
     spec = SPECS[model]
-    keys = set(spec["outputs"]) | set(spec["intermediates"]) | {"grad_u"}
+    keys = set(spec["outputs"]) | set(spec["intermediates"]) | {"grad_" + input_key(model)}
     keys |= {f"grad_{k}" for k in params}
+    keys |= {f"grad_{k}" for k in spec.get("states", ())}
     return keys
 
 
 def expected_output_shapes(model, params, sizes):
     """Concrete shapes of every allowed output key (y, intermediates, grad_*)."""
     shapes = output_shapes(model, sizes)
-    shapes["grad_u"] = (sizes["batch"], sizes["L"], sizes["m"])
+    if "input" in SPECS[model]:
+        name, shp = SPECS[model]["input"]
+        shapes["grad_" + name] = tuple(sizes[s] for s in shp)
+        shapes["grad_ssm_state"] = (sizes["batch"], sizes["E"], sizes["n"])
+        shapes["grad_conv_state"] = (sizes["batch"], sizes["E"], sizes.get("W_state", sizes["W"]))
+    else:
+        shapes["grad_u"] = (sizes["batch"], sizes["L"], sizes["m"])
     for k, v in params.items():
         shapes[f"grad_{k}"] = tuple(onp.shape(v))
     return shapes

@@ -42,6 +42,7 @@ from autograd import grad
 
 from rssm_ref import residual_ssm as rs
 from rssm_ref.convolution import ss_fft_filter, tf_fft_filter
+from rssm_ref.mamba_block import mamba_block, mamba_block_step
 from rssm_ref.oracle import formats, mamba
 from rssm_ref.recurrence import ss_filter, tf_filter
 from rssm_ref.selective_ssm import selective_ssm
@@ -59,6 +60,7 @@ DEFAULTS = {
     "residual": {"gate": "euler", "output": "after"},
     "selective": {"discretization": "zoh", "output": "before"},
     "mamba": {"discretization": "euler", "output": "after"},
+    "mamba-block": {"discretization": "euler", "output": "after"},
 }
 
 
@@ -79,6 +81,7 @@ class ForwardConfig:
     intermediates: bool = False
     backend: Optional[str] = None   # None: $RSSM_REF_BACKEND, else "numpy"
     layout: Optional[str] = None    # None: "channel-last"
+    step: bool = False              # mamba-block: one decoding step (Mamba.step)
 
     def options(self):
         """Resolved options dict (the JSON stored in ``options_json``), checked."""
@@ -89,7 +92,8 @@ class ForwardConfig:
         return resolve_options(self.model, path=self.path, gate=self.gate,
                                discretization=self.discretization, output=self.output,
                                allow_unstable=self.allow_unstable, grads=self.grads,
-                               intermediates=self.intermediates, layout=self.layout)
+                               intermediates=self.intermediates, layout=self.layout,
+                               step=self.step)
 
 
 def _choice(name, value, allowed, model, applies):
@@ -104,7 +108,8 @@ def _choice(name, value, allowed, model, applies):
 
 
 def resolve_options(model, path=None, gate=None, discretization=None, output=None,
-                    allow_unstable=False, grads=False, intermediates=False, layout=None):
+                    allow_unstable=False, grads=False, intermediates=False, layout=None,
+                    step=False):
     """Check the options against the model and fill in defaults.
 
     Defaults (``DEFAULTS``): path "recurrent", layout "channel-last"; residual gate
@@ -121,7 +126,17 @@ def resolve_options(model, path=None, gate=None, discretization=None, output=Non
     formats.check_model(model)
     if path is not None:
         check_option("path", path, PATHS)
-    if model in ("selective", "mamba") and path == "fft":
+    if step and model != "mamba-block":
+        raise ValueError(f"step: given for --model {model} (expected it only with --model "
+                         "mamba-block: one decoding step from conv_state and ssm_state)")
+    if model == "mamba-block":
+        for name, value, only in (("discretization", discretization, "euler"),
+                                  ("output", output, "after")):
+            if value not in (None, only):
+                raise ValueError(f"{name}: {value!r} given for --model mamba-block (the layer "
+                                 f"computes mamba_ssm's Mamba: {name} {only!r}; verify another "
+                                 "convention on the scan alone with --model mamba)")
+    if model in ("selective", "mamba", "mamba-block") and path == "fft":
         raise ValueError(f"path: 'fft' given for --model {model} (a time-varying system has "
                          "no convolution kernel; expected recurrent)")
     opts = {
@@ -130,8 +145,9 @@ def resolve_options(model, path=None, gate=None, discretization=None, output=Non
         "path": path or "recurrent",
         "gate": _choice("gate", gate, GATES, model, ("residual",)),
         "discretization": _choice("discretization", discretization, DISCRETIZATIONS, model,
-                                  ("selective", "mamba")),
-        "output": _choice("output", output, OUTPUTS, model, ("residual", "selective", "mamba")),
+                                  ("selective", "mamba", "mamba-block")),
+        "output": _choice("output", output, OUTPUTS, model,
+                          ("residual", "selective", "mamba", "mamba-block")),
         "allow_unstable": bool(allow_unstable),
         "grads": bool(grads),
         "intermediates": bool(intermediates),
@@ -139,6 +155,8 @@ def resolve_options(model, path=None, gate=None, discretization=None, output=Non
     }
     for key, default in DEFAULTS[model].items():
         opts[key] = opts[key] or default
+    if model == "mamba-block":
+        opts["step"] = bool(step)          # only this model's files carry the key
     return opts
 
 
@@ -212,7 +230,8 @@ def compute(model, params, inputs, path=None, gate=None, discretization=None, ou
 
 INTERMEDIATES = {"lti": (), "residual": ("y_s", "r", "s"),
                  "selective": ("delta", "h", "last_state"),
-                 "mamba": ("delta", "h", "last_state")}
+                 "mamba": ("delta", "h", "last_state"),
+                 "mamba-block": ("xz", "x_conv", "x_act", "delta", "y_ssm", "z")}
 
 
 def _shift_right(x):
@@ -272,6 +291,50 @@ def _compute_mamba(params, inputs, opts, backend):
     return out
 
 
+def _layer_run(opts):
+    """(P, h, conv_state, ssm_state) -> mamba_block's dict: the whole sequence, or with
+    opts["step"] one decoding step (Mamba.step) on the single token h[:, 0]."""
+    if not opts.get("step"):
+        return mamba_block
+
+    def step(P, h, conv_state, ssm_state):
+        y, conv, ssm, inter = mamba_block_step(P, h[:, 0], conv_state, ssm_state,
+                                               intermediates=True)
+        out = {k: v[:, None] for k, v in inter.items()}
+        out.update(y=y[:, None], conv_state=conv, ssm_state=ssm)
+        return out
+    return step
+
+
+def _compute_mamba_block(params, inputs, opts, backend):
+    # the whole layer (rssm_ref.mamba_block); gradients of sum(y * dy) by autograd through
+    # it, for every parameter, hidden_states and the initial states given
+    if backend != "numpy":
+        raise ValueError(f"backend: {backend!r} given for --model mamba-block (the layer runs "
+                         "on NumPy; expected numpy)")
+    run = _layer_run(opts)
+    h = inputs["hidden_states"]
+    states = [k for k in ("conv_state", "ssm_state") if k in inputs]
+    res = run(params, h, inputs.get("conv_state"), inputs.get("ssm_state"))
+    out = {k: onp.asarray(res[k], dtype=onp.float64) for k in ("y", "conv_state", "ssm_state")}
+    if opts["intermediates"]:
+        out.update({k: onp.asarray(res[k], dtype=onp.float64) for k in INTERMEDIATES["mamba-block"]})
+    if opts["grads"]:
+        dy = inputs["dy"] if "dy" in inputs else onp.ones(out["y"].shape)
+        keys = sorted(params)
+
+        def objective(args):
+            P = dict(zip(keys, args[:len(keys)]))
+            given = dict(zip(states, args[len(keys) + 1:]))
+            r = run(P, args[len(keys)], given.get("conv_state"), given.get("ssm_state"))
+            return np.sum(r["y"] * dy)
+
+        g = grad(objective)([params[k] for k in keys] + [h] + [inputs[k] for k in states])
+        for k, gk in zip(keys + ["hidden_states"] + states, g):
+            out[f"grad_{k}"] = onp.asarray(gk, dtype=onp.float64)
+    return out
+
+
 def compute_checked(model, params, inputs, opts, backend="numpy"):
     """The oracle's outputs for params and inputs already checked (``formats``) and
     options already resolved (:func:`resolve_options`): y, the intermediates with
@@ -281,6 +344,19 @@ def compute_checked(model, params, inputs, opts, backend="numpy"):
     """
     if model == "mamba":
         return _compute_mamba(params, inputs, opts, backend)
+    if model == "mamba-block":
+        if opts.get("step"):
+            missing = [k for k in ("conv_state", "ssm_state") if k not in inputs]
+            if missing or inputs["hidden_states"].shape[1] != 1:
+                raise ValueError("step: one decoding step needs hidden_states (batch, 1, d) and "
+                                 "both conv_state (batch, E, W) and ssm_state (batch, E, n) in "
+                                 f"the inputs (got hidden_states {inputs['hidden_states'].shape}"
+                                 + (f", missing {', '.join(missing)})" if missing else ")"))
+            if inputs["conv_state"].shape[2] != params["conv1d.weight"].shape[2]:
+                raise ValueError("step: conv_state must be (batch, E, W), as Mamba.step keeps it "
+                                 "(causal-conv1d's (batch, E, W - 1) is for a whole-sequence "
+                                 "forward)")
+        return _compute_mamba_block(params, inputs, opts, backend)
     if model == "residual" and opts.get("output") == "before":
         return _residual_before(params, inputs, opts, backend)
     if opts["allow_unstable"] and opts["path"] == "fft":

@@ -58,6 +58,8 @@ from autograd import make_vjp
 from autograd.tracer import getval
 from autograd.extend import defvjp, defvjp_argnums, primitive
 
+from rssm_ref.oracle.formats import input_key as formats_input_key
+
 PRECISIONS = ("float64", "float32", "float16", "bfloat16")
 _WORKING = {"float64": onp.float64, "float32": onp.float32, "float16": onp.float32,
             "bfloat16": onp.float32}
@@ -564,8 +566,54 @@ def mamba_scan(ar, P, u, discretization="euler", output="after", ref=False):
                            discretization, output, ref)
 
 
-def _selective_core(ar, A, zd, Bbar, Cbar, D, u, discretization, output, ref):
-    """Eqs. (3)-(2) from the pre-activation zd of Δ and B̄_t, C̄_t (batch, L, n)."""
+def mamba_block_scan(ar, P, h, conv_state=None, ssm_state=None, ref=False):
+    """A whole Mamba-1 layer (rssm_ref.mamba_block, (M1)-(M9)) rounded in the order
+    mamba_ssm computes it: xz = in_proj(h); the causal conv as W products added one after
+    the other (oldest tap first) plus the bias; SiLU; the scan of ``mamba_scan`` (from
+    ``ssm_state`` when given); y_ssm · SiLU(z); out_proj. ``conv_state`` (batch, E, W) or
+    (batch, E, W - 1): the conv inputs before t = 0. Returns (y, {xz, x_conv, x_act,
+    delta, y_ssm, z, conv_state (batch, E, W), ssm_state (batch, E, n)}).
+    """
+    q = ar.q
+    E, _, W = P["conv1d.weight"].shape
+    lead = h.shape[:2]
+    xz = q(ar.proj(h, P["in_proj.weight"]))
+    if "in_proj.bias" in P:
+        xz = q(xz + ar.expand(P["in_proj.bias"], lead))
+    x, z = xz[..., :E], xz[..., E:]
+    if conv_state is None:
+        before = ar.zeros((h.shape[0], W - 1, E))
+    else:
+        before = np.transpose(conv_state[:, :, conv_state.shape[2] - (W - 1):], (0, 2, 1))
+    xpad = np.concatenate([before, x], axis=1)                  # (batch, W - 1 + L, E)
+    L = h.shape[1]
+    x_conv = None
+    for k in range(W):                                           # (M2): tap k on xpad[t + k]
+        term = q(ar.expand(P["conv1d.weight"][:, 0, k], lead) * xpad[:, k:k + L])
+        x_conv = term if x_conv is None else q(x_conv + term)
+    if "conv1d.bias" in P:
+        x_conv = q(x_conv + ar.expand(P["conv1d.bias"], lead))
+    x_act = q(x_conv * _sigmoid(ar, x_conv))
+    r, n = P["dt_proj.weight"].shape[1], P["A_log"].shape[1]
+    x_dbl = q(ar.proj(x_act, P["x_proj.weight"]))
+    zd = q(ar.proj(x_dbl[..., :r], P["dt_proj.weight"]))
+    zd = q(zd + ar.expand(P["dt_proj.bias"], lead))
+    A = -q(np.exp(P["A_log"]))
+    y_ssm, inter = _selective_core(ar, A, zd, x_dbl[..., r:r + n], x_dbl[..., r + n:], P["D"],
+                                   x_act, "euler", "after", ref, h0=ssm_state)
+    gated = q(y_ssm * q(z * _sigmoid(ar, z)))
+    y = q(ar.proj(gated, P["out_proj.weight"]))
+    if "out_proj.bias" in P:
+        y = q(y + ar.expand(P["out_proj.bias"], lead))
+    full = np.concatenate([ar.zeros((h.shape[0], 1, E)), xpad], axis=1)   # one more on the left
+    return y, {"xz": xz, "x_conv": x_conv, "x_act": x_act, "delta": inter["delta"],
+               "y_ssm": y_ssm, "z": z, "conv_state": np.transpose(full[:, -W:], (0, 2, 1)),
+               "ssm_state": inter["last_state"]}
+
+
+def _selective_core(ar, A, zd, Bbar, Cbar, D, u, discretization, output, ref, h0=None):
+    """Eqs. (3)-(2) from the pre-activation zd of Δ and B̄_t, C̄_t (batch, L, n); ``h0``
+    (batch, m, n) the state before t = 0 (zero when None)."""
     q = ar.q
     delta = _softplus(ar, zd)
     # A broadcast over (batch, L) once per use: each use's gradient is its own sum over
@@ -576,7 +624,11 @@ def _selective_core(ar, A, zd, Bbar, Cbar, D, u, discretization, output, ref):
         B_t = q(q(q(np.expm1(dA)) / ar.expand(A, zd.shape[:2])) * Bbar[:, :, None, :])
     else:
         B_t = q(delta[..., None] * Bbar[:, :, None, :])
-    H = _diag(ar, A_t, q(B_t * u[..., None]), ref)              # H[:, t] = h(t+1)
+    b = q(B_t * u[..., None])
+    if h0 is not None:
+        # h(1) = A_0 h0 + b_0: the initial state enters the first step's input
+        b = np.concatenate([q(b[:, :1] + q(A_t[:, :1] * h0[:, None])), b[:, 1:]], axis=1)
+    H = _diag(ar, A_t, b, ref)                                   # H[:, t] = h(t+1)
     read = _shift(ar, H) if output == "before" else H
     y = q(np.einsum("blmn,bln->blm", read, Cbar))
     if D is not None:
@@ -601,7 +653,11 @@ def _model_fn(model, options):
         return lambda ar, P, u: mamba_scan(
             ar, P, u, discretization=options.get("discretization") or "euler",
             output=options.get("output") or "after")
-    raise ValueError(f"model: {model!r} (expected lti, residual, selective or mamba)")
+    if model == "mamba-block":
+        return lambda ar, P, h, conv_state=None, ssm_state=None: mamba_block_scan(
+            ar, P, h, conv_state, ssm_state)
+    raise ValueError(f"model: {model!r} (expected lti, residual, selective, mamba or "
+                     "mamba-block)")
 
 
 def emulate(model, params, inputs, options, precision, grads=False, seed=None):
@@ -624,22 +680,25 @@ def emulate(model, params, inputs, options, precision, grads=False, seed=None):
     fn = _model_fn(model, options)
     keys = sorted(k for k in params if k != "embedding")
     P0 = {k: ar.cast(params[k]) for k in keys}
+    states = [k for k in ("conv_state", "ssm_state") if k in inputs]
     if "tokens" in inputs:
         emb = ar.cast(params["embedding"])
         u0 = emb[onp.asarray(inputs["tokens"])]
     else:
-        u0 = ar.cast(inputs["u"])
+        u0 = ar.cast(inputs[formats_input_key(model)])
     captured = {}
+    n_p = len(keys)
 
     def run(args):
         # q on the leaves: a no-op forward; backward it rounds each leaf's gradient
         # (the last autograd VJP step and the sum over fan-out are otherwise unrounded)
         args = [ar.q(x) for x in args]
-        y, inter = fn(ar, dict(zip(keys, args[:-1])), args[-1])
+        extra = dict(zip(states, args[n_p + 1:]))
+        y, inter = fn(ar, dict(zip(keys, args[:n_p])), args[n_p], **extra)
         captured.update({k: getval(v) for k, v in inter.items()})
         return y
 
-    args = [P0[k] for k in keys] + [u0]
+    args = [P0[k] for k in keys] + [u0] + [ar.cast(inputs[k]) for k in states]
     with onp.errstate(all="ignore"):          # low precision may overflow: that is data
         if not grads:
             out = {"y": run(args)}
@@ -649,13 +708,12 @@ def emulate(model, params, inputs, options, precision, grads=False, seed=None):
             out = {"y": y}
             dy = ar.cast(inputs["dy"]) if "dy" in inputs else onp.ones(y.shape, ar.dtype)
             g = vjp(dy)
-            for k, gk in zip(keys, g[:-1]):
+            for k, gk in zip(keys + [formats_input_key(model)] + states, g):
                 out[f"grad_{k}"] = gk
-            out["grad_u"] = g[-1]
             if "tokens" in inputs:
                 # gather's VJP: scatter-add grad_u into the embedding rows
                 ge = onp.zeros(params["embedding"].shape, dtype=ar.dtype)
-                onp.add.at(ge, onp.asarray(inputs["tokens"]), g[-1])
+                onp.add.at(ge, onp.asarray(inputs["tokens"]), g[n_p])
                 out["grad_embedding"] = onp.asarray(ar.qn(ge)).reshape(ge.shape)
         out.update(captured)
     result = {}

@@ -25,6 +25,7 @@ from typing import Optional
 import numpy
 import numpy as onp
 
+from rssm_ref.mamba_block import mamba_block_params
 from rssm_ref.oracle import formats
 from rssm_ref.oracle.mamba import random_params
 from rssm_ref.util.paths import check_outputs
@@ -146,7 +147,14 @@ def init_params(model, seed, form=None, m=None, p=None, order=None, n=None, orde
         raise ValueError(f"--seed: {seed!r} (expected a non-negative integer)")
     rng = onp.random.default_rng(seed)
     P = {}
-    if model == "mamba":
+    if model == "mamba-block":
+        if form is not None or p is not None or order is not None or vocab is not None:
+            raise ValueError("--form/--p/--order/--vocab: given for --model mamba-block (expected "
+                             "only --m (d_model) and --n (d_state))")
+        # a whole Mamba-1 layer, mamba_ssm's initialisation (d_conv 4, expand 2, biases on)
+        P = mamba_block_params(d_model=m or 8, d_state=n or 4, seed=int(seed), conv_bias=True,
+                               bias=True)
+    elif model == "mamba":
         if form is not None:
             raise ValueError(f"--form: {form!r} given for --model mamba (expected none: it has "
                              "one form)")
@@ -201,6 +209,8 @@ def P_width(model, P):
         return P["sigma_num"].shape[0] if "sigma_num" in P else P["sigma_C"].shape[0]
     if model == "mamba":
         return P["A_log"].shape[0]
+    if model == "mamba-block":
+        return P["in_proj.weight"].shape[1]
     return P["A"].shape[0]
 
 
@@ -218,6 +228,14 @@ def init_inputs(model, params, seed, batch=2, L=32, dy=True, tokens=False):
             raise ValueError(f"{FLAGS[name]}: {val!r} (expected a positive integer)")
     rng = onp.random.default_rng(seed)
     out = {}
+    if model == "mamba-block":
+        if tokens:
+            raise ValueError("--tokens: given for --model mamba-block (its input is "
+                             "hidden_states, expected none)")
+        out["hidden_states"] = rng.standard_normal((batch, L, sizes["d"]))
+        if dy:
+            out["dy"] = rng.standard_normal((batch, L, sizes["d"]))
+        return out
     m = sizes["m"]
     if tokens:
         if "embedding" not in params:
@@ -255,7 +273,7 @@ class InitConfig:
 # the size options of ``init`` that mean something, per model (others are refused)
 INIT_OPTIONS = {"lti": ("form", "m", "p", "order"),
                 "residual": ("form", "m", "order", "order_r"),
-                "selective": ("m", "n"), "mamba": ("m", "n")}
+                "selective": ("m", "n"), "mamba": ("m", "n"), "mamba-block": ("m", "n")}
 
 
 def _refuse_unused(config, inputs_out):
