@@ -233,3 +233,70 @@ def test_hf_mamba_mixer_float64_is_caught_computing_in_float32():
     cand.update({"grad_" + n: p.grad.numpy() for n, p in mx.named_parameters()})
     assert verify(ref, cand, "float64").verdict == "FAIL"
     assert verify(ref, cand, "float32").verdict == "PASS"
+
+
+# ------------------------------------------------ real checkpoints: safetensors, --prefix
+def _whole_model(path, dtype=onp.float32):
+    """A two-layer model's state_dict as HF names it, stored in float32."""
+    from rssm_ref.util import safetensors
+    arrays = {}
+    for i in range(2):
+        P = mamba_block_params(d_model=6, d_state=2, seed=10 + i)
+        arrays.update({f"backbone.layers.{i}.mixer.{k}": v.astype(dtype) for k, v in P.items()})
+        arrays[f"backbone.layers.{i}.norm.weight"] = onp.ones(6, dtype)
+    arrays["backbone.embeddings.weight"] = onp.ones((5, 6), dtype)
+    safetensors.write(path, arrays)
+    return arrays
+
+
+def test_one_layer_of_a_float32_safetensors_model(tmp_path):
+    arrays = _whole_model(tmp_path / "model.safetensors")
+    onp.savez(tmp_path / "U.npz", hidden_states=onp.random.default_rng(0).normal(size=(1, 4, 6)))
+    res = _run("forward", "--model", "mamba-block", "--params", tmp_path / "model.safetensors",
+               "--prefix", "backbone.layers.1.mixer.", "--inputs", tmp_path / "U.npz",
+               "--out", tmp_path / "O.npz")
+    assert res.exit_code == 0, res.output
+    assert "A_log upcast exactly to float64 from F32" in res.stderr
+    o = onp.load(tmp_path / "O.npz")
+    P1 = {k.split("mixer.")[1]: v.astype(onp.float64) for k, v in arrays.items()
+          if k.startswith("backbone.layers.1.mixer.")}
+    assert _maxabs(o["y"], mamba_block_ref(P1, o["input__hidden_states"])["y"]) <= \
+        TOLERANCES["fast_vs_ref"]
+    assert all(o["param__" + k].dtype == onp.float64 and (o["param__" + k] == P1[k]).all()
+               for k in P1)
+
+
+def test_a_prefix_that_matches_nothing_lists_the_layers(tmp_path):
+    _whole_model(tmp_path / "model.safetensors")
+    onp.savez(tmp_path / "U.npz", hidden_states=onp.ones((1, 4, 6)))
+    res = _run("forward", "--model", "mamba-block", "--params", tmp_path / "model.safetensors",
+               "--prefix", "model.layers.1.mixer.", "--inputs", tmp_path / "U.npz",
+               "--out", tmp_path / "O.npz")
+    assert res.exit_code == 2
+    assert "'backbone.layers.0.mixer.', 'backbone.layers.1.mixer.'" in res.output
+    assert not os.path.exists(tmp_path / "O.npz")
+
+
+def test_pytorch_and_pickle_files_are_recognised_never_unpickled(tmp_path):
+    import pickle
+    import zipfile
+    fake = tmp_path / "weights.npz"          # torch.save's layout: archive/data.pkl + data/0
+    with zipfile.ZipFile(fake, "w") as z:
+        z.writestr("weights/data.pkl", pickle.dumps({"x": 1}))
+        z.writestr("weights/data/0", b"\0" * 8)
+    legacy = tmp_path / "legacy.npz"
+    legacy.write_bytes(pickle.dumps({"x": 1}, protocol=2))
+    onp.savez(tmp_path / "U.npz", hidden_states=onp.ones((1, 4, 6)))
+    for f, what in ((fake, "a PyTorch torch.save file"), (legacy, "a Python pickle")):
+        res = _run("forward", "--model", "mamba-block", "--params", f, "--inputs",
+                   tmp_path / "U.npz", "--out", tmp_path / "O.npz")
+        assert res.exit_code == 2 and what in res.output and "safetensors" in res.output, res.output
+        assert "never unpickled" in res.output
+
+
+def test_a_real_torch_save_file_renamed_npz_is_refused(tmp_path):
+    torch = pytest.importorskip("torch", reason="torch is not installed: pip install torch (CPU)")
+    f = tmp_path / "P.npz"
+    torch.save({"A_log": torch.zeros(2, 2)}, f)
+    res = _run("verify", "--reference", f, "--candidate", f)
+    assert res.exit_code == 2 and "a PyTorch torch.save file" in res.output, res.output

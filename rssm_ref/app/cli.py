@@ -166,7 +166,8 @@ def _report(result, as_json):
 
 @main.command("forward")
 @click.option("--model", type=_MODELS, required=True, help="Which model the params describe.")
-@click.option("--params", "params_path", required=True, metavar="P.npz", help="Params file.")
+@click.option("--params", "params_path", required=True, metavar="P.npz",
+              help="Params file: .npz or .safetensors (told apart by content).")
 @click.option("--inputs", "inputs_path", required=True, metavar="U.npz",
               help="Inputs file: u (batch, L, m) or tokens, optional dy.")
 @click.option("--out", "out_path", required=True, metavar="O.npz", help="Output file.")
@@ -188,13 +189,16 @@ def _report(result, as_json):
 @click.option("--grads", is_flag=True, help="Add grad_u and grad_<key> of sum(y * dy).")
 @click.option("--intermediates", is_flag=True,
               help="Add the model's internal signals (residual, selective; refused for lti).")
+@click.option("--prefix", default=None, metavar="PREFIX",
+              help="Read one layer of a whole-model params file: the keys that start with "
+                   "PREFIX (e.g. backbone.layers.3.mixer.), without it.")
 @click.option("--step", is_flag=True,
               help="mamba-block: one decoding step (Mamba.step) from the inputs' conv_state and "
                    "ssm_state on hidden_states (batch, 1, d).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 @_BACKEND
 def forward_cmd(model, params_path, inputs_path, out_path, path, gate, discretization, output,
-                layout, allow_unstable, grads, intermediates, step, as_json, backend):
+                layout, allow_unstable, grads, intermediates, prefix, step, as_json, backend):
     """Compute the float64 reference outputs (and gradients) for a params/inputs pair.
 
     --model mamba takes a Mamba layer's own keys (A_log, D, x_proj.weight, dt_proj.weight,
@@ -205,11 +209,13 @@ def forward_cmd(model, params_path, inputs_path, out_path, path, gate, discretiz
     config = ForwardConfig(model=model, path=path, gate=gate, discretization=discretization,
                            output=output, allow_unstable=allow_unstable, grads=grads,
                            intermediates=intermediates, backend=backend, layout=layout,
-                           step=step)
+                           step=step, prefix=prefix)
     info = run_guarded(run_forward, config, params_path, inputs_path, out_path)
     if as_json:
         _json_out(info)
         return
+    for note in info["notes"]:
+        click.echo(f"note: {params_path}: {note}", err=True)
     click.echo(f"wrote {info['out']}: {', '.join(info['keys'])} (y shape {info['y_shape']}, "
                f"backend {info['backend']})")
 

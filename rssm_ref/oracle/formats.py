@@ -56,9 +56,11 @@ ValueError: P.npz: key 'den': row 0 has a pole of modulus 2 (expected all poles 
 """
 import json
 import os
+import zipfile
 
 import numpy as onp
 
+from rssm_ref.util import safetensors
 from rssm_ref.util.paths import atomic_savez
 from rssm_ref.validation import check_array, check_stable_den, check_tokens
 
@@ -577,7 +579,9 @@ def load_npz(path, what="params"):
     key = None
     try:
         with open(label, "rb") as fh:
-            head = fh.read(4)
+            head = fh.read(16)
+        _refuse_pickles(label, head)
+        head = head[:4]
         if head != b"PK\x03\x04" and head != b"PK\x05\x06":
             raise ValueError(f"{label}: not a .npz archive (expected a zip of .npy arrays "
                              f"written by numpy.savez; got {len(head)} leading bytes {head!r})")
@@ -605,15 +609,73 @@ def load_npz(path, what="params"):
     return out
 
 
+TORCH_HINT = ("save the tensors with numpy.savez or as .safetensors instead "
+              "(docs/12-verify-mamba.md, 'Getting your tensors out')")
+
+
+def _refuse_pickles(label, head):
+    """PyTorch's torch.save files (a zip of pickles, or a bare pickle) are recognised and
+    refused in one line: they are never unpickled, whatever their name."""
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        raise ValueError(f"{label}: a Python pickle (torch.save's legacy format or "
+                         f"pickle.dump), never unpickled here; {TORCH_HINT}")
+    if head[:4] == b"PK\x03\x04":
+        with zipfile.ZipFile(label) as z:
+            names = z.namelist()
+        if any(n.endswith("data.pkl") or "/data/" in n for n in names):
+            raise ValueError(f"{label}: a PyTorch torch.save file (a zip of pickles, "
+                             f"{names[0]!r} ...), never unpickled here; {TORCH_HINT}")
+
+
+def read_arrays(path, what="params", prefix=None):
+    """Every array of a ``.npz`` or ``.safetensors`` file (told apart by their first
+    bytes, not their names), and the notes worth telling the user: ``(arrays, notes)``.
+    safetensors' floating tensors come back as float64 (an exact upcast: notes say from
+    what). ``prefix`` (e.g. ``backbone.layers.3.mixer.``) keeps the keys that start with
+    it, stripped of it; a prefix that matches nothing lists the layer prefixes found.
+
+    >>> import os, tempfile, numpy
+    >>> from rssm_ref.util import safetensors
+    >>> p = os.path.join(tempfile.mkdtemp(), "m.safetensors")
+    >>> safetensors.write(p, {"layers.0.mixer.D": numpy.ones(2, numpy.float32)})
+    >>> arrays, notes = read_arrays(p, prefix="layers.0.mixer.")
+    >>> sorted(arrays), notes
+    (['D'], ['D upcast exactly to float64 from F32'])
+    """
+    label = os.fspath(path)
+    notes = []
+    head = b""
+    if os.path.isfile(label):
+        with open(label, "rb") as fh:
+            head = fh.read(16)
+    if safetensors.looks_like(head):
+        arrays, upcast = safetensors.read(label)
+    else:
+        arrays, upcast = load_npz(label, what), {}
+    if prefix:
+        kept = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+        if not kept:
+            found = sorted({k[:-len(leaf)] for k in arrays for leaf in ("A_log", "in_proj.weight")
+                            if k.endswith(leaf)})
+            raise ValueError(f"--prefix: {prefix!r} matches no key of {label} (layer prefixes "
+                             f"found: {', '.join(map(repr, found)) or 'none'}; keys look like "
+                             f"{next(iter(arrays))!r})")
+        upcast = {k[len(prefix):]: v for k, v in upcast.items() if k.startswith(prefix)}
+        arrays = kept
+    notes += [f"{k} upcast exactly to float64 from {v}" for k, v in sorted(upcast.items())]
+    return arrays, notes
+
+
 def _one_line(exc):
     text = " ".join(str(exc).split())
     return text[:120] if text else type(exc).__name__
 
 
-def load_params(path, model, allow_unstable=False):
-    """Load and check a params file; returns ``(params, sizes)`` (see ``check_params``)."""
-    return check_params(model, load_npz(path, "params"), where=os.fspath(path),
-                        allow_unstable=allow_unstable)
+def load_params(path, model, allow_unstable=False, prefix=None):
+    """Load and check a params file (.npz or .safetensors, ``read_arrays``); returns
+    ``(params, sizes)`` (see ``check_params``)."""
+    arrays, _ = read_arrays(path, "params", prefix)
+    return check_params(model, arrays, where=os.fspath(path), allow_unstable=allow_unstable)
 
 
 def load_inputs(path, model, sizes, params_where="params", layout="channel-last"):

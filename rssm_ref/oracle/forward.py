@@ -82,6 +82,7 @@ class ForwardConfig:
     backend: Optional[str] = None   # None: $RSSM_REF_BACKEND, else "numpy"
     layout: Optional[str] = None    # None: "channel-last"
     step: bool = False              # mamba-block: one decoding step (Mamba.step)
+    prefix: Optional[str] = None    # keep the params keys starting with it, stripped
 
     def options(self):
         """Resolved options dict (the JSON stored in ``options_json``), checked."""
@@ -455,8 +456,9 @@ def run_forward(config, params_path, inputs_path, out_path):
     opts = config.options()
     backend = config.backend or get_backend_name()
     namespace(backend)   # fail early, before reading files, if the backend cannot run here
-    params, sizes = formats.load_params(params_path, config.model,
-                                        allow_unstable=config.allow_unstable)
+    arrays, notes = formats.read_arrays(params_path, "params", config.prefix)
+    params, sizes = formats.check_params(config.model, arrays, where=os.fspath(params_path),
+                                         allow_unstable=config.allow_unstable)
     if config.model == "selective":
         formats.check_selective_A(os.fspath(params_path), params["A"])
     inputs, sizes = formats.load_inputs(inputs_path, config.model, sizes,
@@ -477,4 +479,4 @@ def run_forward(config, params_path, inputs_path, out_path):
     meta = dict(opts, backend=backend) if backend != "numpy" else opts
     formats.save_npz_atomic(out_path, bundle(meta, params, inputs, outputs))
     return {"out": os.fspath(out_path), "keys": sorted(outputs), "y_shape": outputs["y"].shape,
-            "backend": backend}
+            "backend": backend, "notes": notes}
