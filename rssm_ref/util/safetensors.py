@@ -85,7 +85,7 @@ def write(path, arrays):
     for name in sorted(arrays):
         a = numpy.ascontiguousarray(arrays[name])
         a = a.astype(a.dtype.newbyteorder("<")) if a.dtype.byteorder == ">" else a
-        code = codes.get(a.dtype.str) or codes.get(numpy.dtype(a.dtype.str.replace("=", "<")).str)
+        code = codes.get(a.dtype.str)
         if code is None:
             raise ValueError(f"{path}: tensor '{name}': dtype {a.dtype} has no safetensors code")
         b = a.tobytes()
