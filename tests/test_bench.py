@@ -6,6 +6,7 @@ from click.testing import CliRunner
 
 from cli import main
 from rssm_ref.app.bench import FIGURES
+from rssm_ref.util.version import VERSION
 
 
 def test_bench_quick_writes_schema(tmp_path):
@@ -31,6 +32,7 @@ def test_bench_json_to_stdout_and_bad_json_out(tmp_path):
     res = r.invoke(main, ["bench", "--quick", "--only", "lti_recurrent", "--json"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
+    assert doc["rssm_ref_version"] == VERSION
     assert doc["quick"] is True and [row["figure"] for row in doc["rows"]] == ["lti_recurrent"]
     # --json-out into a missing folder: refused before any timing, JSON error on stdout
     res = r.invoke(main, ["bench", "--quick", "--json", "--json-out", str(tmp_path / "no" / "b.json")])

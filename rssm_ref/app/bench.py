@@ -54,6 +54,7 @@ from rssm_ref.training.head import (accuracy, init_params, loss, loss_ref, Model
 from rssm_ref.training.tasks import make_batch
 from rssm_ref.training.train import DATA_STREAM, FlatAdam, fresh_state, TrainConfig
 from rssm_ref.util.paths import atomic_write_text
+from rssm_ref.util.version import VERSION
 from rssm_ref.xp.backend import namespace, synchronize, to_backend, to_host
 from rssm_ref.xp.models import residual_ssm_xp
 
@@ -394,6 +395,7 @@ def format_bench(rows, quick=False):
 def bench_document(rows, quick=False):
     """{"quick", "note", "machine", "rows"}: what --json prints and --json-out writes."""
     return {"quick": bool(quick), "note": SMOKE_NOTE if quick else "full sizes, 7 repeats",
+            "rssm_ref_version": VERSION,
             "machine": {"python": platform.python_version(), "numpy": onp.__version__,
                         "cpus": os.cpu_count(), "load_avg": list(os.getloadavg())},
             "rows": rows}

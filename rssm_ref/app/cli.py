@@ -35,6 +35,7 @@ from rssm_ref.oracle.sample import InitConfig, run_init
 from rssm_ref.oracle.verify import run_verify, VerifyConfig
 from rssm_ref.util.paths import check_outputs
 from rssm_ref.util.progress import Progress
+from rssm_ref.util.version import VERSION
 from rssm_ref.xp.backend import get_backend_name, namespace
 
 
@@ -106,6 +107,7 @@ class _Main(click.Group):
 
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(VERSION, "--version", prog_name="rssm-ref", message="%(prog)s %(version)s")
 def main():
     """rssm-ref: the float64 reference oracle for the Residual SSM and Mamba's selective core.
 

@@ -52,6 +52,7 @@ from rssm_ref.training.tasks import (DEFAULT_TOKENS, extended_induction_head, in
                                      vocab_size)
 from rssm_ref.training.train import load_checkpoint, train, TrainConfig
 from rssm_ref.util.paths import atomic_savefig, atomic_write_text, check_outputs
+from rssm_ref.util.invocation import prog
 from rssm_ref.util.progress import Progress
 
 __all__ = ["ExplainConfig", "explain", "oracle_params"]
@@ -90,7 +91,7 @@ class ExplainConfig:
             raise ValueError(f"--steps: {self.steps} (expected a positive integer)")
         if self.model == "lti" and not (self.params or self.checkpoint):
             raise ValueError("--params: required for --model lti (expected a params file, e.g. "
-                             "from `rssm-ref init --model lti`)")
+                             f"from `{prog()} init --model lti`)")
 
     @property
     def params_path(self):

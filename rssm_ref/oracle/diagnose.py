@@ -51,6 +51,7 @@ from rssm_ref.oracle.precision import PRECISIONS
 from rssm_ref.oracle.verify import (candidate_precision, describe_reference, describe_text,
                                     missing_key_hint, verify)
 from rssm_ref.tolerances import TINY
+from rssm_ref.util.version import VERSION
 
 # names for convention sets a user will recognise
 KNOWN = {
@@ -130,7 +131,8 @@ class DiagnoseReport:
                 and PRECISIONS.index(self.precision) <= PRECISIONS.index(self.allowed_precision))
 
     def as_dict(self):
-        return {"reference": self.reference, "candidate": self.candidate, "model": self.model,
+        return {"rssm_ref_version": VERSION,
+                "reference": self.reference, "candidate": self.candidate, "model": self.model,
                 "reference_options": self.reference_options, "keys": list(self.keys),
                 "unchecked": list(self.unchecked), "passed": self.passed,
                 "best": self.best, "precision": self.precision,

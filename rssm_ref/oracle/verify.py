@@ -44,6 +44,8 @@ from rssm_ref.oracle import formats, golden
 from rssm_ref.oracle.forward import DEFAULTS
 from rssm_ref.oracle.precision import emulate, PRECISIONS
 from rssm_ref.tolerances import TINY, TOLERANCES
+from rssm_ref.util.invocation import prog
+from rssm_ref.util.version import VERSION
 
 # stochastic-rounding reruns added to the round-to-nearest one (seeds 0..N-1): enough to
 # see the spread of equally good rounding orders, cheap next to a candidate's own run.
@@ -163,7 +165,8 @@ class VerifyReport:
                    else ""))
 
     def as_dict(self):
-        return {"reference": self.reference, "candidate": self.candidate,
+        return {"rssm_ref_version": VERSION,
+                "reference": self.reference, "candidate": self.candidate,
                 "precision": self.precision, "precision_from": self.precision_from,
                 "factor": self.factor, "floor": self.floor,
                 "passed": self.passed, "verdict": self.verdict,
@@ -200,7 +203,7 @@ class VerifyReport:
         if self.hint:
             lines.append(self.hint)
         if bad and self.model in ("residual", "selective", "mamba"):
-            lines.append(f"which conventions do your tensors follow? rssm-ref diagnose --reference "
+            lines.append(f"which conventions do your tensors follow? {prog()} diagnose --reference "
                          f"{self.reference or 'O.npz'} --candidate {self.candidate or 'C.npz'}")
         return "\n".join(lines)
 
@@ -467,7 +470,8 @@ class SuiteReport:
             verdicts else "PASS"
 
     def to_json(self):
-        return json.dumps({"precision": self.precision, "passed": self.passed,
+        return json.dumps({"rssm_ref_version": VERSION,
+                           "precision": self.precision, "passed": self.passed,
                            "verdict": self.verdict, "skipped": self.skipped,
                            "cases": {k: r.as_dict() for k, r in self.cases.items()}}, indent=1)
 
