@@ -15,9 +15,15 @@ ss_arrays(n, m, p)                 -> (A (n, n), B (n, m), C (p, n), D (p, m))
 transfer_functions / state_spaces  -> rssm_ref.lti.TransferFunction / StateSpace
 residual_params(m, form)           -> dict (sigma_*, r_*, gate_bias)
 selective_params(m, n)             -> dict (A, W_delta, W_B, W_C, delta_bias, D)
+mamba_params(m, n, dt_rank)        -> dict under mamba_ssm's names (A_log, x_proj.weight,
+                                      dt_proj.weight, dt_proj.bias, D)
+mamba_block_params(d, E, n, W, dt_rank) -> dict: a whole Mamba-1 layer's state_dict
+                                      (in_proj, conv1d, x_proj, dt_proj, A_log, D, out_proj)
 input_sequences(batch, L, m)       -> u (batch, L, m) float64
 params_and_inputs(model, m, ...)   -> (params, inputs): one width m for both, inputs
                                       {"u", "dy"} shaped for the params' output
+                                      ("mamba-block": {"hidden_states", "dy"} and,
+                                      when drawn, "conv_state", "ssm_state")
 assert_matches_reference(model, params, inputs, outputs, precision="float64",
                          factor=None, floor=None, **options)
 
@@ -198,6 +204,73 @@ def selective_params(draw, m=st.integers(1, 4), n=st.integers(1, 4), optional=Tr
     return P
 
 
+def _mamba_scan_arrays(draw, E, n, dt_rank, optional):
+    """The selective-scan parameters of a Mamba layer of width E, as mamba_ssm names them:
+    A = -exp(A_log) (E, n) from tiny to large |A|; dt_proj.bias spread so that
+    softplus(bias) covers mamba_ssm's dt range [1e-3, 1e-1] and beyond."""
+    mag = st.one_of(st.floats(1e-3, 50.0), st.sampled_from([1e-6, 1e-3, 1.0, 100.0]))
+    A_log = onp.log(onp.array([[draw(mag) for _ in range(n)] for _ in range(E)]))
+    P = {"A_log": A_log,
+         "x_proj.weight": _normals(draw, (dt_rank + 2 * n, E), 1 / onp.sqrt(E)),
+         "dt_proj.weight": _normals(draw, (E, dt_rank), 1 / onp.sqrt(dt_rank))}
+    if optional is True or (optional and draw(st.booleans())):
+        P["dt_proj.bias"] = _normals(draw, (E,), 2.0)
+    if optional is True or (optional and draw(st.booleans())):
+        P["D"] = _normals(draw, (E,))
+    return P
+
+
+@st.composite
+def mamba_params(draw, m=st.integers(1, 4), n=st.integers(1, 4), dt_rank=st.integers(1, 3),
+                 optional=True):
+    """A Mamba layer's selective-scan params under their state_dict names (the oracle's
+    ``--model mamba``): A_log (m, n), x_proj.weight (dt_rank + 2 n, m), dt_proj.weight
+    (m, dt_rank) and, when drawn, dt_proj.bias (m,), D (m,).
+
+    >>> from hypothesis import given, settings
+    >>> @settings(max_examples=5, database=None)
+    ... @given(mamba_params(m=3, n=2, dt_rank=1))
+    ... def check(P):
+    ...     assert P["x_proj.weight"].shape == (1 + 2 * 2, 3)
+    >>> check()
+    """
+    m, n, dt_rank = _size(draw, m), _size(draw, n), _size(draw, dt_rank)
+    return _mamba_scan_arrays(draw, m, n, dt_rank, optional)
+
+
+@st.composite
+def mamba_block_params(draw, d=st.integers(1, 4), E=st.integers(1, 6), n=st.integers(1, 4),
+                       W=st.integers(2, 4), dt_rank=st.integers(1, 3), biases=None):
+    """A whole Mamba-1 layer's state_dict (the oracle's ``--model mamba-block``):
+    in_proj.weight (2E, d), conv1d.weight (E, 1, W), conv1d.bias (E,), the scan's
+    params as ``mamba_params`` (dt_proj.bias and D always, as mamba_ssm's Mamba has
+    them), out_proj.weight (d, E); ``biases`` (default: drawn) adds in_proj.bias and
+    out_proj.bias (mamba_ssm's ``bias=True``) and may drop conv1d.bias
+    (``conv_bias=False``).
+
+    >>> from hypothesis import given, settings
+    >>> @settings(max_examples=5, database=None)
+    ... @given(mamba_block_params(d=3, E=4, n=2, W=3, dt_rank=1))
+    ... def check(P):
+    ...     assert P["in_proj.weight"].shape == (8, 3) and P["conv1d.weight"].shape == (4, 1, 3)
+    >>> check()
+    """
+    d, E, n = _size(draw, d), _size(draw, E), _size(draw, n)
+    W, dt_rank = _size(draw, W), _size(draw, dt_rank)
+    P = {"in_proj.weight": _normals(draw, (2 * E, d), 1 / onp.sqrt(d)),
+         "conv1d.weight": _normals(draw, (E, 1, W), 1 / onp.sqrt(W)),
+         **_mamba_scan_arrays(draw, E, n, dt_rank, optional=True),
+         "out_proj.weight": _normals(draw, (d, E), 1 / onp.sqrt(E))}
+    linear_bias = draw(st.booleans()) if biases is None else bool(biases)
+    conv_bias = draw(st.booleans()) if biases is None else True
+    if conv_bias:
+        P["conv1d.bias"] = _normals(draw, (E,))
+    if linear_bias:
+        P["in_proj.bias"] = _normals(draw, (2 * E,))
+        P["out_proj.bias"] = _normals(draw, (d,))
+    return P
+
+
 @st.composite
 def input_sequences(draw, batch=st.integers(1, 3), L=st.integers(1, 64), m=1, scale=1.0):
     """u (batch, L, m) float64: Gaussian noise, an impulse, a step or small integers."""
@@ -222,10 +295,13 @@ def params_and_inputs(draw, model="residual", m=st.integers(1, 3), batch=st.inte
     """(params, inputs) drawn together, so the input width always matches the params.
 
     ``model``: "lti" (``tf_arrays`` or ``ss_arrays``, p outputs), "residual"
-    (``residual_params``) or "selective" (``selective_params``); ``params_kw`` go to
-    that strategy (e.g. ``form="ss"``, ``order``, ``n``). inputs: ``u`` (batch, L, m)
-    from ``input_sequences`` and, with ``dy``, a Gaussian cotangent ``dy`` shaped like
-    the output y (batch, L, p or m). Sizes may be ints or strategies.
+    (``residual_params``), "selective" (``selective_params``), "mamba"
+    (``mamba_params``, width m) or "mamba-block" (``mamba_block_params``, d_model m);
+    ``params_kw`` go to that strategy (e.g. ``form="ss"``, ``order``, ``n``, ``W``).
+    inputs: ``u`` (batch, L, m) from ``input_sequences`` (``hidden_states`` for
+    "mamba-block", which may also draw initial ``conv_state`` (batch, E, W) and
+    ``ssm_state`` (batch, E, n)) and, with ``dy``, a Gaussian cotangent ``dy`` shaped
+    like the output y (batch, L, p or m). Sizes may be ints or strategies.
 
     >>> from hypothesis import given, settings
     >>> @settings(max_examples=5, database=None)
@@ -252,10 +328,23 @@ def params_and_inputs(draw, model="residual", m=st.integers(1, 3), batch=st.inte
     elif model == "selective":
         P = draw(selective_params(m=m, **params_kw))
         width = m
+    elif model == "mamba":
+        P = draw(mamba_params(m=m, **params_kw))
+        width = m
+    elif model == "mamba-block":
+        P = draw(mamba_block_params(d=m, **params_kw))
+        width = m
     else:
-        raise ValueError(f"model: {model!r} (expected 'lti', 'residual' or 'selective')")
+        raise ValueError(f"model: {model!r} (expected 'lti', 'residual', 'selective', "
+                         "'mamba' or 'mamba-block')")
     batch, L = _size(draw, batch), _size(draw, L)
     U = {"u": draw(input_sequences(batch, L, m))}
+    if model == "mamba-block":
+        U = {"hidden_states": U["u"]}
+        E, n = P["A_log"].shape
+        if draw(st.booleans()):
+            U["conv_state"] = _normals(draw, (batch, E, P["conv1d.weight"].shape[2]))
+            U["ssm_state"] = _normals(draw, (batch, E, n))
     if dy:
         U["dy"] = _normals(draw, (batch, L, width))
     return P, U

@@ -56,7 +56,14 @@ def test_cases_cover_what_the_suite_promises(suite):
             if c["model"] == "selective"} == {("zoh", "before"), ("zoh", "after"),
                                               ("euler", "before"), ("euler", "after")}
     for c in cases.values():
-        assert {"y", "grad_u"} <= set(c["shapes"])
+        x = "hidden_states" if c["model"] == "mamba-block" else "u"
+        assert {"y", f"grad_{x}"} <= set(c["shapes"])
+    # Mamba under its state_dict names: the scan alone and the whole layer, with and
+    # without initial states (whose gradients are checked too)
+    assert "grad_x_proj.weight" in cases["mamba_scan_dt_rank3"]["shapes"]
+    blocks = [c for c in cases.values() if c["model"] == "mamba-block"]
+    assert {c["shapes"]["grad_conv1d.weight"][2] for c in blocks} == {3, 4}
+    assert any("grad_conv_state" in c["shapes"] and "ssm_state" in c["shapes"] for c in blocks)
     assert {"numpy", "scipy", "autograd", "rssm_ref", "python"} <= set(m["versions"])
     # poles at 0.999 and repeated poles are really there
     with onp.load(suite[0] / "lti_siso_tf_pole0999_L4096" / "params.npz") as z:

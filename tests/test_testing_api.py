@@ -9,9 +9,10 @@ from rssm_ref.oracle.verify import verify
 from rssm_ref.testing import assert_matches_reference, params_and_inputs
 
 
-@pytest.mark.parametrize("model", ["lti", "residual", "selective"])
+@pytest.mark.parametrize("model", ["lti", "residual", "selective", "mamba", "mamba-block"])
 def test_params_and_inputs_always_fit_together(model):
-    seen = set()
+    seen, states = set(), set()
+    x = "hidden_states" if model == "mamba-block" else "u"
 
     @settings(max_examples=15, database=None, deadline=None)
     @given(params_and_inputs(model, L=8))
@@ -19,10 +20,14 @@ def test_params_and_inputs_always_fit_together(model):
         P, U = case
         out = forward.compute(model, P, U, grads=True)      # refuses any shape mismatch
         assert out["y"].shape == U["dy"].shape
-        assert out["grad_u"].shape == U["u"].shape
-        seen.add(U["u"].shape[2])
+        assert out[f"grad_{x}"].shape == U[x].shape
+        assert all(onp.isfinite(v).all() for v in out.values())
+        seen.add(U[x].shape[2])
+        states.add("conv_state" in U)
     check()
     assert len(seen) >= 2        # the width m varies, and the inputs follow it
+    if model == "mamba-block":
+        assert states == {True, False}     # with and without initial states
 
 
 def _case():

@@ -240,17 +240,20 @@ def forward_cmd(model, params_path, inputs_path, out_path, path, gate, discretiz
 @click.option("--length", type=int, default=32, show_default=True,
               help="Sequence length L of the inputs (with --inputs-out).")
 @click.option("--no-dy", is_flag=True, help="Leave the cotangent dy out of the inputs.")
+@click.option("--layout", type=click.Choice(["channel-last", "channel-first"]), default=None,
+              help="Inputs channel-last (batch, L, m) (default) or channel-first (batch, m, L), "
+                   "as forward --layout reads them (with --inputs-out).")
 @click.option("--tokens", is_flag=True, help="Inputs as token ids (needs --vocab, --inputs-out).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 def init_cmd(model, seed, out, inputs_out, form, m, p, order, order_r, n, vocab, batch, length,
-             no_dy, tokens, as_json):
+             no_dy, layout, tokens, as_json):
     """Write valid random params (and inputs) in the file format, seeded."""
     if inputs_out is None:
         _refuse_unused({"batch": "--batch", "length": "--length", "no_dy": "--no-dy",
-                        "tokens": "--tokens"}, "without --inputs-out U.npz")
+                        "tokens": "--tokens", "layout": "--layout"}, "without --inputs-out U.npz")
     config = InitConfig(model=model, seed=seed, form=form, m=m, p=p, order=order,
                         order_r=order_r, n=n, vocab=vocab, batch=batch, length=length,
-                        dy=not no_dy, tokens=tokens)
+                        dy=not no_dy, tokens=tokens, layout=layout)
     summary = run_guarded(run_init, config, out, inputs_out)
     if as_json:
         _json_out({"params": out, "inputs": inputs_out, "summary": summary})

@@ -515,15 +515,31 @@ def check_inputs(model, inputs, sizes, where="inputs", params_where="params",
     return out, bound.as_dict()
 
 
+def check_model_layout(model, layout, where="layout"):
+    """``layout`` if ``model`` takes it: the layers' input sequence is channel-last in
+    every anchor, so a layer model refuses channel-first.
+
+    >>> check_model_layout("mamba", "channel-first")
+    'channel-first'
+    >>> check_model_layout("mamba-block", "channel-first")
+    Traceback (most recent call last):
+    ...
+    ValueError: layout: 'channel-first' given for --model mamba-block (its hidden_states is (batch, L, d) in mamba_ssm, mambapy and HF alike; expected channel-last)
+    """
+    check_layout(layout, where)
+    if "input" in SPECS[model] and layout != "channel-last":
+        raise ValueError(f"{where}: {layout!r} given for --model {model} (its "
+                         f"{SPECS[model]['input'][0]} is (batch, L, d) in mamba_ssm, mambapy "
+                         "and HF alike; expected channel-last)")
+    return layout
+
+
 def _check_layer_inputs(model, inputs, sizes, where, params_where, layout):
     """A layer's inputs: its input sequence (``SPECS[model]["input"]``), optional initial
     states and ``dy``; channel-last only (the layers take (batch, L, d) in every anchor)."""
     spec = SPECS[model]
     name, shape = spec["input"]
-    if check_layout(layout) != "channel-last":
-        raise ValueError(f"layout: {layout!r} given for --model {model} (its {name} is "
-                         "(batch, L, d) in mamba_ssm, mambapy and HF alike; expected "
-                         "channel-last)")
+    check_model_layout(model, layout)
     allowed = (name, "dy") + tuple(spec["states"])
     extra = sorted(k for k in inputs if k not in allowed)
     if extra:

@@ -34,6 +34,7 @@ from typing import Callable, Optional
 
 import numpy as onp
 
+from rssm_ref.mamba_block import mamba_block_params
 from rssm_ref.oracle import formats, forward, sample
 from rssm_ref.tolerances import rel_err, TOLERANCES
 from rssm_ref.util.paths import check_outputs, umask
@@ -113,6 +114,33 @@ def _selective(rng):
     return P, _inputs(rng, "selective", P, 2, 64)
 
 
+def _mamba(rng):
+    """mamba_ssm's selective scan under its state_dict names, dt_rank (3) far from
+    ceil(m / 16), larger steps than init's so that exp(ΔA) is far from 1."""
+    seed = int(rng.integers(2**31))
+    P = sample.init_params("mamba", seed=seed, m=6, n=4)
+    g = onp.random.default_rng(seed + 1)
+    P["x_proj.weight"] = g.standard_normal((3 + 2 * 4, 6)) / onp.sqrt(6)
+    P["dt_proj.weight"] = g.standard_normal((6, 3)) / onp.sqrt(3)
+    P["dt_proj.bias"] = P["dt_proj.bias"] + 2.0
+    return P, _inputs(rng, "mamba", P, 2, 64)
+
+
+def _mamba_block(W, states):
+    def build(rng):
+        seed = int(rng.integers(2**31))
+        P = mamba_block_params(d_model=4, d_state=4, d_conv=W, dt_rank=2, seed=seed,
+                               bias=True)
+        U = _inputs(rng, "mamba-block", P, 2, 48)
+        if states:
+            E, n = P["A_log"].shape
+            g = onp.random.default_rng(seed + 1)
+            U["conv_state"] = g.standard_normal((2, E, W))
+            U["ssm_state"] = g.standard_normal((2, E, n))
+        return P, U
+    return build
+
+
 CASES = [
     GoldenCase("lti_siso_tf_pole0999_L4096", "lti",
                "SISO transfer function, poles 0.999 and 0.6, L=4096, FFT path", _siso_tf,
@@ -142,6 +170,17 @@ for _d in ("zoh", "euler"):
         CASES.append(GoldenCase(f"selective_{_d}_{_o}", "selective",
                                 f"Selective SSM eqs. (2)-(4), B by {_d.upper()}, y read {_o} "
                                 "the state update", _selective, discretization=_d, output=_o))
+CASES += [
+    GoldenCase("mamba_scan_dt_rank3", "mamba",
+               "mamba_ssm's selective scan (A_log, x_proj, dt_proj, D), dt_rank 3, Euler B, "
+               "y after the update", _mamba),
+    GoldenCase("mamba_block_W4_biases", "mamba-block",
+               "a whole Mamba-1 layer (in_proj, conv1d W=4, scan, gate, out_proj, with biases), "
+               "zero initial states", _mamba_block(4, False)),
+    GoldenCase("mamba_block_W3_initial_states", "mamba-block",
+               "a Mamba-1 layer with W=3, continuing from given conv_state and ssm_state",
+               _mamba_block(3, True)),
+]
 
 
 def _sha256(path):

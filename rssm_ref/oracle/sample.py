@@ -268,6 +268,7 @@ class InitConfig:
     length: int = 32
     dy: bool = True
     tokens: bool = False
+    layout: Optional[str] = None     # inputs channel-last (default) or channel-first
 
 
 # the size options of ``init`` that mean something, per model (others are refused)
@@ -299,6 +300,11 @@ def _refuse_unused(config, inputs_out):
         if not config.dy:
             raise ValueError("--no-dy: leaving dy out does nothing without --inputs-out (expected "
                              "--inputs-out U.npz)")
+        if config.layout is not None:
+            raise ValueError("--layout: does nothing without --inputs-out (expected --inputs-out "
+                             "U.npz: the layout is the inputs')")
+    if config.layout is not None:
+        formats.check_model_layout(config.model, config.layout, where="--layout")
 
 
 def run_init(config, out, inputs_out=None):
@@ -323,6 +329,8 @@ def run_init(config, out, inputs_out=None):
     if inputs_out is not None:
         U = init_inputs(config.model, P, seed=config.seed + 1, batch=config.batch,
                         L=config.length, dy=config.dy, tokens=config.tokens)
+        # the same draws in the layout forward --layout reads (time last for channel-first)
+        U = {k: formats.to_layout(k, v, config.layout or "channel-last") for k, v in U.items()}
     for path in [out] + ([inputs_out] if inputs_out is not None else []):
         folder = os.path.dirname(os.path.abspath(os.fspath(path)))
         if not os.path.isdir(folder):
@@ -334,4 +342,6 @@ def run_init(config, out, inputs_out=None):
         formats.save_npz_atomic(inputs_out, U)
         msg += f"; {os.fspath(inputs_out)}: " + ", ".join(f"{k} {tuple(v.shape)}"
                                                            for k, v in U.items())
+        if config.layout == "channel-first":
+            msg += " (channel-first: read them with forward --layout channel-first)"
     return msg
