@@ -13,6 +13,9 @@ Figures (``FIGURES``; sizes shrink with ``quick``):
 | residual_grad: loss gradient, L 16 b 256 | its own forward               | <= 3x    |
 | selective_loss_grad: b 64, L 16, m 16    | autograd through loss_ref     | <= 3.2 ms|
 | selective_fast_vs_ref                    | selective_ssm_ref loop        | report   |
+| mamba_block_grad: the whole Mamba-1      | the selective core alone      | <= 3x    |
+|   layer's forward + every gradient,      |   (--model mamba) on the      |          |
+|   b 8, L 1024, d 256, E 512, N 16        |   layer's x_act, + gradients  |          |
 | residual_eval_L1024: b 1000, peak memory | its lfilter calls             | <= 62 ms |
 | residual_eval_L65536: b 100              | its lfilter calls             | <= 2x    |
 | scaling: log-log slope of forward time   | —                             | report   |
@@ -45,6 +48,8 @@ from autograd import value_and_grad
 from rssm_ref.convolution import tf_fft_filter
 from rssm_ref.gate import gate
 from rssm_ref.lti import den_from_reflection
+from rssm_ref.mamba_block import mamba_block_params
+from rssm_ref.oracle import forward
 from rssm_ref.recurrence import tf_filter
 from rssm_ref.residual_ssm import residual_ssm_tf, ResidualSSM
 from rssm_ref.selective_ssm import random_params, selective_ssm, selective_ssm_ref
@@ -85,7 +90,7 @@ SMOKE_NOTE = ("SMOKE RUN (--quick): small sizes and 2 repeats check that every f
               "the ratios are noisy and the verdicts are not the benchmark's")
 
 FIGURES = ("lti_recurrent", "fft_exact", "gate_forward", "residual_train_step", "residual_grad",
-           "selective_loss_grad", "selective_fast_vs_ref", "residual_eval_L1024",
+           "selective_loss_grad", "selective_fast_vs_ref", "mamba_block_grad", "residual_eval_L1024",
            "residual_eval_L65536", "scaling", "backend_forward")
 
 
@@ -232,6 +237,23 @@ def _selective(q, R):
                       {"batch": batch, "L": L, "m": 16, "n": 8})
 
 
+def _mamba_block_grad(q, R):
+    """The oracle's whole Mamba-1 layer (forward --model mamba-block --grads) against the
+    selective core alone (forward --model mamba --grads) on the layer's own scan input
+    x_act: what the conv, projections and gate cost beyond the scan."""
+    batch, L, d, N = (2, 64, 32, 4) if q else (8, 1024, 256, 16)
+    P = mamba_block_params(d_model=d, d_state=N, seed=0)
+    h = {"hidden_states": onp.random.default_rng(4).normal(size=(batch, L, d))}
+    x_act = forward.compute("mamba-block", P, h, intermediates=True)["x_act"]
+    S = {k: P[k] for k in ("A_log", "x_proj.weight", "dt_proj.weight", "dt_proj.bias", "D")}
+    R = min(R, 2)                # tens of seconds per call at full size
+    fast = _best(lambda: forward.compute("mamba-block", P, h, grads=True), R)
+    base = _best(lambda: forward.compute("mamba", S, {"u": x_act}, grads=True), R)
+    return _ratio_row("mamba_block_grad", fast, base, 3.0,
+                      "the selective core alone (--model mamba --grads) on x_act",
+                      {"batch": batch, "L": L, "d_model": d, "E": 2 * d, "N": N})
+
+
 def _lfilter_calls(cfg, params, tok):
     """The p m + m scipy lfilter calls the Residual SSM's recurrent evaluation is made of,
     on the same (batch, L) rows: the floor of any evaluation built on lfilter."""
@@ -327,6 +349,7 @@ def _backend_forward(q, R, backend="numpy", size=None):
 _RUNNERS = {"lti_recurrent": _lti_recurrent, "fft_exact": _fft_exact, "gate_forward": _gate_forward,
             "residual_train_step": _residual_train_step, "residual_grad": _residual_grad,
             "selective_loss_grad": _selective_loss_grad, "selective_fast_vs_ref": _selective,
+            "mamba_block_grad": _mamba_block_grad,
             "residual_eval_L1024": _residual_eval, "residual_eval_L65536": _residual_eval_long,
             "scaling": _scaling, "backend_forward": _backend_forward}
 
