@@ -300,3 +300,66 @@ def test_a_real_torch_save_file_renamed_npz_is_refused(tmp_path):
     torch.save({"A_log": torch.zeros(2, 2)}, f)
     res = _run("verify", "--reference", f, "--candidate", f)
     assert res.exit_code == 2 and "a PyTorch torch.save file" in res.output, res.output
+
+
+def _float32_candidate(module, torch, h, dy):
+    """Run a torch layer in float32 on float32-exact inputs: the candidate's tensors."""
+    m = module.float()
+    ht = torch.tensor(h, dtype=torch.float32, requires_grad=True)
+    y = m(ht)
+    (y * torch.tensor(dy, dtype=torch.float32)).sum().backward()
+    cand = {"y": y.detach().numpy(), "grad_hidden_states": ht.grad.numpy()}
+    cand.update({"grad_" + n: p.grad.numpy() for n, p in m.named_parameters()})
+    return cand
+
+
+def _judge_float32(P, h, dy, cand):
+    """verify at the candidate's own precision (float32, from its dtype) and at float64."""
+    from rssm_ref.oracle.forward import bundle, resolve_options
+    from rssm_ref.oracle.verify import candidate_precision, verify
+    U = {"hidden_states": h, "dy": dy}
+    ref = bundle(resolve_options("mamba-block", grads=True), P, U,
+                 compute("mamba-block", P, U, grads=True))
+    assert candidate_precision(cand, ref)[0] == "float32"
+    return verify(ref, cand, "float32"), verify(ref, cand, "float64")
+
+
+def _float32_exact(torch, module):
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(p.float().double())
+
+
+def test_mambapy_block_in_float32_passes_at_float32():
+    """mambapy's MambaBlock run in float32 (forward and every gradient): PASS at float32,
+    which its dtype claims, and FAIL at float64, which it cannot reach."""
+    torch, mp = _mambapy()
+    torch.manual_seed(1)
+    cfg = mp.MambaConfig(d_model=8, n_layers=1, d_state=4, d_conv=4, expand_factor=2,
+                         dt_rank=2)
+    blk = mp.MambaBlock(cfg).double()
+    _float32_exact(torch, blk)
+    P = {k: v.detach().numpy().copy() for k, v in blk.state_dict().items()}
+    rng = onp.random.default_rng(6)
+    h, dy = (rng.normal(size=(2, 9, 8)).astype(onp.float32).astype(float) for _ in range(2))
+    at32, at64 = _judge_float32(P, h, dy, _float32_candidate(blk, torch, h, dy))
+    assert at32.verdict == "PASS", at32.to_text()
+    assert at64.verdict == "FAIL"
+    assert len(at32.tensors) == 2 + len(P)       # y, grad_hidden_states, every parameter
+
+
+def test_hf_mamba_mixer_in_float32_passes_at_float32():
+    torch = pytest.importorskip("torch", reason="torch is not installed: pip install torch (CPU)")
+    tr = pytest.importorskip("transformers", reason="transformers is not installed")
+    MambaMixer = tr.models.mamba.modeling_mamba.MambaMixer
+    cfg = tr.MambaConfig(hidden_size=8, state_size=4, conv_kernel=3, expand=2,
+                         time_step_rank=2, use_bias=False, use_conv_bias=True)
+    torch.manual_seed(2)
+    mx = MambaMixer(cfg, layer_idx=0).double().eval()
+    _float32_exact(torch, mx)
+    P = {k: v.detach().numpy().copy() for k, v in mx.state_dict().items()}
+    rng = onp.random.default_rng(7)
+    h, dy = (rng.normal(size=(2, 8, 8)).astype(onp.float32).astype(float) for _ in range(2))
+    at32, at64 = _judge_float32(P, h, dy, _float32_candidate(mx, torch, h, dy))
+    assert at32.verdict == "PASS", at32.to_text()
+    assert at64.verdict == "FAIL"
