@@ -22,6 +22,7 @@ num (p, m, k), den (p, k)                       transfer matrix, descending powe
 h (L, p, m)                                     Markov parameters, h[0] = D, h[t] = C A^(t-1) B
 x (batch, n), u_t (batch, m), y_t (batch, p)    one streaming step
 z (N,) complex                                  points where freqresp evaluates H(z)
+z (...) complex                                 points of sys(z): H (...) SISO, (..., p, m) MIMO
 k (..., n)  (den_from_reflection only)          reflection coefficients, |k| < 1
 
 Public API
@@ -34,6 +35,9 @@ ss2tf(A, B, C, D) -> (num, den);  tf2ss(num, den) -> (A, B, C, D)
 StateSpace(A, B, C, D), TransferFunction(num, den), from_scipy(sys)
 sys.filter(u, path="recurrent"|"fft") -> y     (simulate: scipy.signal.dlsim / lfilter's job)
 from_control(sys), sys.to_control()            (python-control, optional: pip install control)
+sys.poles(), sys.zeros()                       (roots of den and num, scipy's tf2zpk / ss2zpk)
+sys(z) -> H(z);  sys.dcgain() -> H(1)
+G * H (series: H feeds G), G + H (parallel), k * G, -G, G - H   (python-control's rules)
 
 >>> sys = TransferFunction([1.0, 0.0], [1.0, -0.5])      # H(z) = z / (z - 0.5)
 >>> sys.impulse(4)[:, 0, 0].tolist()
@@ -41,6 +45,8 @@ from_control(sys), sys.to_control()            (python-control, optional: pip in
 >>> bool(np.allclose(sys.to_ss().impulse(4), sys.impulse(4)))
 True
 """
+import functools
+
 import autograd.numpy as np
 import numpy as onp
 import scipy.signal as ssig
@@ -76,10 +82,6 @@ def _filter_io(u, m):
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-
-
 def _check_z(z):
     arr = onp.atleast_1d(onp.asarray(z))
     if arr.dtype.kind not in "fiuc":
@@ -91,7 +93,6 @@ def _check_z(z):
     return arr.astype(complex)
 
 
-# ----------------------------------------------------------------------- classes
 def _check_dt(dt):
     """The sampling period: True ("unspecified", scipy's and python-control's default) or
     a positive finite number; 0, None and False would mean a continuous-time system.
@@ -108,7 +109,178 @@ def _check_dt(dt):
     return dt if isinstance(dt, int) and not isinstance(dt, bool) else float(dt)
 
 
-class StateSpace:
+def _roots(c):
+    """Roots of one polynomial (descending powers; leading zeros dropped), complex: none
+    for a constant or an identically zero polynomial."""
+    return onp.roots(c).astype(complex)
+
+
+def _gain(k):
+    """A real scalar gain as a float, or None when ``k`` is not one (the operator then
+    answers NotImplemented, so Python raises its own TypeError)."""
+    if isinstance(k, (bool, onp.bool_)) or not isinstance(k, (int, float, onp.integer, onp.floating)):
+        return None
+    return float(check_array("k", k, ndim=0))
+
+
+def _common_dt(dt1, dt2):
+    """The sampling period of an interconnection: equal periods, or the given one when
+    the other is True (unspecified), as python-control's common_timebase.
+
+    >>> _common_dt(0.1, True), _common_dt(True, True)
+    (0.1, True)
+    """
+    if dt1 is True or dt2 is True:
+        return dt2 if dt1 is True else dt1
+    if dt1 != dt2:
+        raise ValueError(f"dt: the systems have different sampling periods ({dt1!r} and {dt2!r}; "
+                         "expected equal dt, or True for unspecified)")
+    return dt1
+
+
+def _same_poly(a, b):
+    return a.shape == b.shape and onp.array_equal(a, b)
+
+
+def _polyprod(polys):
+    # convolve, not polymul: polymul drops leading zeros, the padded layout needs them
+    return functools.reduce(onp.convolve, polys, onp.ones(1))
+
+
+def _common_den(dens):
+    """d, the product of the distinct polynomials among ``dens``, and cof[l] = d / dens[l]
+    (the product of the others), so that sum_l b_l / dens[l] = (sum_l b_l cof[l]) / d.
+    Equal denominators are kept once (equal rows do not square the order)."""
+    distinct = []
+    for a in dens:
+        if not any(_same_poly(a, d) for d in distinct):
+            distinct.append(a)
+    return _polyprod(distinct), [_polyprod([d for d in distinct if not _same_poly(a, d)]) for a in dens]
+
+
+def _tf_from_rows(nums, dens, dt):
+    """TransferFunction from p rows of m numerator polynomials and p row denominators
+    of any lengths (each padded on the left to the longest)."""
+    p, m = len(nums), len(nums[0])
+    k = max(max(len(d) for d in dens), max(len(b) for row in nums for b in row))
+    num = onp.zeros((p, m, k))
+    den = onp.zeros((p, k))
+    for i in range(p):
+        den[i, k - len(dens[i]):] = dens[i]
+        for j in range(m):
+            num[i, j, k - len(nums[i][j]):] = nums[i][j]
+    return TransferFunction(num, den, dt=dt)
+
+
+def _continuous_time(what, how):
+    """The one message refusing a continuous-time system (from_scipy: TypeError, a scipy
+    lti is another class; from_control: ValueError, dt = 0 on the same class)."""
+    return (f"sys: a continuous-time {what} (expected a discrete-time system: "
+            f"discretize it with {how} or rssm_ref.discretize.cont2discrete)")
+
+
+def _series_dt(G, H):
+    if G.n_inputs != H.n_outputs:
+        raise ValueError(f"G * H: G has {G.n_inputs} inputs but H has {H.n_outputs} outputs "
+                         "(series: the output of H feeds G, expected G.n_inputs == H.n_outputs)")
+    return _common_dt(G.dt, H.dt)
+
+
+def _parallel_dt(G, H):
+    if (G.n_outputs, G.n_inputs) != (H.n_outputs, H.n_inputs):
+        raise ValueError(f"G + H: G is {G.n_outputs} x {G.n_inputs} but H is {H.n_outputs} x "
+                         f"{H.n_inputs} (parallel: expected the same outputs x inputs)")
+    return _common_dt(G.dt, H.dt)
+
+
+def _same_form(G, H):
+    """(G, H) as two TransferFunctions, or as two StateSpaces when either is one
+    (python-control's rule); (None, None) when H is not a system."""
+    if not isinstance(H, _LTI):
+        return None, None
+    if isinstance(G, TransferFunction) and isinstance(H, TransferFunction):
+        return G, H
+    return G.to_ss(), H.to_ss()
+
+
+# ----------------------------------------------------------------------- classes
+class _LTI:
+    """What StateSpace and TransferFunction share: H(z) at any points, and the
+    interconnections of python-control (series G * H, parallel G + H, scalar gains).
+    Mixed StateSpace / TransferFunction operands give a StateSpace."""
+
+    __array_ufunc__ = None   # numpy scalars and arrays defer to us: onp.float64(2) * G is a system
+
+    def __call__(self, z):
+        """H(z) at complex points z of any shape (see freqresp for the formula).
+
+        Returns the shape of z for a SISO system (a complex scalar for a scalar z) and
+        z.shape + (p, m) otherwise (the (N, p, m) layout of freqresp and impulse). A pole
+        among the points is refused (ValueError); dcgain reports a pole at 1 as inf.
+
+        >>> sys = TransferFunction([0.0, 1.0], [1.0, -0.5])          # H(z) = 1 / (z - 0.5)
+        >>> complex(sys(2.0)), sys(onp.ones((2, 3))).shape
+        ((0.6666666666666666+0j), (2, 3))
+        >>> w = onp.linspace(0.0, onp.pi, 5)                           # z = e^{jw}: scipy's freqz
+        >>> bool(onp.allclose(sys(onp.exp(1j * w)), ssig.freqz([0.0, 1.0], [1.0, -0.5], worN=w)[1]))
+        True
+        >>> StateSpace(onp.eye(2) * 0.5, onp.eye(2), onp.ones((3, 2)), onp.zeros((3, 2)))([1.0, 2.0]).shape
+        (2, 3, 2)
+        """
+        z = onp.asarray(z)
+        return self._squeeze(self.freqresp(z.reshape(-1)).reshape(z.shape + self._pm))
+
+    @property
+    def _pm(self):
+        return (self.n_outputs, self.n_inputs)
+
+    def _squeeze(self, H):
+        return H[..., 0, 0][()] if self._pm == (1, 1) else H
+
+    def __mul__(self, other):
+        """G * H, series: H(z) = G(z) H(z) (u -> H -> G, a matrix product for MIMO);
+        G * k scales the inputs. StateSpace when either operand is one.
+
+        >>> G, H = TransferFunction([1.0, 0.0], [1.0, -0.5]), TransferFunction([0.0, 1.0], [1.0, 0.2])
+        >>> bool(onp.allclose((G * H)(2.0), G(2.0) * H(2.0))), (G * H).den.tolist()
+        (True, [[1.0, -0.3, -0.1]])
+        >>> h = ssig.dimpulse(([1.0, 0.0], onp.polymul([1.0, -0.5], [1.0, 0.2]), 1), n=6)[1][0]
+        >>> bool(onp.allclose((G.to_ss() * H).impulse(6)[:, 0], h))    # scipy: z / ((z - 0.5)(z + 0.2))
+        True
+        """
+        k = _gain(other)
+        if k is not None:
+            return self._scaled(k, "inputs")
+        G, H = _same_form(self, other)
+        return NotImplemented if G is None else G._series(H)
+
+    def __rmul__(self, other):
+        """k * G: the outputs scaled by a real scalar k."""
+        k = _gain(other)
+        return NotImplemented if k is None else self._scaled(k, "outputs")
+
+    def __add__(self, other):
+        """G + H, parallel: H(z) = G(z) + H(z) (same input, outputs summed).
+
+        >>> G, H = TransferFunction([1.0, 0.0], [1.0, -0.5]), TransferFunction([0.0, 1.0], [1.0, 0.2])
+        >>> bool(onp.allclose((G + H).impulse(8), G.impulse(8) + H.impulse(8)))
+        True
+        >>> bool(onp.allclose((2 * G - H.to_ss())(3.0), 2 * G(3.0) - H(3.0)))
+        True
+        """
+        G, H = _same_form(self, other)
+        return NotImplemented if G is None else G._parallel(H)
+
+    def __neg__(self):
+        """-G = (-1) G."""
+        return -1.0 * self
+
+    def __sub__(self, other):
+        """G - H = G + (-H)."""
+        return self + (-other) if isinstance(other, _LTI) else NotImplemented
+
+
+class StateSpace(_LTI):
     """x(t+1) = A x(t) + B u(t), y(t) = C x(t) + D u(t) (the LTI case of eq. (2)).
 
     Shapes: A (n, n), B (n, m), C (p, n), D (p, m); float64 copies are kept. ``n = 0``
@@ -160,6 +332,23 @@ class StateSpace:
         """
         return onp.linalg.eigvals(self.A).astype(complex)
 
+    def zeros(self):
+        """Zeros of a SISO system, (r,) complex: the roots of the numerator of :meth:`to_tf`
+        (as scipy.signal.ss2zpk; finite zeros only, no cancellation against the poles).
+
+        A MIMO system is refused (ValueError): its transmission zeros are not computed;
+        ``sys.to_tf().zeros()`` gives the zeros of every channel instead.
+
+        >>> sys = StateSpace([[0.5]], [[1.0]], [[1.0]], [[2.0]])     # H(z) = (2z)/(z - 0.5)
+        >>> sys.zeros().tolist(), ssig.ss2zpk(sys.A, sys.B, sys.C, sys.D)[0].tolist()
+        ([0j], [0.0])
+        """
+        if self._pm != (1, 1):
+            raise ValueError(f"zeros: a {self.n_outputs} x {self.n_inputs} state space (the transmission "
+                             "zeros of a MIMO system are not computed; sys.to_tf().zeros() gives "
+                             "the zeros of each channel)")
+        return self.to_tf().zeros()
+
     def is_stable(self):
         """True when every pole has modulus < 1 (Schur stability).
 
@@ -169,7 +358,8 @@ class StateSpace:
         return bool(onp.all(onp.abs(self.poles()) < 1.0))
 
     def freqresp(self, z):
-        """H(z) = C (zI - A)^-1 B + D at the points z (N,) -> (N, p, m) complex.
+        """H(z) = C (zI - A)^-1 B + D at the points z (N,) -> (N, p, m) complex (a point
+        where zI - A is singular is refused).
 
         >>> complex(StateSpace([[0.5]], [[1.0]], [[1.0]], [[0.0]]).freqresp([1.0])[0, 0, 0])
         (2+0j)
@@ -179,8 +369,31 @@ class StateSpace:
         if n == 0:
             return onp.broadcast_to(self.D.astype(complex), (z.size,) + self.D.shape).copy()
         M = z[:, None, None] * onp.eye(n) - self.A
-        X = onp.linalg.solve(M, onp.broadcast_to(self.B.astype(complex), (z.size,) + self.B.shape))
+        try:
+            X = onp.linalg.solve(M, onp.broadcast_to(self.B.astype(complex), (z.size,) + self.B.shape))
+        except onp.linalg.LinAlgError:
+            raise ValueError("z: a point is a pole of the system (zI - A singular there; H(z) is "
+                             "infinite)") from None
         return onp.matmul(self.C, X) + self.D
+
+    def dcgain(self):
+        """H(1) = C (I - A)^-1 B + D, real: a float for a SISO system, else (p, m).
+
+        With 1 an eigenvalue of A (I - A singular) every entry is inf, as python-control's
+        StateSpace.dcgain (the transfer-function form tells the channels apart).
+
+        >>> sys = StateSpace([[0.5]], [[1.0]], [[1.0]], [[0.0]])
+        >>> b, a = ssig.ss2tf(sys.A, sys.B, sys.C, sys.D)
+        >>> float(sys.dcgain()), float(ssig.freqz(b[0], a, worN=[0.0])[1][0].real)
+        (2.0, 2.0)
+        >>> float(StateSpace([[1.0]], [[1.0]], [[1.0]], [[0.0]]).dcgain())
+        inf
+        """
+        try:
+            X = onp.linalg.solve(onp.eye(self.order) - self.A, self.B)
+        except onp.linalg.LinAlgError:
+            return self._squeeze(onp.full(self._pm, onp.inf))
+        return self._squeeze(self.C @ X + self.D)
 
     def filter(self, u, path="recurrent", x0=None):
         """Simulate the system on input sequences (what scipy.signal.dlsim does), eq. (2).
@@ -242,6 +455,28 @@ class StateSpace:
         """
         return StateSpace(self.A, self.B, self.C, self.D, dt=self.dt)
 
+    def _series(self, H):
+        """G H (self after H), state x = [x_G; x_H]:
+        A = [[A_G, B_G C_H], [0, A_H]], B = [[B_G D_H], [B_H]], C = [C_G, D_G C_H], D = D_G D_H."""
+        dt = _series_dt(self, H)
+        A = onp.block([[self.A, self.B @ H.C], [onp.zeros((H.order, self.order)), H.A]])
+        return StateSpace(A, onp.vstack([self.B @ H.D, H.B]), onp.hstack([self.C, self.D @ H.C]),
+                          self.D @ H.D, dt=dt)
+
+    def _parallel(self, H):
+        """G + H, state x = [x_G; x_H]: A = diag(A_G, A_H), B = [[B_G], [B_H]], C = [C_G, C_H],
+        D = D_G + D_H."""
+        dt = _parallel_dt(self, H)
+        A = onp.block([[self.A, onp.zeros((self.order, H.order))],
+                       [onp.zeros((H.order, self.order)), H.A]])
+        return StateSpace(A, onp.vstack([self.B, H.B]), onp.hstack([self.C, H.C]), self.D + H.D, dt=dt)
+
+    def _scaled(self, k, side):
+        """k G: (C, D) -> (k C, k D) on the outputs; G k: (B, D) -> (k B, k D) on the inputs."""
+        if side == "outputs":
+            return StateSpace(self.A, self.B, k * self.C, k * self.D, dt=self.dt)
+        return StateSpace(self.A, k * self.B, self.C, k * self.D, dt=self.dt)
+
     def to_tf(self):
         """TransferFunction via :func:`ss2tf` (non-minimal common denominator det(zI - A)).
 
@@ -268,7 +503,7 @@ class StateSpace:
         return control.ss(self.A, self.B, self.C, self.D, self.dt)
 
 
-class TransferFunction:
+class TransferFunction(_LTI):
     """Transfer matrix H(z) (p x m), one common denominator per output row (Remark 3.2).
 
     Shapes: num (p, m, k), den (p, k) in descending powers of z (or 1-D num, den for a
@@ -322,6 +557,22 @@ class TransferFunction:
                  for row in self.den]
         return onp.concatenate(roots) if roots else onp.zeros(0, complex)
 
+    def zeros(self):
+        """Roots of the numerators, complex, finite zeros only (no cancellation against the
+        poles; an identically zero channel has none): (r,) for a SISO system (scipy.signal.
+        tf2zpk's z), else a p x m nested list, ``zeros()[i][j]`` the roots of num[i, j]
+        (channel u_j -> y_i, whose poles are those of den[i]: ``poles()[i (k-1):(i+1)(k-1)]``).
+
+        >>> sys = TransferFunction([1.0, -0.5, 0.06], [1.0, -0.9, 0.2])   # (z - 0.2)(z - 0.3) / ...
+        >>> onp.sort(sys.zeros().real).tolist()
+        [0.2, 0.3]
+        >>> z, p, _ = ssig.tf2zpk([1.0, -0.5, 0.06], [1.0, -0.9, 0.2])
+        >>> bool(onp.allclose(onp.sort(z), onp.sort(sys.zeros())))
+        True
+        """
+        Z = [[_roots(self.num[i, j]) for j in range(self.n_inputs)] for i in range(self.n_outputs)]
+        return Z[0][0] if self._pm == (1, 1) else Z
+
     def is_stable(self):
         """True when every pole has modulus < 1.
 
@@ -331,7 +582,8 @@ class TransferFunction:
         return bool(onp.all(onp.abs(self.poles()) < 1.0))
 
     def freqresp(self, z):
-        """H(z) = num(z) / den(z) at the points z (N,) -> (N, p, m) complex.
+        """H(z) = num(z) / den(z) at the points z (N,) -> (N, p, m) complex (a root of a
+        den row among the points is refused).
 
         >>> complex(TransferFunction([0.0, 1.0], [1.0, -0.5]).freqresp([1.0])[0, 0, 0])
         (2+0j)
@@ -341,7 +593,25 @@ class TransferFunction:
         zp = z[:, None] ** onp.arange(k - 1, -1, -1)  # (N, k) descending powers
         bn = onp.einsum("ijk,nk->nij", self.num, zp)
         an = onp.einsum("ik,nk->ni", self.den, zp)
+        if onp.any(an == 0):
+            bad = z[onp.flatnonzero(onp.any(an == 0, axis=1))[0]]
+            raise ValueError(f"z: {bad} is a pole of the system (den(z) = 0 there; H(z) is infinite)")
         return bn / an[:, :, None]
+
+    def dcgain(self):
+        """H(1) = num(1) / den(1) entry by entry, real: a float for a SISO system, else (p, m).
+
+        A pole at z = 1 gives +-inf (nan when num(1) = 0 as well), as python-control's
+        TransferFunction.dcgain.
+
+        >>> sys = TransferFunction([0.0, 1.0], [1.0, -0.5])
+        >>> float(sys.dcgain()), float(ssig.freqz([1.0], [1.0, -0.5], worN=[0.0])[1][0].real)
+        (2.0, 2.0)
+        >>> float(TransferFunction([0.0, -1.0], [1.0, -1.0]).dcgain())
+        -inf
+        """
+        with onp.errstate(divide="ignore", invalid="ignore"):
+            return self._squeeze(self.num.sum(axis=2) / self.den.sum(axis=1)[:, None])
 
     def filter(self, u, path="recurrent"):
         """Simulate the transfer matrix on input sequences (scipy.signal.lfilter per
@@ -373,6 +643,29 @@ class TransferFunction:
         0
         """
         return TransferFunction(self.num, self.den, dt=self.dt)
+
+    def _series(self, H):
+        """G H with G's rows over a_i and H's over c_l:
+        (G H)_ij = sum_l (g_il / a_i)(h_lj / c_l) = (sum_l g_il h_lj cof_l) / (a_i c),
+        c the product of H's distinct row denominators and cof_l = c / c_l (_common_den)."""
+        dt = _series_dt(self, H)
+        c, cof = _common_den(list(H.den))
+        num = [[sum(_polyprod([self.num[i, l], H.num[l, j], cof[l]]) for l in range(H.n_outputs))
+                for j in range(H.n_inputs)] for i in range(self.n_outputs)]
+        return _tf_from_rows(num, [onp.convolve(a, c) for a in self.den], dt)
+
+    def _parallel(self, H):
+        """G + H row by row: g_ij / a_i + h_ij / c_i = (g_ij cof_a + h_ij cof_c) / d_i,
+        d_i = a_i c_i (a_i once when a_i = c_i), cof = d_i / a_i, d_i / c_i (_common_den)."""
+        dt = _parallel_dt(self, H)
+        rows = [_common_den([a, c]) for a, c in zip(self.den, H.den)]
+        num = [[onp.convolve(self.num[i, j], cof[0]) + onp.convolve(H.num[i, j], cof[1])
+                for j in range(self.n_inputs)] for i, (_, cof) in enumerate(rows)]
+        return _tf_from_rows(num, [d for d, _ in rows], dt)
+
+    def _scaled(self, k, side):
+        """k G = G k: every numerator times k."""
+        return TransferFunction(k * self.num, self.den, dt=self.dt)
 
     def to_ss(self):
         """StateSpace via :func:`tf2ss` (block-diagonal observable companion).
@@ -409,35 +702,57 @@ class TransferFunction:
 
 
 def from_scipy(sys):
-    """StateSpace or TransferFunction from a discrete scipy.signal.dlti (ss, tf or zpk form).
+    """StateSpace or TransferFunction from a discrete scipy.signal.dlti (ss, tf or zpk form),
+    or from a plain tuple read as ``scipy.signal.dlti(*sys, dt=1)``: (num, den),
+    (zeros, poles, gain) or (A, B, C, D).
 
-    A dlti in state-space form gives a StateSpace; tf form gives a TransferFunction (a 2-D
-    scipy numerator (p, k) is a single-input, p-output system with a common denominator);
-    zpk form is turned into tf form first. The sampling period ``sys.dt`` is kept on the
-    result (``.dt``) and given back by ``to_scipy``.
+    A dlti in state-space form (or a 4-tuple) gives a StateSpace; tf form gives a
+    TransferFunction (a 2-D scipy numerator (p, k) is a single-input, p-output system with
+    a common denominator); zpk form is turned into tf form first. The sampling period
+    ``sys.dt`` (1 for a tuple) is kept on the result (``.dt``) and given back by
+    ``to_scipy``. A continuous-time scipy.signal.lti is refused: discretize it first.
 
-    >>> import scipy.signal as ssig
-    >>> from_scipy(ssig.dlti([1.0], [1.0, -0.5], dt=1)).impulse(3)[:, 0, 0].tolist()
+    >>> from_scipy(ssig.dlti([1.0], [1.0, -0.5], dt=0.1)).to_scipy().dt
+    0.1
+    >>> from_scipy(([1.0], [1.0, -0.5])).impulse(3)[:, 0, 0].tolist()
     [0.0, 1.0, 0.5]
+    >>> from_scipy(([[0.5]], [[1.0]], [[1.0]], [[0.0]])).dt
+    1
     """
+    if isinstance(sys, tuple):
+        if len(sys) == 4:
+            return StateSpace(*sys)
+        if len(sys) == 3:
+            sys = ssig.zpk2tf(*sys)
+        if len(sys) == 2:
+            return _scipy_tf(*sys, dt=1)
+        raise ValueError(f"sys: a tuple of {len(sys)} items (expected (num, den), (zeros, poles, "
+                         "gain) or (A, B, C, D), read with dt = 1; for another dt pass "
+                         "scipy.signal.dlti(*sys, dt=dt))")
     if type(sys).__module__.split(".")[0] == "control":
         raise TypeError(f"sys: a python-control {type(sys).__name__} (expected a scipy.signal.dlti; "
                         "use rssm_ref.lti.from_control for python-control systems)")
+    if isinstance(sys, ssig.lti):
+        raise TypeError(_continuous_time("scipy.signal.lti", "sys.to_discrete(dt)"))
     if not isinstance(sys, ssig.dlti):
-        raise TypeError(f"sys: expected a discrete-time scipy.signal.dlti, got {type(sys).__name__}")
+        raise TypeError(f"sys: expected a discrete-time scipy.signal.dlti or a tuple (num, den) or "
+                        f"(A, B, C, D), got {type(sys).__name__}")
     if isinstance(sys, ssig.StateSpace):
         return StateSpace(sys.A, sys.B, sys.C, sys.D, dt=sys.dt)
     if isinstance(sys, ssig.ZerosPolesGain):
         sys = sys.to_tf()
     if isinstance(sys, ssig.TransferFunction):
-        num = onp.atleast_2d(onp.real_if_close(onp.asarray(sys.num)))
-        den = onp.real_if_close(onp.asarray(sys.den))
-        if onp.iscomplexobj(num) or onp.iscomplexobj(den):
-            raise TypeError("sys: complex transfer-function coefficients (expected a real system)")
-        p = num.shape[0]
-        return TransferFunction(num[:, None, :], onp.tile(onp.atleast_1d(den), (p, 1)),
-                                dt=sys.dt)
+        return _scipy_tf(sys.num, sys.den, sys.dt)
     raise TypeError(f"sys: unsupported dlti form {type(sys).__name__} (expected ss, tf or zpk)")
+
+
+def _scipy_tf(num, den, dt):
+    """scipy's tf layout: num (k,) or (p, k) (one input, p outputs), one den (k,)."""
+    num = onp.atleast_2d(onp.real_if_close(onp.asarray(num)))
+    den = onp.real_if_close(onp.asarray(den))
+    if onp.iscomplexobj(num) or onp.iscomplexobj(den):
+        raise TypeError("sys: complex transfer-function coefficients (expected a real system)")
+    return TransferFunction(num[:, None, :], onp.tile(onp.atleast_1d(den), (num.shape[0], 1)), dt=dt)
 
 
 # ------------------------------------------------------------------ python-control
@@ -476,40 +791,14 @@ def from_control(sys):
         raise TypeError(f"sys: expected a python-control StateSpace or TransferFunction, got "
                         f"{type(sys).__name__}")
     if not sys.isdtime(strict=True):
-        raise ValueError("sys: a continuous-time system (dt = 0; expected a discrete-time one: "
-                         "discretize with control.sample_system or rssm_ref.discretize.cont2discrete)")
+        raise ValueError(_continuous_time("python-control system (dt = 0)", "control.sample_system"))
     if isinstance(sys, control.StateSpace):
         return StateSpace(sys.A, sys.B, sys.C, sys.D, dt=sys.dt)
-    p, m = sys.noutputs, sys.ninputs
     nums, dens = [], []
-    for i in range(p):
-        row_num = []
-        row_den = []
-        for j in range(m):
-            a = onp.trim_zeros(onp.asarray(sys.den[i][j], dtype=float), "f")
-            b = _trim(sys.num[i][j])
-            row_num.append(b / a[0])
-            row_den.append(a / a[0])
-        distinct = []
-        for a in row_den:
-            if not any(a.shape == d.shape and onp.array_equal(a, d) for d in distinct):
-                distinct.append(a)
-        common = onp.ones(1)
-        for d in distinct:
-            common = onp.polymul(common, d)
-        row = []
-        for b, a in zip(row_num, row_den):
-            for d in distinct:
-                if not (a.shape == d.shape and onp.array_equal(a, d)):
-                    b = onp.polymul(b, d)
-            row.append(b)
-        nums.append(row)
+    for i in range(sys.noutputs):
+        row_den = [onp.trim_zeros(onp.asarray(sys.den[i][j], dtype=float), "f") for j in range(sys.ninputs)]
+        row_num = [_trim(sys.num[i][j]) / a[0] for j, a in enumerate(row_den)]
+        common, cof = _common_den([a / a[0] for a in row_den])
+        nums.append([onp.convolve(b, c) for b, c in zip(row_num, cof)])
         dens.append(common)
-    k = max(max(len(d) for d in dens), max(len(b) for row in nums for b in row))
-    num = onp.zeros((p, m, k))
-    den = onp.zeros((p, k))
-    for i in range(p):
-        den[i, k - len(dens[i]):] = dens[i]
-        for j in range(m):
-            num[i, j, k - len(nums[i][j]):] = nums[i][j]
-    return TransferFunction(num, den, dt=sys.dt)
+    return _tf_from_rows(nums, dens, sys.dt)

@@ -296,7 +296,7 @@ def test_from_scipy_refuses_continuous_and_other_objects():
     with pytest.raises(TypeError, match="discrete-time"):
         from_scipy(ssig.lti([1.0], [1.0, 1.0]))
     with pytest.raises(TypeError, match="discrete-time"):
-        from_scipy(([1.0], [1.0, -0.5]))
+        from_scipy({"num": [1.0], "den": [1.0, -0.5]})
 
 
 # ------------------------------------------------------------------ the classes
