@@ -2,6 +2,8 @@
 are not asserted)."""
 import json
 
+import pytest
+
 from click.testing import CliRunner
 
 from cli import main
@@ -22,6 +24,17 @@ def test_bench_quick_writes_schema(tmp_path):
         assert r["pass"] in (True, False, None)
         if r["unit"] == "ratio":
             assert r["detail"]["fast_s"] > 0 and r["detail"]["baseline_s"] > 0
+        # every target is a ratio to a baseline timed in this run, never an absolute time
+        assert r["target"].startswith("report") or (r["unit"] == "ratio"
+                                                     and r["target"].endswith("x"))
+        # every timed workload states its arithmetic and its distance to the floor
+        if r["figure"] not in ("scaling", "backend_forward"):
+            d = r["detail"]
+            assert d["flops"] > 0 and d["floor_s"] > 0
+            assert d["x_floor"] == pytest.approx(d["fast_s"] / d["floor_s"])
+            rates = d["machine_flops_per_s"]
+            assert d["floor_s"] == pytest.approx(d["flops"] / rates[d.get("floor_kind", "matmul")])
+    assert res.stdout.splitlines()[1].startswith("machine: float64 matmul")
     assert res.stdout.splitlines()[0].startswith("SMOKE RUN (--quick)")
     assert "PASS (smoke)" in res.stdout or "MISS (smoke)" in res.stdout
     assert "[bench (smoke run)] done: " in res.stderr

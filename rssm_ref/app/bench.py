@@ -9,18 +9,33 @@ Figures (``FIGURES``; sizes shrink with ``quick``):
 | lti_recurrent: tf_filter, SISO order 4   | scipy.signal.lfilter          | <= 1.3x  |
 | fft_exact: tf_fft_filter MIMO 16x16      | tf_filter (recurrent path)    | <= 0.5x  |
 | gate_forward: gate (1000, 1024)          | first-order lfilter           | <= 2x    |
-| residual_train_step: batch 256, L 16     | the step through loss_ref     | <= 1.2 ms|
+| residual_train_step: batch 256, L 16     | the step through loss_ref     | <= 0.09x |
 | residual_grad: loss gradient, L 16 b 256 | its own forward               | <= 3x    |
-| selective_loss_grad: b 64, L 16, m 16    | autograd through loss_ref     | <= 3.2 ms|
+| selective_loss_grad: b 64, L 16, m 16    | autograd through loss_ref     | <= 0.16x |
 | selective_fast_vs_ref                    | selective_ssm_ref loop        | report   |
-| mamba_block_grad: the whole Mamba-1      | the selective core alone      | <= 3x    |
+| mamba_block_grad: the whole Mamba-1      | the selective core alone      | <= 2x    |
 |   layer's forward + every gradient,      |   (--model mamba) on the      |          |
 |   b 8, L 1024, d 256, E 512, N 16        |   layer's x_act, + gradients  |          |
-| residual_eval_L1024: b 1000, peak memory | its lfilter calls             | <= 62 ms |
+| residual_eval_L1024: b 1000, peak memory | its lfilter calls             | <= 0.79x |
 | residual_eval_L65536: b 100              | its lfilter calls             | <= 2x    |
 | scaling: log-log slope of forward time   | —                             | report   |
 | backend_forward: Residual SSM forward,   | the NumPy reference cores     | report   |
 |   fft path, on ``--backend``             |   (residual_ssm_tf), same u   |          |
+
+Every target is a ratio to a baseline timed in the same run. The three targets that
+were absolute times (a training step, the Selective loss + gradient, the evaluation at
+L 1024) are the issue's "as fast as JAX's jit" carried over to the in-house baseline by
+the ratio JAX's jit made to that baseline on this machine kind (docs/bench.md, one run
+with every peer): JAX's step / the loss_ref step = 0.09, JAX's Selective loss + gradient
+/ autograd through loss_ref = 0.16, JAX's evaluation / the lfilter calls = 0.79. With
+``--peers`` the JAX rows are judged directly (``PEER_TARGETS``: rssm-ref's time over
+the peer's, both in this run).
+
+Each row also carries its workload's arithmetic: ``detail["flops"]`` (the fast path's
+floating-point operations, counted from its shapes: ``_flops_*``), and ``floor_s`` =
+flops / the machine's throughput measured at the start of the run (``throughput``:
+a float64 matmul's flop/s for dense work, an FFT's for FFT work), so ``value_s /
+floor_s`` is the distance to the arithmetic floor.
 
 Glossary
 --------
@@ -94,6 +109,126 @@ FIGURES = ("lti_recurrent", "fft_exact", "gate_forward", "residual_train_step", 
            "residual_eval_L65536", "scaling", "backend_forward")
 
 
+# ----------------------------------------------- the arithmetic of each workload
+# Floating-point operations of the fast path, counted from the shapes (a multiply-add is
+# 2, an exp/expm1/log is counted as 1, so the floors are, if anything, too low).
+def _flops_lfilter(samples, nb, na):
+    """A direct-form filter: nb multiply-adds on the inputs, na - 1 on the outputs."""
+    return 2 * samples * (nb + na - 1)
+
+
+def _flops_fft(n, rows):
+    """A real FFT of even length n: 2.5 n log2 n (half the 5 n log2 n of a complex one)."""
+    return int(2.5 * n * onp.log2(n) * rows)
+
+
+def _flops_fft_filter(batch, L, p, m, k):
+    """tf_fft_filter: the p m Markov kernels (L steps of the difference equation), FFTs of
+    length 2 L of the batch m inputs and p m kernels, the p m complex products per
+    frequency and batch row, and the batch p inverse FFTs."""
+    N = 2 * L
+    return (_flops_lfilter(p * m * L, k, k) + _flops_fft(N, batch * m + p * m)
+            + 8 * batch * p * m * (N // 2 + 1) + _flops_fft(N, batch * p))
+
+
+def _flops_residual_forward(cfg, batch, L):
+    """y(L) at L <= 64: Σ and Σ_r as Toeplitz matmuls of their Markov kernels (causal:
+    L (L + 1) / 2 taps), the gate (σ and eq. (5): ~6 per step), the cosine readout."""
+    m, taps = cfg.m, L * (L + 1) // 2
+    kernels = _flops_lfilter(L * (m * m + m), cfg.nu + 1, cfg.nu + 1)
+    return kernels + 2 * batch * taps * (m * m + m) + 6 * batch * L + 2 * batch * m * cfg.n_tokens
+
+
+def _flops_residual_grad(cfg, batch, L):
+    """Forward and backward: the backward of each block costs about twice its forward."""
+    return 3 * _flops_residual_forward(cfg, batch, L)
+
+
+def _flops_residual_eval(cfg, batch, L):
+    """Evaluation at long L: the p m + m lfilter calls on (batch, L) rows, the gate's
+    eq. (5) (~6 per step) and the readout."""
+    m = cfg.m
+    return (_flops_lfilter(batch * L * (m * m + m), cfg.nu + 1, cfg.nu + 1) + 6 * batch * L
+            + 2 * batch * m * cfg.n_tokens)
+
+
+def _flops_selective_forward(batch, L, m, n):
+    """Eqs. (2)-(4) over every step: Δ, B̄, C̄ (2 L m (m + 2 n) per row), then per state
+    and step ~8 operations (exp(ΔA), the ZOH factor, the update and the readout)."""
+    return batch * L * (2 * m * (m + 2 * n) + 8 * m * n)
+
+
+def _flops_selective_grad(batch, L, m, n):
+    return 3 * _flops_selective_forward(batch, L, m, n)
+
+
+def _flops_mamba_block_grad(batch, L, d, E, N, W, P):
+    """The layer (M1)-(M9) forward, times 3 for forward and backward: in_proj, the conv,
+    x_proj, dt_proj, the scan (~8 per state and step), the gate and out_proj."""
+    R = P["dt_proj.weight"].shape[1]
+    fwd = batch * L * (2 * d * 2 * E + 2 * E * W + 2 * E * (R + 2 * N) + 2 * E * R
+                       + 8 * E * N + 4 * E + 2 * E * d)
+    return 3 * fwd
+
+
+def throughput(quick=False):
+    """The machine's measured float64 throughput, flop/s: {"matmul": an n x n matmul,
+    2 n³ flops, "fft": real FFTs of length 2^14 over 64 rows}, best of 3 (timed at the
+    start of the run, under the same load as the figures).
+
+    >>> t = throughput(quick=True)
+    >>> sorted(t), all(v > 0 for v in t.values())
+    (['fft', 'matmul'], True)
+    """
+    n = 128 if quick else 512
+    a = onp.random.default_rng(0).normal(size=(n, n))
+    t_mm = _best(lambda: a @ a, 3)
+    rows, N = (8, 4096) if quick else (64, 16384)
+    x = onp.random.default_rng(1).normal(size=(rows, N))
+    t_fft = _best(lambda: onp.fft.rfft(x, N, axis=-1), 3)
+    return {"matmul": 2 * n ** 3 / t_mm, "fft": _flops_fft(N, rows) / t_fft}
+
+
+def with_floors(rows, rates):
+    """Each row with ``floor_s`` = flops / the throughput of its kind (dense work: the
+    matmul's; ``floor_kind`` "fft": the FFT's) and ``x_floor`` = its time / floor_s."""
+    out = []
+    for r in rows:
+        d = dict(r["detail"])
+        if d.get("flops"):
+            d["floor_s"] = d["flops"] / rates[d.get("floor_kind", "matmul")]
+            t = d.get("fast_s", r["value"] if r["unit"] == "s" else None)
+            if t:
+                d["x_floor"] = t / d["floor_s"]
+        out.append(dict(r, detail=d))
+    return out
+
+
+# JAX jit rows judged directly (``--peers``): rssm-ref's time over the peer's, this run
+PEER_TARGETS = {("peer_residual_train_step", "jax-jit"): 1.0,
+                ("peer_selective_loss_grad", "jax-jit"): 1.0,
+                ("peer_residual_loss_grad", "jax-jit"): 1.5,
+                ("peer_residual_eval_L1024", "jax-jit"): 1.0}
+
+
+def judge_peers(rows):
+    """The peer rows with the targets of ``PEER_TARGETS`` applied (others stay "report").
+
+    >>> r = {"figure": "peer_residual_train_step", "framework": "jax-jit", "value": 1e-3,
+    ...      "target": "report", "pass": None, "detail": {"rssm_ref_s": 0.8e-3}}
+    >>> judge_peers([r])[0]["pass"], judge_peers([r])[0]["target"]
+    (True, 'rssm-ref <= 1.0x')
+    """
+    out = []
+    for r in rows:
+        t = PEER_TARGETS.get((r["figure"], r.get("framework")))
+        if t is not None and r["detail"].get("rssm_ref_s"):
+            ratio = r["detail"]["rssm_ref_s"] / r["value"]
+            r = dict(r, target=f"rssm-ref <= {t}x", **{"pass": ratio <= t})
+        out.append(r)
+    return out
+
+
 def _best(fn, repeats):
     best = float("inf")
     for _ in range(repeats):
@@ -125,7 +260,8 @@ def _lti_recurrent(q, R):
     fast = _best(lambda: tf_filter(num, den, u), R)
     base = _best(lambda: ssig.lfilter(num[0, 0], den[0], x, axis=-1), R)
     return _ratio_row("lti_recurrent", fast, base, 1.3, "scipy.signal.lfilter",
-                      {"batch": batch, "L": L, "order": 4})
+                      {"batch": batch, "L": L, "order": 4,
+                       "flops": _flops_lfilter(batch * L, 5, 5)})
 
 
 def _fft_exact(q, R):
@@ -138,7 +274,8 @@ def _fft_exact(q, R):
     fast = _best(lambda: tf_fft_filter(num, den, u), R)
     base = _best(lambda: tf_filter(num, den, u), R)
     return _ratio_row("fft_exact", fast, base, 0.5, "tf_filter (recurrent path)",
-                      {"p": p, "m": m, "order": 4, "L": L, "batch": batch})
+                      {"p": p, "m": m, "order": 4, "L": L, "batch": batch,
+                       "flops": _flops_fft_filter(batch, L, p, m, 5), "floor_kind": "fft"})
 
 
 def _gate_forward(q, R):
@@ -150,7 +287,7 @@ def _gate_forward(q, R):
     fast = _best(lambda: gate(y_s, s), R)
     base = _best(lambda: ssig.lfilter([0.5], [1.0, -0.5], x, axis=-1), R)
     return _ratio_row("gate_forward", fast, base, 2.0, "first-order lfilter",
-                      {"batch": batch, "L": L, "m": 1})
+                      {"batch": batch, "L": L, "m": 1, "flops": 4 * batch * L})
 
 
 def _residual_setup(batch, L, seed=0, model="residual"):
@@ -158,15 +295,6 @@ def _residual_setup(batch, L, seed=0, model="residual"):
     params = init_params(cfg, seed=seed)
     tok, tgt = make_batch("induction", onp.random.default_rng(seed), batch, L, cfg.n_tokens)
     return cfg, params, tok, tgt
-
-
-def _abs_row(figure, value, target_s, baseline_s, baseline, detail):
-    """An absolute time with its target, and the ratio to a baseline timed in the same run."""
-    return {"figure": figure, "value": value, "unit": "s", "baseline": baseline,
-            "target": f"<= {target_s * 1e3:g} ms" if target_s else "report",
-            "pass": (value <= target_s) if target_s else None,
-            "detail": dict(detail, fast_s=value, baseline_s=baseline_s,
-                           ratio_to_baseline=(value / baseline_s) if baseline_s else None)}
 
 
 def _step_runner(cfg, params, batch, L, loss_fn):
@@ -196,9 +324,10 @@ def _residual_train_step(q, R):
     n = 3 if q else 20
     t_fast = _best(lambda: [fast() for _ in range(n)], R) / n
     t_ref = _best(lambda: [ref() for _ in range(max(1, n // 4))], max(1, R // 2)) / max(1, n // 4)
-    return _abs_row("residual_train_step", t_fast, 1.2e-3, t_ref,
-                    "the same step through the reference cores (loss_ref)",
-                    {"batch": batch, "L": 16, "includes": "batch, loss, grad, clip, Adam"})
+    return _ratio_row("residual_train_step", t_fast, t_ref, 0.09,
+                      "the same step through the reference cores (loss_ref)",
+                      {"batch": batch, "L": 16, "includes": "batch, loss, grad, clip, Adam",
+                       "flops": _flops_residual_grad(cfg, batch, 16)})
 
 
 def _residual_grad(q, R):
@@ -209,7 +338,8 @@ def _residual_grad(q, R):
     fast = _best(lambda: [vg(params) for _ in range(n)], R) / n
     base = _best(lambda: [loss(cfg, params, tok, tgt) for _ in range(n)], R) / n
     return _ratio_row("residual_grad", fast, base, 3.0, "its own forward (loss)",
-                      {"batch": len(tok), "L": 16, "path": cfg.path})
+                      {"batch": len(tok), "L": 16, "path": cfg.path,
+                       "flops": _flops_residual_grad(cfg, len(tok), 16)})
 
 
 def _selective_loss_grad(q, R):
@@ -221,10 +351,11 @@ def _selective_loss_grad(q, R):
     n = 3 if q else 20
     fast = _best(lambda: [vg(params) for _ in range(n)], R) / n
     base = _best(lambda: [vg_ref(params) for _ in range(max(1, n // 4))], max(1, R // 2)) / max(1, n // 4)
-    return _abs_row("selective_loss_grad", fast, 3.2e-3, base,
-                    "autograd through the full-sequence core (loss_ref)",
-                    {"batch": len(tok), "L": 16, "m": cfg.m, "n": cfg.n,
-                     "discretization": cfg.discretization, "output": cfg.output})
+    return _ratio_row("selective_loss_grad", fast, base, 0.16,
+                      "autograd through the full-sequence core (loss_ref)",
+                      {"batch": len(tok), "L": 16, "m": cfg.m, "n": cfg.n,
+                       "discretization": cfg.discretization, "output": cfg.output,
+                       "flops": _flops_selective_grad(len(tok), 16, cfg.m, cfg.n)})
 
 
 def _selective(q, R):
@@ -234,7 +365,8 @@ def _selective(q, R):
     fast = _best(lambda: selective_ssm(u, **P), R)
     base = _best(lambda: selective_ssm_ref(u, **P), 1)
     return _ratio_row("selective_fast_vs_ref", fast, base, None, "selective_ssm_ref loop",
-                      {"batch": batch, "L": L, "m": 16, "n": 8})
+                      {"batch": batch, "L": L, "m": 16, "n": 8,
+                       "flops": _flops_selective_forward(batch, L, 16, 8)})
 
 
 def _mamba_block_grad(q, R):
@@ -249,9 +381,10 @@ def _mamba_block_grad(q, R):
     R = min(R, 2)                # tens of seconds per call at full size
     fast = _best(lambda: forward.compute("mamba-block", P, h, grads=True), R)
     base = _best(lambda: forward.compute("mamba", S, {"u": x_act}, grads=True), R)
-    return _ratio_row("mamba_block_grad", fast, base, 3.0,
+    return _ratio_row("mamba_block_grad", fast, base, 2.0,
                       "the selective core alone (--model mamba --grads) on x_act",
-                      {"batch": batch, "L": L, "d_model": d, "E": 2 * d, "N": N})
+                      {"batch": batch, "L": L, "d_model": d, "E": 2 * d, "N": N,
+                       "flops": _flops_mamba_block_grad(batch, L, d, 2 * d, N, 4, P)})
 
 
 def _lfilter_calls(cfg, params, tok):
@@ -269,7 +402,7 @@ def _lfilter_calls(cfg, params, tok):
     return calls
 
 
-def _residual_eval(q, R, L=1024, batch=1000, target_s=62e-3, target_ratio=None, figure="residual_eval_L1024"):
+def _residual_eval(q, R, L=1024, batch=1000, target_ratio=0.79, figure="residual_eval_L1024"):
     """Residual evaluation (accuracy) at length L: time, peak memory, and the ratio to the
     lfilter calls it is made of, timed in the same run."""
     if q:
@@ -284,10 +417,9 @@ def _residual_eval(q, R, L=1024, batch=1000, target_s=62e-3, target_ratio=None, 
     accuracy(cfg, params, tok, tgt, chunk=len(tok))
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    detail = {"batch": batch, "L": L, "peak_MiB": peak / 2 ** 20, "path": cfg.path}
-    if target_ratio:
-        return _ratio_row(figure, fast, base, target_ratio, "its lfilter calls (p m + m)", detail)
-    return _abs_row(figure, fast, target_s, base, "its lfilter calls (p m + m)", detail)
+    detail = {"batch": batch, "L": L, "peak_MiB": peak / 2 ** 20, "path": cfg.path,
+              "flops": _flops_residual_eval(cfg, batch, L)}
+    return _ratio_row(figure, fast, base, target_ratio, "its lfilter calls (p m + m)", detail)
 
 
 def _residual_eval_long(q, R):
@@ -373,12 +505,15 @@ def run_bench(quick=False, progress=None, only=None, backend="numpy", backend_si
     namespace(backend)
     names = check_figures(only)
     R = 2 if quick else 7
+    rates = throughput(quick)
     rows = []
     for name in names:
         if name == "backend_forward":
             rows.append(_backend_forward(quick, R, backend, backend_size))
         else:
             rows.append(_RUNNERS[name](quick, R))
+        rows[-1] = with_floors(rows[-1:], rates)[0]
+        rows[-1]["detail"]["machine_flops_per_s"] = rates
         if progress:
             progress(name, rows[-1])
     return rows
@@ -387,6 +522,12 @@ def run_bench(quick=False, progress=None, only=None, backend="numpy", backend_si
 def format_bench(rows, quick=False):
     """A table: figure, value, target, verdict (a smoke run says so)."""
     lines = [SMOKE_NOTE] if quick else []
+    rates = next((r["detail"]["machine_flops_per_s"] for r in rows
+                  if "machine_flops_per_s" in r.get("detail", {})), None)
+    if rates:
+        lines.append(f"machine: float64 matmul {rates['matmul'] / 1e9:.1f} Gflop/s, FFT "
+                     f"{rates['fft'] / 1e9:.1f} Gflop/s (measured at the start of this run; "
+                     "the floor of a row is its flops at that rate)")
     lines.append(f"{'figure':<24}{'value':>14}  {'target':<20}{'verdict':<8} baseline")
     for r in rows:
         v = r["value"]
@@ -407,6 +548,9 @@ def format_bench(rows, quick=False):
                           f"{d.get('max_rel_err_vs_rssm_ref', float('nan')):.1e}")
         if "peak_MiB" in d:
             lines[-1] += f" (peak {d['peak_MiB']:.0f} MiB)"
+        if d.get("x_floor"):
+            lines[-1] += (f"; {d['flops'] / 1e6:.3g} Mflop, {d['x_floor']:.0f}x the "
+                          f"{d.get('floor_kind', 'matmul')} floor")
         if r["figure"] == "backend_forward":
             d = r["detail"]
             lines[-1] += (f" ({d['backend']}, batch {d['batch']}, L {d['L']}: "

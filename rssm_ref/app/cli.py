@@ -23,7 +23,8 @@ import re
 import sys
 
 import click
-from rssm_ref.app.bench import (bench_document, check_figures, format_bench, load_peers,
+from rssm_ref.app.bench import (bench_document, check_figures, format_bench, judge_peers,
+                                 load_peers,
                                 parse_size, run_bench, write_json)
 from rssm_ref.experiments.beyond import ExperimentConfig, format_results, run_experiment
 from rssm_ref.experiments.explain import explain, ExplainConfig
@@ -496,7 +497,7 @@ def bench_cmd(quick, as_json, json_path, backend, backend_size, only, peers):
         for framework, (ok, why) in peer_module.available().items():
             if not ok:
                 click.echo(f"note: --peers: {framework} skipped: {why}", err=True)
-        rows = rows + run_guarded(peer_module.peer_rows, quick=quick)
+        rows = rows + judge_peers(run_guarded(peer_module.peer_rows, quick=quick))
     if json_path:
         run_guarded(write_json, rows, json_path, quick)
     if as_json:
