@@ -289,8 +289,10 @@ def diagnose_cmd(reference, candidate, precision, as_json):
     """Find which conventions your tensors follow; exit 0 a match, 1 none, 2 bad input.
 
     Recomputes the reference under every discretization, output, D-or-not and layout
-    (residual: gate and y(1..L) vs y(0..L-1)), ranks them, and reports the best one, the
-    precision it matches at, and the forward flags that reproduce it.
+    (residual: gate and y(1..L) vs y(0..L-1); mamba-block: each slip a port of the layer
+    makes, one at a time, such as z and x swapped or the conv flipped), ranks them, and
+    reports the best one, the precision it matches at, and the forward flags that
+    reproduce it. A slip is exit 1, named with what to fix.
     """
     _report(run_guarded(diagnose_files, reference, candidate, precision), as_json)
 

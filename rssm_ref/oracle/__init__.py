@@ -11,6 +11,7 @@ golden      the frozen suite of named cases and its tamper-proof check
 mamba       a Mamba layer's own parameters (A_log, x_proj, dt_proj, D) on the selective core
             (--model mamba), and the whole Mamba-1 layer (--model mamba-block)
 diagnose    which conventions (discretization, output, D, layout, gate) a candidate follows
+slips       the slips a port of the Mamba-1 layer makes, as diagnose names them
 
 >>> from rssm_ref.oracle import formats
 >>> formats.MODELS

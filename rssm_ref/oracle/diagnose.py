@@ -11,17 +11,28 @@ under every combination of
                       format's; before: y(0..L-1)) x layout
     selective, mamba  discretization (zoh, euler) x output (before, after) x D (with,
                       without; when the params hold D) x layout
+    mamba-block       the layer itself, and each slip a port makes (rssm_ref.oracle.slips:
+                      z and x swapped, the conv flipped, ...), one at a time, x layout
 
 (layout: channel-last (batch, L, m) or channel-first (batch, m, L); tried only where the
 candidate's shapes fit), ranks them by the candidate's worst error (relative to max|T|
 of each tensor, as ``verify``), and runs ``verify`` on the best one at float64, float32,
 float16, bfloat16 in turn: the first precision that passes is the one it matches at.
-The report names the conventions and the ``forward`` flags that reproduce them.
+The report names the conventions and the ``forward`` flags that reproduce them. A
+mamba-block candidate that matches a slip fails (exit 1) whatever the precision: the
+advice names the slip and what to fix. The slipped layers are computed by the oracle's
+emulation (``precision.mamba_block_scan(..., slip=)``) in float64, and ``verify``
+reruns it in lower precisions, so a slip is matched at the candidate's precision too.
+Two rules keep a slip from being blamed wrongly: the layer itself comes first when it
+passes at the claimed precision (a slip below that precision's resolution is not a
+defect), and when nothing matches a slip is the closest only if its error on y is at most
+SLIP_MARGIN times the layer's own.
 
 Glossary
 --------
 Combo            dict of conventions, keys as ``verify.describe_reference`` (gate,
-                 discretization, output, D, layout; path for lti/residual is kept)
+                 discretization, output, D, layout; path for lti/residual is kept;
+                 mamba-block adds slip: "none" or a name of ``slips.SLIPS``)
 DiagnoseReport   rows (every combo: worst rel_err, worst tensor), best, precision, advice
 diagnose(reference, candidate) -> DiagnoseReport       (mappings of arrays)
 diagnose_files(reference_path, candidate_path) -> DiagnoseReport
@@ -47,12 +58,16 @@ from typing import Optional
 import numpy as onp
 
 from rssm_ref.oracle import formats, forward
-from rssm_ref.oracle.precision import PRECISIONS
+from rssm_ref.oracle.precision import emulate, PRECISIONS
+from rssm_ref.oracle.slips import applies, SLIPS
 from rssm_ref.oracle.verify import (candidate_precision, describe_reference, describe_text,
                                     missing_key_hint, verify)
 from rssm_ref.tolerances import TINY
 from rssm_ref.util.version import VERSION
 
+# when nothing matches, a mismatch is blamed on a slip (mamba-block) only when the slip's
+# row has at most this fraction of the layer's own row's error on y
+SLIP_MARGIN = 0.5
 # names for convention sets a user will recognise
 KNOWN = {
     ("selective", "euler", "after"): "mamba_ssm's and mambapy's conventions",
@@ -62,8 +77,12 @@ KNOWN = {
 }
 
 
-def _grid(model, ref_conv, has_D):
+def _grid(model, ref_conv, has_D, params=None):
     """Every combination of conventions for ``model`` (dicts in describe_reference's keys)."""
+    if model == "mamba-block":
+        # the layer's own conventions, then each slip alone on top of them (no pairs)
+        slips = ["none"] + [s for s in SLIPS if applies(s, params)]
+        return [dict(ref_conv, slip=s, layout=lay) for s in slips for lay in formats.LAYOUTS]
     axes = {}
     if "path" in ref_conv:
         axes["path"] = [ref_conv["path"]]          # fft vs recurrent: not a convention
@@ -80,6 +99,11 @@ def _grid(model, ref_conv, has_D):
 
 
 def _label(model, combo):
+    if model == "mamba-block":
+        slip = combo["slip"]
+        what = ("no slip: mamba_ssm's Mamba layer" if slip == "none"
+                else f"slip: {SLIPS[slip].words}")
+        return f"{what} (layout={combo['layout']})"
     parts = ", ".join(f"{k}={v}" for k, v in combo.items() if k != "path")
     known = KNOWN.get((model, combo.get("discretization"), combo.get("output")))
     if model == "residual":
@@ -122,12 +146,14 @@ class DiagnoseReport:
     # the finest precision a match must reach to pass: --precision, or the candidate's dtype
     allowed_precision: str = "float64"
     precision_from: str = ""
+    slip: Optional[str] = None      # mamba-block: the slip of the best row (None: none)
 
     @property
     def passed(self):
         """True when some combination matches at the precision the candidate may claim
-        (its dtype's, or ``--precision``); a match found only at a coarser precision fails."""
-        return (self.precision is not None
+        (its dtype's, or ``--precision``); a match found only at a coarser precision fails,
+        and so does a match with a port's slip (mamba-block)."""
+        return (self.precision is not None and self.slip is None
                 and PRECISIONS.index(self.precision) <= PRECISIONS.index(self.allowed_precision))
 
     def as_dict(self):
@@ -137,7 +163,7 @@ class DiagnoseReport:
                 "unchecked": list(self.unchecked), "passed": self.passed,
                 "best": self.best, "precision": self.precision,
                 "allowed_precision": self.allowed_precision,
-                "precision_from": self.precision_from,
+                "precision_from": self.precision_from, "slip": self.slip,
                 "rerun_flags": self.rerun_flags, "advice": self.advice,
                 "rows": [dict(r, rel_err=_json_float(r["rel_err"])) for r in self.rows],
                 "best_report": self.best_report.as_dict() if self.best_report else None}
@@ -162,8 +188,12 @@ class DiagnoseReport:
             lines.append(f"{r['rel_err']:>10.2e}  {r['worst_tensor']:<20} {r['label']}{tail}")
         if self.best_report is not None:
             lines.append("")
-            lines.extend(l for l in self.best_report.to_text().split("\n")
-                         if not l.startswith("which conventions"))
+            for l in self.best_report.to_text().split("\n"):
+                if l == "PASS" and self.slip:
+                    l = (f"PASS against the layer recomputed with the slip {self.slip}, not "
+                         "against the reference")
+                if not l.startswith("which conventions"):
+                    lines.append(l)
         lines.append("")
         lines.append(f"precision claimed: {self.allowed_precision} ({self.precision_from})")
         lines.append(self.advice)
@@ -239,13 +269,15 @@ def diagnose(reference, candidate, where=("reference", "candidate"), precisions=
         allowed, precision_from = precision, "given by --precision"
     model = opts["model"]
     ref_conv = describe_reference(opts, params)
+    if model == "mamba-block":
+        ref_conv["slip"] = "none"
     cand, unchecked = _candidate_tensors(candidate, ref_out,
                                          formats.allowed_output_keys(model, params), where[1])
     keys = sorted(cand, key=lambda k: (k != "y", not k.startswith("grad_"), k))
     need_grads = any(k.startswith("grad_") for k in cand)
     need_inter = any(k in formats.SPECS[model]["intermediates"] for k in cand)
-    rows, bundles = [], {}
-    for combo in _grid(model, ref_conv, "D" in params):
+    rows, bundles, errors = [], {}, []
+    for combo in _grid(model, ref_conv, "D" in params, params):
         P = {k: v for k, v in params.items() if not (k == "D" and combo.get("D") == "no")}
         o = forward.resolve_options(model, path=opts.get("path"), gate=combo.get("gate"),
                                     discretization=combo.get("discretization"),
@@ -259,7 +291,16 @@ def diagnose(reference, candidate, where=("reference", "candidate"), precisions=
                                         ref_conv["layout"]).shape for k in cand}
         if any(formats.layout_shape(k, canon[k], lay) != cand[k].shape for k in cand):
             continue
-        out = forward.compute_checked(model, P, inputs, o)
+        slip = combo.get("slip", "none")
+        if slip == "none":
+            out = forward.compute_checked(model, P, inputs, o)
+        else:
+            # the slipped layer: the emulation in float64, the tensors the candidate has
+            with onp.errstate(all="ignore"):
+                out = emulate(model, P, inputs, o, "float64", grads=need_grads, slip=slip)
+            out = {k: v for k, v in out.items() if k == "y" or k in cand}
+            if not all(onp.all(onp.isfinite(v)) for v in out.values()):
+                continue                            # overflowed: not what a finite port computed
         if any(k not in out for k in cand):         # e.g. grad_D without D
             continue
         out = {k: formats.to_layout(k, v, lay) for k, v in out.items()}
@@ -270,6 +311,7 @@ def diagnose(reference, candidate, where=("reference", "candidate"), precisions=
             U["dy"] = onp.ones(formats.from_layout("y", out["y"], lay).shape)
         U = {k: formats.to_layout(k, v, lay) for k, v in U.items()}
         bundles[len(rows)] = forward.bundle(o, P, U, out)
+        errors.append(errs)
         rows.append({"conventions": combo, "label": _label(model, combo),
                      "rel_err": errs[worst], "worst_tensor": worst,
                      "is_reference": combo == ref_conv})
@@ -280,29 +322,66 @@ def diagnose(reference, candidate, where=("reference", "candidate"), precisions=
                          "channel-first/channel-last transpose)")
     order = sorted(range(len(rows)), key=lambda i: (rows[i]["rel_err"],
                                                    not rows[i]["is_reference"]))
+    recomputed = (where[0] + " (recomputed)", where[1])
+
+    def slip_of(i):
+        s = rows[i]["conventions"].get("slip", "none")
+        return None if s == "none" else s
+
+    def first_precision(i):
+        """(the finest precision at which row i passes, or None; the report shown)"""
+        shown = None
+        for p in precisions:
+            rep = verify(bundles[i], cand, p, where=recomputed, slip=slip_of(i))
+            if shown is None or PRECISIONS.index(p) <= PRECISIONS.index(allowed):
+                shown = rep            # the table shown: the claimed precision's verdict
+            if rep.passed:
+                return p, shown
+        return None, shown
+
+    def to_front(i):
+        order.remove(i)
+        order.insert(0, i)
+
+    plain = next((i for i in order if slip_of(i) is None), None)
+    if slip_of(order[0]) and plain is not None and \
+            verify(bundles[plain], cand, allowed, where=recomputed).passed:
+        # a slip that changes the layer less than the candidate's precision resolves (a
+        # small step size makes ZOH and Euler B alike) must not fail a correct candidate:
+        # the layer itself, when it passes at the claimed precision, comes first
+        to_front(plain)
+    found, best_report = first_precision(order[0])
+    on = "y" if "y" in cand else rows[plain]["worst_tensor"] if plain is not None else None
+    if found is None and slip_of(order[0]) and plain is not None and \
+            errors[order[0]][on] > SLIP_MARGIN * errors[plain][on]:
+        # nothing matches: a slip (of the forward pass) is the closest explanation only
+        # when it brings y clearly closer than the layer itself does; else the bug is
+        # elsewhere (a wrong gradient beside a right y), best shown on the layer's row
+        to_front(plain)
+        found, best_report = first_precision(plain)
     rows_sorted = [rows[i] for i in order]
     best_i = order[0]
     best = rows[best_i]["conventions"]
-    found, best_report = None, None
-    for p in precisions:
-        rep = verify(bundles[best_i], cand, p, where=(where[0] + " (recomputed)", where[1]))
-        if best_report is None or PRECISIONS.index(p) <= PRECISIONS.index(allowed):
-            best_report = rep          # the table shown: the claimed precision's verdict
-        if rep.passed:
-            found = p
-            break
+    best_slip = slip_of(best_i)
     flags = rerun_flags(model, best, ref_conv)
     label = rows[best_i]["label"]
     coarser = found is not None and PRECISIONS.index(found) > PRECISIONS.index(allowed)
     precision = found
-    if coarser:
+    if best_slip is not None and found is not None:
+        advice = (f"FAIL: your tensors match the Mamba layer with a slip, "
+                  f"{SLIPS[best_slip].words}, at {found} precision"
+                  + (" (coarser than your tensors claim)" if coarser else "")
+                  + f"; fix: {SLIPS[best_slip].fix}"
+                  + (f"; and rerun forward with {flags}" if flags else ""))
+    elif coarser:
         claim = (f"your {allowed} tensors" if precision_from.startswith("from")
                  else f"your tensors, claimed at {allowed} by --precision,")
         advice = (f"FAIL: {claim} agree only to {found} precision: a defect, or a computation "
                   f"done in lower precision (closest conventions: {label}; if you computed in "
                   f"{found}, rerun with --precision {found})")
     elif precision is None:
-        advice = (f"no combination of the conventions the oracle knows matches: the closest is "
+        known = "conventions or slips" if model == "mamba-block" else "conventions"
+        advice = (f"no combination of the {known} the oracle knows matches: the closest is "
                   f"{label} with rel_err {rows[best_i]['rel_err']:.2e} at "
                   f"{rows[best_i]['worst_tensor']} (a bug beyond conventions; the table above "
                   "shows where it starts)")
@@ -318,7 +397,7 @@ def diagnose(reference, candidate, where=("reference", "candidate"), precisions=
             advice = f"matches {label} at {precision} precision; rerun forward {' and '.join(how)}"
     return DiagnoseReport(model, ref_conv, keys, rows_sorted, best, precision, flags, advice,
                           unchecked, best_report=best_report, allowed_precision=allowed,
-                          precision_from=precision_from)
+                          precision_from=precision_from, slip=best_slip)
 
 
 def diagnose_files(reference_path, candidate_path, precision=None):

@@ -224,6 +224,20 @@ def _mamba_key_hint(key):
     return ""
 
 
+def _layer_key_hint(extra, known):
+    """A hint for keys a Mamba-1 layer lacks: a whole model's (one layer's keys under a
+    module prefix), or a Mamba-2 layer's."""
+    for key in extra:
+        for name in known:
+            if key.endswith("." + name):
+                return (f"; a whole model's keys: select one layer with --prefix "
+                        f"{key[:-len(name)]!r}")
+    if "dt_bias" in extra or "norm.weight" in extra:
+        return ("; a Mamba-2 layer's keys (Mamba2 has dt_bias and norm.weight): --model "
+                "mamba-block is the Mamba-1 layer, mamba_ssm's Mamba")
+    return ""
+
+
 def check_model(model):
     if model not in SPECS:
         raise ValueError(f"model: {model!r} (expected one of {', '.join(MODELS)})")
@@ -332,7 +346,8 @@ def check_params(model, params, where="params", allow_unstable=False):
             known |= set(keys)
     extra = sorted(k for k in params if k not in known)
     if extra:
-        hint = _mamba_key_hint(extra[0]) if model == "mamba" else ""
+        hint = (_mamba_key_hint(extra[0]) if model == "mamba" else
+                _layer_key_hint(extra, known) if model == "mamba-block" else "")
         raise ValueError(f"{where}: unexpected key {_q(extra[0])} for --model {model} "
                          f"(expected only {', '.join(sorted(known))}){hint}")
 
@@ -351,8 +366,14 @@ def check_params(model, params, where="params", allow_unstable=False):
         form = used[0]
         missing = [k for k in forms[form] if k not in params]
         if missing:
+            extra = ""
+            if model == "mamba-block":
+                extra = f"; {missing[0]} is {_fmt_shape(forms[form][missing[0]])}"
+                if "in_proj.weight" in missing and "x_proj.weight" in params:
+                    extra += ("; a layer's selective scan alone (A_log, D, x_proj, dt_proj) "
+                              "is --model mamba")
             raise ValueError(f"{where}: missing key {_q(missing[0])} (the {_FORM_NAMES[form]} "
-                             f"form needs {', '.join(forms[form])})")
+                             f"form needs {', '.join(forms[form])}{extra})")
         chosen[block] = form
     if len(set(chosen.values())) > 1:
         desc = ", ".join(f"{b} in {_FORM_NAMES[f]} form" for b, f in chosen.items())

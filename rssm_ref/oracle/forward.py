@@ -354,9 +354,11 @@ def compute_checked(model, params, inputs, opts, backend="numpy"):
                                  f"the inputs (got hidden_states {inputs['hidden_states'].shape}"
                                  + (f", missing {', '.join(missing)})" if missing else ")"))
             if inputs["conv_state"].shape[2] != params["conv1d.weight"].shape[2]:
-                raise ValueError("step: conv_state must be (batch, E, W), as Mamba.step keeps it "
-                                 "(causal-conv1d's (batch, E, W - 1) is for a whole-sequence "
-                                 "forward)")
+                batch, E, W = (inputs["conv_state"].shape[0],) + params["conv1d.weight"].shape[::2]
+                raise ValueError(f"step: key 'conv_state': shape {inputs['conv_state'].shape} "
+                                 f"(expected (batch, E, W) = ({batch}, {E}, {W}), as Mamba.step "
+                                 "keeps it; causal-conv1d's (batch, E, W - 1) is for a "
+                                 "whole-sequence forward)")
         return _compute_mamba_block(params, inputs, opts, backend)
     if model == "residual" and opts.get("output") == "before":
         return _residual_before(params, inputs, opts, backend)

@@ -59,6 +59,7 @@ from autograd.tracer import getval
 from autograd.extend import defvjp, defvjp_argnums, primitive
 
 from rssm_ref.oracle.formats import input_key as formats_input_key
+from rssm_ref.oracle.slips import check_slip
 
 PRECISIONS = ("float64", "float32", "float16", "bfloat16")
 _WORKING = {"float64": onp.float64, "float32": onp.float32, "float16": onp.float32,
@@ -566,14 +567,19 @@ def mamba_scan(ar, P, u, discretization="euler", output="after", ref=False):
                            discretization, output, ref)
 
 
-def mamba_block_scan(ar, P, h, conv_state=None, ssm_state=None, ref=False):
+def mamba_block_scan(ar, P, h, conv_state=None, ssm_state=None, ref=False, slip=None):
     """A whole Mamba-1 layer (rssm_ref.mamba_block, (M1)-(M9)) rounded in the order
     mamba_ssm computes it: xz = in_proj(h); the causal conv as W products added one after
     the other (oldest tap first) plus the bias; SiLU; the scan of ``mamba_scan`` (from
     ``ssm_state`` when given); y_ssm · SiLU(z); out_proj. ``conv_state`` (batch, E, W) or
     (batch, E, W - 1): the conv inputs before t = 0. Returns (y, {xz, x_conv, x_act,
     delta, y_ssm, z, conv_state (batch, E, W), ssm_state (batch, E, n)}).
+
+    ``slip``: None for the layer, or a name of rssm_ref.oracle.slips.SLIPS: the same
+    computation with that one port slip (``diagnose``'s alternative references). y_ssm is
+    h C + D x_act whatever the gate does.
     """
+    check_slip(slip)
     q = ar.q
     E, _, W = P["conv1d.weight"].shape
     lead = h.shape[:2]
@@ -581,27 +587,43 @@ def mamba_block_scan(ar, P, h, conv_state=None, ssm_state=None, ref=False):
     if "in_proj.bias" in P:
         xz = q(xz + ar.expand(P["in_proj.bias"], lead))
     x, z = xz[..., :E], xz[..., E:]
+    if slip == "xz_swapped":
+        x, z = z, x
     if conv_state is None:
         before = ar.zeros((h.shape[0], W - 1, E))
     else:
         before = np.transpose(conv_state[:, :, conv_state.shape[2] - (W - 1):], (0, 2, 1))
     xpad = np.concatenate([before, x], axis=1)                  # (batch, W - 1 + L, E)
+    # the taps read read[t + k]: the W - 1 inputs before t, then x; right-padded, x first
+    read = xpad if slip != "conv_right_padded" else \
+        np.concatenate([x, ar.zeros((h.shape[0], W - 1, E))], axis=1)
     L = h.shape[1]
     x_conv = None
-    for k in range(W):                                           # (M2): tap k on xpad[t + k]
-        term = q(ar.expand(P["conv1d.weight"][:, 0, k], lead) * xpad[:, k:k + L])
+    for k in range(W):                                           # (M2): tap k on read[t + k]
+        tap = W - 1 - k if slip == "conv_flipped" else k
+        term = q(ar.expand(P["conv1d.weight"][:, 0, tap], lead) * read[:, k:k + L])
         x_conv = term if x_conv is None else q(x_conv + term)
-    if "conv1d.bias" in P:
+    if "conv1d.bias" in P and slip != "conv_bias_missing":
         x_conv = q(x_conv + ar.expand(P["conv1d.bias"], lead))
-    x_act = q(x_conv * _sigmoid(ar, x_conv))
+    x_act = x_conv if slip == "conv_silu_missing" else q(x_conv * _sigmoid(ar, x_conv))
     r, n = P["dt_proj.weight"].shape[1], P["A_log"].shape[1]
     x_dbl = q(ar.proj(x_act, P["x_proj.weight"]))
     zd = q(ar.proj(x_dbl[..., :r], P["dt_proj.weight"]))
-    zd = q(zd + ar.expand(P["dt_proj.bias"], lead))
-    A = -q(np.exp(P["A_log"]))
-    y_ssm, inter = _selective_core(ar, A, zd, x_dbl[..., r:r + n], x_dbl[..., r + n:], P["D"],
-                                   x_act, "euler", "after", ref, h0=ssm_state)
-    gated = q(y_ssm * q(z * _sigmoid(ar, z)))
+    if slip != "dt_bias_missing":
+        zd = q(zd + ar.expand(P["dt_proj.bias"], lead))
+    if slip == "dt_bias_twice":                   # dt_proj's own bias, then as delta_bias
+        zd = q(zd + ar.expand(P["dt_proj.bias"], lead))
+    A = P["A_log"] if slip == "A_is_A_log" else -q(np.exp(P["A_log"]))
+    D = None if slip in ("D_missing", "gate_before_D") else P["D"]
+    y_ssm, inter = _selective_core(ar, A, zd, x_dbl[..., r:r + n], x_dbl[..., r + n:], D,
+                                   x_act, "zoh" if slip == "zoh_B" else "euler",
+                                   "before" if slip == "output_before" else "after", ref,
+                                   h0=ssm_state, softplus=slip != "softplus_missing")
+    gate = x_act if slip == "gate_on_x" else z
+    gated = q(y_ssm * q(gate * _sigmoid(ar, gate)))
+    if slip == "gate_before_D":
+        Dx = q(ar.expand(P["D"], lead) * x_act)
+        gated, y_ssm = q(gated + Dx), q(y_ssm + Dx)
     y = q(ar.proj(gated, P["out_proj.weight"]))
     if "out_proj.bias" in P:
         y = q(y + ar.expand(P["out_proj.bias"], lead))
@@ -611,11 +633,13 @@ def mamba_block_scan(ar, P, h, conv_state=None, ssm_state=None, ref=False):
                "ssm_state": inter["last_state"]}
 
 
-def _selective_core(ar, A, zd, Bbar, Cbar, D, u, discretization, output, ref, h0=None):
+def _selective_core(ar, A, zd, Bbar, Cbar, D, u, discretization, output, ref, h0=None,
+                    softplus=True):
     """Eqs. (3)-(2) from the pre-activation zd of Δ and B̄_t, C̄_t (batch, L, n); ``h0``
-    (batch, m, n) the state before t = 0 (zero when None)."""
+    (batch, m, n) the state before t = 0 (zero when None); ``softplus=False``: Δ = zd
+    (a port's slip, for ``diagnose``)."""
     q = ar.q
-    delta = _softplus(ar, zd)
+    delta = _softplus(ar, zd) if softplus else zd
     # A broadcast over (batch, L) once per use: each use's gradient is its own sum over
     # (batch, t), added at the end, as a plain implementation writes them
     dA = q(delta[..., None] * ar.expand(A, zd.shape[:2]))     # (batch, L, m, n)
@@ -636,7 +660,10 @@ def _selective_core(ar, A, zd, Bbar, Cbar, D, u, discretization, output, ref, h0
     return y, {"delta": delta, "h": H, "last_state": H[:, -1]}
 
 
-def _model_fn(model, options):
+def _model_fn(model, options, slip=None):
+    if slip is not None and model != "mamba-block":
+        raise ValueError(f"slip: {slip!r} given for --model {model} (expected it only with "
+                         "--model mamba-block)")
     if model == "lti":
         return lambda ar, P, u: (_lti_block(ar, P, "", u), {})
     if model == "residual":
@@ -655,19 +682,20 @@ def _model_fn(model, options):
             output=options.get("output") or "after")
     if model == "mamba-block":
         return lambda ar, P, h, conv_state=None, ssm_state=None: mamba_block_scan(
-            ar, P, h, conv_state, ssm_state)
+            ar, P, h, conv_state, ssm_state, slip=slip)
     raise ValueError(f"model: {model!r} (expected lti, residual, selective, mamba or "
                      "mamba-block)")
 
 
-def emulate(model, params, inputs, options, precision, grads=False, seed=None):
+def emulate(model, params, inputs, options, precision, grads=False, seed=None, slip=None):
     """Run ``model`` on checked ``params``/``inputs`` in emulated ``precision``.
 
     Returns float64 arrays (holding the rounded values): ``y``, the model's
     intermediates, and with ``grads`` ``grad_u`` and ``grad_<key>`` of sum(y * dy)
     (dy = ones when the inputs hold none). Shapes as in rssm_ref.oracle.formats.
     ``seed=None`` rounds to nearest; an integer seed rounds stochastically (one sample
-    of "another rounding order"; verify takes the worst of several).
+    of "another rounding order"; verify takes the worst of several). ``slip`` (mamba-block
+    only): the layer with that port slip (rssm_ref.oracle.slips), for ``diagnose``.
 
     >>> import numpy
     >>> P = {"num": numpy.array([[[1.0, 0.0]]]), "den": numpy.array([[1.0, -0.5]])}
@@ -677,7 +705,7 @@ def emulate(model, params, inputs, options, precision, grads=False, seed=None):
     """
     _check_precision(precision)
     ar = Arith(precision, seed=seed)
-    fn = _model_fn(model, options)
+    fn = _model_fn(model, options, slip)
     keys = sorted(k for k in params if k != "embedding")
     P0 = {k: ar.cast(params[k]) for k in keys}
     states = [k for k in ("conv_state", "ssm_state") if k in inputs]

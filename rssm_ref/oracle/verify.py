@@ -202,7 +202,7 @@ class VerifyReport:
                      f"FAIL: {bad} of {len(self.tensors)} tensors mismatch")
         if self.hint:
             lines.append(self.hint)
-        if bad and self.model in ("residual", "selective", "mamba"):
+        if bad and self.model in ("residual", "selective", "mamba", "mamba-block"):
             lines.append(f"which conventions do your tensors follow? {prog()} diagnose --reference "
                          f"{self.reference or 'O.npz'} --candidate {self.candidate or 'C.npz'}")
         return "\n".join(lines)
@@ -316,7 +316,7 @@ def _positive(name, value):
 
 
 def verify(reference, candidate, precision="float64", where=("reference", "candidate"),
-           factor=None, floor=None):
+           factor=None, floor=None, slip=None):
     """Compare ``candidate`` tensors with a forward/golden ``reference`` at ``precision``.
 
     ``reference``: mapping of a forward output file (outputs + embedded params, inputs,
@@ -327,6 +327,8 @@ def verify(reference, candidate, precision="float64", where=("reference", "candi
     (``candidate_precision``). The verdict (``VerifyReport.verdict``) is PASS, FAIL, or
     INCONCLUSIVE when every tensor passes but a threshold is >= TRIVIAL_REL_ERR (a zeros
     candidate would pass). Returns a VerifyReport. Bad input raises ValueError/TypeError.
+    ``slip`` (mamba-block, for ``diagnose``): the reference was computed with that port
+    slip (rssm_ref.oracle.slips), and the oracle is rerun with it; never read from a file.
     """
     if precision is not None and precision not in PRECISIONS:
         raise ValueError(f"precision: {precision!r} (expected one of {', '.join(PRECISIONS)})")
@@ -350,7 +352,7 @@ def verify(reference, candidate, precision="float64", where=("reference", "candi
     def add_runs(seeds):
         for s in seeds:
             run = emulate(opts["model"], params, inputs, opts, precision, grads=need_grads,
-                          seed=s)
+                          seed=s, slip=slip)
             for key in cand:
                 err = _rel(formats.to_layout(key, run[key], layout), ref_out[key])[1]
                 oracle[key] = max(oracle[key], err) if onp.isfinite(err) else float("inf")
@@ -396,13 +398,15 @@ def verify(reference, candidate, precision="float64", where=("reference", "candi
             first_bad = int(bad[0]) if bad.size else None
         reports.append(TensorReport(key, tuple(ref.shape), max_abs, rel, worst, oracle_rel,
                                     threshold, passed, first_bad, note, inconclusive=trivial))
+    described = describe_reference(opts, params)
+    if slip is not None:
+        described["slip"] = slip
     rep = VerifyReport(precision, factor, floor, reports, model=opts["model"],
-                       options=describe_reference(opts, params), unchecked=unchecked,
-                       precision_from=precision_from)
+                       options=described, unchecked=unchecked, precision_from=precision_from)
     if precision == "float64" and not rep.passed and \
             max(t.rel for t in reports) < FLOAT32_LOOKALIKE:
         # a float64 file whose errors are float32-sized: was it computed in float32?
-        as32 = verify(reference, candidate, "float32", where=where)
+        as32 = verify(reference, candidate, "float32", where=where, slip=slip)
         if as32.passed:
             rep.hint = ("hint: every tensor would pass at --precision float32: the errors "
                         "look like float32 rounding (a float32 computation saved as "
