@@ -2,9 +2,11 @@
 plot per experiment from its results dictionary, matplotlib optional (``pip install
 .[plot]``).
 """
+import os
+
 import numpy as onp
 from rssm_ref.experiments.common import TARGET_PCT, TASKS2
-from rssm_ref.experiments.reproduce import chance
+from rssm_ref.experiments.reproduce import chance, measured_label, MODEL_NAMES
 
 
 def suptitle(fig, results):
@@ -26,14 +28,23 @@ def finish_accuracy_panels(fig, axes, results):
 
 
 def plot_lengths(plt, results):
+    """Measured accuracy against L per task, beside the leak prediction, drawn faint and
+    labelled unreliable while ``results["prediction_reliable"]`` is not true (a
+    results.json without the flag: unreliable too)."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), sharey=True)
+    shaky = not results.get("prediction_reliable", False)
+    pred = "leak prediction" + (" (unreliable, see docs/13)" if shaky else "")
     for ax, task in zip(axes, TASKS2):
         t, c = results["table"][task], results["prediction_curve"][task]
         L = t["lengths"]
         ax.fill_between(L, t["min"], t["max"], color="tab:blue", alpha=0.15, lw=0)
-        ax.plot(L, t["mean"], "o-", color="tab:blue", label="measured (mean, band min..max)")
-        ax.plot(L, t["predicted"], "s", color="tab:red", mfc="white", label="predicted from the leak")
-        ax.plot(c["lengths"], c["predicted"], "--", color="tab:red", lw=1, label="prediction curve")
+        ax.plot(L, t["mean"], "o-", color="tab:blue", zorder=3,
+                label=measured_label(t.get("seeds", results["seeds"]), spread="band min..max"))
+        ax.plot(L, t["predicted"], "s", color="tab:red", mfc="white",
+                alpha=0.6 if shaky else 1.0, label=pred)
+        ax.plot(c["lengths"], c["predicted"], "--", color="tab:red", lw=1,
+                alpha=0.6 if shaky else 1.0,
+                label="leak prediction curve" + (" (unreliable)" if shaky else ""))
         ax.axhline(TARGET_PCT, color="green", ls=":", lw=1, label=f"target {TARGET_PCT} %")
         ax.axhline(chance(task), color="gray", ls=":", lw=1, label="chance")
         ax.set_xscale("log", base=2)
