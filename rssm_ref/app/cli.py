@@ -401,10 +401,12 @@ def reproduce_cmd(task, model, seeds, steps, quick, out, gate, discretization, o
 @click.option("--eval-n", type=int, default=0,
               help="Sequences per length (default 1000; --quick: 20).")
 @click.option("--checkpoints", default="results-{task}", show_default=True, metavar="TEMPLATE",
-              help="lengths: the folders of reproduce's checkpoints residual-seed<k>.npz, "
-                   "{task} = induction | extended; absent ones are trained here.")
+              help="reproduce's run folders (where it writes by default), {task} = induction "
+                   "| extended. lengths: their checkpoints residual-seed<k>.npz (absent ones "
+                   "are trained here); cost: their results.json, whose accuracies are joined.")
 @click.option("--results-from", default="results-{name}", show_default=True, metavar="TEMPLATE",
-              help="cost: the other experiments' folders, whose accuracies are joined.")
+              help="cost: the other experiments' folders, {name} = lengths | nu_sweep | "
+                   "window | zoh_gate, whose accuracies are joined.")
 @click.option("--paper-exact", is_flag=True,
               help="Train the paper's model, without the recipe's additions (as reproduce).")
 @click.option("--json", "as_json", is_flag=True, help="Print results.json's content on stdout.")
@@ -428,8 +430,9 @@ def experiment_cmd(name, seeds, steps, quick, out, eval_n, checkpoints, results_
     config = run_guarded(ExperimentConfig, name=name, seeds=seed_list, steps=steps, quick=quick,
                          out=out or "", eval_n=eval_n, checkpoints=checkpoints,
                          results_from=results_from, paper_exact=paper_exact)
-    if config.name != "lengths":
-        _refuse_unused({"checkpoints": "--checkpoints"}, f"for {config.name} (lengths only)")
+    if config.name not in ("lengths", "cost"):
+        _refuse_unused({"checkpoints": "--checkpoints"}, f"for {config.name} (lengths and "
+                       "cost only)")
     if config.name != "cost":
         _refuse_unused({"results_from": "--results-from"}, f"for {config.name} (cost only)")
     if config.name == "cost":

@@ -23,7 +23,8 @@ zoh_gate   Remark 3.1's exact ZOH gate, trained: Tables 1 and 2 (Residual SSM) w
            gate = "zoh" beside gate = "euler" (eq. (5)), through ``reproduce``; with the
            leak per step and the fraction written at the answer
 cost       every model of these tables: parameter count and measured seconds per
-           training step, joined with the accuracies of the other experiments' results
+           training step, joined with the accuracies of reproduce's results (its
+           folders results-{task}, ``--checkpoints``) and the other experiments'
 =========  ==========================================================================
 
 Every training uses reproduce's recipe (``experiments.RECIPES`` through
@@ -83,7 +84,10 @@ length).
   ``param_count``, ``batch``, ``recipe_total_steps``, ``per_step_seconds``,
   ``train_estimate_seconds``, ``accuracy`` ({L: mean % over every run of this model
   config found} or null), ``accuracy_from`` (the results.json files), ``accuracy_quick``
-  (one of them a smoke run), ``accuracy_total_steps`` (the joined runs' training steps)}.
+  (one of them a smoke run), ``accuracy_total_steps`` (the joined runs' training steps)};
+  ``settings.accuracy_files``: every results.json looked in ({``path``, ``found``}):
+  reproduce's run folders (``--checkpoints``, default results-{task}, where reproduce
+  writes) and the experiments' (``--results-from``).
 
 The leak prediction (``measure_leak``, ``predict_accuracy``)
 -------------------------------------------------------------
@@ -129,7 +133,7 @@ import numpy as onp
 
 from rssm_ref.experiments.common import (ExperimentConfig, EXPERIMENTS, SMOKE_NOTE, SOLVED_PCT,
                                          TARGET_PCT, TASKS2)
-from rssm_ref.experiments.cost import cost
+from rssm_ref.experiments.cost import cost, sources_text
 from rssm_ref.experiments.lengths import (horizon_steps, leak_statistics, lengths, measure_leak,
                                           predict_accuracy, PREDICTION_CAVEAT)
 from rssm_ref.experiments.nu_sweep import nu_answer, nu_sweep
@@ -217,11 +221,16 @@ def format_results(results):
                 lines.append(f"    leak per step {', '.join(f'{v:.3g}' for v in g['leak_per_step'])}; "
                              f"written at the answer {', '.join(f'{v:.3f}' for v in g['store_fraction'])}")
     elif name == "cost":
+        looked = results.get("settings", {}).get("accuracy_files")
+        if looked is not None:
+            lines.append(sources_text(looked))
         lines.append(f"{'model':<34}{'params':>8}{'ms/step':>9}{'batch':>7}{'steps':>8}"
                      f"{'est. s':>9}  accuracy (%)")
         for r in t["rows"]:
             acc = r["accuracy"]
             acc_txt = ", ".join(f"L{L} {a:.1f}" for L, a in acc.items()) if acc else "-"
+            if acc and r.get("accuracy_quick"):
+                acc_txt += " (smoke run)"
             lines.append(f"{r['label']:<34}{r['param_count']['total']:>8}"
                          f"{1e3 * r['per_step_seconds']:>9.2f}{r['batch']:>7}"
                          f"{r['recipe_total_steps']:>8}{r['train_estimate_seconds']:>9.0f}  {acc_txt}")
