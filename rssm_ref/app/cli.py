@@ -507,10 +507,12 @@ def bench_cmd(quick, as_json, json_path, backend, backend_size, only, peers):
 
 # teaching (docs/index.md): one sequence through a model, step by step.
 @main.command("explain")
-@click.option("--model", type=click.Choice(["residual", "selective", "lti"]), default="residual",
-              show_default=True)
-@click.option("--task", type=click.Choice(["induction", "extended"]), default="induction",
-              show_default=True, help="The task the sequence is drawn from.")
+@click.option("--model", type=click.Choice(["residual", "selective", "lti"]), default=None,
+              help="The model explained (default: the one a reproduce checkpoint given as "
+                   "--params names, else residual).")
+@click.option("--task", type=click.Choice(["induction", "extended"]), default=None,
+              help="The task the sequence is drawn from (default: a reproduce checkpoint's, "
+                   "else induction).")
 @click.option("--params", "params_path", default="", metavar="P.npz",
               help="Params in the oracle's format (from init, or your model's), or a reproduce "
                    "checkpoint (default: train a model here for --steps).")
@@ -544,17 +546,20 @@ def explain_cmd(model, task, params_path, checkpoint, inputs_path, seed, L, step
         click.echo("note: --checkpoint is deprecated; use --params", err=True)
     if params_path or checkpoint:
         _refuse_unused({"steps": "--steps"}, "with --params (nothing is trained)")
-    if model != "residual":
-        _refuse_unused({"gate": "--gate"}, f"with --model {model} (the residual gate)")
-    if model != "selective":
-        _refuse_unused({"discretization": "--discretization", "output": "--output"},
-                       f"with --model {model} (selective conventions)")
     if inputs_path:
         _refuse_unused({"L": "--length", "task": "--task"}, "with --inputs (the sequence "
                        "comes from the file)")
+    # the model may come from the checkpoint: the options are judged against the resolved one
     config = run_guarded(ExplainConfig, model=model, task=task, params=params_path,
                          checkpoint=checkpoint, inputs=inputs_path, seed=seed, out=out, L=L,
                          steps=steps, gate=gate, discretization=discretization, output=output)
+    which = (f"with --model {config.model}" if model or not config.params_path else
+             f"for the {config.model} model of {config.params_path}")
+    if config.model != "residual":
+        _refuse_unused({"gate": "--gate"}, f"{which} (the residual gate)")
+    if config.model != "selective":
+        _refuse_unused({"discretization": "--discretization", "output": "--output"},
+                       f"{which} (selective conventions)")
     res = run_guarded(explain, config, Progress.to_stderr())
     if as_json:
         with open(res["files"][0], encoding="utf-8") as fh:
