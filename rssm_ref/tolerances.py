@@ -98,6 +98,10 @@ TOLERANCES = {
     # algorithms (Toeplitz solves, TDF-II scans, other summation orders) for the same float64
     # quantities (measured <= 1e-13); a wrong equation or constant shows as >= 1e-4.
     "peer_agreement": 1e-10,
+    # --- figures (rssm_ref.experiments.explain): two channels drawn in one panel are called
+    # coincident in its legend when they differ by at most this fraction of the panel's
+    # scale (largest |h|, or the pole-zero view's width): under a pixel at the figures' size.
+    "figure_coincide": 1e-3,
 }
 
 

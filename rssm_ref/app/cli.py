@@ -409,10 +409,12 @@ def reproduce_cmd(task, model, seeds, steps, quick, out, gate, discretization, o
 @click.option("--eval-n", type=int, default=0,
               help="Sequences per length (default 1000; --quick: 20).")
 @click.option("--checkpoints", default="results-{task}", show_default=True, metavar="TEMPLATE",
-              help="lengths: the folders of reproduce's checkpoints residual-seed<k>.npz, "
-                   "{task} = induction | extended; absent ones are trained here.")
+              help="reproduce's run folders (where it writes by default), {task} = induction "
+                   "| extended. lengths: their checkpoints residual-seed<k>.npz (absent ones "
+                   "are trained here); cost: their results.json, whose accuracies are joined.")
 @click.option("--results-from", default="results-{name}", show_default=True, metavar="TEMPLATE",
-              help="cost: the other experiments' folders, whose accuracies are joined.")
+              help="cost: the other experiments' folders, {name} = lengths | nu_sweep | "
+                   "window | zoh_gate, whose accuracies are joined.")
 @click.option("--paper-exact", is_flag=True,
               help="Train the paper's model, without the recipe's additions (as reproduce).")
 @click.option("--json", "as_json", is_flag=True, help="Print results.json's content on stdout.")
@@ -436,8 +438,9 @@ def experiment_cmd(name, seeds, steps, quick, out, eval_n, checkpoints, results_
     config = run_guarded(ExperimentConfig, name=name, seeds=seed_list, steps=steps, quick=quick,
                          out=out or "", eval_n=eval_n, checkpoints=checkpoints,
                          results_from=results_from, paper_exact=paper_exact)
-    if config.name != "lengths":
-        _refuse_unused({"checkpoints": "--checkpoints"}, f"for {config.name} (lengths only)")
+    if config.name not in ("lengths", "cost"):
+        _refuse_unused({"checkpoints": "--checkpoints"}, f"for {config.name} (lengths and "
+                       "cost only)")
     if config.name != "cost":
         _refuse_unused({"results_from": "--results-from"}, f"for {config.name} (cost only)")
     if config.name == "cost":
@@ -512,10 +515,12 @@ def bench_cmd(quick, as_json, json_path, backend, backend_size, only, peers):
 
 # teaching (docs/index.md): one sequence through a model, step by step.
 @main.command("explain")
-@click.option("--model", type=click.Choice(["residual", "selective", "lti"]), default="residual",
-              show_default=True)
-@click.option("--task", type=click.Choice(["induction", "extended"]), default="induction",
-              show_default=True, help="The task the sequence is drawn from.")
+@click.option("--model", type=click.Choice(["residual", "selective", "lti"]), default=None,
+              help="The model explained (default: the one a reproduce checkpoint given as "
+                   "--params names, else residual).")
+@click.option("--task", type=click.Choice(["induction", "extended"]), default=None,
+              help="The task the sequence is drawn from (default: a reproduce checkpoint's, "
+                   "else induction).")
 @click.option("--params", "params_path", default="", metavar="P.npz",
               help="Params in the oracle's format (from init, or your model's), or a reproduce "
                    "checkpoint (default: train a model here for --steps).")
@@ -549,17 +554,20 @@ def explain_cmd(model, task, params_path, checkpoint, inputs_path, seed, L, step
         click.echo("note: --checkpoint is deprecated; use --params", err=True)
     if params_path or checkpoint:
         _refuse_unused({"steps": "--steps"}, "with --params (nothing is trained)")
-    if model != "residual":
-        _refuse_unused({"gate": "--gate"}, f"with --model {model} (the residual gate)")
-    if model != "selective":
-        _refuse_unused({"discretization": "--discretization", "output": "--output"},
-                       f"with --model {model} (selective conventions)")
     if inputs_path:
         _refuse_unused({"L": "--length", "task": "--task"}, "with --inputs (the sequence "
                        "comes from the file)")
+    # the model may come from the checkpoint: the options are judged against the resolved one
     config = run_guarded(ExplainConfig, model=model, task=task, params=params_path,
                          checkpoint=checkpoint, inputs=inputs_path, seed=seed, out=out, L=L,
                          steps=steps, gate=gate, discretization=discretization, output=output)
+    which = (f"with --model {config.model}" if model or not config.params_path else
+             f"for the {config.model} model of {config.params_path}")
+    if config.model != "residual":
+        _refuse_unused({"gate": "--gate"}, f"{which} (the residual gate)")
+    if config.model != "selective":
+        _refuse_unused({"discretization": "--discretization", "output": "--output"},
+                       f"{which} (selective conventions)")
     res = run_guarded(explain, config, Progress.to_stderr())
     if as_json:
         with open(res["files"][0], encoding="utf-8") as fh:

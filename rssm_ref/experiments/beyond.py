@@ -23,7 +23,8 @@ zoh_gate   Remark 3.1's exact ZOH gate, trained: Tables 1 and 2 (Residual SSM) w
            gate = "zoh" beside gate = "euler" (eq. (5)), through ``reproduce``; with the
            leak per step and the fraction written at the answer
 cost       every model of these tables: parameter count and measured seconds per
-           training step, joined with the accuracies of the other experiments' results
+           training step, joined with the accuracies of reproduce's results (its
+           folders results-{task}, ``--checkpoints``) and the other experiments'
 =========  ==========================================================================
 
 Every training uses reproduce's recipe (``experiments.RECIPES`` through
@@ -67,8 +68,9 @@ length).
 
 - lengths: ``{task: {lengths, mean, min, max, predicted, seeds, leak_per_step,
   horizon_steps}}``, and ``prediction_curve: {task: {lengths: 2^4..2^16, predicted}}``
-  (mean over seeds); answer: ``target_pct`` 99.5, ``first_below_target`` per task
-  (length or null), ``holds``.
+  (mean over seeds); ``prediction_reliable`` (false: the leak prediction is a known
+  defect, see below) and ``prediction_caveat`` (why, in words); answer: ``target_pct``
+  99.5, ``first_below_target`` per task (length or null), ``holds``.
 - nu_sweep: ``nu_r``, ``n_trig``, ``lengths``, ``mean``/``min``/``max`` of shape
   (n_trig, nu_r, lengths); answer: ``criterion``, ``smallest_nu_r`` and
   ``equals_n_trig`` (one per N_trig, null when no ν_r of the grid solves), ``holds``.
@@ -82,7 +84,10 @@ length).
   ``param_count``, ``batch``, ``recipe_total_steps``, ``per_step_seconds``,
   ``train_estimate_seconds``, ``accuracy`` ({L: mean % over every run of this model
   config found} or null), ``accuracy_from`` (the results.json files), ``accuracy_quick``
-  (one of them a smoke run), ``accuracy_total_steps`` (the joined runs' training steps)}.
+  (one of them a smoke run), ``accuracy_total_steps`` (the joined runs' training steps)};
+  ``settings.accuracy_files``: every results.json looked in ({``path``, ``found``}):
+  reproduce's run folders (``--checkpoints``, default results-{task}, where reproduce
+  writes) and the experiments' (``--results-from``).
 
 The leak prediction (``measure_leak``, ``predict_accuracy``)
 -------------------------------------------------------------
@@ -104,7 +109,9 @@ at ŷ(c, d) is c. The task puts the first trigger uniformly, so d is uniform on
 {0, …, L − 2 N_trig − 1}; the predicted accuracy is the mean of that indicator over d and
 over the answers (weighted as they occurred). It has no free parameter fitted to the
 accuracies; it assumes the leak is spread evenly (its mean) and that what leaks in is
-its mean. ``horizon_steps``: the first d at which some answer is lost.
+its mean. ``horizon_steps``: the first d at which some answer is lost. Both are
+unreliable on trained models (docs/13, section 1: about chance predicted where 100 % is
+measured) and every output of ``lengths`` says so (``PREDICTION_CAVEAT``).
 
 Glossary
 --------
@@ -126,9 +133,9 @@ import numpy as onp
 
 from rssm_ref.experiments.common import (ExperimentConfig, EXPERIMENTS, SMOKE_NOTE, SOLVED_PCT,
                                          TARGET_PCT, TASKS2)
-from rssm_ref.experiments.cost import cost
+from rssm_ref.experiments.cost import cost, sources_text
 from rssm_ref.experiments.lengths import (horizon_steps, leak_statistics, lengths, measure_leak,
-                                          predict_accuracy)
+                                          predict_accuracy, PREDICTION_CAVEAT)
 from rssm_ref.experiments.nu_sweep import nu_answer, nu_sweep
 from rssm_ref.experiments.window import window
 from rssm_ref.experiments.zoh_gate import zoh_gate
@@ -179,14 +186,20 @@ def format_results(results):
     def head(label, lens):
         return f"{label:<26}" + "".join(f"{'2^%d' % int(onp.log2(L)):>8}" for L in lens)
     if name == "lengths":
+        # results.json of an older rssm-ref has no flag: the same prediction, as unreliable
+        shaky = not results.get("prediction_reliable", False)
+        label = "  leak pred. (unreliable)" if shaky else "  predicted from the leak"
         for task in TASKS2:
             tt = t[task]
             lines.append(head(f"{task}: L", tt["lengths"]))
             lines.append(_row("  measured mean", tt["mean"]))
             lines.append(_row("  measured min", tt["min"]))
-            lines.append(_row("  predicted from the leak", tt["predicted"]))
+            lines.append(_row(label, tt["predicted"]))
             lines.append(f"  leak per step {', '.join(f'{v:.3g}' for v in tt['leak_per_step'])}"
-                         f"; horizon (steps) {', '.join(str(h) for h in tt['horizon_steps'])}")
+                         f"; horizon (steps{', of the same prediction' if shaky else ''}) "
+                         f"{', '.join(str(h) for h in tt['horizon_steps'])}")
+        if shaky:
+            lines.append("note: " + results.get("prediction_caveat", PREDICTION_CAVEAT))
     elif name == "nu_sweep":
         for li, L in enumerate(t["lengths"]):
             lines.append(f"accuracy (%) at L = {L}: rows N_trig, columns nu_r")
@@ -208,11 +221,16 @@ def format_results(results):
                 lines.append(f"    leak per step {', '.join(f'{v:.3g}' for v in g['leak_per_step'])}; "
                              f"written at the answer {', '.join(f'{v:.3f}' for v in g['store_fraction'])}")
     elif name == "cost":
+        looked = results.get("settings", {}).get("accuracy_files")
+        if looked is not None:
+            lines.append(sources_text(looked))
         lines.append(f"{'model':<34}{'params':>8}{'ms/step':>9}{'batch':>7}{'steps':>8}"
                      f"{'est. s':>9}  accuracy (%)")
         for r in t["rows"]:
             acc = r["accuracy"]
             acc_txt = ", ".join(f"L{L} {a:.1f}" for L, a in acc.items()) if acc else "-"
+            if acc and r.get("accuracy_quick"):
+                acc_txt += " (smoke run)"
             lines.append(f"{r['label']:<34}{r['param_count']['total']:>8}"
                          f"{1e3 * r['per_step_seconds']:>9.2f}{r['batch']:>7}"
                          f"{r['recipe_total_steps']:>8}{r['train_estimate_seconds']:>9.0f}  {acc_txt}")

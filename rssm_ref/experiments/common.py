@@ -9,9 +9,9 @@ import time
 from dataclasses import asdict, dataclass
 
 import numpy as onp
-from rssm_ref.experiments.reproduce import (EVAL_STREAM, LENGTHS, model_config, prepare_out,
-                                            read_run_config, ReproduceConfig, run_config,
-                                            steps_text, train_config)
+from rssm_ref.experiments.reproduce import (default_out, EVAL_STREAM, LENGTHS, model_config,
+                                            prepare_out, read_run_config, ReproduceConfig,
+                                            run_config, steps_text, train_config)
 from rssm_ref.training.head import accuracy, ModelConfig, param_count
 from rssm_ref.training.tasks import extended_method
 from rssm_ref.training.train import load_checkpoint, train, TrainConfig
@@ -91,7 +91,7 @@ class ExperimentConfig:
     quick: bool = False
     out: str = ""                      # "": results-<name>
     eval_n: int = 0                    # sequences per length; 0: 1000 (quick: 20)
-    checkpoints: str = "results-{task}"     # lengths: reproduce's run folders
+    checkpoints: str = default_out("{task}")   # lengths, cost: reproduce's run folders
     results_from: str = "results-{name}"    # cost: the other experiments' folders
     paper_exact: bool = False          # the paper's model, none of the recipe's additions
     lengths: tuple = ()

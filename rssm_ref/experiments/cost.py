@@ -1,5 +1,7 @@
 """Cost beside accuracy (docs/13): every model of the tables, its parameter count and
-measured seconds per training step, joined with the other experiments' accuracies.
+measured seconds per training step, joined with the accuracies of reproduce's run
+folders (where ``reproduce`` writes by default, results-<task>) and of the other
+experiments.
 """
 import json
 import os
@@ -14,6 +16,9 @@ from rssm_ref.training.train import train
 from dataclasses import asdict
 import dataclasses
 
+# the experiments whose results.json cost joins (reproduce's run folders come first)
+JOINED = ("lengths", "nu_sweep", "window", "zoh_gate")
+
 
 # ==================================================================== 5. cost
 def cost_configs(cfg):
@@ -23,6 +28,8 @@ def cost_configs(cfg):
     for task in TASKS2:
         for gate in ("euler", "zoh"):
             mc = model_config(cfg.reproduce_config(task, gate=gate), "residual")
+            if gate == "euler":          # reproduce's Residual SSM: the tables' model too
+                items.append((f"residual {task} gate={gate}", "tables", task, mc))
             items.append((f"residual {task} gate={gate}", "zoh_gate", task, mc))
         items.append((f"selective {task} (paper's)", "tables", task,
                       model_config(cfg.reproduce_config(task), "selective")))
@@ -45,15 +52,39 @@ def cost_configs(cfg):
     return out
 
 
-def joined_accuracy(cfg, mc):
-    """Mean accuracy per length over the runs of ``mc`` in the other experiments' results."""
+def accuracy_files(cfg):
+    """Where ``cost`` looks for accuracies, in order: [(path of a results.json, kind)],
+    kind "reproduce" (reproduce's run folders, ``cfg.checkpoints`` with {task} filled in,
+    by default where reproduce writes) or the experiment's name (``cfg.results_from``).
+
+    >>> from rssm_ref.experiments.common import ExperimentConfig
+    >>> [p for p, _ in accuracy_files(ExperimentConfig("cost"))][:3]
+    ['results-induction/results.json', 'results-extended/results.json', 'results-lengths/results.json']
+    """
+    out = [(os.path.join(cfg.checkpoints.format(task=task), "results.json"), "reproduce")
+           for task in TASKS2]
+    out += [(os.path.join(cfg.results_from.format(name=name), "results.json"), name)
+            for name in JOINED]
+    return out
+
+
+def read_accuracy_files(cfg):
+    """[(path, runs)] of the accuracy files that exist (``accuracy_files``); a file there
+    that is not a results.json of its kind is refused (ValueError naming the flag)."""
+    found = []
+    for path, kind in accuracy_files(cfg):
+        if os.path.isfile(path):
+            data = read_reproduce(path) if kind == "reproduce" else read_results(path)
+            found.append((path, data))
+    return found
+
+
+def joined_accuracy(found, mc):
+    """Mean accuracy per length over the runs of ``mc`` in the results ``found``
+    (``read_accuracy_files``)."""
     want = json.loads(json.dumps(asdict(mc)))
     per_L, sources, quick, steps = {}, [], False, set()
-    for name in ("lengths", "nu_sweep", "window", "zoh_gate"):
-        path = os.path.join(cfg.results_from.format(name=name), "results.json")
-        if not os.path.isfile(path):
-            continue
-        data = read_results(path)
+    for path, data in found:
         hit = False
         for r in data.get("runs", []):
             if r.get("model_config") == want:
@@ -68,6 +99,34 @@ def joined_accuracy(cfg, mc):
         return None, [], False, []
     return ({str(L): round(float(onp.mean(v)), 4) for L, v in sorted(per_L.items())}, sources,
             quick, sorted(steps, key=lambda v: (v is None, v or 0)))
+
+
+def read_reproduce(path):
+    """A results.json written by ``reproduce`` (its task and runs), else ValueError."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"--checkpoints: {path}: not readable JSON ({type(exc).__name__}) "
+                         "(expected reproduce's results.json)") from None
+    if not isinstance(data, dict) or data.get("task") not in TASKS2 or not isinstance(
+            data.get("runs"), list):
+        raise ValueError(f"--checkpoints: {path}: keys 'task' and 'runs' missing (expected "
+                         "reproduce's results.json)")
+    return data
+
+
+def sources_text(looked):
+    """One line: which results.json files cost looked in, found or not, and the flags that
+    point it elsewhere. ``looked``: [{"path", "found"}].
+
+    >>> print(sources_text([{"path": "a/results.json", "found": True},
+    ...                     {"path": "b/results.json", "found": False}]))
+    accuracies from a/results.json (found), b/results.json (absent); elsewhere: --checkpoints 'DIR-{task}' (reproduce's folders), --results-from 'DIR-{name}' (the experiments')
+    """
+    files = ", ".join(f"{d['path']} ({'found' if d['found'] else 'absent'})" for d in looked)
+    return (f"accuracies from {files}; elsewhere: --checkpoints 'DIR-{{task}}' (reproduce's "
+            "folders), --results-from 'DIR-{name}' (the experiments')")
 
 
 def read_results(path):
@@ -88,13 +147,19 @@ def cost(cfg, progress=None):
     ``cost_repeats`` timings of ``cost_steps`` steps of ``train()`` with the recipe's batch,
     after 2 warm-up steps; the data stream of seed ``cfg.seeds[0]``) of every model of
     ``cost_configs``; the recipe's total steps (``--steps`` overrides) give the estimated
-    seconds per training; accuracies joined from ``cfg.results_from``. Returns the results
-    dict."""
+    seconds per training; accuracies joined from reproduce's run folders
+    (``cfg.checkpoints``) and the other experiments' (``cfg.results_from``),
+    ``accuracy_files``. Returns the results dict."""
     t0 = time.perf_counter()
     items = cost_configs(cfg)
-    inputs = [("--results-from", os.path.join(cfg.results_from.format(name=n), "results.json"))
-              for n in ("lengths", "nu_sweep", "window", "zoh_gate")]
+    files = accuracy_files(cfg)
+    inputs = [("--checkpoints" if kind == "reproduce" else "--results-from", path)
+              for path, kind in files]
+    found = read_accuracy_files(cfg)        # a wrong file refused before any timing
     progress = start(cfg, progress, inputs=inputs)
+    have = {path for path, _ in found}
+    looked = [{"path": path, "found": path in have} for path, _ in files]
+    progress.message(sources_text(looked))
     seed = cfg.seeds[0]
     task_p = progress.task("time training steps", len(items), unit="model")
     rows = []
@@ -109,7 +174,7 @@ def cost(cfg, progress=None):
             train(mc, timing)
             times.append((time.perf_counter() - t1) / cfg.cost_steps)
         per_step = float(onp.median(times))
-        acc, sources, quick, acc_steps = joined_accuracy(cfg, mc)
+        acc, sources, quick, acc_steps = joined_accuracy(found, mc)
         rows.append({"label": label, "experiments": exps, "task": task, "model": mc.model,
                      "model_config": json.loads(json.dumps(asdict(mc))),
                      "param_count": param_count(mc), "batch": recipe.batch,
@@ -121,6 +186,7 @@ def cost(cfg, progress=None):
         task_p.update(i + 1)
     task_p.close()
     results = {"settings": {"cost_steps": cfg.cost_steps, "cost_repeats": cfg.cost_repeats,
-                            "results_from": cfg.results_from, "timing_seed": seed},
+                            "results_from": cfg.results_from, "checkpoints": cfg.checkpoints,
+                            "accuracy_files": looked, "timing_seed": seed},
                "runs": [], "table": {"rows": rows}}
     return finish(cfg, results, t0, plot_cost)

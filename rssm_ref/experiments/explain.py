@@ -2,25 +2,36 @@
 
 The model comes from a parameter file in the oracle's format (docs/formats.md: written
 by ``init``, or by you from your own model), from a checkpoint written by ``reproduce``
-(converted to that format), or, with neither, from a short training run. The sequence is
-one task sequence (when the params hold an embedding with a row for every token of the
-task), the first sequence of an inputs file (``inputs``), or else a Gaussian input
-u ~ N(0, 1), seeded.
+(converted to that format; it names its model and task, so ``model`` and ``task`` may
+be left out, and a contradicting one is refused), or, with neither, from a short
+training run. The sequence is one task sequence (when the params hold an embedding with
+a row for every token of the task), the first sequence of an inputs file (``inputs``),
+or else a Gaussian input u ~ N(0, 1), seeded.
 
 Residual SSM (Fig. 3, eq. (5)): the trace lists, per step t, the token, y_s(t), the
 residual r(t), the gate s(t) = σ(r(t) + c) and the gate output y(t+1). Figures: s(t)
-along the sequence with the trigger and answer positions marked; poles and zeros of Σ
-and Σ_r, per channel, with the unit circle; their impulse responses per channel.
+along the sequence with the trigger and answer positions marked and, when it opens once,
+where and why there (``gate_opening``: eq. (5) writes y_s(t) into y(t+1), so a Σ that
+passes the answer on one step late has its gate open one step after the answer); poles
+and zeros of Σ and Σ_r, per channel, with the unit circle; their impulse responses per
+channel (coincident channels drawn visibly apart and named so in the legend).
 
-Selective SSM (eqs. (2)-4): per step the token, Δ_t (mean over channels) and the state
-norm ‖h(t+1)‖; the figure shows Δ_t along the sequence, the tokens under it.
+Selective SSM (eqs. (2)-(4)): per step the token, Δ_t (mean over channels) and the state
+norm ‖h(t+1)‖, then its sizes, conventions and the ranges of A, Δ_t and exp(Δ_t A)
+(``selective_summary``); the figure shows Δ_t along the sequence, the tokens above it.
 
-LTI system: per step u(t) and y(t); figures: poles/zeros and impulse response.
+LTI system: per step u(t) and y(t); figures: poles/zeros and impulse response, titled
+with the system's sizes (``lti_systems``).
+
+A reproduce checkpoint's accuracies, from the results.json beside it, follow the trace
+(``stored_accuracy``).
 
 Outputs in ``out`` (created; its parent must exist): the figures, ``trace.json`` (the
-table, positions, target, prediction, sources) and ``trace.npz`` (u, y, the
-intermediates, tokens, and the params as ``param__<key>``), and ``progress.log`` when
-a model is trained here.
+table, positions, target, prediction, summary, gate opening, sources) and ``trace.npz``
+(u, y, the intermediates, tokens, and the params as ``param__<key>``), and
+``progress.log`` when a model is trained here. The figure functions take trace.json's
+and trace.npz's contents (``gate_figure(doc, arrays)``, ``delta_figure``) or the systems
+(``pole_zero_figure(systems)``, ``impulse_figure``) and return the matplotlib figure.
 
 Glossary
 --------
@@ -28,6 +39,8 @@ ExplainConfig(model, task, params, inputs, seed, out, L, steps, gate, discretiza
 explain(cfg, progress=None) -> {"trace": str, "figures": [paths], "files": [paths],
                                 "prediction": int | None, "target": int | None}
 oracle_params(model_cfg, params) -> params dict in the oracle's format (docs/formats.md)
+checkpoint_identity(path, model, task) -> (model, task)
+residual_systems(P), lti_systems(P) -> ((name, TransferFunction, input label, output label), ...)
 
 >>> import tempfile
 >>> res = explain(ExplainConfig("residual", "induction", steps=30, out=tempfile.mkdtemp(), L=12))
@@ -52,10 +65,14 @@ from rssm_ref.training.tasks import (DEFAULT_TOKENS, extended_induction_head, in
                                      vocab_size)
 from rssm_ref.training.train import load_checkpoint, train, TrainConfig
 from rssm_ref.util.paths import atomic_savefig, atomic_write_text, check_outputs
+from rssm_ref.tolerances import TOLERANCES
 from rssm_ref.util.invocation import prog
 from rssm_ref.util.progress import Progress
 
-__all__ = ["ExplainConfig", "explain", "oracle_params"]
+__all__ = ["ExplainConfig", "explain", "oracle_params", "checkpoint_identity",
+           "selective_summary", "stored_accuracy", "gate_opening", "gate_figure",
+           "delta_figure", "pole_zero_figure", "impulse_figure", "residual_systems",
+           "lti_systems"]
 
 MODELS = ("residual", "selective", "lti")
 TASK_TITLES = {"induction": "induction-head", "extended": "extended induction-head"}
@@ -64,9 +81,11 @@ TRIGGER_LEN = {"induction": 1, "extended": 4}
 
 @dataclass(frozen=True)
 class ExplainConfig:
-    """Options of ``rssm-ref explain`` (see its --help)."""
-    model: str = "residual"
-    task: str = "induction"
+    """Options of ``rssm-ref explain`` (see its --help). ``model`` and ``task`` None: the
+    ones a reproduce checkpoint names (its run config; else its parameter names show the
+    model), else residual and induction; given, they must agree with the checkpoint."""
+    model: Optional[str] = None
+    task: Optional[str] = None
     params: str = ""              # oracle-format params file or a reproduce checkpoint
     inputs: str = ""              # optional oracle-format inputs file (its first sequence)
     seed: int = 0
@@ -79,11 +98,14 @@ class ExplainConfig:
     checkpoint: str = ""          # older name of ``params``
 
     def __post_init__(self):
+        if self.params and self.checkpoint and self.params != self.checkpoint:
+            raise ValueError("--checkpoint: given with --params (expected only --params)")
+        model, task = checkpoint_identity(self.params_path, self.model, self.task)
+        object.__setattr__(self, "model", model)
+        object.__setattr__(self, "task", task)
         if self.model not in MODELS:
             raise ValueError(f"model: {self.model!r} (expected one of {', '.join(MODELS)})")
         vocab_size(self.task)                      # validates the task name
-        if self.params and self.checkpoint and self.params != self.checkpoint:
-            raise ValueError("--checkpoint: given with --params (expected only --params)")
         if int(self.L) < 2 * TRIGGER_LEN[self.task] + 1:
             raise ValueError(f"--length: {self.L} (expected >= {2 * TRIGGER_LEN[self.task] + 1} "
                              f"for the {self.task} task)")
@@ -96,6 +118,48 @@ class ExplainConfig:
     @property
     def params_path(self):
         return self.params or self.checkpoint
+
+
+def checkpoint_identity(path, model=None, task=None):
+    """(model, task) to explain: ``model``/``task`` as given, the rest from what a reproduce
+    checkpoint at ``path`` names (its run config, else its parameter names show the model),
+    else "residual" / "induction". A given model or task that contradicts the checkpoint
+    is refused (ValueError naming the flag and what the file holds).
+
+    >>> checkpoint_identity("", None, None)
+    ('residual', 'induction')
+    """
+    rc = None
+    keys = _checkpoint_keys(path)
+    if keys is not None:
+        try:
+            rc = read_run_config(path)
+        except ValueError:           # an unreadable run config: the parameter names decide
+            rc = None
+    found = (rc or {}).get("model") or _model_of_keys(keys)
+    how = "its run config" if rc and rc.get("model") else "its parameter names"
+    if model is not None and found is not None and model != found:
+        raise ValueError(f"--model {model}: {path} is a checkpoint of a {found} model ({how}); "
+                         f"its parameters {sorted(keys)} do not describe a{'n' if model == 'lti' else ''} "
+                         f"{model} model "
+                         f"(expected --model {found}, or leave --model out: the checkpoint "
+                         "names its model)")
+    have_task = (rc or {}).get("task")
+    if task is not None and have_task is not None and task != have_task:
+        raise ValueError(f"--task {task}: {path} was trained on the {have_task} task (its run "
+                         f"config) (expected --task {have_task}, or leave --task out)")
+    return model or found or "residual", task or have_task or "induction"
+
+
+def _model_of_keys(keys):
+    """The model whose training parameters ``keys`` are (rssm_ref.training.head), or None."""
+    if not keys:
+        return None
+    if "A_log" in keys:
+        return "selective"
+    if "sigma_num" in keys:
+        return "residual"
+    return None
 
 
 def oracle_params(model_cfg, params):
@@ -229,7 +293,11 @@ def _prediction(P, y_last, n_content):
 
 
 def _savefig(fig, path):
-    atomic_savefig(fig, path, dpi=100, bbox_inches="tight")   # titles and legends kept whole
+    plt = _plt()
+    try:
+        atomic_savefig(fig, path, dpi=100, bbox_inches="tight")   # titles and legends kept whole
+    finally:
+        plt.close(fig)
 
 
 def explain(cfg, progress=None):
@@ -263,33 +331,120 @@ def explain(cfg, progress=None):
     rows, lines = _trace_rows(cfg, u, tok, y, out, p, answer)
     if target is not None:
         lines.append(f"target {target}, prediction {pred}")
-    lines.append(f"params: {source}; sequence: {seq_source}")
-    ctx = {"cfg": cfg, "tok": tok, "p": p, "answer": answer, "target": target, "pred": pred,
-           "L": L, "tag": cfg.task if tok is not None and target is not None else "input"}
-    if cfg.model == "residual":
-        figures = _residual_figures(ctx, P, out)
-    elif cfg.model == "selective":
-        figures = _selective_figures(ctx, out)
-    else:
-        figures = _lti_figures(ctx, P)
-    doc = {"model": cfg.model, "task": cfg.task, "params": source, "sequence": seq_source,
-           "options": {k: v for k, v in opts.items() if k in ("gate", "discretization", "output")
-                       and v is not None},
-           "L": L, "tokens": None if tok is None else [int(t) for t in tok],
-           "trigger_position": p, "answer_position": answer, "target": target,
-           "prediction": pred, "rows": rows, "figures": [os.path.basename(f) for f in figures],
-           "config": asdict(cfg)}
-    jpath = os.path.join(cfg.out, "trace.json")
-    atomic_write_text(jpath, json.dumps(doc, indent=1) + "\n")
     arrays = {"u": u[0], "y": y[0]}
     arrays.update({k: v[0] for k, v in out.items() if k not in ("y",)})
     if tok is not None:
         arrays["tokens"] = onp.asarray(tok, dtype=onp.int64)
     arrays.update({formats.PARAM_PREFIX + k: v for k, v in P.items()})
+    options = {k: v for k, v in opts.items() if k in ("gate", "discretization", "output")
+               and v is not None}
+    summary = {}
+    if cfg.model == "selective":
+        summary = selective_summary(P, arrays, options)
+    stored = stored_accuracy(cfg.params_path, cfg.model)
+    if stored is not None:
+        summary["stored_accuracy"] = stored
+    lines += summary_lines(cfg.model, summary)
+    lines.append(f"params: {source}; sequence: {seq_source}")
+    doc = {"model": cfg.model, "task": cfg.task, "params": source, "sequence": seq_source,
+           "options": options, "L": L, "tokens": None if tok is None else [int(t) for t in tok],
+           "trigger_position": p, "answer_position": answer, "target": target,
+           "prediction": pred, "summary": summary, "rows": rows}
+    if cfg.model == "residual":
+        doc["gate_opening"] = gate_opening(doc, arrays)
+        figs = [("gate", gate_figure(doc, arrays))]
+        systems = residual_systems(P)
+    elif cfg.model == "selective":
+        figs, systems = [("delta", delta_figure(doc, arrays))], None
+    else:
+        figs, systems = [], lti_systems(P)
+    if systems is not None:
+        figs += [("poles-zeros", pole_zero_figure(systems)), ("impulse", impulse_figure(systems))]
+    tag = _ctx(doc)["tag"] if cfg.model != "lti" else "lti"
+    figures = []
+    for name, fig in figs:
+        figures.append(os.path.join(cfg.out, f"{name}-{tag}.png"))
+        _savefig(fig, figures[-1])
+    doc.update(figures=[os.path.basename(f) for f in figures], config=asdict(cfg))
+    jpath = os.path.join(cfg.out, "trace.json")
+    atomic_write_text(jpath, json.dumps(doc, indent=1) + "\n")
     npath = os.path.join(cfg.out, "trace.npz")
     formats.save_npz_atomic(npath, arrays)
     return {"trace": "\n".join(lines), "figures": figures, "files": [jpath, npath],
             "prediction": pred, "target": target}
+
+
+# ------------------------------------------------------------------------------ summaries
+def selective_summary(P, arrays, options):
+    """What a Selective SSM is (eqs. (2)-(4)): its sizes, conventions, the ranges of its
+    continuous poles A = −exp(A_log) and, along the traced sequence, of the step size Δ_t
+    (eq. (4a)) and of the fraction exp(Δ_t A) (eq. (3a)) of each state kept per step.
+
+    Shapes: P["A"] (m, n), arrays["delta"] (L, m). Returns a JSON-able dict.
+
+    >>> P = {"A": -onp.array([[1.0, 2.0]]), "W_delta": onp.ones((1, 1)),
+    ...      "W_B": onp.ones((2, 1)), "W_C": onp.ones((2, 1))}
+    >>> d = selective_summary(P, {"delta": onp.array([[0.5], [1.0]])}, {"output": "before"})
+    >>> d["m"], d["n"], d["A_range"], d["delta_range"], d["kept_range"] == [float(onp.exp(-2.0)), float(onp.exp(-0.5))]
+    (1, 2, [-2.0, -1.0], [0.5, 1.0], True)
+    """
+    A = onp.asarray(P["A"], float)
+    delta = onp.asarray(arrays["delta"], float)
+    kept = onp.exp(delta[:, :, None] * A[None])            # (L, m, n), eq. (3a)
+    return {"m": int(A.shape[0]), "n": int(A.shape[1]),
+            "shapes": {k: list(onp.shape(P[k])) for k in sorted(P)},
+            "options": dict(options),
+            "A_range": [float(A.min()), float(A.max())],
+            "delta_range": [float(delta.min()), float(delta.max())],
+            "delta_mean": float(delta.mean()),
+            "kept_range": [float(kept.min()), float(kept.max())]}
+
+
+def stored_accuracy(path, model):
+    """The accuracies reproduce measured for the checkpoint at ``path`` (its run in the
+    results.json beside it, matched by file name and model), or None.
+
+    Returns {"file", "seed", "lengths", "accuracy" (%), "quick"}."""
+    if not path:
+        return None
+    res_path = os.path.join(os.path.dirname(os.path.abspath(path)), "results.json")
+    try:
+        with open(res_path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, UnicodeDecodeError, ValueError):      # none beside it: nothing stored
+        return None
+    runs = data.get("runs") if isinstance(data, dict) else None
+    for r in runs if isinstance(runs, list) else []:
+        if (isinstance(r, dict) and r.get("checkpoint") == os.path.basename(path)
+                and r.get("model") == model and r.get("accuracy")):
+            return {"file": os.path.join(os.path.dirname(path), "results.json"),
+                    "seed": r.get("seed"), "lengths": r.get("lengths"),
+                    "accuracy": r.get("accuracy"), "quick": bool(data.get("quick"))}
+    return None
+
+
+def summary_lines(model, summary):
+    """The summary as text lines below the trace table."""
+    lines = []
+    if model == "selective" and "A_range" in summary:
+        d = summary
+        shapes = ", ".join(f"{k} {tuple(v)}" for k, v in d["shapes"].items())
+        conv = d["options"]
+        lines += [f"Selective SSM (eqs. (2)-(4)): m = {d['m']} channels, n = {d['n']} states "
+                  f"each; {shapes}",
+                  f"  discretization {conv.get('discretization')} (eq. (3b)), output "
+                  f"{conv.get('output')} the update (eq. (2))",
+                  f"  A = -exp(A_log) in [{d['A_range'][0]:.4g}, {d['A_range'][1]:.4g}]; along "
+                  f"this sequence delta (eq. (4a)) in [{d['delta_range'][0]:.4g}, "
+                  f"{d['delta_range'][1]:.4g}] (mean {d['delta_mean']:.4g}), each state keeps "
+                  f"exp(delta A) in [{d['kept_range'][0]:.4g}, {d['kept_range'][1]:.4g}] per "
+                  "step (eq. (3a))"]
+    st = summary.get("stored_accuracy")
+    if st:
+        accs = ", ".join(f"L{L} {a:.1f}" for L, a in zip(st["lengths"], st["accuracy"]))
+        lines.append(f"stored accuracy (%) of this checkpoint ({st['file']}, seed {st['seed']}"
+                     f"{', smoke run' if st['quick'] else ''}): {accs}")
+    return lines
 
 
 def _v(x):
@@ -352,10 +507,18 @@ def _plt():
     return plt
 
 
+def _ctx(doc):
+    """What the sequence figures need from a trace document (trace.json's keys)."""
+    tok, target = doc["tokens"], doc["target"]
+    return {"task": doc["task"], "tok": tok, "p": doc["trigger_position"],
+            "answer": doc["answer_position"], "target": target, "pred": doc["prediction"],
+            "L": doc["L"], "tag": doc["task"] if tok is not None and target is not None else "input"}
+
+
 def _sequence_axes(ax, ctx):
     """Integer t ticks, the tokens on a row above the axes (trigger tokens red, the
     answer green), the trigger span(s) shaded and the answer position marked."""
-    L, tok, p, answer, task = ctx["L"], ctx["tok"], ctx["p"], ctx["answer"], ctx["cfg"].task
+    L, tok, p, answer, task = ctx["L"], ctx["tok"], ctx["p"], ctx["answer"], ctx["task"]
     step = 1 if L <= 40 else (2 if L <= 80 else max(1, L // 40))
     ax.set_xticks(range(0, L, step))
     ax.set_xlim(-0.6, L - 0.4)
@@ -398,39 +561,120 @@ def _legend_below(ax, ncol=3):
                   frameon=False)
 
 
-def _residual_figures(ctx, P, out):
+def _points_at(E, n_content, v):
+    """The content token whose embedding row is closest in angle to ``v`` (the tied
+    cosine readout's answer for v)."""
+    E = onp.asarray(E, float)[:n_content]
+    cos = E @ v / (onp.linalg.norm(E, axis=1) * onp.linalg.norm(v) + 1e-12)
+    return int(onp.argmax(cos))
+
+
+def gate_opening(doc, arrays):
+    """Where the Residual SSM's gate opens between the first trigger and the query, and
+    which step's y_s carries the answer there (eq. (5): s(t) writes y_s(t) into y(t+1)).
+
+    ``doc``: trace.json's keys (tokens, trigger_position, answer_position, target, task,
+    L); ``arrays``: trace.npz's (s (L,), y_s (L, m), param__embedding (V, m)). Returns
+    None without a task sequence or unless the gate opens (s >= 1/2) at exactly one
+    position there, else {"t": that position, "s": its value, "lag": t − answer position,
+    "y_s_carries_answer": the readout of y_s(t) is the target,
+    "y_s_at_answer_carries_answer": the same at the answer position}.
+    """
+    p, q, target = doc["trigger_position"], doc["answer_position"], doc["target"]
+    E = arrays.get(formats.PARAM_PREFIX + "embedding")
+    if p is None or target is None or E is None:
+        return None
+    s, y_s = onp.asarray(arrays["s"], float), onp.asarray(arrays["y_s"], float)
+    k = TRIGGER_LEN[doc["task"]]
+    span = onp.arange(p, doc["L"] - k)              # the first trigger .. before the query
+    opens = span[s[span] >= 0.5]
+    if opens.size != 1:                             # shut throughout, or no single write
+        return None
+    t = int(opens[0])
+    n = DEFAULT_TOKENS[doc["task"]]
+    return {"t": t, "s": float(s[t]), "lag": t - q,
+            "y_s_carries_answer": _points_at(E, n, y_s[t]) == target,
+            "y_s_at_answer_carries_answer": _points_at(E, n, y_s[q]) == target}
+
+
+def gate_opening_text(g, answer):
+    """The legend's words for ``gate_opening``: a reason only where the data show it.
+
+    >>> print(gate_opening_text({"t": 19, "s": 0.94, "lag": 1, "y_s_carries_answer": True,
+    ...                          "y_s_at_answer_carries_answer": False}, 18))
+    gate opens at t = 19, one step after the answer: eq. (5) writes y_s(t) into y(t+1),
+    and y_s(19) carries the answer u(18) (Σ passes it on one step late)
+    """
+    t = g["t"]
+    if g["lag"] == 1 and g["y_s_carries_answer"] and not g["y_s_at_answer_carries_answer"]:
+        return (f"gate opens at t = {t}, one step after the answer: eq. (5) writes y_s(t) into "
+                f"y(t+1),\nand y_s({t}) carries the answer u({answer}) (Σ passes it on one "
+                "step late)")
+    if g["lag"] == 0 and g["y_s_carries_answer"]:
+        return (f"gate opens at the answer, t = {t}: eq. (5) writes y_s({t}), which carries "
+                f"the answer, into y({t + 1})")
+    return f"gate peak at t = {t} (s = {g['s']:.3g})"
+
+
+def gate_figure(doc, arrays):
+    """The Residual SSM's gate s(t) (eq. (5)) along the traced sequence, the trigger and
+    answer positions marked and, for a task sequence, where the gate opens and why
+    (``gate_opening``). ``doc``, ``arrays``: trace.json's and trace.npz's contents.
+    Returns the matplotlib figure (the caller saves and closes it)."""
     plt = _plt()
-    cfg, L = ctx["cfg"], ctx["L"]
-    paths = []
+    ctx = _ctx(doc)
+    L = ctx["L"]
+    s = onp.asarray(arrays["s"], float)
     fig, ax = plt.subplots(figsize=(9, 3.8))
-    ax.plot(range(L), out["s"][0], "o-", color="tab:blue", ms=4, lw=1.5, zorder=3,
-            label="gate s(t)")
+    ax.plot(range(L), s, "o-", color="tab:blue", ms=4, lw=1.5, zorder=3, label="gate s(t)")
     _sequence_axes(ax, ctx)
+    g = doc.get("gate_opening") or gate_opening(doc, arrays)
+    if g is not None:
+        ax.plot([g["t"]], [g["s"]], "*", color="tab:purple", ms=14, zorder=4,
+                label=gate_opening_text(g, ctx["answer"]))
     ax.set_ylim(-0.05, 1.05)
     ax.set_ylabel("gate s(t) = σ(r(t) + c)")
-    what = (f"one {TASK_TITLES[cfg.task]} sequence" if ctx["tag"] != "input"
+    what = (f"one {TASK_TITLES[ctx['task']]} sequence" if ctx["tag"] != "input"
             else "one input sequence")
     ax.set_title(f"Residual SSM: gate s(t) (eq. (5)) along {what}{_pred_text(ctx)}", fontsize=10)
     ax.grid(alpha=0.3)
-    _legend_below(ax)
+    _legend_below(ax, ncol=2 if g is not None else 3)
     fig.tight_layout()
-    paths.append(os.path.join(cfg.out, f"gate-{ctx['tag']}.png"))
-    _savefig(fig, paths[-1])
-    plt.close(fig)
-
-    sigma, r_sys = _residual_systems(P)
-    names = (("Σ", sigma, "u_{j}", "y_{s,%d}"), ("Σ_r", r_sys, "(y_s - u)_{j}", "r"))
-    paths.append(_pole_zero_figure(plt, names, os.path.join(cfg.out, f"poles-zeros-{ctx['tag']}.png")))
-    paths.append(_impulse_figure(plt, names, os.path.join(cfg.out, f"impulse-{ctx['tag']}.png")))
-    return paths
+    return fig
 
 
-def _residual_systems(P):
+def residual_systems(P):
+    """The two LTI systems of a Residual SSM's params, as the figures name them:
+    ((name, TransferFunction, input label, output label), ...) for Σ and Σ_r."""
     if "sigma_num" in P:
-        return (TransferFunction(P["sigma_num"], P["sigma_den"]),
-                TransferFunction(P["r_num"], P["r_den"]))
-    return tuple(StateSpace(P[pre + "A"], P[pre + "B"], P[pre + "C"], P[pre + "D"]).to_tf()
-                 for pre in ("sigma_", "r_"))
+        sigma, r_sys = (TransferFunction(P["sigma_num"], P["sigma_den"]),
+                        TransferFunction(P["r_num"], P["r_den"]))
+    else:
+        sigma, r_sys = tuple(StateSpace(P[pre + "A"], P[pre + "B"], P[pre + "C"],
+                                        P[pre + "D"]).to_tf() for pre in ("sigma_", "r_"))
+    return (("Σ", sigma, "u_{j}", "y_{s,%d}"), ("Σ_r", r_sys, "(y_s - u)_{j}", "r"))
+
+
+def lti_systems(P):
+    """The LTI system of lti params, named by its sizes: 'LTI system (n states, m inputs,
+    p outputs)' (n: the state dimension of its state space, or of the transfer matrix's
+    realization, ``TransferFunction.order``).
+
+    >>> lti_systems({"num": onp.ones((2, 1, 3)), "den": onp.array([[1, .5, 0], [1, 0, 0]])})[0][0]
+    'LTI system (4 states, 1 input, 2 outputs)'
+    """
+    if "num" in P:
+        given = TransferFunction(P["num"], P["den"])
+        sys_ = given
+    else:
+        given = StateSpace(P["A"], P["B"], P["C"], P["D"])
+        sys_ = given.to_tf()
+    n, m, p = given.order, given.n_inputs, given.n_outputs
+
+    def many(k, word):
+        return f"{k} {word}" + ("" if k == 1 else "s")
+    name = f"LTI system ({many(n, 'state')}, {many(m, 'input')}, {many(p, 'output')})"
+    return ((name, sys_, "u_{j}", "y_%d"),)
 
 
 def _channel(in_fmt, out_fmt, i, j):
@@ -449,15 +693,62 @@ def _zeros(sys_, i, j):
     return onp.roots(b) if b.size > 1 else onp.zeros(0, complex)
 
 
+def coincident(items, same):
+    """Groups of ``items`` that ``same(a, b)`` says coincide: for each index, the other
+    indices of its group (empty: it stands alone). Groups are joined transitively.
+
+    >>> coincident([1.0, 2.0, 1.0, 3.0], lambda a, b: a == b)
+    [[2], [], [0], []]
+    """
+    group = list(range(len(items)))
+    for a in range(len(items)):
+        for b in range(a + 1, len(items)):
+            if group[b] == b and same(items[a], items[b]):
+                group[b] = group[a]
+    return [[b for b in range(len(items)) if b != a and group[b] == group[a]]
+            for a in range(len(items))]
+
+
+def _same_points(a, b, tol):
+    """Two point sets (complex) equal within ``tol``: same size, each point near one of
+    the other set."""
+    if a.size != b.size or a.size == 0:
+        return False
+    d = onp.abs(a[:, None] - b[None, :])
+    return bool(d.min(axis=1).max() <= tol and d.min(axis=0).max() <= tol)
+
+
+def _coincide_note(names, others):
+    """' (coincides with A, B)' for a legend label, or ''."""
+    if not others:
+        return ""
+    return " (coincides with " + ", ".join(names[o] for o in others) + ")"
+
+
+# distinct per channel: coincident channels stay visible as nested hollow markers and
+# interleaved dashes
+LINESTYLES = ("-", "--", "-.", ":")
+MARKERS = "osD^v<>ph"
+COINCIDE = TOLERANCES["figure_coincide"]
+
+
+def _marker_size(c, big=11.0):
+    """Hollow markers shrinking per channel, so equal points show as concentric rings."""
+    return max(3.5, big - 2.0 * (c % 4))
+
+
 WINDOW_MAX = 1.6      # pole-zero plots show |z| <= 1.6 at most; zeros beyond are listed
 
 
-def _pole_zero_figure(plt, systems, path):
-    """One panel per system: the unit circle, the poles (x) and each channel's zeros
-    (its own colour and marker), Re z / Im z axes sized to what is there."""
+def pole_zero_figure(systems):
+    """One panel per system (``residual_systems``, ``lti_systems``): the unit circle, the
+    poles (x) and each channel's zeros (its own colour, marker and size, so channels
+    with the same zeros show as concentric rings; the legend says which coincide, within
+    TOLERANCES["figure_coincide"] of the view), Re z / Im z axes sized to what is there.
+    Returns the matplotlib figure (the caller saves and closes it)."""
+    plt = _plt()
     fig, axes = plt.subplots(1, len(systems), figsize=(5.2 * len(systems), 5.6), squeeze=False)
     circle = onp.exp(1j * onp.linspace(0, 2 * onp.pi, 400))
-    markers = "osD^v<>ph"
     for ax, (name, sys_, in_fmt, out_fmt) in zip(axes[0], systems):
         ax.plot(circle.real, circle.imag, color="gray", lw=1, label="unit circle |z| = 1")
         ax.axhline(0, color="lightgray", lw=0.8, zorder=0)
@@ -474,13 +765,16 @@ def _pole_zero_figure(plt, systems, path):
         allp = onp.concatenate(pts) if pts else onp.zeros(0)
         reach = float(onp.max(onp.abs(allp))) if allp.size else 1.0
         lim = min(max(1.15, 1.08 * reach), WINDOW_MAX)
+        names = [_channel(in_fmt, out_fmt, i, j) for i, j, _ in chans]
+        same = coincident([z for _, _, z in chans],
+                          lambda a, b: _same_points(a, b, COINCIDE * 2 * lim))
         far = []
         for c, (i, j, zer) in enumerate(chans):
             near = zer[onp.abs(zer) <= lim]
             far += [abs(z) for z in zer[onp.abs(zer) > lim]]
-            ax.plot(near.real, near.imag, markers[c % len(markers)], mfc="none", mew=1.5, ms=8,
-                    color=f"C{c % 10}", label=f"zeros of {_channel(in_fmt, out_fmt, i, j)}",
-                    zorder=3)
+            ax.plot(near.real, near.imag, MARKERS[c % len(MARKERS)], mfc="none", mew=1.5,
+                    ms=_marker_size(c), color=f"C{c % 10}", zorder=3,
+                    label=f"zeros of {names[c]}{_coincide_note(names, same[c])}")
         ax.set_xlim(-lim, lim)
         ax.set_ylim(-lim, lim)
         ax.set_aspect("equal")
@@ -494,12 +788,10 @@ def _pole_zero_figure(plt, systems, path):
                     f"at |z| = {shown}")
         ax.set_title(f"{name}: poles and zeros per channel{note}", fontsize=10)
         ax.grid(alpha=0.2)
-        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2,
-                  frameon=False)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12),
+                  ncol=1 if any(same) else 2, frameon=False)   # long labels: one column
     fig.tight_layout()
-    _savefig(fig, path)
-    plt.close(fig)
-    return path
+    return fig
 
 
 IMPULSE_MAX = 64      # impulse plots end where |h| has decayed below 1e-3 of its peak
@@ -512,60 +804,57 @@ def _impulse_length(sys_):
     return int(min(IMPULSE_MAX, max(8, (big[-1] if big.size else 0) + 5)))
 
 
-def _impulse_figure(plt, systems, path):
-    """One panel per system: h(t) of every channel until it has decayed, legend below."""
+def impulse_figure(systems):
+    """One panel per system: h(t) of every channel until it has decayed, each channel its
+    own line style and hollow marker size (coincident channels stay visible), the legend
+    below saying which channels coincide (within TOLERANCES["figure_coincide"] of the
+    panel's largest |h|). Returns the matplotlib figure (the caller saves and closes it)."""
+    plt = _plt()
     fig, axes = plt.subplots(1, len(systems), figsize=(5.2 * len(systems), 4.4), squeeze=False)
     for ax, (name, sys_, in_fmt, out_fmt) in zip(axes[0], systems):
         n = _impulse_length(sys_)
         h = sys_.impulse(n)
-        for i in range(h.shape[1]):
-            for j in range(h.shape[2]):
-                ax.plot(range(n), h[:, i, j], ".-", label=_channel(in_fmt, out_fmt, i, j))
+        chans = [(i, j) for i in range(h.shape[1]) for j in range(h.shape[2])]
+        names = [_channel(in_fmt, out_fmt, i, j) for i, j in chans]
+        scale = max(float(onp.abs(h).max()), 1e-300)
+        same = coincident([h[:, i, j] for i, j in chans],
+                          lambda a, b: float(onp.abs(a - b).max()) <= COINCIDE * scale)
+        for c, (i, j) in enumerate(chans):
+            ax.plot(range(n), h[:, i, j], ls=LINESTYLES[c % len(LINESTYLES)],
+                    marker=MARKERS[c % len(MARKERS)], mfc="none", ms=_marker_size(c, 9.0),
+                    color=f"C{c % 10}", label=names[c] + _coincide_note(names, same[c]))
         ax.axhline(0, color="lightgray", lw=0.8, zorder=0)
         ax.set_title(f"{name}: impulse response per channel", fontsize=10)
         ax.set_xlabel("t (steps after a unit impulse at t = 0)")
         ax.set_ylabel("h(t)")
         ax.set_xticks(range(0, n, max(1, n // 8)))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2,
-                  frameon=False, title="channel (input → output)", title_fontsize=8)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2),
+                  ncol=1 if any(same) else 2, frameon=False, title="channel (input → output)",
+                  title_fontsize=8)
     fig.tight_layout()
-    _savefig(fig, path)
-    plt.close(fig)
-    return path
+    return fig
 
 
-def _selective_figures(ctx, out):
+def delta_figure(doc, arrays):
+    """The Selective SSM's step size Δ_t (eq. (4a)) along the traced sequence: the mean
+    over channels and the min..max band. Returns the matplotlib figure."""
     plt = _plt()
-    cfg, L = ctx["cfg"], ctx["L"]
+    ctx = _ctx(doc)
+    L = ctx["L"]
     fig, ax = plt.subplots(figsize=(9, 3.8))
-    d = out["delta"][0]
+    d = onp.asarray(arrays["delta"], float)
     ax.fill_between(range(L), d.min(axis=1), d.max(axis=1), color="tab:blue", alpha=0.15,
                     lw=0, label="min..max over channels")
     ax.plot(range(L), d.mean(axis=1), "o-", ms=4, color="tab:blue", zorder=3,
             label="mean over channels")
     _sequence_axes(ax, ctx)
     ax.set_ylabel("step size Δ_t")
-    what = (f"one {TASK_TITLES[cfg.task]} sequence" if ctx["tag"] != "input"
+    what = (f"one {TASK_TITLES[ctx['task']]} sequence" if ctx["tag"] != "input"
             else "one input sequence")
     ax.set_title(f"Selective SSM: step size Δ_t (eq. (4a)) along {what}{_pred_text(ctx)}",
                  fontsize=10)
     ax.grid(alpha=0.3)
     _legend_below(ax, ncol=4)
     fig.tight_layout()
-    path = os.path.join(cfg.out, f"delta-{ctx['tag']}.png")
-    _savefig(fig, path)
-    plt.close(fig)
-    return [path]
-
-
-def _lti_figures(ctx, P):
-    plt = _plt()
-    out = ctx["cfg"].out
-    if "num" in P:
-        sys_ = TransferFunction(P["num"], P["den"])
-    else:
-        sys_ = StateSpace(P["A"], P["B"], P["C"], P["D"]).to_tf()
-    names = (("LTI system Σ", sys_, "u_{j}", "y_%d"),)
-    return [_pole_zero_figure(plt, names, os.path.join(out, "poles-zeros-lti.png")),
-            _impulse_figure(plt, names, os.path.join(out, "impulse-lti.png"))]
+    return fig

@@ -2,9 +2,11 @@
 plot per experiment from its results dictionary, matplotlib optional (``pip install
 .[plot]``).
 """
+import os
+
 import numpy as onp
 from rssm_ref.experiments.common import TARGET_PCT, TASKS2
-from rssm_ref.experiments.reproduce import chance
+from rssm_ref.experiments.reproduce import chance, measured_label, MODEL_NAMES
 
 
 def suptitle(fig, results):
@@ -26,14 +28,23 @@ def finish_accuracy_panels(fig, axes, results):
 
 
 def plot_lengths(plt, results):
+    """Measured accuracy against L per task, beside the leak prediction, drawn faint and
+    labelled unreliable while ``results["prediction_reliable"]`` is not true (a
+    results.json without the flag: unreliable too)."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), sharey=True)
+    shaky = not results.get("prediction_reliable", False)
+    pred = "leak prediction" + (" (unreliable, see docs/13)" if shaky else "")
     for ax, task in zip(axes, TASKS2):
         t, c = results["table"][task], results["prediction_curve"][task]
         L = t["lengths"]
         ax.fill_between(L, t["min"], t["max"], color="tab:blue", alpha=0.15, lw=0)
-        ax.plot(L, t["mean"], "o-", color="tab:blue", label="measured (mean, band min..max)")
-        ax.plot(L, t["predicted"], "s", color="tab:red", mfc="white", label="predicted from the leak")
-        ax.plot(c["lengths"], c["predicted"], "--", color="tab:red", lw=1, label="prediction curve")
+        ax.plot(L, t["mean"], "o-", color="tab:blue", zorder=3,
+                label=measured_label(t.get("seeds", results["seeds"]), spread="band min..max"))
+        ax.plot(L, t["predicted"], "s", color="tab:red", mfc="white",
+                alpha=0.6 if shaky else 1.0, label=pred)
+        ax.plot(c["lengths"], c["predicted"], "--", color="tab:red", lw=1,
+                alpha=0.6 if shaky else 1.0,
+                label="leak prediction curve" + (" (unreliable)" if shaky else ""))
         ax.axhline(TARGET_PCT, color="green", ls=":", lw=1, label=f"target {TARGET_PCT} %")
         ax.axhline(chance(task), color="gray", ls=":", lw=1, label="chance")
         ax.set_xscale("log", base=2)
@@ -109,22 +120,32 @@ def plot_zoh(plt, results):
     return finish_accuracy_panels(fig, axes, results)
 
 
+MODEL_COLORS = {"residual": "tab:blue", "selective": "tab:orange"}
+EXPERIMENT_MARKERS = {"tables": "o", "zoh_gate": "s", "nu_sweep": "^", "window": "D"}
+EXPERIMENT_LABELS = {"tables": "Tables 1-2 (reproduce)", "zoh_gate": "zoh_gate",
+                     "nu_sweep": "nu_sweep", "window": "window"}
+
+
 def plot_cost(plt, results):
+    """Two panels, every model of the tables a point: parameters against training time
+    per step, and accuracy against time per step; colour = model (Residual, Selective),
+    marker = the experiment the model comes from."""
     rows = results["table"]["rows"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
-    colors = {"zoh_gate": "tab:blue", "tables": "tab:gray", "nu_sweep": "tab:green",
-              "window": "tab:orange"}
     for r in rows:
-        c = colors.get(r["experiments"][0], "black")
-        axes[0].scatter(r["param_count"]["total"], 1e3 * r["per_step_seconds"], color=c, s=18)
+        style = dict(color=MODEL_COLORS.get(r["model"], "black"), s=22,
+                     marker=EXPERIMENT_MARKERS.get(r["experiments"][0], "x"))
+        axes[0].scatter(r["param_count"]["total"], 1e3 * r["per_step_seconds"], **style)
         acc = r["accuracy"]
         if acc:
             L_max = "1024" if "1024" in acc else max(acc, key=int)    # Tables' longest
-            axes[1].scatter(1e3 * r["per_step_seconds"], acc[L_max], color=c, s=18)
+            axes[1].scatter(1e3 * r["per_step_seconds"], acc[L_max], **style)
             axes[1].annotate(f"{r['label']} (L {L_max})", (1e3 * r["per_step_seconds"], acc[L_max]),
                              fontsize=5)
-    for name, c in colors.items():
-        axes[0].scatter([], [], color=c, label=name)
+    for model, c in MODEL_COLORS.items():
+        axes[0].scatter([], [], color=c, marker="o", label=MODEL_NAMES[model])
+    for name, mk in EXPERIMENT_MARKERS.items():
+        axes[0].scatter([], [], color="gray", marker=mk, label=EXPERIMENT_LABELS[name])
     axes[0].set_xlabel("parameters")
     axes[0].set_ylabel("training time per step (ms)")
     axes[0].legend(fontsize=7)
@@ -134,7 +155,10 @@ def plot_cost(plt, results):
     axes[1].set_ylim(0, 105)
     axes[1].grid(alpha=0.3)
     if not any(r["accuracy"] for r in rows):
-        axes[1].text(0.5, 0.5, "no accuracies found (--results-from)", ha="center",
+        looked = results.get("settings", {}).get("accuracy_files", [])
+        folders = ", ".join(os.path.dirname(d["path"]) for d in looked)
+        axes[1].text(0.5, 0.5, f"no accuracies found in\n{folders}\n(--checkpoints, "
+                     "--results-from)", ha="center", va="center", fontsize=8, wrap=True,
                      transform=axes[1].transAxes)
     suptitle(fig, results)
     return fig

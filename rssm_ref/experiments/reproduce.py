@@ -8,8 +8,9 @@ seeded apart from the training stream), and writes into ``cfg.out``:
   seed) the lengths, accuracies, the paper's accuracies, parameter counts, steps,
   configuration, wall seconds, and package versions; written atomically. Same command
   and seed → bit-identical file apart from the keys ending in ``_seconds``.
-- ``accuracy.png``  accuracy against length, measured (mean and min–max over seeds)
-  beside the paper's numbers and the chance level 1/N.
+- ``accuracy.png``  accuracy against length, measured (one seed: its accuracies;
+  several: the mean, ± std and min–max) drawn over the paper's numbers, and the chance
+  level 1/N (``accuracy_figure``).
 - ``<model>-seed<k>.npz`` the trained parameters (a resumable training checkpoint).
 - ``progress.log``  the progress lines of every training and evaluation, appended.
 
@@ -427,10 +428,36 @@ def _seeds_text(seeds):
     return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(map(str, seeds))
 
 
-def _plot(results, path):
-    """accuracy.png: per model the paper's accuracies (hollow squares, dashed) under the
-    measured mean (filled circles, solid, drawn on top; band: min..max over seeds), the
-    chance level, and a title naming the task, seeds, steps and a smoke run."""
+def measured_label(seeds, what="measured", spread="± std, band min..max"):
+    """The legend's name of a measured curve: one seed is that seed, several are a mean
+    (and ``spread`` says what the band or bars show).
+
+    >>> measured_label([0]), measured_label([0, 1, 2])
+    ('measured (seed 0)', 'measured (mean of 3 seeds, ± std, band min..max)')
+    """
+    if len(seeds) == 1:
+        return f"{what} (seed {seeds[0]})"
+    return f"{what} (mean of {len(seeds)} seeds" + (f", {spread})" if spread else ")")
+
+
+PAPER_ZORDER, MEASURED_ZORDER = 2, 4     # measured drawn over the paper's markers
+
+
+def accuracy_figure(results):
+    """accuracy.png's figure: per model the paper's accuracies (large hollow squares,
+    dashed, under) and the measured ones (filled circles with a white rim, solid, on top;
+    one seed: that seed's; several: the mean ± std, band min..max), the chance level,
+    and a title naming the task, seeds, steps and a smoke run. Returns the matplotlib
+    figure (the caller closes it), or None without matplotlib.
+
+    >>> r = {"task": "induction", "lengths": [16, 32], "summary": {"residual":
+    ...      {"mean": [100.0, 100.0], "min": [100.0, 100.0], "max": [100.0, 100.0],
+    ...       "seeds": [0], "total_steps": [27000]}}}
+    >>> fig = accuracy_figure(r)
+    >>> "Residual SSM: measured (seed 0)" in fig.axes[0].get_legend_handles_labels()[1]
+    True
+    >>> import matplotlib.pyplot as plt; plt.close(fig)
+    """
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -444,14 +471,16 @@ def _plot(results, path):
     for model, s in results["summary"].items():
         c = colors[model]
         ax.plot(L, PAPER_TABLES[results["task"]][model][: len(L)], "s--", color=c, mfc="white",
-                ms=10, mew=1.5, lw=1.2, alpha=0.8, zorder=2, label=f"{MODEL_NAMES[model]}: paper ({table})")
-        if len(s["seeds"]) > 1:
+                ms=11, mew=1.5, lw=1.2, alpha=0.8, zorder=PAPER_ZORDER,
+                label=f"{MODEL_NAMES[model]}: paper ({table})")
+        several = len(s["seeds"]) > 1
+        if several:
             ax.fill_between(L, s["min"], s["max"], color=c, alpha=0.15, zorder=1, lw=0)
         what = "smoke run" if results.get("quick") else "measured"
-        band = " ± std, band min..max" if len(s["seeds"]) > 1 else ""
-        ax.errorbar(L, s["mean"], yerr=s.get("std") if len(s["seeds"]) > 1 else None, fmt="o-",
-                    color=c, ms=5, lw=1.8, capsize=3, zorder=3,
-                    label=f"{MODEL_NAMES[model]}: {what} (mean{band})")
+        ax.errorbar(L, s["mean"], yerr=s.get("std") if several else None, fmt="o-",
+                    color=c, ms=7, mec="white", mew=1.2, lw=1.8, capsize=3,
+                    zorder=MEASURED_ZORDER,
+                    label=f"{MODEL_NAMES[model]}: {measured_label(s['seeds'], what)}")
     n_ans = DEFAULT_TOKENS[results["task"]]
     ax.axhline(chance(results["task"]), color="gray", ls=":", lw=1.2, zorder=0,
                label=f"chance (1/{n_ans} = {chance(results['task']):.1f}%)")
@@ -471,12 +500,21 @@ def _plot(results, path):
     title.append(_seeds_text(seeds) + (f"; steps per run: {steps}" if steps else ""))
     ax.set_title("\n".join(title), fontsize=10)
     # below the axes: the legend never covers a curve
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3,
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2,
               frameon=False)
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    return fig
+
+
+def _plot(results, path):
+    """Write accuracy.png (``accuracy_figure``); nothing without matplotlib."""
+    fig = accuracy_figure(results)
+    if fig is None:
+        return None
+    import matplotlib.pyplot as plt
     try:
-        atomic_savefig(fig, path, dpi=110)
+        atomic_savefig(fig, path, dpi=110, bbox_inches="tight")    # the legend kept whole
     finally:
         plt.close(fig)
     return path
