@@ -50,7 +50,7 @@ from rssm_ref.convolution import ss_fft_filter, tf_fft_filter
 from rssm_ref.gate import gate as gate_scan, gate_final, gate_step
 from rssm_ref.kernels.convolution import DIRECT_MAX_L
 from rssm_ref.kernels.nonlinear import log_sigmoid, sigmoid
-from rssm_ref.kernels.residual import final_kernel, final_recurrent
+from rssm_ref.kernels.residual import final_kernel, final_kernel_gate_mean, final_recurrent
 from rssm_ref.lti import StateSpace, tf2ss, TransferFunction
 from rssm_ref.realization import den_from_reflection
 from rssm_ref.recurrence import ss_filter, tf_filter
@@ -182,21 +182,33 @@ def residual_ssm_tf(sigma_num, sigma_den, r_num, r_den, gate_bias, u, path="fft"
     return _gate_and_pack(y_s, r, gate_bias, gate, return_intermediates)
 
 
-def residual_ssm_final_ref(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate="euler"):
+def residual_ssm_final_ref(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate="euler",
+                           gate_mean=False):
     """Twin of :func:`residual_ssm_final`: the loop of ``residual_ssm_ref`` (Σ, Σ_r and
-    the gate stepped together) on the observable realization, last output kept.
+    the gate stepped together) on the observable realization, last output kept; with
+    ``gate_mean`` also s̄ = mean_t s(t) of the loop's s as a last column.
 
     >>> m = ResidualSSM.random(seed=2)
     >>> residual_ssm_final_ref(*m.tf_arrays(), onp.ones((1, 3, 2))).shape
     (1, 2)
+    >>> residual_ssm_final_ref(*m.tf_arrays(), onp.ones((1, 3, 2)), gate_mean=True).shape
+    (1, 3)
     """
     sigma = tf2ss(sigma_num, sigma_den)
     r_sys = tf2ss(r_num, r_den)
-    return residual_ssm_ref(*sigma, *r_sys, gate_bias, u, gate=gate)[:, -1]
+    if not gate_mean:
+        return residual_ssm_ref(*sigma, *r_sys, gate_bias, u, gate=gate)[:, -1]
+    y, mid = residual_ssm_ref(*sigma, *r_sys, gate_bias, u, gate=gate, return_intermediates=True)
+    return _with_gate_mean(y[:, -1], mid["s"])
+
+
+def _with_gate_mean(y_L, s):
+    """[y(L), s̄]: s̄ = mean_t s(t) appended to y(L) as a last column, (batch, m + 1)."""
+    return np.concatenate([y_L, np.mean(s, axis=1)[:, None]], axis=1)
 
 
 def residual_ssm_final(sigma_num, sigma_den, r_num, r_den, gate_bias, u, path="auto",
-                       gate="euler", allow_unstable=False):
+                       gate="euler", allow_unstable=False, gate_mean=False):
     """The Residual SSM's last output y(L) only (Fig. 3, eq. (5)): what the readout uses.
 
     Shapes and arguments as :func:`residual_ssm_tf`; returns (batch, m).
@@ -209,11 +221,16 @@ def residual_ssm_final(sigma_num, sigma_den, r_num, r_den, gate_bias, u, path="a
     then ``gate_final``. ``"auto"``: "kernel" for L <= DIRECT_MAX_L, else "recurrent"
     (at m = 2, p m lfilter calls beat the FFTs of a long convolution). Equal to
     ``residual_ssm_tf(...)[:, -1]`` to rounding (tests: ``fast_vs_ref``).
+    ``gate_mean``: returns (batch, m + 1), y(L) and as a last column the gate's mean
+    opening s̄ = mean_t s(t) (a training penalty's input; the kernel path gives both from
+    one fused primitive, ``final_kernel_gate_mean``, the others trace s with autograd).
 
     >>> m = ResidualSSM.random(seed=1)
     >>> u = onp.random.default_rng(0).normal(size=(2, 12, 2))
     >>> bool(onp.allclose(residual_ssm_final(*m.tf_arrays(), u), residual_ssm_tf(*m.tf_arrays(), u)[:, -1], rtol=0, atol=1e-14))
     True
+    >>> residual_ssm_final(*m.tf_arrays(), u, gate_mean=True).shape
+    (2, 3)
     """
     check_option("path", path, ("auto",) + FINAL_PATHS)
     check_option("gate", gate, GATES)
@@ -225,13 +242,16 @@ def residual_ssm_final(sigma_num, sigma_den, r_num, r_den, gate_bias, u, path="a
         path = "kernel" if L <= DIRECT_MAX_L else "recurrent"
     traced = any(is_traced(a) for a in (sigma_num, sigma_den, r_num, r_den, gate_bias, u))
     if path == "kernel":
-        return final_kernel(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate, traced)
-    if path == "recurrent" and not traced:
+        kernel = final_kernel_gate_mean if gate_mean else final_kernel
+        return kernel(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate, traced)
+    if path == "recurrent" and not traced and not gate_mean:
         return final_recurrent(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate)
     filt = tf_fft_filter if path == "fft" else tf_filter
     y_s = filt(sigma_num, sigma_den, u)
     r = filt(r_num, r_den, y_s - u)[:, :, 0]
-    return gate_final(y_s, sigmoid(r + gate_bias), gate)
+    s = sigmoid(r + gate_bias)
+    y_L = gate_final(y_s, s, gate)
+    return _with_gate_mean(y_L, s) if gate_mean else y_L
 
 
 def residual_ssm_ss(sigma_A, sigma_B, sigma_C, sigma_D, r_A, r_B, r_C, r_D, gate_bias, u,

@@ -167,17 +167,27 @@ def run_config(cfg, model_cfg, tcfg):
     return json.loads(json.dumps(out))          # tuples -> lists, as read back from a file
 
 
+# ModelConfig fields added after checkpoints already recorded run configs: an older run
+# config without one was trained with its value here (the option did not exist yet)
+_LATER_FIELDS = {"gate_penalty": 0.0}
+
+
 def read_run_config(path):
-    """The run config stored in a checkpoint, or None (a checkpoint of an older rssm-ref)."""
+    """The run config stored in a checkpoint, or None (a checkpoint of an older rssm-ref).
+    Fields added to ModelConfig later (``_LATER_FIELDS``) read as the value the older run
+    was trained with."""
     with onp.load(path, allow_pickle=False) as z:
         if "run_config_json" not in z.files:
             return None
         raw = z["run_config_json"]
     try:
-        return json.loads(bytes(raw.astype(onp.uint8)).decode("utf-8"))
+        rc = json.loads(bytes(raw.astype(onp.uint8)).decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise ValueError(f"{path}: key 'run_config_json' is not UTF-8 JSON (expected a "
                          "checkpoint written by rssm-ref reproduce)") from None
+    if isinstance(rc, dict):
+        rc = {**_LATER_FIELDS, **rc}
+    return rc
 
 
 def check_resume(path, want):

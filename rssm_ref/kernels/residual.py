@@ -7,6 +7,7 @@ Glossary (shapes)
 -----------------
 sigma_num (m, m, k), sigma_den (m, k)    Σ;   r_num (1, m, k_r), r_den (1, k_r)   Σ_r
 gate_bias c (scalar), u (batch, L, m), y_L (batch, m) = y(L)
+s̄ (batch,) = mean_t s(t), the gate's mean opening of each row (``final_kernel_gate_mean``)
 """
 import numpy as onp
 import scipy.signal as ssig
@@ -41,27 +42,63 @@ def final_kernel(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate, keep):
     return y_L
 
 
-def final_kernel_vjp(argnums, ans, args, kwargs):
-    sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate, keep = args
+def final_kernel_backward(args, cache, y_L, g, g_mean=None):
+    """Cotangents of every differentiable argument (a dict by position 0..5) from the
+    cotangent g (batch, m) of y(L) and, with ``g_mean`` (batch,), that of s̄ = mean_t s(t)."""
+    sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate = args[:7]
     L = u.shape[1]
+    # the blocks' own VJPs, chained by hand in reverse order (Fig. 3 read backwards)
+    h_sigma, y_s, h_r, e, r, s = cache
+    d_ys, d_s = gate_final_vjp((0, 1), y_L, (y_s, s, gate), {})(g)
+    if g_mean is not None:
+        d_s = d_s + g_mean[:, None] / L                # ∂s̄/∂s(t) = 1/L
+    d_x = d_s * sigmoid_slope(r[:, :, 0] + gate_bias)
+    d_hr, d_e = causal_conv_vjp((0, 1), r, (h_r, e), {})(d_x[:, :, None])
+    d_ys = d_ys + d_e
+    d_hs, d_u = causal_conv_vjp((0, 1), y_s, (h_sigma, u), {})(d_ys)
+    d_rn, d_rd = impulse_vjp((0, 1), h_r, (r_num, r_den, L), {})(d_hr)
+    d_sn, d_sd = impulse_vjp((0, 1), h_sigma, (sigma_num, sigma_den, L), {})(d_hs)
+    return {0: d_sn, 1: d_sd, 2: d_rn, 3: d_rd, 4: float(onp.sum(d_x)), 5: d_u - d_e}
+
+
+def final_kernel_vjp(argnums, ans, args, kwargs):
     cache = take(ans)
 
     def vjp(g):
-        # the blocks' own VJPs, chained by hand in reverse order (Fig. 3 read backwards)
-        h_sigma, y_s, h_r, e, r, s = cache or final_kernel_forward(*args[:-1])[1]
-        d_ys, d_s = gate_final_vjp((0, 1), ans, (y_s, s, gate), {})(g)
-        d_x = d_s * sigmoid_slope(r[:, :, 0] + gate_bias)
-        d_hr, d_e = causal_conv_vjp((0, 1), r, (h_r, e), {})(d_x[:, :, None])
-        d_ys = d_ys + d_e
-        d_hs, d_u = causal_conv_vjp((0, 1), y_s, (h_sigma, u), {})(d_ys)
-        d_rn, d_rd = impulse_vjp((0, 1), h_r, (r_num, r_den, L), {})(d_hr)
-        d_sn, d_sd = impulse_vjp((0, 1), h_sigma, (sigma_num, sigma_den, L), {})(d_hs)
-        grads = {0: d_sn, 1: d_sd, 2: d_rn, 3: d_rd, 4: float(onp.sum(d_x)), 5: d_u - d_e}
+        grads = final_kernel_backward(args, cache or final_kernel_forward(*args[:-1])[1], ans, g)
         return tuple(grads[k] for k in argnums)
     return vjp
 
 
 defvjp_argnums(final_kernel, final_kernel_vjp)
+
+
+# ------------------- the last output and the gate's mean opening (penalised training)
+@primitive
+def final_kernel_gate_mean(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate, keep):
+    """[y(L), s̄] (batch, m + 1): :func:`final_kernel`'s y(L) and, as a last column, the
+    mean gate opening s̄ = mean_t s(t) of each row, from one forward pass (a training
+    penalty on s̄ then costs no second forward)."""
+    y_L, cache = final_kernel_forward(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate)
+    out = onp.concatenate([y_L, onp.mean(cache[5], axis=1)[:, None]], axis=1)
+    if keep:
+        park(out, cache)
+    return out
+
+
+def final_kernel_gate_mean_vjp(argnums, ans, args, kwargs):
+    cache = take(ans)
+    m = ans.shape[1] - 1
+
+    def vjp(g):
+        g = onp.asarray(g)
+        grads = final_kernel_backward(args, cache or final_kernel_forward(*args[:-1])[1],
+                                      ans[:, :m], onp.ascontiguousarray(g[:, :m]), g[:, m])
+        return tuple(grads[k] for k in argnums)
+    return vjp
+
+
+defvjp_argnums(final_kernel_gate_mean, final_kernel_gate_mean_vjp)
 
 
 def final_recurrent(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate):

@@ -16,6 +16,10 @@ Residual SSM (Section 3.2.2) — trainable arrays
   keeps them stable): reflection coefficients k = b tanh(θ), |k| < b, turned into a monic
   polynomial by the step-up recursion (``lti.den_from_theta``); b = ``reflection_bound``
   (1: every stable polynomial is reachable).
+  Training option (not in the paper): ``gate_penalty`` λ adds λ · mean_{batch, t} s(t)
+  to the loss (label-free: at the trigger s ≈ 1, where σ' ≈ 0 and the penalty barely
+  acts; elsewhere it pushes the gate's small openings, which leak the stored answer
+  away over long sequences, towards 0). λ = 0 (the default) is the paper's loss.
 
 Selective SSM (Section 3.2.1) — trainable arrays
     E (V, m), A_log (m, n) [A = −exp(A_log) < 0], W_delta (m, m), delta_bias (m,),
@@ -80,7 +84,8 @@ class ModelConfig:
     are the selective model's conventions (see ``rssm_ref.selective_ssm``).
     ``n_tokens`` content tokens (0: the paper's N = 8 dictionary, i.e. 7 plus the
     trigger for the induction task, 8 for the extended task). ``gate_gain``,
-    ``gate_bias``, ``reflection_bound`` and ``readout``: see the module docstring.
+    ``gate_bias``, ``reflection_bound``, ``readout`` and ``gate_penalty`` (residual only):
+    see the module docstring.
     """
     model: str
     task: str
@@ -99,6 +104,7 @@ class ModelConfig:
     readout: str = "cosine"  # cosine (tied) | linear (untied)
     n_trig: int = 4          # extended task: the trigger sequence (0, 1, ..., n_trig - 1)
     window: int = 1          # selective: Δ, B, C read a causal window of w inputs (1: u(t))
+    gate_penalty: float = 0.0   # residual: loss + λ mean_{batch, t} s(t); the paper: 0
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -116,9 +122,22 @@ class ModelConfig:
             raise ValueError(f"window: {self.window!r} (expected an integer >= 1)")
         if int(self.n_trig) != self.n_trig or not 1 <= self.n_trig <= self.n_tokens:
             raise ValueError(f"n_trig: {self.n_trig!r} (expected 1 <= n_trig <= {self.n_tokens})")
+        self._check_gate_penalty()
         check_option("path", self.path, TRAINING_PATHS)
         if self.m == 0:
             object.__setattr__(self, "m", 2 if self.model == "residual" else 16)
+
+    def _check_gate_penalty(self):
+        try:
+            lam = float(self.gate_penalty)
+        except (TypeError, ValueError):
+            lam = float("nan")
+        if not (onp.isfinite(lam) and lam >= 0.0):
+            raise ValueError(f"gate_penalty: {self.gate_penalty!r} (expected a finite number >= 0)")
+        if lam > 0.0 and self.model != "residual":
+            raise ValueError(f"gate_penalty: {self.gate_penalty!r} (the {self.model} model has no "
+                             "gate s(t) to penalise; expected 0)")
+        object.__setattr__(self, "gate_penalty", lam)
 
     @property
     def vocab(self):
@@ -427,8 +446,19 @@ def loss_ref(cfg, params, tokens, targets):
     >>> p, tok, tgt = init_params(cfg), onp.array([[0, 7, 1, 7]]), onp.array([1])
     >>> bool(abs(loss(cfg, p, tok, tgt) - loss_ref(cfg, p, tok, tgt)) < 1e-13)
     True
+    >>> cfg = ModelConfig("residual", "induction", gate_penalty=0.1)
+    >>> bool(abs(loss(cfg, p, tok, tgt) - loss_ref(cfg, p, tok, tgt)) < 1e-13)
+    True
     """
-    y = final_output_ref(cfg, params, tokens)
+    ce = _cross_entropy_ref(cfg, params, final_output_ref(cfg, params, tokens), targets)
+    if cfg.gate_penalty == 0.0:
+        return ce
+    # λ · mean_{batch, t} s(t), s from the reference core's own intermediates
+    s = _core(cfg, params, params["E"][tokens], return_intermediates=True)[1]["s"]
+    return ce + cfg.gate_penalty * np.mean(s)
+
+
+def _cross_entropy_ref(cfg, params, y, targets):
     if cfg.readout == "linear":
         z = np.dot(y, params["W_out"].T) + params["b_out"]
         logp = z - _logsumexp(z)
@@ -442,13 +472,22 @@ def loss_ref(cfg, params, tokens, targets):
 
 
 def loss(cfg, params, tokens, targets):
-    """Cross-entropy on the final position (stable log-softmax), mean over the batch.
+    """Cross-entropy on the final position (stable log-softmax), mean over the batch;
+    with ``cfg.gate_penalty`` λ > 0 plus λ · mean_{batch, t} s(t), the Residual SSM's
+    mean gate opening (y(L) and s̄ from one forward: ``residual_ssm_final``'s
+    ``gate_mean``). λ = 0: the cross-entropy alone, by the same code as without the option.
 
     >>> cfg = ModelConfig("residual", "induction")
     >>> round(float(loss(cfg, init_params(cfg), onp.array([[0, 7, 1, 7]]), onp.array([1]))), 3) > 0
     True
     """
-    return cross_entropy(logits(cfg, params, tokens), onp.asarray(targets))
+    if cfg.gate_penalty == 0.0:
+        return cross_entropy(logits(cfg, params, tokens), onp.asarray(targets))
+    y_and_mean = residual_ssm_final(*residual_core_arrays(params, cfg), embed(params["E"], tokens),
+                                    path=cfg.path, gate=cfg.gate, gate_mean=True)
+    y, s_bar = y_and_mean[:, :cfg.m], y_and_mean[:, cfg.m]
+    return (cross_entropy(_readout(cfg, params, y), onp.asarray(targets))
+            + cfg.gate_penalty * np.mean(s_bar))
 
 
 def _logsumexp(z):
