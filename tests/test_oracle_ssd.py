@@ -201,7 +201,8 @@ BAD = [
     (lambda P, U: U.update(B=_ones(2, 5, 3, 2), C=_ones(2, 5, 3, 2)), [],
      "U.npz: key 'B': ngroups g = 3 does not divide nheads h = 4"),
     (lambda P, U: U.update(dt=_ones(2, 5, 3)), [], "U.npz: key 'dt': shape (2, 5, 3) gives h = 3"),
-    (lambda P, U: U.update(C=_ones(2, 5, 2, 3)), [], "U.npz: key 'C': shape (2, 5, 2, 3) gives n = 3"),
+    (lambda P, U: U.update(C=_ones(2, 5, 2, 3)), [],
+     "U.npz: key 'C': shape (2, 5, 2, 3) gives n = 3"),
     (lambda P, U: U.update(initial_states=_ones(2, 4, 3, 3)), [], "U.npz: key 'initial_states'"),
     (lambda P, U: U.update(z=_ones(2, 5, 4, 2)), [], "U.npz: key 'z'"),
     (lambda P, U: U.pop("dt"), [], "U.npz: missing key 'dt'"),
@@ -215,7 +216,8 @@ BAD = [
     (lambda P, U: P.update(A_log=onp.full(4, 800.0)), [], "P.npz: key 'A_log': entry 0"),
     (lambda P, U: None, ["--dt-limit", 2, 1], "dt_limit: (2.0, 1.0)"),
     (lambda P, U: None, ["--chunk-size", 0], "chunk_size: 0"),
-    (lambda P, U: None, ["--layout", "channel-first"], "layout: 'channel-first' given for --model ssd"),
+    (lambda P, U: None, ["--layout", "channel-first"],
+     "layout: 'channel-first' given for --model ssd"),
     (lambda P, U: None, ["--discretization", "zoh"], "discretization: 'zoh' given for --model ssd"),
 ]
 

@@ -52,7 +52,7 @@ def _loss(fn, P, names, W, Q=None):
     return f
 
 
-# ------------------------------------------------------------------ against autograd through ssd_ref
+# ------------------------------------------------------------- against autograd through ssd_ref
 # (h, g, p, n, chunk, L, |dt' A| range): L not a multiple of the chunk, chunk > L, L = 1,
 # g < h and g = h, chunk 1
 SHAPES = [
