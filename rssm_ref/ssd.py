@@ -60,7 +60,14 @@ Equations (per batch row, per head; H_t is (p, n))
 
 ``ssd_ref`` is (S1)-(S4) as one loop over time; ``ssd_chunked`` is (S1), (S5)-(S9), (S3),
 (S4) vectorized over batch, heads and chunks with einsum (only the state passing (S8)
-loops, over chunks). A last partial chunk is its own block of length L mod Q: no padding.
+loops, over chunks), as one autograd primitive whose VJP is written by hand and is itself
+chunked (rssm_ref.kernels.ssd, (V1)-(V5): the same einsums transposed, and one reverse
+pass over chunks). ``ssd_chunked_ref`` is the same forward with autograd tracing it: the
+second reference for the VJP, beside autograd through ``ssd_ref``. A last partial chunk
+is its own block of length L mod Q: no padding.
+
+The clamp of (S1) has mamba_ssm's gradient: zero where dt' lies strictly outside
+[lo, hi], passed through at the bounds themselves.
 
 mamba_ssm's kernels use softplus with a threshold (softplus(u) = u for u > 20, a
 difference below 2.1e-9); here softplus is exact (logaddexp).
@@ -78,14 +85,13 @@ import autograd.numpy as np
 import numpy as onp
 from autograd.tracer import getval
 
-from rssm_ref.kernels.nonlinear import silu, softplus
+from rssm_ref.kernels.nonlinear import silu
+from rssm_ref.kernels.ssd import DT_LIMIT_NONE, segsum, ssd_core, ssd_core_ref, ssd_dt
 from rssm_ref.selective_ssm import A_from_log
-from rssm_ref.validation import check_array
+from rssm_ref.validation import check_array, is_traced
 
-__all__ = ["ssd_ref", "ssd_chunked", "ssd_dt", "segsum", "silu", "ssd_params",
-           "check_ssd_inputs", "ssd_minimal_convention", "DT_LIMIT_NONE"]
-
-DT_LIMIT_NONE = (0.0, math.inf)
+__all__ = ["ssd_ref", "ssd_chunked", "ssd_chunked_ref", "ssd_dt", "segsum", "silu",
+           "ssd_params", "check_ssd_inputs", "ssd_minimal_convention", "DT_LIMIT_NONE"]
 
 
 # ------------------------------------------------------------------ the _ref twin
@@ -129,90 +135,31 @@ def ssd_ref(x, dt, A=None, B=None, C=None, *, D=None, z=None, dt_bias=None,
     return {"y": np.stack(ys, axis=1), "final_states": H}
 
 
-# ------------------------------------------------------------------ shared pieces
-def ssd_dt(dt, dt_bias=None, dt_softplus=False, dt_limit=DT_LIMIT_NONE):
-    """The effective step dt' of (S1): bias, then softplus, then the clamp.
+# ------------------------------------------------------------------ the chunked algorithm
+def ssd_chunked_ref(x, dt, A=None, B=None, C=None, *, chunk_size=64, D=None, z=None,
+                    dt_bias=None, initial_states=None, dt_softplus=False,
+                    dt_limit=DT_LIMIT_NONE, A_log=None, return_chunk_states=False):
+    """``ssd_chunked`` with autograd tracing its einsums (rssm_ref.kernels.ssd.ssd_core_ref)
+    instead of the hand-written VJP: the same forward, and the reference for the VJP's
+    gradients besides autograd through ``ssd_ref``.
 
-    Shapes: dt (batch, L, h), dt_bias (h,) -> dt' (batch, L, h). The clamp is applied
-    only when dt_limit differs from (0, inf), exactly as mamba_ssm decides (so a raw
-    negative dt without softplus is passed through under the default).
+    Shapes and arguments as ``ssd_chunked``.
 
-    >>> ssd_dt(onp.array([[[-1.0, 0.0, 3.0]]]), dt_limit=(0.1, 2.0)).tolist()
-    [[[0.1, 0.1, 2.0]]]
-    >>> [round(v, 6) for v in ssd_dt(onp.zeros((1, 1, 2)), onp.array([0.0, 1.0]), True).ravel().tolist()]
-    [0.693147, 1.313262]
+    >>> P = ssd_params(batch=1, L=7, h=2, g=1, p=2, n=3, seed=1)
+    >>> a, b = ssd_chunked_ref(**P, chunk_size=3), ssd_chunked(**P, chunk_size=3)
+    >>> bool(onp.array_equal(a["y"], b["y"]))
+    True
     """
-    d = dt if dt_bias is None else dt + dt_bias
-    if dt_softplus:
-        d = softplus(d)
-    lo, hi = (float(dt_limit[0]), float(dt_limit[1]))
-    if (lo, hi) != DT_LIMIT_NONE:
-        d = np.clip(d, lo, hi)
-    return d
+    return _chunked(ssd_core_ref, x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states,
+                    dt_softplus, dt_limit, A_log, return_chunk_states)
 
 
-def segsum(a):
-    """Stable segment sums (S6): S[..., t, s] = a[..., s+1] + ... + a[..., t] for s <= t
-    (0 on the diagonal) and -inf above it, so exp(S) is the 1-semiseparable mask L (S5).
-
-    Shapes: a (..., T) -> (..., T, T). Each entry is a running sum that starts at its
-    own segment (a masked cumulative sum down the columns), never cumsum(a)_t -
-    cumsum(a)_s, whose two long sums would cancel catastrophically.
-
-    >>> segsum(onp.array([1.0, 2.0, 4.0])).tolist()
-    [[0.0, -inf, -inf], [2.0, 0.0, -inf], [6.0, 4.0, 0.0]]
-    """
-    T = np.shape(a)[-1]
-    strictly_below = onp.tril(onp.ones((T, T)), -1)
-    # column s holds a_k for k > s only; summing down column s gives a_{s+1} + ... + a_t
-    S = np.cumsum(a[..., :, None] * strictly_below, axis=-2)
-    # adding -inf (not np.where) keeps autograd's broadcasting and gives exp(S) = 0 there
-    return S + onp.where(onp.tril(onp.ones((T, T), dtype=bool)), 0.0, -onp.inf)
-
-
-def _skip_and_gate(y, x, D, z):
-    if D is not None:
-        y = y + (D if np.ndim(D) == 2 else D[:, None]) * x
-    if z is not None:
-        y = y * silu(z)
-    return y
-
-
-def _chunk_terms(X, a, B, C, nchunks, Q, g, r):
-    """(S5)-(S8) inside each of ``nchunks`` chunks of length Q (all at once).
-
-    X (batch, nchunks*Q, h, p) = dt' x, a (batch, nchunks*Q, h), B, C (batch, nchunks*Q, g, n).
-    Heads are split as (g, r) with r = h // g, head i = group * r + member (C order),
-    which is the repeat_interleave pairing without materializing the repeats.
-    """
-    batch, _, h, p = np.shape(X)
-    n = np.shape(B)[-1]
-    Xc = np.reshape(X, (batch, nchunks, Q, g, r, p))
-    Bc = np.reshape(B, (batch, nchunks, Q, g, n))
-    Cc = np.reshape(C, (batch, nchunks, Q, g, n))
-    ac = np.transpose(np.reshape(a, (batch, nchunks, Q, g, r)), (0, 1, 3, 4, 2))  # (b,c,g,r,Q)
-    # a leading 0 makes one segsum hold every decay the chunk needs:
-    # S[t+1, s+1] = a_{s+1..t} (intra-chunk), S[t+1, 0] = a_{0..t} (from the chunk start),
-    # S[Q, s+1] = a_{s+1..Q-1} (to the chunk end), S[Q, 0] = the whole chunk
-    S = segsum(np.concatenate([onp.zeros((batch, nchunks, g, r, 1)), ac], axis=-1))
-    Lmask = np.exp(S[..., 1:, 1:])                                  # (b,c,g,r,Q,Q)   (S5)
-    from_start = np.exp(S[..., 1:, 0])                              # (b,c,g,r,Q)
-    to_end = np.exp(S[..., -1, 1:])                                 # (b,c,g,r,Q)
-    log_total = S[..., -1, 0]                                       # (b,c,g,r)
-    CB = np.einsum("bctgn,bcsgn->bcgts", Cc, Bc)
-    M = CB[:, :, :, None] * Lmask                                   # L o C B^T      (S5)
-    Y_diag = np.einsum("bcgrts,bcsgrp->bctgrp", M, Xc)              # (S7)
-    Xd = Xc * np.transpose(to_end, (0, 1, 4, 2, 3))[..., None]
-    states = np.einsum("bcsgn,bcsgrp->bcgrpn", Bc, Xd)              # (S8) S_c
-    return {"Y_diag": Y_diag, "states": states, "log_total": log_total,
-            "from_start": np.transpose(from_start, (0, 1, 4, 2, 3)), "C": Cc}
-
-
-# ------------------------------------------------------------------ the fast path
 def ssd_chunked(x, dt, A=None, B=None, C=None, *, chunk_size=64, D=None, z=None,
                 dt_bias=None, initial_states=None, dt_softplus=False,
                 dt_limit=DT_LIMIT_NONE, A_log=None, return_chunk_states=False):
-    """The chunked SSD algorithm (Section 6): (S1), (S5)-(S9), then (S3)-(S4).
+    """The chunked SSD algorithm (Section 6): (S1), (S5)-(S9), then (S3)-(S4), as one
+    autograd primitive with a hand-written chunked VJP (rssm_ref.kernels.ssd, (V1)-(V5))
+    in every array argument (A_log through A = -exp(A_log)).
 
     Shapes as ``ssd_ref``; chunk_size Q >= 1 (any L: a last partial chunk is a block of
     its own length, unpadded; Q > L is one block). Returns {"y": (batch, L, h, p),
@@ -230,42 +177,26 @@ def ssd_chunked(x, dt, A=None, B=None, C=None, *, chunk_size=64, D=None, z=None,
     >>> bool(onp.allclose(out["chunk_states"][:, -1], out["final_states"], rtol=0, atol=0))
     True
     """
+    def core(x, dt, A, B, C, D, z, dt_bias, H0, dt_softplus, dt_limit, Q):
+        traced = any(is_traced(v) for v in (x, dt, A, B, C, D, z, dt_bias, H0))
+        lo, hi = (float(dt_limit[0]), float(dt_limit[1]))
+        return ssd_core(x, dt, A, B, C, D, z, dt_bias, H0, bool(dt_softplus), lo, hi, Q,
+                        traced)
+    return _chunked(core, x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states,
+                    dt_softplus, dt_limit, A_log, return_chunk_states)
+
+
+def _chunked(core, x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_softplus,
+             dt_limit, A_log, return_chunk_states):
     v = check_ssd_inputs(x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias,
                          initial_states=initial_states, dt_limit=dt_limit, A_log=A_log,
                          chunk_size=chunk_size)
-    batch, L, h, p, g, n = (v["dims"][k] for k in ("batch", "L", "h", "p", "g", "n"))
-    r = h // g
-    dtp = ssd_dt(v["dt"], v["dt_bias"], dt_softplus, dt_limit)
-    a = dtp * v["A"]                                                # (batch, L, h)
-    X = v["x"] * dtp[..., None]
-    Q = int(chunk_size)
-    nfull, rem = divmod(L, Q)
-    # (start, stop, nchunks, length) of the full chunks, then of the partial one
-    pieces = [(0, nfull * Q, nfull, Q)] if nfull else []
-    if rem:
-        pieces.append((nfull * Q, L, 1, rem))
-    terms = [_chunk_terms(X[:, s:e], a[:, s:e], v["B"][:, s:e], v["C"][:, s:e], c, q, g, r)
-             for s, e, c, q in pieces]
-    states = np.concatenate([t["states"] for t in terms], axis=1)          # (b,nc,g,r,p,n)
-    decay = np.exp(np.concatenate([t["log_total"] for t in terms], axis=1))  # (b,nc,g,r)
-    H = (onp.zeros((batch, g, r, p, n)) if v["initial_states"] is None
-         else np.reshape(v["initial_states"], (batch, g, r, p, n)))
-    entering, ends = [], []
-    for c in range(np.shape(states)[1]):                            # (S8) state passing
-        entering.append(H)
-        H = decay[:, c][..., None, None] * H + states[:, c]
-        ends.append(H)
-    entering = np.stack(entering, axis=1)
-    ys, c0 = [], 0
-    for (s, e, c, q), t in zip(pieces, terms):
-        Y_off = (np.einsum("bctgn,bcgrpn->bctgrp", t["C"], entering[:, c0:c0 + c])
-                 * t["from_start"][..., None])                      # (S9)
-        ys.append(np.reshape(t["Y_diag"] + Y_off, (batch, e - s, h, p)))
-        c0 += c
-    y = _skip_and_gate(np.concatenate(ys, axis=1), v["x"], v["D"], v["z"])
-    out = {"y": y, "final_states": np.reshape(H, (batch, h, p, n))}
+    y, final, ends = core(v["x"], v["dt"], v["A"], v["B"], v["C"], v["D"], v["z"],
+                          v["dt_bias"], v["initial_states"], dt_softplus, dt_limit,
+                          int(chunk_size))
+    out = {"y": y, "final_states": final}
     if return_chunk_states:
-        out["chunk_states"] = np.reshape(np.stack(ends, axis=1), (batch, -1, h, p, n))
+        out["chunk_states"] = ends
     return out
 
 

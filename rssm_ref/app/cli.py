@@ -152,7 +152,7 @@ def _refuse_unused(flags, reason):
 # --- commands are registered below this line ---------------------------------------
 
 # oracle commands: forward, init, verify, golden. Formats: docs/formats.md.
-_MODELS = click.Choice(["lti", "residual", "selective", "mamba", "mamba-block"])
+_MODELS = click.Choice(["lti", "residual", "selective", "mamba", "mamba-block", "ssd"])
 # the array module (docs/11-backends.md); default: $RSSM_REF_BACKEND, else numpy (the autograd cores)
 _BACKEND = click.option(
     "--backend", type=click.Choice(["numpy", "cupy", "array_api_strict"]), default=None,
@@ -198,21 +198,34 @@ def _report(result, as_json):
 @click.option("--step", is_flag=True,
               help="mamba-block: one decoding step (Mamba.step) from the inputs' conv_state and "
                    "ssm_state on hidden_states (batch, 1, d).")
+@click.option("--dt-softplus", is_flag=True,
+              help="ssd: dt' = softplus(dt + dt_bias), mamba_chunk_scan_combined's dt_softplus.")
+@click.option("--dt-limit", type=float, nargs=2, default=None, metavar="LO HI",
+              help="ssd: clamp dt' to [LO, HI] (HI may be inf; default none, (0, inf)).")
+@click.option("--chunk-size", type=int, default=None, metavar="Q",
+              help="ssd: chunk length (default 256, Mamba-2's; y and the gradients do not "
+                   "depend on it beyond round-off, chunk_states do).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 @_BACKEND
 def forward_cmd(model, params_path, inputs_path, out_path, path, gate, discretization, output,
-                layout, allow_unstable, grads, intermediates, prefix, step, as_json, backend):
+                layout, allow_unstable, grads, intermediates, prefix, step, dt_softplus,
+                dt_limit, chunk_size, as_json, backend):
     """Compute the float64 reference outputs (and gradients) for a params/inputs pair.
 
     --model mamba takes a Mamba layer's own keys (A_log, D, x_proj.weight, dt_proj.weight,
     dt_proj.bias) and gives grad_<key> for them (docs/12-verify-mamba.md). --model
     mamba-block takes a whole Mamba-1 layer's state_dict (in_proj, conv1d, x_proj, dt_proj,
     A_log, D, out_proj) on hidden_states, and returns y, conv_state and ssm_state.
+    --model ssd takes Mamba-2's SSD core under mamba_chunk_scan_combined's names (A_log or
+    A, D, dt_bias; inputs x, dt, B, C, z, initial_states) and returns y and final_states
+    (--intermediates: chunk_states).
     """
     config = ForwardConfig(model=model, path=path, gate=gate, discretization=discretization,
                            output=output, allow_unstable=allow_unstable, grads=grads,
                            intermediates=intermediates, backend=backend, layout=layout,
-                           step=step, prefix=prefix)
+                           step=step, prefix=prefix, dt_softplus=dt_softplus,
+                           dt_limit=tuple(dt_limit) if dt_limit else None,
+                           chunk_size=chunk_size)
     info = run_guarded(run_forward, config, params_path, inputs_path, out_path)
     if as_json:
         _json_out(info)
@@ -231,10 +244,13 @@ def forward_cmd(model, params_path, inputs_path, out_path, path, gate, discretiz
 @click.option("--form", type=click.Choice(["tf", "ss"]), default=None,
               help="lti/residual: transfer function (default) or state space.")
 @click.option("--m", type=int, default=None, help="Input/model width.")
-@click.option("--p", type=int, default=None, help="lti output width.")
+@click.option("--p", type=int, default=None, help="lti output width; ssd head dimension.")
 @click.option("--order", type=int, default=None, help="lti/Σ order.")
 @click.option("--order-r", type=int, default=None, help="Σ_r order (residual).")
-@click.option("--n", type=int, default=None, help="Selective/mamba state size (d_state).")
+@click.option("--n", type=int, default=None, help="Selective/mamba/ssd state size (d_state).")
+@click.option("--heads", type=int, default=None, help="ssd: number of heads h (default 4).")
+@click.option("--groups", type=int, default=None,
+              help="ssd: groups g of heads sharing B and C (default 2; g divides h).")
 @click.option("--vocab", type=int, default=None, help="Add an embedding (vocab, m).")
 @click.option("--batch", type=int, default=2, show_default=True,
               help="Sequences in the inputs (with --inputs-out).")
@@ -246,15 +262,16 @@ def forward_cmd(model, params_path, inputs_path, out_path, path, gate, discretiz
                    "as forward --layout reads them (with --inputs-out).")
 @click.option("--tokens", is_flag=True, help="Inputs as token ids (needs --vocab, --inputs-out).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
-def init_cmd(model, seed, out, inputs_out, form, m, p, order, order_r, n, vocab, batch, length,
-             no_dy, layout, tokens, as_json):
+def init_cmd(model, seed, out, inputs_out, form, m, p, order, order_r, n, heads, groups, vocab,
+             batch, length, no_dy, layout, tokens, as_json):
     """Write valid random params (and inputs) in the file format, seeded."""
     if inputs_out is None:
         _refuse_unused({"batch": "--batch", "length": "--length", "no_dy": "--no-dy",
                         "tokens": "--tokens", "layout": "--layout"}, "without --inputs-out U.npz")
     config = InitConfig(model=model, seed=seed, form=form, m=m, p=p, order=order,
                         order_r=order_r, n=n, vocab=vocab, batch=batch, length=length,
-                        dy=not no_dy, tokens=tokens, layout=layout)
+                        dy=not no_dy, tokens=tokens, heads=heads, groups=groups,
+                        layout=layout)
     summary = run_guarded(run_init, config, out, inputs_out)
     if as_json:
         _json_out({"params": out, "inputs": inputs_out, "summary": summary})

@@ -9,11 +9,12 @@ precision   the oracle rerun in emulated float32/float16/bfloat16 (verify's yard
 verify      per-tensor verdicts against a reference, in the candidate's precision
 golden      the frozen suite of named cases and its tamper-proof check
 mamba       a Mamba layer's own parameters (A_log, x_proj, dt_proj, D) on the selective core
-            (--model mamba), and the whole Mamba-1 layer (--model mamba-block)
+            (--model mamba), and the whole Mamba-1 layer (--model mamba-block); --model ssd
+            is Mamba-2's SSD core (rssm_ref.ssd) under mamba_chunk_scan_combined's names
 diagnose    which conventions (discretization, output, D, layout, gate) a candidate follows
 slips       the slips a port of the Mamba-1 layer makes, as diagnose names them
 
 >>> from rssm_ref.oracle import formats
 >>> formats.MODELS
-('lti', 'residual', 'selective', 'mamba', 'mamba-block')
+('lti', 'residual', 'selective', 'mamba', 'mamba-block', 'ssd')
 """

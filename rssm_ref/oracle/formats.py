@@ -32,17 +32,25 @@ selective  A (m, n) < 0, W_delta (m, m), W_B (n, m), W_C (n, m); optional delta_
 mamba      a Mamba layer's own names (rssm_ref.oracle.mamba): A_log (m, n),
            x_proj.weight (dt_rank + 2 n, m) (rows: Δ's dt_rank, B's n, C's n),
            dt_proj.weight (m, dt_rank); optional dt_proj.bias (m,), D (m,)
-all        optional embedding (vocab, m)
+mamba-block  a whole Mamba-1 layer's state_dict names (in_proj, conv1d, x_proj, dt_proj,
+           A_log, D, out_proj)
+ssd        Mamba-2's SSD core (mamba_chunk_scan_combined's names): A_log (h,) or A (h,) < 0
+           (exactly one); optional D (h,) or (h, p), dt_bias (h,)
+all        optional embedding (vocab, m) (not mamba-block, ssd)
 
 Inputs: ``u`` (batch, L, m) or ``tokens`` (batch, L) integer ids with ``embedding`` in
 the params (u = embedding[tokens]); optional cotangent ``dy`` shaped like ``y``.
+mamba-block: hidden_states (batch, L, d), optional conv_state, ssm_state. ssd: x
+(batch, L, h, p), dt (batch, L, h), B, C (batch, L, g, n) with h % g == 0, optional
+z (batch, L, h, p) and initial_states (batch, h, p, n).
 
 Outputs (``forward``): ``y``; intermediates (residual: y_s (batch, L, m), r (batch, L),
 s (batch, L); selective, mamba: delta (batch, L, m), h (batch, L, m, n), last_state
-(batch, m, n) = h[:, -1]); gradients ``grad_u``
-and ``grad_<key>`` per parameter key; and, so that the file can be recomputed, the
-params as ``param__<key>``, the inputs as ``input__<key>`` and the options as UTF-8 JSON
-in the uint8 array ``options_json``.
+(batch, m, n) = h[:, -1]; ssd: final_states (batch, h, p, n) always, chunk_states
+(batch, ceil(L / chunk_size), h, p, n)); gradients ``grad_u`` (``grad_<input>`` for the
+layers' inputs) and ``grad_<key>`` per parameter key; and, so that the file can be
+recomputed, the params as ``param__<key>``, the inputs as ``input__<key>`` and the
+options as UTF-8 JSON in the uint8 array ``options_json``.
 
 Every failure is a ``ValueError`` (or ``TypeError`` for a wrong dtype) whose one-line
 message names the file, the key and what was expected:
@@ -55,6 +63,7 @@ Traceback (most recent call last):
 ValueError: P.npz: key 'den': row 0 has a pole of modulus 2 (expected all poles strictly inside the unit circle; pass --allow-unstable (Python: allow_unstable=True) to override)
 """
 import json
+import math
 import os
 import zipfile
 
@@ -65,7 +74,9 @@ from rssm_ref.util.paths import atomic_savez
 from rssm_ref.validation import check_array, check_stable_den, check_tokens
 
 FORMAT_VERSION = "rssm-ref/1"
-MODELS = ("lti", "residual", "selective", "mamba", "mamba-block")
+# ssd's chunk length when the options give none: Mamba-2's (mamba_ssm.modules.mamba2)
+SSD_CHUNK_SIZE = 256
+MODELS = ("lti", "residual", "selective", "mamba", "mamba-block", "ssd")
 PARAM_PREFIX = "param__"
 INPUT_PREFIX = "input__"
 OPTIONS_KEY = "options_json"
@@ -148,14 +159,33 @@ SPECS = {
                           "x_act": ("batch", "L", "E"), "delta": ("batch", "L", "E"),
                           "y_ssm": ("batch", "L", "E"), "z": ("batch", "L", "E")},
     },
+    # Mamba-2's SSD core (rssm_ref.ssd) under mamba_ssm's mamba_chunk_scan_combined names:
+    # A as A_log (A = -exp(A_log)) or A (< 0), never both; D is (h,) or (h, p)
+    # (``shape_alternatives``); the inputs x, dt, B, C, optional z and initial_states;
+    # chunk_states has one state per chunk of the ``chunk_size`` option (nchunks = ceil(L / Q))
+    "ssd": {
+        "blocks": {
+            "A": {"log": {"A_log": ("h",)}, "direct": {"A": ("h",)}},
+        },
+        "optional": {"D": ("h",), "dt_bias": ("h",)},
+        "shape_alternatives": {"D": ("h", "p")},
+        "input": ("x", ("batch", "L", "h", "p")),
+        "more_inputs": {"dt": ("batch", "L", "h"), "B": ("batch", "L", "g", "n"),
+                        "C": ("batch", "L", "g", "n")},
+        "states": {"z": ("batch", "L", "h", "p"), "initial_states": ("batch", "h", "p", "n")},
+        "outputs": {"y": ("batch", "L", "h", "p"), "final_states": ("batch", "h", "p", "n")},
+        "intermediates": {"chunk_states": ("batch", "nchunks", "h", "p", "n")},
+    },
 }
 
 # Sequence tensors carry time on axis 1 (used by verify for "first bad time step").
-TIME_AXIS_TENSORS = ("y", "y_s", "r", "s", "delta", "h", "grad_u", "dy", "u")
+TIME_AXIS_TENSORS = ("y", "y_s", "r", "s", "delta", "h", "grad_u", "dy", "u", "grad_x", "grad_dt",
+                     "grad_z")
 LAYOUTS = ("channel-last", "channel-first")
 
 _FORM_NAMES = {"ss": "state-space", "tf": "transfer-function", "diag": "diagonal",
-               "mamba": "Mamba-layer", "mamba-block": "Mamba-1 layer"}
+               "mamba": "Mamba-layer", "mamba-block": "Mamba-1 layer",
+               "log": "A = -exp(A_log)", "direct": "A < 0"}
 # keys of a whole Mamba block outside its selective scan (refused with a hint)
 _MAMBA_OUTSIDE = ("in_proj", "conv1d", "out_proj", "norm", "embedding.weight", "lm_head")
 
@@ -387,7 +417,8 @@ def check_params(model, params, where="params", allow_unstable=False):
             sizes.bind(key, shp, onp.shape(out[key]))
     for key, shp in spec["optional"].items():
         if key in out:
-            sizes.bind(key, shp, onp.shape(out[key]))
+            sizes.bind(key, _shape_spec(spec, key, shp, onp.shape(out[key]), where),
+                       onp.shape(out[key]))
 
     for key, arr in out.items():
         if key.endswith("den") or key == "den":
@@ -404,7 +435,43 @@ def check_params(model, params, where="params", allow_unstable=False):
         _check_mamba_block(where, out, sizes.as_dict())
     if model == "selective" and not allow_unstable:
         check_selective_A(where, out["A"])
+    if model == "ssd":
+        _check_ssd(where, out)
     return out, sizes.as_dict()
+
+
+def _shape_spec(spec, key, shp, shape, where):
+    """The spec a key is bound with: its own, or its alternative (ssd's D (h,) or (h, p))
+    when the array has that many axes."""
+    alt = spec.get("shape_alternatives", {}).get(key)
+    if alt is None:
+        return shp
+    if len(shape) == len(alt):
+        return alt
+    if len(shape) != len(shp):
+        raise ValueError(f"{where}: key {_q(key)}: shape {tuple(shape)} (expected "
+                         f"{_fmt_shape(shp)} or {_fmt_shape(alt)})")
+    return shp
+
+
+def _check_ssd(where, params):
+    """A < 0 (Mamba-2's A = -exp(A_log); the decays exp(dt' A) must not grow), or A_log
+    whose exp neither overflows nor vanishes; --allow-unstable does not apply."""
+    if "A" in params:
+        bad = onp.flatnonzero(~(params["A"] < 0.0))
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError(f"{where}: key 'A': entry {i} = {params['A'][i]:.6g} is not negative "
+                             "(expected A (h,) < 0, or A_log (h,) with A = -exp(A_log); "
+                             "--allow-unstable does not apply to the ssd model)")
+        return
+    with onp.errstate(over="ignore", under="ignore"):
+        a = onp.exp(params["A_log"])
+    bad = onp.flatnonzero(~(onp.isfinite(a) & (a > 0.0)))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"{where}: key 'A_log': entry {i} = {params['A_log'][i]:.6g} makes "
+                         "A = -exp(A_log) overflow or vanish (expected -745 < A_log < 709)")
 
 
 def check_selective_A(where, A):
@@ -448,12 +515,35 @@ def _check_mamba_block(where, params, sizes):
 
 
 def input_key(model):
-    """The name of a model's input sequence: ``u`` (hidden_states for mamba-block).
+    """The name of a model's input sequence: ``u`` (hidden_states for mamba-block, x for ssd).
 
     >>> input_key("mamba-block"), input_key("lti")
     ('hidden_states', 'u')
     """
     return SPECS[model].get("input", ("u",))[0]
+
+
+def ssd_limit(options):
+    """The dt clamp (lo, hi) of an ssd file's options, stored as [lo, hi] with hi None for
+    +inf (JSON has no infinity); (0, inf), no clamp, when absent.
+
+    >>> ssd_limit({"dt_limit": [0.1, None]}), ssd_limit({})
+    ((0.1, inf), (0.0, inf))
+    """
+    lo, hi = options.get("dt_limit") or (0.0, None)
+    return float(lo), math.inf if hi is None else float(hi)
+
+
+def layer_inputs(model):
+    """A layer model's inputs besides its input sequence, in order: the required ones,
+    then the optional ones (mamba-block's states; ssd's z, initial_states), as
+    ``(required, optional)`` dicts of key -> symbolic shape.
+
+    >>> [list(d) for d in layer_inputs("ssd")]
+    [['dt', 'B', 'C'], ['z', 'initial_states']]
+    """
+    spec = SPECS[model]
+    return dict(spec.get("more_inputs", {})), dict(spec.get("states", {}))
 
 
 def output_shapes(model, sizes):
@@ -466,6 +556,9 @@ def output_shapes(model, sizes):
     spec = SPECS[model]
     shapes = {}
     for key, shp in {**spec["outputs"], **spec["intermediates"]}.items():
+        if key in spec["intermediates"] and any(s not in sizes for s in shp
+                                                 if not isinstance(s, int)):
+            continue        # ssd's chunk_states without a chunk size: not an output here
         shapes[key] = tuple(s if isinstance(s, int) else sizes[s] for s in shp)
     return shapes
 
@@ -536,6 +629,11 @@ def check_inputs(model, inputs, sizes, where="inputs", params_where="params",
     return out, bound.as_dict()
 
 
+# where each layer's channel-last layout comes from (the message of a refused --layout)
+_LAYER_ANCHORS = {"mamba-block": "in mamba_ssm, mambapy and HF alike",
+                  "ssd": "in mamba_ssm's mamba_chunk_scan_combined"}
+
+
 def check_model_layout(model, layout, where="layout"):
     """``layout`` if ``model`` takes it: the layers' input sequence is channel-last in
     every anchor, so a layer model refuses channel-first.
@@ -549,33 +647,47 @@ def check_model_layout(model, layout, where="layout"):
     """
     check_layout(layout, where)
     if "input" in SPECS[model] and layout != "channel-last":
-        raise ValueError(f"{where}: {layout!r} given for --model {model} (its "
-                         f"{SPECS[model]['input'][0]} is (batch, L, d) in mamba_ssm, mambapy "
-                         "and HF alike; expected channel-last)")
+        name, shape = SPECS[model]["input"]
+        raise ValueError(f"{where}: {layout!r} given for --model {model} (its {name} is "
+                         f"{_fmt_shape(shape)} {_LAYER_ANCHORS[model]}; expected "
+                         "channel-last)")
     return layout
 
 
 def _check_layer_inputs(model, inputs, sizes, where, params_where, layout):
-    """A layer's inputs: its input sequence (``SPECS[model]["input"]``), optional initial
-    states and ``dy``; channel-last only (the layers take (batch, L, d) in every anchor)."""
+    """A layer's inputs: its input sequence (``SPECS[model]["input"]``), the other required
+    inputs and the optional ones (``layer_inputs``), and ``dy``; channel-last only (the
+    layers take (batch, L, ...) in every anchor)."""
     spec = SPECS[model]
     name, shape = spec["input"]
+    required, optional = layer_inputs(model)
     check_model_layout(model, layout)
-    allowed = (name, "dy") + tuple(spec["states"])
+    needed = (name,) + tuple(required)
+    allowed = needed + tuple(optional) + ("dy",)
     extra = sorted(k for k in inputs if k not in allowed)
     if extra:
-        hint = " (the layer's input is hidden_states, HF's name)" if extra[0] == "u" else ""
+        hint = " (the layer's input is hidden_states, HF's name)" \
+            if extra[0] == "u" and name == "hidden_states" else ""
         raise ValueError(f"{where}: unexpected key {_q(extra[0])} for --model {model} "
-                         f"(expected {name}, and optionally {', '.join(allowed[1:])}){hint}")
-    if name not in inputs:
-        raise ValueError(f"{where}: missing key {_q(name)} (expected {name} "
-                         f"{_fmt_shape(shape)} float64)")
+                         f"(expected {', '.join(needed)}, and optionally "
+                         f"{', '.join(allowed[len(needed):])}){hint}")
     bound = _Sizes(where)
     for sym, val in sizes.items():
         bound.values[sym] = (val, f"{params_where}")
-    out = {name: _float_array(where, name, inputs[name])}
-    bound.bind(name, shape, onp.shape(out[name]))
-    for key, st in spec["states"].items():
+    out = {}
+    for key, st in [(name, shape)] + list(required.items()):
+        if key not in inputs:
+            raise ValueError(f"{where}: missing key {_q(key)} (expected {key} "
+                             f"{_fmt_shape(st)} float64)")
+        out[key] = _float_array(where, key, inputs[key])
+        bound.bind(key, st, onp.shape(out[key]))
+        if key == "B" and model == "ssd":
+            g, h = bound.get("g"), bound.get("h")
+            if h % g:
+                raise ValueError(f"{where}: key 'B': ngroups g = {g} does not divide nheads "
+                                 f"h = {h} (expected B (batch, L, g, n) with h % g == 0; h "
+                                 f"from {bound.values['h'][1]})")
+    for key, st in optional.items():
         if key not in inputs:
             continue
         out[key] = _float_array(where, key, inputs[key])
@@ -790,7 +902,7 @@ def check_reference(arrays, where="reference"):
                                  layout=layout)
     allowed = allowed_output_keys(model, params)
     shapes = {k: layout_shape(k, v, layout)
-              for k, v in expected_output_shapes(model, params, sizes).items()}
+              for k, v in expected_output_shapes(model, params, sizes, opts).items()}
     outputs = {}
     for key, arr in arrays.items():
         if key == OPTIONS_KEY or key.startswith(PARAM_PREFIX) or key.startswith(INPUT_PREFIX):
@@ -816,18 +928,25 @@ def allowed_output_keys(model, params):
     spec = SPECS[model]
     keys = set(spec["outputs"]) | set(spec["intermediates"]) | {"grad_" + input_key(model)}
     keys |= {f"grad_{k}" for k in params}
-    keys |= {f"grad_{k}" for k in spec.get("states", ())}
+    for more in layer_inputs(model):
+        keys |= {f"grad_{k}" for k in more}
     return keys
 
 
-def expected_output_shapes(model, params, sizes):
-    """Concrete shapes of every allowed output key (y, intermediates, grad_*)."""
+def expected_output_shapes(model, params, sizes, options=None):
+    """Concrete shapes of every allowed output key (y, intermediates, grad_*); ssd's
+    chunk_states needs the ``chunk_size`` of the file's ``options``."""
+    if model == "ssd":
+        sizes = dict(sizes, nchunks=-(-sizes["L"] // int((options or {}).get("chunk_size")
+                                                          or SSD_CHUNK_SIZE)))
     shapes = output_shapes(model, sizes)
     if "input" in SPECS[model]:
         name, shp = SPECS[model]["input"]
         shapes["grad_" + name] = tuple(sizes[s] for s in shp)
-        shapes["grad_ssm_state"] = (sizes["batch"], sizes["E"], sizes["n"])
-        shapes["grad_conv_state"] = (sizes["batch"], sizes["E"], sizes.get("W_state", sizes["W"]))
+        for key, st in {**layer_inputs(model)[0], **layer_inputs(model)[1]}.items():
+            if key == "conv_state":
+                st = ("batch", "E", "W_state" if "W_state" in sizes else "W")
+            shapes["grad_" + key] = tuple(sizes[s] for s in st)
     else:
         shapes["grad_u"] = (sizes["batch"], sizes["L"], sizes["m"])
     for k, v in params.items():

@@ -25,6 +25,10 @@ residual   Fig. 3 / eq. (5): y(t+1) = y(t) + (y_s(t) - y(t)) s(t), s = σ(r + ga
 selective  eqs. (2)-(4)
 mamba      the same core under a Mamba layer's names (A_log, x_proj.weight, dt_proj.*, D),
            gradients for those keys (rssm_ref.oracle.mamba); defaults euler / after
+mamba-block  a whole Mamba-1 layer (rssm_ref.mamba_block) on hidden_states
+ssd        Mamba-2's SSD core (rssm_ref.ssd.ssd_chunked, mamba_chunk_scan_combined's names):
+           y and final_states of x, dt, B, C (+ z, initial_states) under A_log or A, D,
+           dt_bias; options dt_softplus, dt_limit (lo, hi), chunk_size
 
 >>> import numpy
 >>> P = {"num": numpy.array([[[1.0, 0.0]]]), "den": numpy.array([[1.0, -0.5]])}
@@ -33,12 +37,14 @@ mamba      the same core under a Mamba layer's names (A_log, x_proj.weight, dt_p
 ([1.0, 1.5, 1.75], [1.75, 1.5, 1.0])
 """
 import dataclasses
+import math
 import os
 from typing import Optional
 
 import autograd.numpy as np
 import numpy as onp
-from autograd import grad
+from autograd import grad, make_vjp
+from autograd.tracer import getval
 
 from rssm_ref import residual_ssm as rs
 from rssm_ref.convolution import ss_fft_filter, tf_fft_filter
@@ -46,6 +52,7 @@ from rssm_ref.mamba_block import mamba_block, mamba_block_step
 from rssm_ref.oracle import formats, mamba
 from rssm_ref.recurrence import ss_filter, tf_filter
 from rssm_ref.selective_ssm import selective_ssm
+from rssm_ref.ssd import ssd_chunked
 from rssm_ref.util.paths import check_outputs
 from rssm_ref.util.version import VERSION
 from rssm_ref.validation import check_option, DISCRETIZATIONS, GATES, OUTPUTS, PATHS
@@ -61,6 +68,7 @@ DEFAULTS = {
     "selective": {"discretization": "zoh", "output": "before"},
     "mamba": {"discretization": "euler", "output": "after"},
     "mamba-block": {"discretization": "euler", "output": "after"},
+    "ssd": {},
 }
 
 
@@ -83,6 +91,9 @@ class ForwardConfig:
     layout: Optional[str] = None    # None: "channel-last"
     step: bool = False              # mamba-block: one decoding step (Mamba.step)
     prefix: Optional[str] = None    # keep the params keys starting with it, stripped
+    dt_softplus: bool = False       # ssd: dt' = softplus(dt + dt_bias) (S1)
+    dt_limit: Optional[tuple] = None  # ssd: the clamp (lo, hi) of dt'; None: (0, inf), none
+    chunk_size: Optional[int] = None  # ssd: the chunk length Q; None: SSD_CHUNK_SIZE
 
     def options(self):
         """Resolved options dict (the JSON stored in ``options_json``), checked."""
@@ -94,7 +105,8 @@ class ForwardConfig:
                                discretization=self.discretization, output=self.output,
                                allow_unstable=self.allow_unstable, grads=self.grads,
                                intermediates=self.intermediates, layout=self.layout,
-                               step=self.step)
+                               step=self.step, dt_softplus=self.dt_softplus,
+                               dt_limit=self.dt_limit, chunk_size=self.chunk_size)
 
 
 def _choice(name, value, allowed, model, applies):
@@ -110,12 +122,14 @@ def _choice(name, value, allowed, model, applies):
 
 def resolve_options(model, path=None, gate=None, discretization=None, output=None,
                     allow_unstable=False, grads=False, intermediates=False, layout=None,
-                    step=False):
+                    step=False, dt_softplus=False, dt_limit=None, chunk_size=None):
     """Check the options against the model and fill in defaults.
 
     Defaults (``DEFAULTS``): path "recurrent", layout "channel-last"; residual gate
     "euler" (eq. (5)) and output "after" (y(1..L)); selective discretization "zoh"
-    (eq. (3b)) and output "before" (eq. (2)); mamba "euler" and "after" (mamba_ssm's).
+    (eq. (3b)) and output "before" (eq. (2)); mamba "euler" and "after" (mamba_ssm's);
+    ssd dt_softplus False, dt_limit [0, None] (no clamp; None stands for +inf in the JSON)
+    and chunk_size formats.SSD_CHUNK_SIZE (mamba_chunk_scan_combined's and Mamba-2's).
 
     >>> resolve_options("selective")["output"]
     'before'
@@ -137,7 +151,8 @@ def resolve_options(model, path=None, gate=None, discretization=None, output=Non
                 raise ValueError(f"{name}: {value!r} given for --model mamba-block (the layer "
                                  f"computes mamba_ssm's Mamba: {name} {only!r}; verify another "
                                  "convention on the scan alone with --model mamba)")
-    if model in ("selective", "mamba", "mamba-block") and path == "fft":
+    ssd_opts = _ssd_options(model, dt_softplus, dt_limit, chunk_size)
+    if model in ("selective", "mamba", "mamba-block", "ssd") and path == "fft":
         raise ValueError(f"path: 'fft' given for --model {model} (a time-varying system has "
                          "no convolution kernel; expected recurrent)")
     opts = {
@@ -158,7 +173,36 @@ def resolve_options(model, path=None, gate=None, discretization=None, output=Non
         opts[key] = opts[key] or default
     if model == "mamba-block":
         opts["step"] = bool(step)          # only this model's files carry the key
+    opts.update(ssd_opts)
     return opts
+
+
+def _ssd_options(model, dt_softplus, dt_limit, chunk_size):
+    """ssd's options checked, as stored in options_json ({} for another model): the clamp
+    as [lo, hi] with hi None for +inf (JSON has no infinity)."""
+    given = [name for name, v in (("dt_softplus", dt_softplus), ("dt_limit", dt_limit),
+                                  ("chunk_size", chunk_size)) if v not in (None, False)]
+    if model != "ssd":
+        if given:
+            raise ValueError(f"{given[0]}: given for --model {model} (expected it only with "
+                             "--model ssd)")
+        return {}
+    lo, hi = 0.0, None
+    if dt_limit is not None:
+        try:
+            lo, hi = (float(v) if v is not None else math.inf for v in dt_limit)
+            ok = len(dt_limit) == 2 and math.isfinite(lo) and not math.isnan(hi) and lo <= hi
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"dt_limit: {dt_limit!r} (expected LO HI with LO finite and "
+                             "LO <= HI; HI may be inf; 0 inf means no clamp)")
+        hi = None if hi == math.inf else hi
+    if chunk_size is not None and not (isinstance(chunk_size, (int, onp.integer))
+                                       and not isinstance(chunk_size, bool) and chunk_size >= 1):
+        raise ValueError(f"chunk_size: {chunk_size!r} (expected an integer >= 1)")
+    return {"dt_softplus": bool(dt_softplus), "dt_limit": [lo, hi],
+            "chunk_size": int(chunk_size or formats.SSD_CHUNK_SIZE)}
 
 
 def _model_call(model, opts, form):
@@ -201,7 +245,7 @@ def _model_call(model, opts, form):
 
 def compute(model, params, inputs, path=None, gate=None, discretization=None, output=None,
             allow_unstable=False, grads=False, intermediates=False, where=("params", "inputs"),
-            backend="numpy", layout=None):
+            backend="numpy", layout=None, dt_softplus=False, dt_limit=None, chunk_size=None):
     """The oracle's float64 outputs for checked-or-raw ``params`` and ``inputs`` mappings.
 
     Shapes: see rssm_ref.oracle.formats (u (batch, L, m) or tokens (batch, L);
@@ -220,7 +264,8 @@ def compute(model, params, inputs, path=None, gate=None, discretization=None, ou
     """
     opts = resolve_options(model, path=path, gate=gate, discretization=discretization,
                            output=output, allow_unstable=allow_unstable, grads=grads,
-                           intermediates=intermediates, layout=layout)
+                           intermediates=intermediates, layout=layout, dt_softplus=dt_softplus,
+                           dt_limit=dt_limit, chunk_size=chunk_size)
     params, sizes = formats.check_params(model, params, where=where[0],
                                          allow_unstable=allow_unstable)
     inputs, sizes = formats.check_inputs(model, inputs, sizes, where=where[1],
@@ -232,7 +277,8 @@ def compute(model, params, inputs, path=None, gate=None, discretization=None, ou
 INTERMEDIATES = {"lti": (), "residual": ("y_s", "r", "s"),
                  "selective": ("delta", "h", "last_state"),
                  "mamba": ("delta", "h", "last_state"),
-                 "mamba-block": ("xz", "x_conv", "x_act", "delta", "y_ssm", "z")}
+                 "mamba-block": ("xz", "x_conv", "x_act", "delta", "y_ssm", "z"),
+                 "ssd": ("chunk_states",)}
 
 
 def _shift_right(x):
@@ -336,6 +382,44 @@ def _compute_mamba_block(params, inputs, opts, backend):
     return out
 
 
+SSD_INPUTS = ("x", "dt", "B", "C", "z", "initial_states")
+
+
+def _compute_ssd(params, inputs, opts, backend):
+    # rssm_ref.ssd.ssd_chunked (its hand-written VJP); gradients of sum(y * dy) for every
+    # param and input, from one traced forward that also gives y and the states
+    if backend != "numpy":
+        raise ValueError(f"backend: {backend!r} given for --model ssd (the SSD core runs on "
+                         "NumPy; expected numpy)")
+    keys = sorted(params) + [k for k in SSD_INPUTS if k in inputs]
+    kept = {}
+
+    def run(args):
+        a = dict(zip(keys, args))
+        res = ssd_chunked(a["x"], a["dt"], a.get("A"), a["B"], a["C"], D=a.get("D"),
+                          z=a.get("z"), dt_bias=a.get("dt_bias"),
+                          initial_states=a.get("initial_states"), A_log=a.get("A_log"),
+                          dt_softplus=opts["dt_softplus"], dt_limit=formats.ssd_limit(opts),
+                          chunk_size=opts["chunk_size"], return_chunk_states=True)
+        kept.update(final_states=getval(res["final_states"]),
+                    chunk_states=getval(res["chunk_states"]))
+        return res["y"]
+
+    args = [params[k] if k in params else inputs[k] for k in keys]
+    if opts["grads"]:
+        vjp, y = make_vjp(run)(args)
+        dy = inputs["dy"] if "dy" in inputs else onp.ones(onp.shape(y))
+        grads = dict(zip(keys, vjp(dy)))
+    else:
+        y, grads = run(args), {}
+    out = {"y": onp.asarray(y, dtype=onp.float64),
+           "final_states": onp.asarray(kept["final_states"], dtype=onp.float64)}
+    if opts["intermediates"]:
+        out["chunk_states"] = onp.asarray(kept["chunk_states"], dtype=onp.float64)
+    out.update({f"grad_{k}": onp.asarray(g, dtype=onp.float64) for k, g in grads.items()})
+    return out
+
+
 def compute_checked(model, params, inputs, opts, backend="numpy"):
     """The oracle's outputs for params and inputs already checked (``formats``) and
     options already resolved (:func:`resolve_options`): y, the intermediates with
@@ -345,6 +429,8 @@ def compute_checked(model, params, inputs, opts, backend="numpy"):
     """
     if model == "mamba":
         return _compute_mamba(params, inputs, opts, backend)
+    if model == "ssd":
+        return _compute_ssd(params, inputs, opts, backend)
     if model == "mamba-block":
         if opts.get("step"):
             missing = [k for k in ("conv_state", "ssm_state") if k not in inputs]

@@ -60,6 +60,7 @@ from autograd.extend import defvjp, defvjp_argnums, primitive
 
 from rssm_ref.oracle.formats import input_key as formats_input_key
 from rssm_ref.oracle.slips import check_slip
+from rssm_ref.oracle.formats import layer_inputs, ssd_limit, SSD_CHUNK_SIZE
 
 PRECISIONS = ("float64", "float32", "float16", "bfloat16")
 _WORKING = {"float64": onp.float64, "float32": onp.float32, "float16": onp.float32,
@@ -633,6 +634,47 @@ def mamba_block_scan(ar, P, h, conv_state=None, ssm_state=None, ref=False, slip=
                "ssm_state": inter["last_state"]}
 
 
+def ssd_scan(ar, P, x, dt, B, C, z=None, initial_states=None, dt_softplus=False,
+             dt_limit=(0.0, onp.inf), chunk_size=SSD_CHUNK_SIZE, ref=False):
+    """Mamba-2's SSD core (rssm_ref.ssd, (S1)-(S4)) as its recurrence, every result rounded:
+    dt' = clamp(softplus(dt + dt_bias)), a = dt' A (A = -exp(A_log) or A), then
+    H_t = exp(a_t) H_{t-1} + (dt'_t x_t) B_t^T from initial_states, y_t = H_t C_t (+ D x_t),
+    times silu(z_t). The chunked algorithm's sums in another order are one more rounding
+    order, which the factor of ``verify`` absorbs. Shapes: x, z (batch, L, h, p),
+    dt (batch, L, h), B, C (batch, L, g, n) -> y (batch, L, h, p), {"final_states":
+    (batch, h, p, n), "chunk_states": (batch, ceil(L / chunk_size), h, p, n)}.
+    """
+    q = ar.q
+    batch, L, h, p = x.shape
+    r = h // B.shape[2]
+    lead = dt.shape[:2]
+    d = q(dt + ar.expand(P["dt_bias"], lead)) if "dt_bias" in P else dt
+    if dt_softplus:
+        d = _softplus(ar, d)
+    if tuple(dt_limit) != (0.0, onp.inf):
+        # mamba_ssm's clamp: the gradient passes at the bounds, stops strictly outside
+        lo, hi = (ar.cast(onp.full(d.shape, v)) for v in dt_limit)
+        d = _select(getval(d) < lo, lo, _select(getval(d) > hi, hi, d))
+    A = -q(np.exp(P["A_log"])) if "A_log" in P else P["A"]
+    e = q(np.exp(q(d * ar.expand(A, lead))))                      # (batch, L, h)
+    X = q(x * d[..., None])
+    Bh, Ch = np.repeat(B, r, axis=2), np.repeat(C, r, axis=2)     # head i reads group i // r
+    b = q(X[..., None] * Bh[:, :, :, None, :])                    # (batch, L, h, p, n)
+    decay = e[..., None, None] + ar.zeros(b.shape)
+    if initial_states is not None:
+        b = np.concatenate([q(b[:, :1] + q(decay[:, :1] * initial_states[:, None])), b[:, 1:]],
+                           axis=1)
+    H = _diag(ar, decay, b, ref)                                  # H[:, t] = H_t
+    y = q(np.einsum("blhpn,blhn->blhp", H, Ch))
+    if "D" in P:
+        D = ar.expand(P["D"], lead)
+        y = q(y + q((D if np.ndim(P["D"]) == 2 else D[..., None]) * x))
+    if z is not None:
+        y = q(y * q(z * _sigmoid(ar, z)))
+    ends = [min(L, c + chunk_size) - 1 for c in range(0, L, chunk_size)]
+    return y, {"final_states": H[:, -1], "chunk_states": H[:, ends]}
+
+
 def _selective_core(ar, A, zd, Bbar, Cbar, D, u, discretization, output, ref, h0=None,
                     softplus=True):
     """Eqs. (3)-(2) from the pre-activation zd of Δ and B̄_t, C̄_t (batch, L, n); ``h0``
@@ -683,8 +725,13 @@ def _model_fn(model, options, slip=None):
     if model == "mamba-block":
         return lambda ar, P, h, conv_state=None, ssm_state=None: mamba_block_scan(
             ar, P, h, conv_state, ssm_state, slip=slip)
-    raise ValueError(f"model: {model!r} (expected lti, residual, selective, mamba or "
-                     "mamba-block)")
+    if model == "ssd":
+        kw = dict(dt_softplus=bool(options.get("dt_softplus")), dt_limit=ssd_limit(options),
+                  chunk_size=int(options.get("chunk_size") or SSD_CHUNK_SIZE))
+        return lambda ar, P, x, dt, B, C, z=None, initial_states=None: ssd_scan(
+            ar, P, x, dt, B, C, z, initial_states, **kw)
+    raise ValueError(f"model: {model!r} (expected lti, residual, selective, mamba, "
+                     "mamba-block or ssd)")
 
 
 def emulate(model, params, inputs, options, precision, grads=False, seed=None, slip=None):
@@ -708,7 +755,8 @@ def emulate(model, params, inputs, options, precision, grads=False, seed=None, s
     fn = _model_fn(model, options, slip)
     keys = sorted(k for k in params if k != "embedding")
     P0 = {k: ar.cast(params[k]) for k in keys}
-    states = [k for k in ("conv_state", "ssm_state") if k in inputs]
+    # a layer's other inputs (mamba-block's states; ssd's dt, B, C, z, initial_states)
+    states = [k for more in layer_inputs(model) for k in more if k in inputs]
     if "tokens" in inputs:
         emb = ar.cast(params["embedding"])
         u0 = emb[onp.asarray(inputs["tokens"])]

@@ -122,31 +122,41 @@ def _tf(rng, p, m, order, r_max=0.95):
 
 # the ``init`` flag of each argument, for the messages (they speak the CLI's language)
 FLAGS = {"m": "--m", "p": "--p", "order": "--order", "order_r": "--order-r", "n": "--n",
-         "vocab": "--vocab", "batch": "--batch", "L": "--length", "form": "--form"}
+         "vocab": "--vocab", "batch": "--batch", "L": "--length", "form": "--form",
+         "heads": "--heads", "groups": "--groups"}
 
 
 def init_params(model, seed, form=None, m=None, p=None, order=None, n=None, order_r=None,
-                vocab=None):
+                vocab=None, heads=None, groups=None):
     """Valid random params for ``model`` (dict key -> float64 array), seeded.
 
     Sizes (defaults): lti m=1, p=1, order=2 (k = order + 1, or n = order);
     residual m=2, order=4, order_r=4 (Σ and Σ_r in ``form``, default "tf"); selective m=4, n=8 (no
     ``form``); mamba m=4 (d_inner), n=8 (d_state), dt_rank = ceil(m / 16), initialised as
-    mamba_ssm (rssm_ref.oracle.mamba.random_params). ``vocab`` adds an ``embedding``
-    (vocab, m) for token inputs.
+    mamba_ssm (rssm_ref.oracle.mamba.random_params); ssd heads=4, groups=2, p=4 (head
+    dimension), n=8 (``ssd_init``). ``vocab`` adds an ``embedding`` (vocab, m) for token
+    inputs.
 
     >>> sorted(init_params("selective", seed=1, m=2, n=3))
     ['A', 'D', 'W_B', 'W_C', 'W_delta', 'delta_bias']
     """
     formats.check_model(model)
     for name, val in (("m", m), ("p", p), ("order", order), ("n", n), ("order_r", order_r),
-                      ("vocab", vocab)):
+                      ("vocab", vocab), ("heads", heads), ("groups", groups)):
         if val is not None and (not isinstance(val, (int, onp.integer)) or val < 1):
             raise ValueError(f"{FLAGS[name]}: {val!r} (expected a positive integer)")
     if not isinstance(seed, (int, onp.integer)) or seed < 0:
         raise ValueError(f"--seed: {seed!r} (expected a non-negative integer)")
     rng = onp.random.default_rng(seed)
     P = {}
+    if model != "ssd" and (heads is not None or groups is not None):
+        raise ValueError(f"{'--heads' if heads is not None else '--groups'}: given for --model "
+                         f"{model} (expected it only with --model ssd)")
+    if model == "ssd":
+        if form is not None or m is not None or order is not None or vocab is not None:
+            raise ValueError("--form/--m/--order/--vocab: given for --model ssd (expected only "
+                             "--heads, --groups, --p (head dimension) and --n (d_state))")
+        return ssd_init(rng, heads or 4, groups or 2, n or 8, p or 4)
     if model == "mamba-block":
         if form is not None or p is not None or order is not None or vocab is not None:
             raise ValueError("--form/--p/--order/--vocab: given for --model mamba-block (expected "
@@ -201,6 +211,22 @@ def init_params(model, seed, form=None, m=None, p=None, order=None, n=None, orde
     return {k: onp.asarray(v, dtype=onp.float64) for k, v in P.items()}
 
 
+def ssd_init(rng, h, g, n, p):
+    """SSD params (A_log, D, dt_bias (h,)) and the sizes its inputs need: A = -exp(A_log)
+    with A_log = log U(1, 16) (Mamba-2's A_init_range), D ~ N(0, 1), dt_bias ~ U(0.01, 0.1)
+    (positive, so that dt + dt_bias > 0 for the positive dt of ``init_inputs``: valid with
+    and without --dt-softplus). g must divide h; p and n are recorded by the inputs.
+
+    >>> sorted(ssd_init(onp.random.default_rng(0), 4, 2, 3, 2))
+    ['A_log', 'D', 'dt_bias']
+    """
+    if h % g:
+        raise ValueError(f"--groups: {g} does not divide --heads {h} (expected h % g == 0: "
+                         "head i reads group i // (h / g))")
+    return {"A_log": onp.log(rng.uniform(1.0, 16.0, size=h)), "D": rng.standard_normal(h),
+            "dt_bias": rng.uniform(0.01, 0.1, size=h)}
+
+
 def P_width(model, P):
     """The input width m of a params dict."""
     if model == "lti":
@@ -214,9 +240,12 @@ def P_width(model, P):
     return P["A"].shape[0]
 
 
-def init_inputs(model, params, seed, batch=2, L=32, dy=True, tokens=False):
+def init_inputs(model, params, seed, batch=2, L=32, dy=True, tokens=False, p=None, n=None,
+                groups=None):
     """Random inputs for ``params``: ``u`` (batch, L, m) ~ N(0, 1) (or ``tokens`` when the
     params hold an embedding and ``tokens``), and a cotangent ``dy`` shaped like ``y``.
+    ssd: x, z (batch, L, h, p), B, C (batch, L, g, n) ~ N(0, 1), dt > 0, initial_states
+    (batch, h, p, n) ~ N(0, 1), with p, n, groups as given (4, 8, 2 by default).
 
     >>> U = init_inputs("lti", init_params("lti", seed=0), seed=1, batch=2, L=5)
     >>> U["u"].shape, U["dy"].shape
@@ -228,6 +257,25 @@ def init_inputs(model, params, seed, batch=2, L=32, dy=True, tokens=False):
             raise ValueError(f"{FLAGS[name]}: {val!r} (expected a positive integer)")
     rng = onp.random.default_rng(seed)
     out = {}
+    if model == "ssd":
+        if tokens:
+            raise ValueError("--tokens: given for --model ssd (its inputs are x, dt, B, C; "
+                             "expected none)")
+        g, p, n = groups or 2, sizes.get("p", p or 4), n or 8
+        if sizes["h"] % g:
+            raise ValueError(f"--groups: {g} does not divide the {sizes['h']} heads of the "
+                             "params (expected h % g == 0)")
+        h = sizes["h"]
+        # dt > 0 (log-uniform on [1e-3, 1e-1], Mamba-2's dt range): dt + dt_bias > 0
+        out = {"x": rng.standard_normal((batch, L, h, p)),
+               "dt": onp.exp(rng.uniform(onp.log(1e-3), onp.log(1e-1), size=(batch, L, h))),
+               "B": rng.standard_normal((batch, L, g, n)),
+               "C": rng.standard_normal((batch, L, g, n)),
+               "z": rng.standard_normal((batch, L, h, p)),
+               "initial_states": rng.standard_normal((batch, h, p, n))}
+        if dy:
+            out["dy"] = rng.standard_normal((batch, L, h, p))
+        return out
     if model == "mamba-block":
         if tokens:
             raise ValueError("--tokens: given for --model mamba-block (its input is "
@@ -264,6 +312,8 @@ class InitConfig:
     order_r: Optional[int] = None
     n: Optional[int] = None
     vocab: Optional[int] = None
+    heads: Optional[int] = None
+    groups: Optional[int] = None
     batch: int = 2
     length: int = 32
     dy: bool = True
@@ -274,7 +324,8 @@ class InitConfig:
 # the size options of ``init`` that mean something, per model (others are refused)
 INIT_OPTIONS = {"lti": ("form", "m", "p", "order"),
                 "residual": ("form", "m", "order", "order_r"),
-                "selective": ("m", "n"), "mamba": ("m", "n"), "mamba-block": ("m", "n")}
+                "selective": ("m", "n"), "mamba": ("m", "n"), "mamba-block": ("m", "n"),
+                "ssd": ("p", "n", "heads", "groups")}
 
 
 def _refuse_unused(config, inputs_out):
@@ -288,7 +339,7 @@ def _refuse_unused(config, inputs_out):
     """
     applies = INIT_OPTIONS.get(config.model)
     if applies is not None:
-        for name in ("form", "m", "p", "order", "order_r", "n"):
+        for name in ("form", "m", "p", "order", "order_r", "n", "heads", "groups"):
             if getattr(config, name, None) is not None and name not in applies:
                 raise ValueError(f"{FLAGS[name]}: given for --model {config.model} (it does "
                                  f"nothing there; expected only "
@@ -324,11 +375,13 @@ def run_init(config, out, inputs_out=None):
         raise ValueError("--tokens: requested without --vocab (expected --vocab V so the params "
                          "hold an embedding (V, m))")
     P = init_params(config.model, config.seed, form=config.form, m=config.m, p=config.p,
-                    order=config.order, n=config.n, order_r=config.order_r, vocab=config.vocab)
+                    order=config.order, n=config.n, order_r=config.order_r, vocab=config.vocab,
+                    heads=config.heads, groups=config.groups)
     U = None
     if inputs_out is not None:
+        more = dict(p=config.p, n=config.n, groups=config.groups) if config.model == "ssd" else {}
         U = init_inputs(config.model, P, seed=config.seed + 1, batch=config.batch,
-                        L=config.length, dy=config.dy, tokens=config.tokens)
+                        L=config.length, dy=config.dy, tokens=config.tokens, **more)
         # the same draws in the layout forward --layout reads (time last for channel-first)
         U = {k: formats.to_layout(k, v, config.layout or "channel-last") for k, v in U.items()}
     for path in [out] + ([inputs_out] if inputs_out is not None else []):

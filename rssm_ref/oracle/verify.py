@@ -215,7 +215,8 @@ def _tensor_verdict(t):
 def describe_reference(opts, params):
     """The reference's conventions that apply to its model, as a dict for the report:
     path (lti, residual), gate and output (residual), discretization and output
-    (selective, mamba), D ("yes"/"no": the skip D u, selective and mamba), layout.
+    (selective, mamba), D ("yes"/"no": the skip D u, selective and mamba), dt_softplus,
+    dt_limit and chunk_size (ssd), layout.
 
     >>> describe_reference({"model": "selective", "discretization": "euler",
     ...                     "output": "after"}, {"A": 0})
@@ -229,6 +230,11 @@ def describe_reference(opts, params):
         out[key] = opts.get(key) or default
     if model in ("selective", "mamba"):
         out["D"] = "yes" if "D" in params else "no"
+    if model == "ssd":
+        lo, hi = formats.ssd_limit(opts)
+        out.update(dt_softplus="yes" if opts.get("dt_softplus") else "no",
+                   dt_limit=f"({lo:g}, {hi:g})",
+                   chunk_size=opts.get("chunk_size") or formats.SSD_CHUNK_SIZE)
     out["layout"] = opts.get("layout") or "channel-last"
     return out
 
