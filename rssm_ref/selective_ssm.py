@@ -1,4 +1,4 @@
-"""The Selective SSM core of Mamba as the paper writes it (Section 3.2.1, eqs. (2)-4).
+"""The Selective SSM core of Mamba as the paper writes it (Section 3.2.1, eqs. (2)-(4)).
 
 m SISO systems, one per embedding channel i, each with n states and time-varying
 matrices produced from the current input u(t) (the selection mechanism):

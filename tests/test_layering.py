@@ -220,7 +220,13 @@ def test_equations_are_cited_one_way():
     """`eq. (N)` everywhere, so that one grep finds every place an equation is computed."""
     import re
     loose = re.compile(r"\b[Ee]qs?\.? ?\d+[a-z]?\b")
+    # a range with its second end bare ("eqs. (2)-4)") misses the grep for eq. (4)
+    half_range = re.compile(r"\(\d+[a-z]?\)[-–]\d")
+    docs = [(f, open(os.path.join(ROOT, "..", "docs", f), encoding="utf-8").read())
+            for f in sorted(os.listdir(os.path.join(ROOT, "..", "docs"))) if f.endswith(".md")]
     bad = [f"{name}: {m.group(0)!r}" for name, src in _package_text() for m in loose.finditer(src)]
+    bad += [f"{name}: {m.group(0)!r}" for name, src in list(_package_text()) + docs
+            for m in half_range.finditer(src)]
     assert not bad, "\n".join(bad)
 
 

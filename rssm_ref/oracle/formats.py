@@ -28,7 +28,7 @@ residual   Σ  ss: sigma_A (n_sigma, n_sigma), sigma_B (n_sigma, m), sigma_C (m,
               |  tf: r_num (1, m, k_r), r_den (1, k_r)        (Σ and Σ_r in the same form)
            optional gate_bias () : s(t) = σ(r(t) + gate_bias), eq. (5)
 selective  A (m, n) < 0, W_delta (m, m), W_B (n, m), W_C (n, m); optional delta_bias (m,),
-           D (m,)  (eqs. (2)-4)
+           D (m,)  (eqs. (2)-(4))
 mamba      a Mamba layer's own names (rssm_ref.oracle.mamba): A_log (m, n),
            x_proj.weight (dt_rank + 2 n, m) (rows: Δ's dt_rank, B's n, C's n),
            dt_proj.weight (m, dt_rank); optional dt_proj.bias (m,), D (m,)
