@@ -248,10 +248,20 @@ def reflection(theta, bound):
     return onp.clip(bound * onp.tanh(theta), -K_MAX, K_MAX)
 
 
-def den_from_theta_vjp(ans, theta, bound):
+def den_from_theta_np(theta, bound):
+    """:func:`den_from_theta` in plain NumPy (the fused training loss calls it)."""
+    return step_up_np(reflection(theta, bound))[-1]
+
+
+def den_from_theta_vjp_np(theta, bound, g):
+    """d theta for the cotangent g of den_from_theta(theta, bound): the step-up
+    recursion backwards, times bound (1 - tanh²)."""
     t = onp.tanh(theta)
-    inner = step_up_vjp(ans, reflection(theta, bound))
-    return lambda g: inner(g) * (bound * (1.0 - t * t))
+    return step_up_vjp(None, reflection(theta, bound))(g) * (bound * (1.0 - t * t))
+
+
+def den_from_theta_vjp(ans, theta, bound):
+    return lambda g: den_from_theta_vjp_np(theta, bound, g)
 
 
 defvjp(den_from_theta, den_from_theta_vjp)

@@ -353,6 +353,10 @@ def _layer_run(opts):
     return step
 
 
+# models that also run on another array module (rssm_ref.xp); the layers run on NumPy only
+BACKEND_MODELS = ("lti", "residual", "selective", "mamba")
+
+
 def _compute_mamba_block(params, inputs, opts, backend):
     # the whole layer (rssm_ref.mamba_block); gradients of sum(y * dy) by autograd through
     # it, for every parameter, hidden_states and the initial states given

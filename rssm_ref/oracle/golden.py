@@ -343,6 +343,8 @@ class GoldenCheckReport:
     errors: dict
     tolerance: float
     unlisted: list = dataclasses.field(default_factory=list)
+    backend: str = "numpy"
+    numpy_only: list = dataclasses.field(default_factory=list)   # cases recomputed on NumPy
 
     @property
     def passed(self):
@@ -355,6 +357,10 @@ class GoldenCheckReport:
             ok = all(e <= self.tolerance for e in errs.values())
             lines.append(f"{case:<36} {'ok' if ok else 'MISMATCH':<9} {len(errs)} tensors, "
                          f"worst {worst} rel_err {errs[worst]:.2e}")
+        if self.numpy_only:
+            lines.append(f"note: {len(self.numpy_only)} case(s) recomputed on numpy, not "
+                         f"{self.backend} (their model runs on NumPy only): "
+                         + ", ".join(self.numpy_only))
         if self.unlisted:
             shown = ", ".join(self.unlisted[:5]) + (", ..." if len(self.unlisted) > 5 else "")
             lines.append(f"note: {len(self.unlisted)} file(s) not listed in the manifest, not "
@@ -365,7 +371,8 @@ class GoldenCheckReport:
 
     def to_json(self):
         return json.dumps({"passed": self.passed, "tolerance": self.tolerance,
-                           "errors": self.errors, "unlisted": self.unlisted}, indent=1)
+                           "errors": self.errors, "unlisted": self.unlisted,
+                           "backend": self.backend, "numpy_only": self.numpy_only}, indent=1)
 
 
 def check_golden(golden_dir, backend="numpy"):
@@ -379,7 +386,7 @@ def check_golden(golden_dir, backend="numpy"):
     """
     manifest = read_manifest(golden_dir)
     tol = TOLERANCES["golden_recompute"]
-    errors = {}
+    errors, numpy_only = {}, []
     for entry in manifest["cases"]:
         name, model = entry["case"], entry["model"]
         ppath = case_path(golden_dir, name, "params")
@@ -398,7 +405,10 @@ def check_golden(golden_dir, backend="numpy"):
         if {k: v for k, v in ropts.items() if k != "rssm_ref_version"} != opts:
             raise ValueError(f"{rpath}: key 'options_json' differs from the manifest's options "
                              f"for case {name} (expected the same options)")
-        fresh = forward.compute_checked(model, params, inputs, opts, backend)
+        on = backend if model in forward.BACKEND_MODELS else "numpy"
+        if on != backend:
+            numpy_only.append(name)
+        fresh = forward.compute_checked(model, params, inputs, opts, on)
         # every stored output is recomputed and compared; outputs a newer rssm-ref adds
         # (e.g. last_state) are not in an older suite and are simply not part of it
         gone = sorted(set(routs) - set(fresh))
@@ -408,7 +418,8 @@ def check_golden(golden_dir, backend="numpy"):
         if not routs:
             raise ValueError(f"{rpath}: no stored outputs (expected at least y)")
         errors[name] = {k: rel_err(routs[k], fresh[k]) for k in sorted(routs)}
-    return GoldenCheckReport(errors, tol, unlisted_files(golden_dir, manifest))
+    return GoldenCheckReport(errors, tol, unlisted_files(golden_dir, manifest), backend,
+                             numpy_only)
 
 
 @dataclasses.dataclass

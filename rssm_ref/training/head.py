@@ -55,19 +55,23 @@ import autograd.numpy as np
 import numpy as onp
 from autograd.extend import defvjp_argnums, primitive
 
+from rssm_ref.kernels.readout import (cosine_np, cosine_vjp_np, cross_entropy_np,
+                                      cross_entropy_vjp_np, embed_np, embed_vjp_np)
 from rssm_ref.lti import den_from_theta
 from rssm_ref.residual_ssm import (param_count as residual_core_count, residual_ssm_final,
                                    residual_ssm_tf)
 from rssm_ref.selective_ssm import (A_from_log, param_count as selective_core_count, selective_ssm,
                                     selective_ssm_final)
+from rssm_ref.kernels.convolution import DIRECT_MAX_L
+from rssm_ref.training.fused import LossSpec, residual_loss
 from rssm_ref.training.tasks import DEFAULT_TOKENS, make_batch, vocab_size
-from rssm_ref.validation import check_option, TRAINING_PATHS
+from rssm_ref.validation import check_option, is_traced, TRAINING_PATHS
 from rssm_ref.xp.backend import namespace, to_backend, to_host
 from rssm_ref.xp.models import residual_ssm_xp, selective_ssm_xp
 
 __all__ = ["ModelConfig", "init_params", "residual_core_arrays", "final_output", "logits",
            "loss", "accuracy", "param_count", "PAPER_PARAM_COUNTS", "embed", "cosine_logits",
-           "cross_entropy", "final_output_ref", "loss_ref"]
+           "cross_entropy", "final_output_ref", "loss_ref", "loss_composed", "loss_spec"]
 
 SCALE = 10.0        # cosine readout scale
 MODELS = ("residual", "selective")
@@ -234,25 +238,11 @@ def embed(E, tokens):
     >>> embed(onp.arange(6.0).reshape(3, 2), onp.array([[2, 0]])).tolist()
     [[[4.0, 5.0], [0.0, 1.0]]]
     """
-    return onp.take(E, tokens, axis=0)          # E[tokens], ~25x faster for (1000, 1024)
-
-
-def _embed_vjp(ans, E, tokens):
-    V, m = E.shape
-
-    def vjp(g):
-        idx = (onp.asarray(tokens).reshape(-1, 1) * m + onp.arange(m)).reshape(-1)
-        return onp.bincount(idx, weights=onp.asarray(g).reshape(-1), minlength=V * m).reshape(V, m)
-    return vjp
+    return embed_np(E, tokens)
 
 
 defvjp_argnums(embed, lambda argnums, ans, args, kwargs: (
-    lambda g: (_embed_vjp(ans, *args)(g),)))
-
-
-def _unit_rows(x):
-    n = onp.sqrt(onp.sum(x * x, axis=1, keepdims=True) + 1e-12)
-    return x / n, n
+    lambda g: (embed_vjp_np(onp.shape(args[0]), args[1], g),)))
 
 
 @primitive
@@ -266,32 +256,16 @@ def cosine_logits(y, E, scale, n_rows=None):
     >>> cosine_logits(onp.array([[1.0, 0.0]]), onp.array([[2.0, 0.0], [0.0, 3.0]]), 10.0).round(6).tolist()
     [[10.0, 0.0]]
     """
-    return scale * (_unit_rows(y)[0] @ _unit_rows(E[:n_rows])[0].T)
-
-
-def _unit_rows_vjp(x, xh, n, g_hat):
-    # x̂ = x / n, n = sqrt(|x|² + ε): dx = g/n − x (x·g) / n³
-    return g_hat / n - x * (onp.sum(x * g_hat, axis=1, keepdims=True) / n ** 3)
+    return cosine_np(y, E, scale, n_rows)
 
 
 def _cosine_logits_vjp(argnums, ans, args, kwargs):
     y, E_all, scale = args[:3]
     n_rows = args[3] if len(args) > 3 else None
-    E = E_all[:n_rows]
-    yh, ny = _unit_rows(y)
-    Eh, nE = _unit_rows(E)
-
-    def dE(g):
-        d = _unit_rows_vjp(E, Eh, nE, g.T @ yh)
-        if d.shape[0] == E_all.shape[0]:
-            return d
-        return onp.concatenate([d, onp.zeros((E_all.shape[0] - d.shape[0], E_all.shape[1]))])
 
     def vjp(g):
-        g = onp.asarray(g) * scale
-        out = {0: lambda: _unit_rows_vjp(y, yh, ny, g @ Eh),
-               1: lambda: dE(g),
-               2: lambda: float(onp.sum(g * (yh @ Eh.T)) / scale)}
+        dy, dE, dscale = cosine_vjp_np(y, E_all, scale, n_rows, g)
+        out = {0: lambda: dy, 1: lambda: dE, 2: dscale}
         return tuple(out[k]() for k in argnums)
     return vjp
 
@@ -308,22 +282,11 @@ def cross_entropy(z, targets):
     >>> round(float(cross_entropy(onp.zeros((2, 4)), onp.array([0, 3]))), 12) == round(float(onp.log(4)), 12)
     True
     """
-    zmax = onp.max(z, axis=1, keepdims=True)
-    lse = zmax[:, 0] + onp.log(onp.sum(onp.exp(z - zmax), axis=1))
-    return onp.mean(lse - z[onp.arange(len(targets)), targets])
-
-
-def _cross_entropy_vjp(ans, z, targets):
-    def vjp(g):
-        p = onp.exp(z - onp.max(z, axis=1, keepdims=True))
-        p /= onp.sum(p, axis=1, keepdims=True)
-        p[onp.arange(len(targets)), targets] -= 1.0
-        return p * (g / len(targets))
-    return vjp
+    return cross_entropy_np(z, targets)
 
 
 defvjp_argnums(cross_entropy, lambda argnums, ans, args, kwargs: (
-    lambda g: (_cross_entropy_vjp(ans, *args)(g),)))
+    lambda g: (cross_entropy_vjp_np(args[0], args[1], g),)))
 
 
 # ------------------------------------------------------------------ the models
@@ -471,16 +434,43 @@ def _cross_entropy_ref(cfg, params, y, targets):
     return -np.mean(logp[onp.arange(len(targets)), targets])
 
 
+def loss_spec(cfg):
+    """The constants of ``cfg``'s Residual loss for the fused primitive
+    (rssm_ref.training.fused.LossSpec)."""
+    return LossSpec(float(cfg.gate_gain), float(cfg.reflection_bound), cfg.gate, cfg.readout,
+                    int(cfg.n_tokens), SCALE, float(cfg.gate_penalty))
+
+
+def _fused(cfg, params, tokens):
+    """Whether the Residual loss runs as one primitive: under autograd (the training step),
+    on the kernel path (L <= DIRECT_MAX_L with "auto", or "kernel" at any L)."""
+    L = onp.shape(tokens)[1]
+    return (cfg.model == "residual" and is_traced(params["E"])
+            and (cfg.path == "kernel" or (cfg.path == "auto" and L <= DIRECT_MAX_L)))
+
+
 def loss(cfg, params, tokens, targets):
     """Cross-entropy on the final position (stable log-softmax), mean over the batch;
     with ``cfg.gate_penalty`` λ > 0 plus λ · mean_{batch, t} s(t), the Residual SSM's
     mean gate opening (y(L) and s̄ from one forward: ``residual_ssm_final``'s
     ``gate_mean``). λ = 0: the cross-entropy alone, by the same code as without the option.
 
+    Under autograd on the kernel path the Residual loss is one primitive with one VJP
+    (rssm_ref.training.fused: the same operations, the same bits, without autograd's
+    bookkeeping between the blocks); otherwise the blocks' primitives composed.
+
     >>> cfg = ModelConfig("residual", "induction")
     >>> round(float(loss(cfg, init_params(cfg), onp.array([[0, 7, 1, 7]]), onp.array([1]))), 3) > 0
     True
     """
+    if _fused(cfg, params, tokens):
+        return residual_loss(params, tokens, targets, loss_spec(cfg))
+    return loss_composed(cfg, params, tokens, targets)
+
+
+def loss_composed(cfg, params, tokens, targets):
+    """:func:`loss` with every block its own primitive, composed by autograd (the route
+    the fused primitive is checked against, bit for bit)."""
     if cfg.gate_penalty == 0.0:
         return cross_entropy(logits(cfg, params, tokens), onp.asarray(targets))
     y_and_mean = residual_ssm_final(*residual_core_arrays(params, cfg), embed(params["E"], tokens),
