@@ -13,6 +13,9 @@ Figures (``FIGURES``; sizes shrink with ``quick``):
 | residual_grad: loss gradient, L 16 b 256 | its own forward               | <= 3x    |
 | selective_loss_grad: b 64, L 16, m 16    | autograd through loss_ref     | <= 0.16x |
 | selective_fast_vs_ref                    | selective_ssm_ref loop        | report   |
+| ssd_chunked_grad: Mamba-2's SSD, chunked | its recurrence ssd_ref with   | <= 0.2x  |
+|   forward + every gradient, b 4, h 8,    |   autograd's gradient, same   |          |
+|   p 64, n 64, chunk 256, L 1024          |   inputs                      |          |
 | mamba_block_grad: the whole Mamba-1      | the selective core alone      | <= 2x    |
 |   layer's forward + every gradient,      |   (--model mamba) on the      |          |
 |   b 8, L 1024, d 256, E 512, N 16        |   layer's x_act, + gradients  |          |
@@ -57,13 +60,16 @@ import sys
 import time
 import tracemalloc
 
+import autograd.numpy as np
 import numpy as onp
 import scipy.signal as ssig
-from autograd import value_and_grad
+from autograd import grad, value_and_grad
+
 from rssm_ref.convolution import tf_fft_filter
 from rssm_ref.gate import gate
 from rssm_ref.lti import den_from_reflection
 from rssm_ref.mamba_block import mamba_block_params
+from rssm_ref.ssd import ssd_chunked, ssd_params, ssd_ref
 from rssm_ref.oracle import forward
 from rssm_ref.recurrence import tf_filter
 from rssm_ref.residual_ssm import residual_ssm_tf, ResidualSSM
@@ -105,7 +111,8 @@ SMOKE_NOTE = ("SMOKE RUN (--quick): small sizes and 2 repeats check that every f
               "the ratios are noisy and the verdicts are not the benchmark's")
 
 FIGURES = ("lti_recurrent", "fft_exact", "gate_forward", "residual_train_step", "residual_grad",
-           "selective_loss_grad", "selective_fast_vs_ref", "mamba_block_grad", "residual_eval_L1024",
+           "selective_loss_grad", "selective_fast_vs_ref", "ssd_chunked_grad",
+           "mamba_block_grad", "residual_eval_L1024",
            "residual_eval_L65536", "scaling", "backend_forward")
 
 
@@ -168,6 +175,15 @@ def _flops_mamba_block_grad(batch, L, d, E, N, W, P):
     R = P["dt_proj.weight"].shape[1]
     fwd = batch * L * (2 * d * 2 * E + 2 * E * W + 2 * E * (R + 2 * N) + 2 * E * R
                        + 8 * E * N + 4 * E + 2 * E * d)
+    return 3 * fwd
+
+
+def _flops_ssd_chunked(batch, L, h, p, n, Q):
+    """The chunked SSD (S5)-(S9) forward, times 3 for forward and backward: per chunk
+    and head the Q x Q scores C Bᵀ (2 Q² n), their product with X (2 Q² p), the chunk
+    state (2 Q p n), and the state's output (2 Q p n)."""
+    chunks = -(-L // Q)
+    fwd = batch * h * chunks * (2 * Q * Q * n + 2 * Q * Q * p + 4 * Q * p * n)
     return 3 * fwd
 
 
@@ -369,6 +385,31 @@ def _selective(q, R):
                        "flops": _flops_selective_forward(batch, L, 16, 8)})
 
 
+def _ssd_chunked_grad(q, R):
+    """Mamba-2's SSD core: the chunked algorithm with its hand-written VJP against the
+    recurrence (ssd_ref, one step per token) with autograd's gradient, forward + the
+    gradient of sum(y * dy) in every input, on the same inputs. L = 1024 (not the 4096
+    of a Mamba-2 layer's use): autograd's tape of the recurrence holds ~3 (batch, h, p, n)
+    arrays a step, 3 GiB at L 1024 and 12 GiB at 4096; the chunked path's cost is linear
+    in L, the recurrence's too, so the ratio carries over."""
+    batch, L, h, p, n, Q = (1, 64, 2, 8, 8, 16) if q else (4, 1024, 8, 64, 64, 256)
+    P = ssd_params(batch=batch, L=L, h=h, g=1, p=p, n=n, seed=0, D="h", dt_bias=True,
+                   dt_softplus=True, A_log=True)
+    dy = onp.random.default_rng(5).normal(size=(batch, L, h, p))
+    keys = ("x", "dt", "B", "C", "A_log", "D", "dt_bias")
+    opts = {k: v for k, v in P.items() if k not in keys}
+
+    def fwd_grad(fn, **kw):
+        obj = lambda *a: np.sum(fn(**dict(zip(keys, a)), **opts, **kw)["y"] * dy)
+        return lambda: grad(obj, argnum=list(range(len(keys))))(*(P[k] for k in keys))
+    fast = _best(fwd_grad(ssd_chunked, chunk_size=Q), R)
+    base = _best(fwd_grad(ssd_ref), min(R, 1 if not q else 2))
+    return _ratio_row("ssd_chunked_grad", fast, base, 0.2,
+                      "the recurrence ssd_ref, autograd's gradient",
+                      {"batch": batch, "L": L, "h": h, "p": p, "n": n, "chunk": Q,
+                       "flops": _flops_ssd_chunked(batch, L, h, p, n, Q)})
+
+
 def _mamba_block_grad(q, R):
     """The oracle's whole Mamba-1 layer (forward --model mamba-block --grads) against the
     selective core alone (forward --model mamba --grads) on the layer's own scan input
@@ -481,7 +522,7 @@ def _backend_forward(q, R, backend="numpy", size=None):
 _RUNNERS = {"lti_recurrent": _lti_recurrent, "fft_exact": _fft_exact, "gate_forward": _gate_forward,
             "residual_train_step": _residual_train_step, "residual_grad": _residual_grad,
             "selective_loss_grad": _selective_loss_grad, "selective_fast_vs_ref": _selective,
-            "mamba_block_grad": _mamba_block_grad,
+            "mamba_block_grad": _mamba_block_grad, "ssd_chunked_grad": _ssd_chunked_grad,
             "residual_eval_L1024": _residual_eval, "residual_eval_L65536": _residual_eval_long,
             "scaling": _scaling, "backend_forward": _backend_forward}
 
