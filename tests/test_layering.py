@@ -25,7 +25,7 @@ LAYERS = [
     ("objects", ["rssm_ref.lti"]),
     ("array-api twins", ["rssm_ref.xp.models"]),
     ("models", ["rssm_ref.residual_ssm", "rssm_ref.selective_ssm", "rssm_ref.mamba_block",
-                "rssm_ref.ssd"]),
+                "rssm_ref.ssd", "rssm_ref.mamba2_block"]),
     ("training", ["rssm_ref.training", "rssm_ref.training.*"]),
     ("oracle", ["rssm_ref.oracle", "rssm_ref.oracle.*"]),
     ("experiments", ["rssm_ref.experiments", "rssm_ref.experiments.*"]),
