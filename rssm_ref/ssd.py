@@ -209,9 +209,11 @@ def ssd_minimal_convention(x, dt, A=None, B=None, C=None, *, dt_bias=None,
 
         X = x * dt'[..., None]   (batch, L, h, p)        A_disc = A * dt'   (batch, L, h)
 
-    with dt' of (S1); B, C pass through and initial_states gains a chunk axis,
-    (batch, 1, h, p, n). Its output is y of (S2)-(S3) without D and before the z-gate
-    (add D x, then multiply by silu(z), yourself), and it needs L % block_len == 0.
+    with dt' of (S1); B, C pass through and initial_states gains the listing's chunk and
+    group axes, (batch, 1, 1, h, p, n) (its states are (batch, chunks, g, h, p, n) and it
+    concatenates initial_states to them). Its output is y of (S2)-(S3) without D and
+    before the z-gate (add D x, then multiply by silu(z), yourself) and the final state
+    (batch, 1, h, p, n) (the group axis again); it needs L % block_len == 0.
 
     Its einsums contract the group axis independently of the head axis, which is this
     model only for g == 1. For g > 1 pass ``group=k``: the returned arrays are then the
@@ -240,7 +242,7 @@ def ssd_minimal_convention(x, dt, A=None, B=None, C=None, *, dt_bias=None,
         B, C = B[:, :, group:group + 1], C[:, :, group:group + 1]
         H0 = None if H0 is None else H0[:, heads]
     return {"X": X, "A": A_disc, "B": B, "C": C,
-            "initial_states": None if H0 is None else H0[:, None]}
+            "initial_states": None if H0 is None else H0[:, None, None]}
 
 
 # ------------------------------------------------------------------ inputs

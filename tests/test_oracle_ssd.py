@@ -273,7 +273,8 @@ def _segsum_torch(torch, x):
 def _ssd_minimal_discrete(torch, X, A, B, C, block_len, initial_states):
     """The paper's Listing 1 (mamba_ssm's ssd_minimal_discrete) for ngroups = 1, in torch:
     X, A already multiplied by dt. X (b, L, h, p), A (b, L, h), B, C (b, L, 1, n),
-    initial_states (b, 1, h, p, n) -> Y (b, L, h, p), final state (b, h, p, n)."""
+    initial_states (b, 1, 1, h, p, n), as the listing concatenates it to its states
+    (b, c, g, h, p, n) -> Y (b, L, h, p), final state (b, 1, h, p, n)."""
     b, L, h, p = X.shape
     c = L // block_len
     X, A, B, C = (t.reshape(b, c, block_len, *t.shape[2:]) for t in (X, A, B, C))
@@ -283,13 +284,13 @@ def _ssd_minimal_discrete(torch, X, A, B, C, block_len, initial_states):
     Y_diag = torch.einsum("bclgn,bcsgn,bhcls,bcshp->bclhp", C, B, Lm, X)
     decay_states = torch.exp(A_cumsum[..., -1:] - A_cumsum)
     states = torch.einsum("bclgn,bhcl,bclhp->bcghpn", B, decay_states, X)
-    states = torch.cat([initial_states[:, :, None], states], dim=1)
+    states = torch.cat([initial_states, states], dim=1)
     edge = torch.nn.functional.pad(A_cumsum[..., -1], (1, 0))
     decay_chunk = torch.exp(_segsum_torch(torch, edge))
     new_states = torch.einsum("bhzc,bcghpn->bzghpn", decay_chunk, states)
     states, final = new_states[:, :-1], new_states[:, -1]
     Y_off = torch.einsum("bclgn,bcghpn,bhcl->bclhp", C, states, torch.exp(A_cumsum))
-    return (Y_diag + Y_off).reshape(b, L, h, p), final[:, 0]
+    return (Y_diag + Y_off).reshape(b, L, h, p), final
 
 
 def test_torch_port_of_ssd_minimal_discrete_float64():
@@ -306,7 +307,8 @@ def test_torch_port_of_ssd_minimal_discrete_float64():
     t = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True)
          for k, v in {**params, **inputs}.items()}
     Y, final = _ssd_minimal_discrete(torch, t["x"] * t["dt"][..., None], t["A"] * t["dt"],
-                                     t["B"], t["C"], 4, t["initial_states"][:, None])
+                                     t["B"], t["C"], 4, t["initial_states"][:, None, None])
+    final = final[:, 0]
     (Y * torch.tensor(dy)).sum().backward()
     tol = TOLERANCES["third_party_float64"]
     assert rel_err(Y.detach().numpy(), ours["y"]) <= tol

@@ -241,7 +241,8 @@ def test_ssd_minimal_convention_is_the_folded_recurrence(h, g):
     r = h // g
     for k in range(g):
         m = ssd_minimal_convention(**P, group=k if g > 1 else None)
-        Hk = m["initial_states"][:, 0]
+        assert m["initial_states"].shape[1:3] == (1, 1)       # the listing's chunk, group axes
+        Hk = m["initial_states"][:, 0, 0]
         assert m["B"].shape[2] == 1 and m["X"].shape[2] == r
         ys = []
         for t in range(12):
