@@ -50,7 +50,8 @@ from rssm_ref.convolution import ss_fft_filter, tf_fft_filter
 from rssm_ref.gate import gate as gate_scan, gate_final, gate_step
 from rssm_ref.kernels.convolution import DIRECT_MAX_L
 from rssm_ref.kernels.nonlinear import log_sigmoid, sigmoid
-from rssm_ref.kernels.residual import final_kernel, final_kernel_gate_mean, final_recurrent
+from rssm_ref.kernels.residual import (final_kernel, final_kernel_gate_mean, final_recurrent,
+                                       GATE_STATS)
 from rssm_ref.lti import StateSpace, tf2ss, TransferFunction
 from rssm_ref.realization import den_from_reflection
 from rssm_ref.recurrence import ss_filter, tf_filter
@@ -186,7 +187,8 @@ def residual_ssm_final_ref(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gat
                            gate_mean=False):
     """Twin of :func:`residual_ssm_final`: the loop of ``residual_ssm_ref`` (Σ, Σ_r and
     the gate stepped together) on the observable realization, last output kept; with
-    ``gate_mean`` also s̄ = mean_t s(t) of the loop's s as a last column.
+    ``gate_mean`` also s̄ = mean_t s(t) of the loop's s as a last column (or, with
+    ``gate_mean="relative"``, the statistic of that name, as ``residual_ssm_final``).
 
     >>> m = ResidualSSM.random(seed=2)
     >>> residual_ssm_final_ref(*m.tf_arrays(), onp.ones((1, 3, 2))).shape
@@ -199,12 +201,24 @@ def residual_ssm_final_ref(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gat
     if not gate_mean:
         return residual_ssm_ref(*sigma, *r_sys, gate_bias, u, gate=gate)[:, -1]
     y, mid = residual_ssm_ref(*sigma, *r_sys, gate_bias, u, gate=gate, return_intermediates=True)
-    return _with_gate_mean(y[:, -1], mid["s"])
+    return _with_gate_mean(y[:, -1], mid["s"], _stat_mode(gate_mean))
 
 
-def _with_gate_mean(y_L, s):
-    """[y(L), s̄]: s̄ = mean_t s(t) appended to y(L) as a last column, (batch, m + 1)."""
-    return np.concatenate([y_L, np.mean(s, axis=1)[:, None]], axis=1)
+def _stat_mode(gate_mean):
+    mode = "mean" if gate_mean is True else gate_mean
+    check_option("gate_mean", mode, GATE_STATS)
+    return mode
+
+
+def _with_gate_mean(y_L, s, mode="mean"):
+    """[y(L), stat]: the gate's statistic (kernels.residual.gate_stat) appended to y(L) as
+    a last column, (batch, m + 1), in autograd's own operations."""
+    if mode == "mean":
+        stat = np.mean(s, axis=1)
+    else:
+        M = np.max(s, axis=1)
+        stat = (np.sum(s, axis=1) - M) / M
+    return np.concatenate([y_L, stat[:, None]], axis=1)
 
 
 def residual_ssm_final(sigma_num, sigma_den, r_num, r_den, gate_bias, u, path="auto",
@@ -223,7 +237,9 @@ def residual_ssm_final(sigma_num, sigma_den, r_num, r_den, gate_bias, u, path="a
     ``residual_ssm_tf(...)[:, -1]`` to rounding (tests: ``fast_vs_ref``).
     ``gate_mean``: returns (batch, m + 1), y(L) and as a last column the gate's mean
     opening s̄ = mean_t s(t) (a training penalty's input; the kernel path gives both from
-    one fused primitive, ``final_kernel_gate_mean``, the others trace s with autograd).
+    one fused primitive, ``final_kernel_gate_mean``, the others trace s with autograd);
+    ``gate_mean="relative"``: instead (Σ_t s(t) − max_t s(t)) / max_t s(t), the openings
+    off the largest one relative to it (kernels.residual.gate_stat).
 
     >>> m = ResidualSSM.random(seed=1)
     >>> u = onp.random.default_rng(0).normal(size=(2, 12, 2))
@@ -242,8 +258,10 @@ def residual_ssm_final(sigma_num, sigma_den, r_num, r_den, gate_bias, u, path="a
         path = "kernel" if L <= DIRECT_MAX_L else "recurrent"
     traced = any(is_traced(a) for a in (sigma_num, sigma_den, r_num, r_den, gate_bias, u))
     if path == "kernel":
-        kernel = final_kernel_gate_mean if gate_mean else final_kernel
-        return kernel(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate, traced)
+        if gate_mean:
+            return final_kernel_gate_mean(sigma_num, sigma_den, r_num, r_den, gate_bias, u,
+                                          gate, traced, _stat_mode(gate_mean))
+        return final_kernel(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate, traced)
     if path == "recurrent" and not traced and not gate_mean:
         return final_recurrent(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate)
     filt = tf_fft_filter if path == "fft" else tf_filter
@@ -251,7 +269,7 @@ def residual_ssm_final(sigma_num, sigma_den, r_num, r_den, gate_bias, u, path="a
     r = filt(r_num, r_den, y_s - u)[:, :, 0]
     s = sigmoid(r + gate_bias)
     y_L = gate_final(y_s, s, gate)
-    return _with_gate_mean(y_L, s) if gate_mean else y_L
+    return _with_gate_mean(y_L, s, _stat_mode(gate_mean)) if gate_mean else y_L
 
 
 def residual_ssm_ss(sigma_A, sigma_B, sigma_C, sigma_D, r_A, r_B, r_C, r_D, gate_bias, u,

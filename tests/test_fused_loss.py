@@ -22,6 +22,9 @@ CONFIGS = [
     ("induction", {"gate": "zoh", "gate_bias": True}),
     ("induction", {"readout": "linear", "gate_penalty": 2.0}),
     ("extended", {"nu": 2, "nu_r": 3, "m": 3, "gate": "zoh", "gate_gain": 2.0}),
+    ("extended", {"gate_gain": 5.0, "gate_bias": True, "gate_penalty": 0.5,
+                  "gate_penalty_mode": "relative"}),
+    ("induction", {"gate": "zoh", "gate_penalty": 3.0, "gate_penalty_mode": "relative"}),
 ]
 IDS = [f"{t}-{'-'.join(f'{k}{v}' for k, v in kw.items()) or 'paper'}" for t, kw in CONFIGS]
 
@@ -87,7 +90,7 @@ def test_kernel_path_at_long_L_is_fused_too(monkeypatch):
         assert_close(g_f[k], g_r[k], "vjp_vs_autograd", k)
 
 
-@pytest.mark.parametrize("which", [1, 2, 4])
+@pytest.mark.parametrize("which", [1, 2, 4, 6, 7])
 def test_check_grads_in_every_argument(which):
     task, kw = CONFIGS[which]
     cfg, params, tok, tgt = _case(task, kw, batch=4, L=9)
@@ -123,3 +126,23 @@ def test_training_is_unchanged_by_the_fused_route(monkeypatch):
     assert h_f["loss"] == h_c["loss"]
     for k in p_f:
         assert onp.array_equal(p_f[k], p_c[k]), k
+
+
+@pytest.mark.parametrize("mode", ["mean", "relative"])
+def test_gate_statistic_vjp_is_autograds(mode):
+    """kernels.residual.gate_stat's hand-written VJP against autograd through the same
+    statistic in autograd's operations (residual_ssm._with_gate_mean), distinct maxima."""
+    import autograd.numpy as anp
+    from autograd import grad
+    from rssm_ref.kernels.residual import gate_stat, gate_stat_vjp
+    s = onp.random.default_rng(0).uniform(0.01, 0.9, size=(5, 11))
+    g = onp.random.default_rng(1).normal(size=5)
+
+    def stat(x):
+        if mode == "mean":
+            return anp.mean(x, axis=1)
+        M = anp.max(x, axis=1)
+        return (anp.sum(x, axis=1) - M) / M
+    assert_close(gate_stat(s, mode), stat(s), "fast_vs_ref", "stat")
+    assert_close(onp.broadcast_to(gate_stat_vjp(s, mode, g), s.shape), grad(lambda x: anp.sum(stat(x) * g))(s),
+                 "vjp_vs_autograd", "d s")

@@ -169,7 +169,7 @@ def run_config(cfg, model_cfg, tcfg):
 
 # ModelConfig fields added after checkpoints already recorded run configs: an older run
 # config without one was trained with its value here (the option did not exist yet)
-_LATER_FIELDS = {"gate_penalty": 0.0}
+_LATER_FIELDS = {"gate_penalty": 0.0, "gate_penalty_mode": "mean"}
 
 
 def read_run_config(path):

@@ -42,16 +42,43 @@ def final_kernel(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate, keep):
     return y_L
 
 
-def final_kernel_backward(args, cache, y_L, g, g_mean=None):
+# ------------------------------------------- a statistic of the gate, per sequence
+GATE_STATS = ("mean", "relative")
+
+
+def gate_stat(s, mode):
+    """A penalty's statistic of the gate s (batch, L), per row (batch,):
+    "mean"      s̄ = mean_t s(t)
+    "relative"  (Σ_t s(t) − max_t s(t)) / max_t s(t): the openings off the largest one,
+                relative to it (a cosine readout sees y(L)'s direction only, so what
+                leaks the stored answer is this ratio, not the openings' scale)."""
+    if mode == "mean":
+        return onp.mean(s, axis=1)
+    M = onp.max(s, axis=1)
+    return (onp.sum(s, axis=1) - M) / M
+
+
+def gate_stat_vjp(s, mode, g):
+    """d s (batch, L) of ``gate_stat`` for its cotangent g (batch,): 1/L each ("mean");
+    1/M off the argmax and −(S − M)/M² at it ("relative", S the sum, M the max)."""
+    if mode == "mean":
+        return g[:, None] / s.shape[1]
+    M, S = onp.max(s, axis=1), onp.sum(s, axis=1)
+    at_max = onp.arange(s.shape[1])[None, :] == onp.argmax(s, axis=1)[:, None]
+    return onp.where(at_max, (-g * (S - M) / (M * M))[:, None], (g / M)[:, None])
+
+
+def final_kernel_backward(args, cache, y_L, g, g_mean=None, stat="mean"):
     """Cotangents of every differentiable argument (a dict by position 0..5) from the
-    cotangent g (batch, m) of y(L) and, with ``g_mean`` (batch,), that of s̄ = mean_t s(t)."""
+    cotangent g (batch, m) of y(L) and, with ``g_mean`` (batch,), that of the gate's
+    statistic ``gate_stat(s, stat)`` (s̄ = mean_t s(t) by default)."""
     sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate = args[:7]
     L = u.shape[1]
     # the blocks' own VJPs, chained by hand in reverse order (Fig. 3 read backwards)
     h_sigma, y_s, h_r, e, r, s = cache
     d_ys, d_s = gate_final_vjp((0, 1), y_L, (y_s, s, gate), {})(g)
     if g_mean is not None:
-        d_s = d_s + g_mean[:, None] / L                # ∂s̄/∂s(t) = 1/L
+        d_s = d_s + gate_stat_vjp(s, stat, g_mean)      # "mean": ∂s̄/∂s(t) = 1/L
     d_x = d_s * sigmoid_slope(r[:, :, 0] + gate_bias)
     d_hr, d_e = causal_conv_vjp((0, 1), r, (h_r, e), {})(d_x[:, :, None])
     d_ys = d_ys + d_e
@@ -75,12 +102,13 @@ defvjp_argnums(final_kernel, final_kernel_vjp)
 
 # ------------------- the last output and the gate's mean opening (penalised training)
 @primitive
-def final_kernel_gate_mean(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate, keep):
-    """[y(L), s̄] (batch, m + 1): :func:`final_kernel`'s y(L) and, as a last column, the
-    mean gate opening s̄ = mean_t s(t) of each row, from one forward pass (a training
-    penalty on s̄ then costs no second forward)."""
+def final_kernel_gate_mean(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate, keep,
+                           stat="mean"):
+    """[y(L), gate_stat(s, stat)] (batch, m + 1): :func:`final_kernel`'s y(L) and, as a
+    last column, the gate's statistic of each row (default the mean opening s̄ = mean_t
+    s(t)), from one forward pass (a training penalty on it then costs no second forward)."""
     y_L, cache = final_kernel_forward(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate)
-    out = onp.concatenate([y_L, onp.mean(cache[5], axis=1)[:, None]], axis=1)
+    out = onp.concatenate([y_L, gate_stat(cache[5], stat)[:, None]], axis=1)
     if keep:
         park(out, cache)
     return out
@@ -92,8 +120,10 @@ def final_kernel_gate_mean_vjp(argnums, ans, args, kwargs):
 
     def vjp(g):
         g = onp.asarray(g)
-        grads = final_kernel_backward(args, cache or final_kernel_forward(*args[:-1])[1],
-                                      ans[:, :m], onp.ascontiguousarray(g[:, :m]), g[:, m])
+        stat = args[8] if len(args) > 8 else kwargs.get("stat", "mean")
+        grads = final_kernel_backward(args, cache or final_kernel_forward(*args[:7])[1],
+                                      ans[:, :m], onp.ascontiguousarray(g[:, :m]), g[:, m],
+                                      stat)
         return tuple(grads[k] for k in argnums)
     return vjp
 

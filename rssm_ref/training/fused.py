@@ -23,7 +23,7 @@ from autograd.extend import defvjp_argnums, primitive
 
 from rssm_ref.kernels.readout import (cosine_np, cosine_vjp_np, cross_entropy_np,
                                       cross_entropy_vjp_np, embed_np, embed_vjp_np)
-from rssm_ref.kernels.residual import final_kernel_backward, final_kernel_forward
+from rssm_ref.kernels.residual import final_kernel_backward, final_kernel_forward, gate_stat
 from rssm_ref.realization import den_from_theta_np, den_from_theta_vjp_np
 from rssm_ref.util.kept import park, take
 
@@ -33,7 +33,8 @@ __all__ = ["LossSpec", "residual_loss", "residual_loss_kernel"]
 class LossSpec(NamedTuple):
     """The constants of the loss (hashable, so the primitive can take it as an argument):
     gate gain g, reflection bound b, gate ("euler" | "zoh"), readout ("cosine" |
-    "linear"), N answer rows of E, the cosine scale, the gate penalty λ."""
+    "linear"), N answer rows of E, the cosine scale, the gate penalty λ and its statistic
+    (kernels.residual.gate_stat: "mean" or "relative")."""
     gain: float
     bound: float
     gate: str
@@ -41,6 +42,7 @@ class LossSpec(NamedTuple):
     n_rows: int
     scale: float
     penalty: float
+    penalty_mode: str = "mean"
 
 
 def _forward(E, sigma_num, sigma_theta, r_num, r_theta, c, W_out, b_out, tokens, targets, spec):
@@ -60,7 +62,7 @@ def _forward(E, sigma_num, sigma_theta, r_num, r_theta, c, W_out, b_out, tokens,
         z = cosine_np(y_L, E, spec.scale, spec.n_rows)
     loss = cross_entropy_np(z, targets)
     if spec.penalty != 0.0:
-        s_bar = onp.mean(core[5], axis=1)                              # mean_t s(t), per row
+        s_bar = gate_stat(core[5], spec.penalty_mode)                  # e.g. mean_t s(t)
         loss = loss + spec.penalty * onp.mean(s_bar)
     return loss, (u, sigma_den, r_den, core_args, core, y_L, z)
 
@@ -94,7 +96,7 @@ def _backward(args, cache, g):
     if spec.penalty != 0.0:
         # d(λ mean(s̄))/d s̄ = λ / batch, as autograd's mean gives it
         g_mean = onp.full(y_L.shape[0], (g * spec.penalty) / y_L.shape[0])
-    d = final_kernel_backward(core_args, core, y_L, dy, g_mean)
+    d = final_kernel_backward(core_args, core, y_L, dy, g_mean, spec.penalty_mode)
     out[1] = d[0]
     out[2] = den_from_theta_vjp_np(sigma_theta, spec.bound, d[1])
     out[3] = d[2] if spec.gain == 1.0 else d[2] * spec.gain

@@ -63,6 +63,7 @@ from rssm_ref.residual_ssm import (param_count as residual_core_count, residual_
 from rssm_ref.selective_ssm import (A_from_log, param_count as selective_core_count, selective_ssm,
                                     selective_ssm_final)
 from rssm_ref.kernels.convolution import DIRECT_MAX_L
+from rssm_ref.kernels.residual import GATE_STATS
 from rssm_ref.training.fused import LossSpec, residual_loss
 from rssm_ref.training.tasks import DEFAULT_TOKENS, make_batch, vocab_size
 from rssm_ref.validation import check_option, is_traced, TRAINING_PATHS
@@ -109,6 +110,7 @@ class ModelConfig:
     n_trig: int = 4          # extended task: the trigger sequence (0, 1, ..., n_trig - 1)
     window: int = 1          # selective: Δ, B, C read a causal window of w inputs (1: u(t))
     gate_penalty: float = 0.0   # residual: loss + λ mean_{batch, t} s(t); the paper: 0
+    gate_penalty_mode: str = "mean"   # the penalised statistic: "mean" or "relative" (gate_stat)
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -142,6 +144,7 @@ class ModelConfig:
             raise ValueError(f"gate_penalty: {self.gate_penalty!r} (the {self.model} model has no "
                              "gate s(t) to penalise; expected 0)")
         object.__setattr__(self, "gate_penalty", lam)
+        check_option("gate_penalty_mode", self.gate_penalty_mode, GATE_STATS)
 
     @property
     def vocab(self):
@@ -416,9 +419,13 @@ def loss_ref(cfg, params, tokens, targets):
     ce = _cross_entropy_ref(cfg, params, final_output_ref(cfg, params, tokens), targets)
     if cfg.gate_penalty == 0.0:
         return ce
-    # λ · mean_{batch, t} s(t), s from the reference core's own intermediates
+    # λ · mean over the batch of the gate's statistic, s from the reference core's own
+    # intermediates: mean_t s(t), or (Σ_t s − max_t s) / max_t s ("relative")
     s = _core(cfg, params, params["E"][tokens], return_intermediates=True)[1]["s"]
-    return ce + cfg.gate_penalty * np.mean(s)
+    if cfg.gate_penalty_mode == "mean":
+        return ce + cfg.gate_penalty * np.mean(s)
+    M = np.max(s, axis=1)
+    return ce + cfg.gate_penalty * np.mean((np.sum(s, axis=1) - M) / M)
 
 
 def _cross_entropy_ref(cfg, params, y, targets):
@@ -438,7 +445,7 @@ def loss_spec(cfg):
     """The constants of ``cfg``'s Residual loss for the fused primitive
     (rssm_ref.training.fused.LossSpec)."""
     return LossSpec(float(cfg.gate_gain), float(cfg.reflection_bound), cfg.gate, cfg.readout,
-                    int(cfg.n_tokens), SCALE, float(cfg.gate_penalty))
+                    int(cfg.n_tokens), SCALE, float(cfg.gate_penalty), cfg.gate_penalty_mode)
 
 
 def _fused(cfg, params, tokens):
@@ -474,7 +481,8 @@ def loss_composed(cfg, params, tokens, targets):
     if cfg.gate_penalty == 0.0:
         return cross_entropy(logits(cfg, params, tokens), onp.asarray(targets))
     y_and_mean = residual_ssm_final(*residual_core_arrays(params, cfg), embed(params["E"], tokens),
-                                    path=cfg.path, gate=cfg.gate, gate_mean=True)
+                                    path=cfg.path, gate=cfg.gate,
+                                    gate_mean=cfg.gate_penalty_mode)
     y, s_bar = y_and_mean[:, :cfg.m], y_and_mean[:, cfg.m]
     return (cross_entropy(_readout(cfg, params, y), onp.asarray(targets))
             + cfg.gate_penalty * np.mean(s_bar))
