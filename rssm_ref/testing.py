@@ -380,7 +380,8 @@ def assert_matches_reference(model, params, inputs, outputs, precision="float64"
     opts = forward.resolve_options(model, grads=want_grads, intermediates=want_inter, **options)
     params, sizes = formats.check_params(model, params,
                                          allow_unstable=opts["allow_unstable"])
-    inputs, _ = formats.check_inputs(model, inputs, sizes, layout=opts["layout"])
+    inputs, _ = formats.check_inputs(model, inputs, sizes, layout=opts["layout"],
+                                     ngroups=opts.get("ngroups"))
     ref_out = forward.compute_checked(model, params, inputs, opts)
     if want_grads and "dy" not in inputs:
         inputs = dict(inputs, dy=onp.ones(ref_out["y"].shape))

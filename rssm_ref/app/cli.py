@@ -185,9 +185,11 @@ def _report(result, as_json):
               help="Selective/mamba y read before (eq. (2)) or after the state update (default "
                    "before; mamba: after); residual y(0..L-1) (before) or y(1..L) (after, "
                    "default).")
-@click.option("--layout", type=click.Choice(["channel-last", "channel-first"]), default=None,
+@click.option("--layout", type=click.Choice(["channel-last", "channel-first", "heads-flat"]),
+              default=None,
               help="u, dy and the sequence outputs as (batch, L, m) (default) or (batch, m, L) "
-                   "(channel-first: time last, as mamba_ssm).")
+                   "(channel-first: time last, as mamba_ssm); ssd: heads-flat, HF's x, z, y "
+                   "(batch, L, h·p) and B, C (batch, L, g·n).")
 @click.option("--allow-unstable", is_flag=True, help="Accept poles on/outside |z| = 1.")
 @click.option("--grads", is_flag=True, help="Add grad_u and grad_<key> of sum(y * dy).")
 @click.option("--intermediates", is_flag=True,
@@ -205,11 +207,14 @@ def _report(result, as_json):
 @click.option("--chunk-size", type=int, default=None, metavar="Q",
               help="ssd: chunk length (default 256, Mamba-2's; y and the gradients do not "
                    "depend on it beyond round-off, chunk_states do).")
+@click.option("--ngroups", type=int, default=None, metavar="G",
+              help="ssd with --layout heads-flat: the groups g in B, C (batch, L, g·n) (HF's "
+                   "n_groups; not needed when initial_states give n).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 @_BACKEND
 def forward_cmd(model, params_path, inputs_path, out_path, path, gate, discretization, output,
                 layout, allow_unstable, grads, intermediates, prefix, step, dt_softplus,
-                dt_limit, chunk_size, as_json, backend):
+                dt_limit, chunk_size, ngroups, as_json, backend):
     """Compute the float64 reference outputs (and gradients) for a params/inputs pair.
 
     --model mamba takes a Mamba layer's own keys (A_log, D, x_proj.weight, dt_proj.weight,
@@ -218,14 +223,15 @@ def forward_cmd(model, params_path, inputs_path, out_path, path, gate, discretiz
     A_log, D, out_proj) on hidden_states, and returns y, conv_state and ssm_state.
     --model ssd takes Mamba-2's SSD core under mamba_chunk_scan_combined's names (A_log or
     A, D, dt_bias; inputs x, dt, B, C, z, initial_states) and returns y and final_states
-    (--intermediates: chunk_states).
+    (--intermediates: chunk_states); --layout heads-flat reads and writes HF's flat
+    (batch, L, h·p) and (batch, L, g·n) tensors (--ngroups G).
     """
     config = ForwardConfig(model=model, path=path, gate=gate, discretization=discretization,
                            output=output, allow_unstable=allow_unstable, grads=grads,
                            intermediates=intermediates, backend=backend, layout=layout,
                            step=step, prefix=prefix, dt_softplus=dt_softplus,
                            dt_limit=tuple(dt_limit) if dt_limit else None,
-                           chunk_size=chunk_size)
+                           chunk_size=chunk_size, ngroups=ngroups)
     info = run_guarded(run_forward, config, params_path, inputs_path, out_path)
     if as_json:
         _json_out(info)
@@ -257,9 +263,11 @@ def forward_cmd(model, params_path, inputs_path, out_path, path, gate, discretiz
 @click.option("--length", type=int, default=32, show_default=True,
               help="Sequence length L of the inputs (with --inputs-out).")
 @click.option("--no-dy", is_flag=True, help="Leave the cotangent dy out of the inputs.")
-@click.option("--layout", type=click.Choice(["channel-last", "channel-first"]), default=None,
+@click.option("--layout", type=click.Choice(["channel-last", "channel-first", "heads-flat"]),
+              default=None,
               help="Inputs channel-last (batch, L, m) (default) or channel-first (batch, m, L), "
-                   "as forward --layout reads them (with --inputs-out).")
+                   "ssd: or heads-flat (HF's (batch, L, h·p)), as forward --layout reads them "
+                   "(with --inputs-out).")
 @click.option("--tokens", is_flag=True, help="Inputs as token ids (needs --vocab, --inputs-out).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 def init_cmd(model, seed, out, inputs_out, form, m, p, order, order_r, n, heads, groups, vocab,
@@ -307,7 +315,9 @@ def diagnose_cmd(reference, candidate, precision, as_json):
 
     Recomputes the reference under every discretization, output, D-or-not and layout
     (residual: gate and y(1..L) vs y(0..L-1); mamba-block: each slip a port of the layer
-    makes, one at a time, such as z and x swapped or the conv flipped), ranks them, and
+    makes, one at a time, such as z and x swapped or the conv flipped; ssd: each slip a
+    port of Mamba-2's SSD core makes, such as heads paired with groups the wrong way, and
+    the heads-flat layout), ranks them, and
     reports the best one, the precision it matches at, and the forward flags that
     reproduce it. A slip is exit 1, named with what to fix.
     """

@@ -13,16 +13,20 @@ under every combination of
                       without; when the params hold D) x layout
     mamba-block       the layer itself, and each slip a port makes (rssm_ref.oracle.slips:
                       z and x swapped, the conv flipped, ...), one at a time, x layout
+    ssd               the SSD core itself, and each slip a port makes (heads paired with
+                      groups the wrong way, dt_bias twice, ...), one at a time, x layout
 
-(layout: channel-last (batch, L, m) or channel-first (batch, m, L); tried only where the
-candidate's shapes fit), ranks them by the candidate's worst error (relative to max|T|
-of each tensor, as ``verify``), and runs ``verify`` on the best one at float64, float32,
-float16, bfloat16 in turn: the first precision that passes is the one it matches at.
-The report names the conventions and the ``forward`` flags that reproduce them. A
-mamba-block candidate that matches a slip fails (exit 1) whatever the precision: the
-advice names the slip and what to fix. The slipped layers are computed by the oracle's
-emulation (``precision.mamba_block_scan(..., slip=)``) in float64, and ``verify``
-reruns it in lower precisions, so a slip is matched at the candidate's precision too.
+(layout: channel-last (batch, L, m) or channel-first (batch, m, L); ssd: channel-last
+(batch, L, h, p) or heads-flat (batch, L, h·p); tried only where the candidate's shapes
+fit), ranks them by the candidate's worst error (relative to max|T| of each tensor, as
+``verify``), and runs ``verify`` on the best one at float64, float32, float16, bfloat16
+in turn: the first precision that passes is the one it matches at. The report names the
+conventions and the ``forward`` flags that reproduce them. A mamba-block or ssd
+candidate that matches a slip fails (exit 1) whatever the precision: the advice names the
+slip and what to fix. The slipped layers are computed by the oracle's emulation
+(``precision.mamba_block_scan(..., slip=)``, ``precision.ssd_scan(..., slip=)``) in
+float64, and ``verify`` reruns it in lower precisions, so a slip is matched at the
+candidate's precision too.
 Two rules keep a slip from being blamed wrongly: the layer itself comes first when it
 passes at the claimed precision (a slip below that precision's resolution is not a
 defect), and when nothing matches a slip is the closest only if its error on y is at most
@@ -32,7 +36,7 @@ Glossary
 --------
 Combo            dict of conventions, keys as ``verify.describe_reference`` (gate,
                  discretization, output, D, layout; path for lti/residual is kept;
-                 mamba-block adds slip: "none" or a name of ``slips.SLIPS``)
+                 mamba-block and ssd add slip: "none" or a name of ``slips.slips_of``)
 DiagnoseReport   rows (every combo: worst rel_err, worst tensor), best, precision, advice
 diagnose(reference, candidate) -> DiagnoseReport       (mappings of arrays)
 diagnose_files(reference_path, candidate_path) -> DiagnoseReport
@@ -59,14 +63,14 @@ import numpy as onp
 
 from rssm_ref.oracle import formats, forward
 from rssm_ref.oracle.precision import emulate, PRECISIONS
-from rssm_ref.oracle.slips import applies, SLIPS
+from rssm_ref.oracle.slips import applies, slips_of, ssd_applies
 from rssm_ref.oracle.verify import (candidate_precision, describe_reference, describe_text,
                                     missing_key_hint, verify)
 from rssm_ref.tolerances import TINY
 from rssm_ref.util.version import VERSION
 
-# when nothing matches, a mismatch is blamed on a slip (mamba-block) only when the slip's
-# row has at most this fraction of the layer's own row's error on y
+# when nothing matches, a mismatch is blamed on a slip (mamba-block, ssd) only when the
+# slip's row has at most this fraction of the layer's own row's error on y
 SLIP_MARGIN = 0.5
 # names for convention sets a user will recognise
 KNOWN = {
@@ -77,12 +81,21 @@ KNOWN = {
 }
 
 
-def _grid(model, ref_conv, has_D, params=None):
+# what a row without a slip is, in the report's words
+_LAYER = {"mamba-block": "mamba_ssm's Mamba layer",
+          "ssd": "mamba_ssm's mamba_chunk_scan_combined (Mamba-2's SSD core)"}
+_LAYER_SHORT = {"mamba-block": "the Mamba layer", "ssd": "Mamba-2's SSD core"}
+
+
+def _grid(model, ref_conv, has_D, params=None, inputs=None, opts=None, keys=("y",)):
     """Every combination of conventions for ``model`` (dicts in describe_reference's keys)."""
-    if model == "mamba-block":
+    if model in _LAYER:
         # the layer's own conventions, then each slip alone on top of them (no pairs)
-        slips = ["none"] + [s for s in SLIPS if applies(s, params)]
-        return [dict(ref_conv, slip=s, layout=lay) for s in slips for lay in formats.LAYOUTS]
+        slips = ["none"] + [s for s in slips_of(model)
+                            if (ssd_applies(s, params, inputs, opts, keys) if model == "ssd"
+                                else applies(s, params))]
+        return [dict(ref_conv, slip=s, layout=lay) for s in slips
+                for lay in formats.model_layouts(model)]
     axes = {}
     if "path" in ref_conv:
         axes["path"] = [ref_conv["path"]]          # fft vs recurrent: not a convention
@@ -93,16 +106,16 @@ def _grid(model, ref_conv, has_D, params=None):
         axes["discretization"] = list(forward.DISCRETIZATIONS)
         axes["output"] = list(forward.OUTPUTS)
         axes["D"] = ["yes", "no"] if has_D else ["no"]
-    axes["layout"] = list(formats.LAYOUTS)
+    axes["layout"] = list(formats.model_layouts(model))
     keys = list(axes)
     return [dict(zip(keys, vals)) for vals in itertools.product(*(axes[k] for k in keys))]
 
 
 def _label(model, combo):
-    if model == "mamba-block":
+    if model in _LAYER:
         slip = combo["slip"]
-        what = ("no slip: mamba_ssm's Mamba layer" if slip == "none"
-                else f"slip: {SLIPS[slip].words}")
+        what = (f"no slip: {_LAYER[model]}" if slip == "none"
+                else f"slip: {slips_of(model)[slip].words}")
         return f"{what} (layout={combo['layout']})"
     parts = ", ".join(f"{k}={v}" for k, v in combo.items() if k != "path")
     known = KNOWN.get((model, combo.get("discretization"), combo.get("output")))
@@ -112,9 +125,10 @@ def _label(model, combo):
     return parts + (f" ({known})" if known else "")
 
 
-def rerun_flags(model, combo, ref_conv):
+def rerun_flags(model, combo, ref_conv, ngroups=None):
     """The forward flags that reproduce ``combo`` (those that differ from the reference,
-    plus the model's convention flags when any differs), and advice for D.
+    plus the model's convention flags when any differs), and advice for D; heads-flat
+    adds ``--ngroups``.
 
     >>> rerun_flags("selective", {"discretization": "euler", "output": "after", "D": "no",
     ...   "layout": "channel-last"}, {"discretization": "zoh", "output": "after", "D": "no",
@@ -125,6 +139,8 @@ def rerun_flags(model, combo, ref_conv):
     for key in ("gate", "discretization", "output", "layout"):
         if key in combo and combo[key] != ref_conv.get(key):
             flags.append(f"--{key} {combo[key]}")
+            if combo[key] == "heads-flat" and ngroups is not None:
+                flags.append(f"--ngroups {ngroups}")
     return " ".join(flags)
 
 
@@ -146,13 +162,13 @@ class DiagnoseReport:
     # the finest precision a match must reach to pass: --precision, or the candidate's dtype
     allowed_precision: str = "float64"
     precision_from: str = ""
-    slip: Optional[str] = None      # mamba-block: the slip of the best row (None: none)
+    slip: Optional[str] = None      # mamba-block, ssd: the slip of the best row (None: none)
 
     @property
     def passed(self):
         """True when some combination matches at the precision the candidate may claim
         (its dtype's, or ``--precision``); a match found only at a coarser precision fails,
-        and so does a match with a port's slip (mamba-block)."""
+        and so does a match with a port's slip (mamba-block, ssd)."""
         return (self.precision is not None and self.slip is None
                 and PRECISIONS.index(self.precision) <= PRECISIONS.index(self.allowed_precision))
 
@@ -269,28 +285,37 @@ def diagnose(reference, candidate, where=("reference", "candidate"), precisions=
         allowed, precision_from = precision, "given by --precision"
     model = opts["model"]
     ref_conv = describe_reference(opts, params)
-    if model == "mamba-block":
+    if model in _LAYER:
         ref_conv["slip"] = "none"
     cand, unchecked = _candidate_tensors(candidate, ref_out,
                                          formats.allowed_output_keys(model, params), where[1])
+    dims = formats.layout_dims(model, inputs)
+    # the model's own options, kept in every row (ssd's dt handling and chunk size)
+    kept = dict(dt_softplus=bool(opts.get("dt_softplus")), dt_limit=formats.ssd_limit(opts),
+                chunk_size=opts.get("chunk_size")) if model == "ssd" else {}
     keys = sorted(cand, key=lambda k: (k != "y", not k.startswith("grad_"), k))
     need_grads = any(k.startswith("grad_") for k in cand)
     need_inter = any(k in formats.SPECS[model]["intermediates"] for k in cand)
     rows, bundles, errors = [], {}, []
-    for combo in _grid(model, ref_conv, "D" in params, params):
+    for combo in _grid(model, ref_conv, "D" in params, params, inputs, opts, list(cand)):
         P = {k: v for k, v in params.items() if not (k == "D" and combo.get("D") == "no")}
+        lay = combo["layout"]
         o = forward.resolve_options(model, path=opts.get("path"), gate=combo.get("gate"),
                                     discretization=combo.get("discretization"),
                                     output=combo.get("output"),
                                     allow_unstable=bool(opts.get("allow_unstable")),
                                     grads=need_grads, intermediates=need_inter,
-                                    layout=combo["layout"])
-        lay = combo["layout"]
+                                    layout=lay, **kept,
+                                    ngroups=dims["g"] if lay == "heads-flat" else None)
         # shapes in this layout must fit the candidate's (the layout is tried, not assumed)
         canon = {k: formats.from_layout(k, onp.empty(ref_out[k].shape, onp.int8),
-                                        ref_conv["layout"]).shape for k in cand}
+                                        ref_conv["layout"], dims).shape for k in cand}
         if any(formats.layout_shape(k, canon[k], lay) != cand[k].shape for k in cand):
             continue
+        if model == "ssd" and lay != ref_conv["layout"] and not any(
+                formats.changes(k, len(canon[k]), other) for k in cand
+                for other in (lay, ref_conv["layout"])):
+            continue                # the candidate's tensors look alike in both: one row
         slip = combo.get("slip", "none")
         if slip == "none":
             out = forward.compute_checked(model, P, inputs, o)
@@ -303,12 +328,13 @@ def diagnose(reference, candidate, where=("reference", "candidate"), precisions=
                 continue                            # overflowed: not what a finite port computed
         if any(k not in out for k in cand):         # e.g. grad_D without D
             continue
+        y_shape = onp.shape(out["y"])
         out = {k: formats.to_layout(k, v, lay) for k, v in out.items()}
         errs = {k: _rel(cand[k], out[k]) for k in cand}
         worst = max(errs, key=errs.get)
         U = dict(inputs)
         if need_grads and "dy" not in U:
-            U["dy"] = onp.ones(formats.from_layout("y", out["y"], lay).shape)
+            U["dy"] = onp.ones(y_shape)
         U = {k: formats.to_layout(k, v, lay) for k, v in U.items()}
         bundles[len(rows)] = forward.bundle(o, P, U, out)
         errors.append(errs)
@@ -316,10 +342,17 @@ def diagnose(reference, candidate, where=("reference", "candidate"), precisions=
                      "rel_err": errs[worst], "worst_tensor": worst,
                      "is_reference": combo == ref_conv})
     if not rows:
-        k = keys[0]
+        k = next((k for k in keys if all(
+            formats.layout_shape(k, formats.from_layout(k, onp.empty(ref_out[k].shape, onp.int8),
+                                                        ref_conv["layout"], dims).shape, lay)
+            != cand[k].shape for lay in formats.model_layouts(model))), keys[0])
+        canon = formats.from_layout(k, onp.empty(ref_out[k].shape, onp.int8),
+                                    ref_conv["layout"], dims).shape
+        others = [f"{formats.layout_shape(k, canon, lay)} {lay}"
+                  for lay in formats.model_layouts(model) if lay != ref_conv["layout"]]
         raise ValueError(f"{where[1]}: key '{k}': shape {cand[k].shape} fits neither layout "
-                         f"(expected {ref_out[k].shape} as in the reference, or its "
-                         "channel-first/channel-last transpose)")
+                         f"(expected {ref_out[k].shape} as in the {ref_conv['layout']} "
+                         f"reference" + (f", or {', '.join(others)}" if others else "") + ")")
     order = sorted(range(len(rows)), key=lambda i: (rows[i]["rel_err"],
                                                    not rows[i]["is_reference"]))
     recomputed = (where[0] + " (recomputed)", where[1])
@@ -363,15 +396,16 @@ def diagnose(reference, candidate, where=("reference", "candidate"), precisions=
     best_i = order[0]
     best = rows[best_i]["conventions"]
     best_slip = slip_of(best_i)
-    flags = rerun_flags(model, best, ref_conv)
+    flags = rerun_flags(model, best, ref_conv, dims["g"] if dims else None)
     label = rows[best_i]["label"]
     coarser = found is not None and PRECISIONS.index(found) > PRECISIONS.index(allowed)
     precision = found
     if best_slip is not None and found is not None:
-        advice = (f"FAIL: your tensors match the Mamba layer with a slip, "
-                  f"{SLIPS[best_slip].words}, at {found} precision"
+        slip = slips_of(model)[best_slip]
+        advice = (f"FAIL: your tensors match {_LAYER_SHORT[model]} with a slip, "
+                  f"{slip.words}, at {found} precision"
                   + (" (coarser than your tensors claim)" if coarser else "")
-                  + f"; fix: {SLIPS[best_slip].fix}"
+                  + f"; fix: {slip.fix}"
                   + (f"; and rerun forward with {flags}" if flags else ""))
     elif coarser:
         claim = (f"your {allowed} tensors" if precision_from.startswith("from")
@@ -380,7 +414,7 @@ def diagnose(reference, candidate, where=("reference", "candidate"), precisions=
                   f"done in lower precision (closest conventions: {label}; if you computed in "
                   f"{found}, rerun with --precision {found})")
     elif precision is None:
-        known = "conventions or slips" if model == "mamba-block" else "conventions"
+        known = "conventions or slips" if model in _LAYER else "conventions"
         advice = (f"no combination of the {known} the oracle knows matches: the closest is "
                   f"{label} with rel_err {rows[best_i]['rel_err']:.2e} at "
                   f"{rows[best_i]['worst_tensor']} (a bug beyond conventions; the table above "

@@ -17,7 +17,10 @@ dt_rank         mamba: rank of Δ's projection (dt_proj.weight (m, dt_rank)); m 
                 n = d_state in mamba_ssm's names
 layout          "channel-last" (batch, L, ...) (the default) or "channel-first": every
                 sequence tensor with >= 3 axes has time as its *last* axis, mamba_ssm's
-                (batch, d, L); h (batch, L, m, n) becomes (batch, m, n, L)
+                (batch, d, L); h (batch, L, m, n) becomes (batch, m, n, L). ssd takes
+                channel-last or "heads-flat" (HF's Mamba2Mixer): x, z, y, dy, grad_x,
+                grad_z (batch, L, h·p) and B, C, grad_B, grad_C (batch, L, g·n), with g
+                from the ``ngroups`` option (or initial_states' n); states unchanged
 
 Params per model (``SPECS``; each block in exactly one form):
 
@@ -182,6 +185,15 @@ SPECS = {
 TIME_AXIS_TENSORS = ("y", "y_s", "r", "s", "delta", "h", "grad_u", "dy", "u", "grad_x", "grad_dt",
                      "grad_z")
 LAYOUTS = ("channel-last", "channel-first")
+# ssd's layouts: mamba_ssm's and mamba2-minimal's (batch, L, h, p), and HF's Mamba2Mixer's
+# flat hidden states (batch, L, h·p) ("heads-flat")
+SSD_LAYOUTS = ("channel-last", "heads-flat")
+ALL_LAYOUTS = LAYOUTS + ("heads-flat",)
+# heads-flat: the last two axes of these (batch, L, a, b) tensors as one, a·b; the value is
+# the symbol that splits them again (x, z, y: h heads of p; B, C: g groups of n)
+HEADS_FLAT_TENSORS = {"x": "h", "z": "h", "y": "h", "dy": "h", "grad_x": "h", "grad_z": "h",
+                      "B": "g", "C": "g", "grad_B": "g", "grad_C": "g"}
+_FLAT_INNER = {"h": "p", "g": "n"}
 
 _FORM_NAMES = {"ss": "state-space", "tf": "transfer-function", "diag": "diagonal",
                "mamba": "Mamba-layer", "mamba-block": "Mamba-1 layer",
@@ -191,14 +203,43 @@ _MAMBA_OUTSIDE = ("in_proj", "conv1d", "out_proj", "norm", "embedding.weight", "
 
 
 def check_layout(layout, where="layout"):
-    """``layout`` if it is one of LAYOUTS, else ValueError."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"{where}: {layout!r} (expected one of {', '.join(LAYOUTS)})")
+    """``layout`` if it is one of ALL_LAYOUTS, else ValueError (which model takes which:
+    ``model_layouts``)."""
+    if layout not in ALL_LAYOUTS:
+        raise ValueError(f"{where}: {layout!r} (expected one of {', '.join(ALL_LAYOUTS)})")
     return layout
+
+
+def model_layouts(model):
+    """The layouts ``model`` takes: ssd channel-last or heads-flat, mamba-block channel-last
+    only, the others channel-last or channel-first.
+
+    >>> model_layouts("ssd"), model_layouts("mamba-block")
+    (('channel-last', 'heads-flat'), ('channel-last',))
+    """
+    if model == "ssd":
+        return SSD_LAYOUTS
+    if "input" in SPECS.get(model, {}):
+        return ("channel-last",)
+    return LAYOUTS
 
 
 def _time_last(key, ndim, layout):
     return layout == "channel-first" and key in TIME_AXIS_TENSORS and ndim >= 3
+
+
+def _merged(key, ndim, layout):
+    return layout == "heads-flat" and key in HEADS_FLAT_TENSORS and ndim == 4
+
+
+def changes(key, ndim, layout):
+    """Whether ``layout`` stores ``key`` (a canonical array of ``ndim`` axes) otherwise than
+    channel-last does.
+
+    >>> changes("y", 4, "heads-flat"), changes("final_states", 4, "heads-flat")
+    (True, False)
+    """
+    return _time_last(key, ndim, layout) or _merged(key, ndim, layout)
 
 
 def layout_shape(key, shape, layout):
@@ -208,29 +249,58 @@ def layout_shape(key, shape, layout):
     ('batch', 'm', 'n', 'L')
     >>> layout_shape("last_state", (2, 3, 4), "channel-first")
     (2, 3, 4)
+    >>> layout_shape("x", (2, 5, 4, 3), "heads-flat")
+    (2, 5, 12)
+    >>> layout_shape("B", ("batch", "L", "g", "n"), "heads-flat")
+    ('batch', 'L', 'g·n')
     """
     shape = tuple(shape)
     if _time_last(key, len(shape), layout):
         return shape[:1] + shape[2:] + shape[1:2]
+    if _merged(key, len(shape), layout):
+        a, b = shape[2:]
+        both = a * b if isinstance(a, int) and isinstance(b, int) else f"{a}·{b}"
+        return shape[:2] + (both,)
     return shape
 
 
 def to_layout(key, arr, layout):
-    """(batch, L, ...) array -> ``layout`` (time moved last for channel-first)."""
+    """(batch, L, ...) array -> ``layout`` (time moved last for channel-first; the last two
+    axes as one for heads-flat)."""
     if _time_last(key, onp.ndim(arr), layout):
         return onp.moveaxis(arr, 1, -1)
+    if _merged(key, onp.ndim(arr), layout):
+        return onp.reshape(arr, onp.shape(arr)[:2] + (-1,))
     return arr
 
 
-def from_layout(key, arr, layout):
-    """``layout`` array -> (batch, L, ...) (the inverse of ``to_layout``).
+def from_layout(key, arr, layout, dims=None):
+    """``layout`` array -> (batch, L, ...) (the inverse of ``to_layout``). heads-flat needs
+    ``dims`` {"h": heads, "g": groups} (``layout_dims``) to split the last axis again.
 
     >>> from_layout("u", onp.zeros((2, 3, 5)), "channel-first").shape
     (2, 5, 3)
+    >>> from_layout("B", onp.zeros((2, 5, 6)), "heads-flat", {"h": 4, "g": 2}).shape
+    (2, 5, 2, 3)
     """
     if _time_last(key, onp.ndim(arr), layout):
         return onp.moveaxis(arr, -1, 1)
+    if layout == "heads-flat" and key in HEADS_FLAT_TENSORS and onp.ndim(arr) == 3:
+        split = dims[HEADS_FLAT_TENSORS[key]]
+        return onp.reshape(arr, onp.shape(arr)[:2] + (split, -1))
     return arr
+
+
+def layout_dims(model, inputs):
+    """What heads-flat needs to split its tensors: {"h", "g"} from ssd's canonical inputs
+    (None for another model).
+
+    >>> layout_dims("ssd", {"x": onp.zeros((1, 2, 4, 3)), "B": onp.zeros((1, 2, 2, 5))})
+    {'h': 4, 'g': 2}
+    """
+    if model != "ssd":
+        return None
+    return {"h": int(onp.shape(inputs["x"])[2]), "g": int(onp.shape(inputs["B"])[2])}
 
 
 def time_axis(key, ndim, layout):
@@ -564,13 +634,15 @@ def output_shapes(model, sizes):
 
 
 def check_inputs(model, inputs, sizes, where="inputs", params_where="params",
-                 layout="channel-last"):
+                 layout="channel-last", ngroups=None):
     """Check an inputs mapping (``u`` or ``tokens``, optional ``dy``) against the params' sizes.
 
     ``sizes`` comes from ``check_params``. Returns ``(inputs, sizes)`` with the sizes
     extended by ``batch`` and ``L``. Token ids need ``embedding`` (vocab, m) in the
     params and must lie in [0, vocab). With ``layout="channel-first"``, ``u`` and ``dy``
-    are given as (batch, m, L) and come back as (batch, L, m), the cores' layout.
+    are given as (batch, m, L) and come back as (batch, L, m), the cores' layout. ssd with
+    ``layout="heads-flat"`` takes x, z, dy as (batch, L, h·p) and B, C as (batch, L, g·n)
+    (HF's Mamba2Mixer); ``ngroups`` is g, or None when initial_states' n fixes it.
 
     >>> import numpy
     >>> _, s = check_inputs("lti", {"u": numpy.zeros((2, 7, 1))}, {"m": 1, "p": 1, "k": 2})
@@ -580,8 +652,9 @@ def check_inputs(model, inputs, sizes, where="inputs", params_where="params",
     check_model(model)
     if not hasattr(inputs, "keys"):
         raise TypeError(f"{where}: {type(inputs).__name__} (expected a mapping of key -> array)")
+    check_model_layout(model, layout)
     if "input" in SPECS[model]:
-        return _check_layer_inputs(model, inputs, sizes, where, params_where, layout)
+        return _check_layer_inputs(model, inputs, sizes, where, params_where, layout, ngroups)
     extra = sorted(k for k in inputs if k not in ("u", "tokens", "dy"))
     if extra:
         raise ValueError(f"{where}: unexpected key {_q(extra[0])} (expected u or tokens, "
@@ -629,14 +702,16 @@ def check_inputs(model, inputs, sizes, where="inputs", params_where="params",
     return out, bound.as_dict()
 
 
-# where each layer's channel-last layout comes from (the message of a refused --layout)
-_LAYER_ANCHORS = {"mamba-block": "in mamba_ssm, mambapy and HF alike",
-                  "ssd": "in mamba_ssm's mamba_chunk_scan_combined"}
+# where each layer's layouts come from (the message of a refused --layout)
+_LAYER_ANCHORS = {"mamba-block": "(batch, L, d) in mamba_ssm, mambapy and HF alike",
+                  "ssd": "(batch, L, h, p) in mamba_ssm's mamba_chunk_scan_combined and "
+                         "mamba2-minimal, (batch, L, h·p) in HF's Mamba2Mixer"}
 
 
 def check_model_layout(model, layout, where="layout"):
-    """``layout`` if ``model`` takes it: the layers' input sequence is channel-last in
-    every anchor, so a layer model refuses channel-first.
+    """``layout`` if ``model`` takes it (``model_layouts``): the layers' input sequence is
+    channel-last in every anchor (ssd's also heads-flat, HF's), so a layer model refuses
+    channel-first, and heads-flat belongs to ssd alone.
 
     >>> check_model_layout("mamba", "channel-first")
     'channel-first'
@@ -646,22 +721,58 @@ def check_model_layout(model, layout, where="layout"):
     ValueError: layout: 'channel-first' given for --model mamba-block (its hidden_states is (batch, L, d) in mamba_ssm, mambapy and HF alike; expected channel-last)
     """
     check_layout(layout, where)
-    if "input" in SPECS[model] and layout != "channel-last":
-        name, shape = SPECS[model]["input"]
+    allowed = model_layouts(model)
+    if layout in allowed:
+        return layout
+    if "input" in SPECS[model]:
+        name = SPECS[model]["input"][0]
         raise ValueError(f"{where}: {layout!r} given for --model {model} (its {name} is "
-                         f"{_fmt_shape(shape)} {_LAYER_ANCHORS[model]}; expected "
-                         "channel-last)")
-    return layout
+                         f"{_LAYER_ANCHORS[model]}; expected {' or '.join(allowed)})")
+    raise ValueError(f"{where}: {layout!r} given for --model {model} (heads-flat is the ssd "
+                     f"model's layout, x (batch, L, h·p); expected {' or '.join(allowed)})")
 
 
-def _check_layer_inputs(model, inputs, sizes, where, params_where, layout):
+def _flat_groups(where, inputs, ngroups):
+    """g for heads-flat B, C (batch, L, g·n): ``ngroups``, or B's width over the n of
+    initial_states (batch, h, p, n); one line naming B and the flag when neither says."""
+    if ngroups is not None:
+        return int(ngroups), "--ngroups"
+    shp = onp.shape(inputs["B"])
+    n = onp.shape(inputs["initial_states"])[-1] if "initial_states" in inputs and \
+        onp.ndim(inputs["initial_states"]) == 4 else None
+    if n and len(shp) == 3 and shp[2] % n == 0:
+        return shp[2] // n, "key 'initial_states' (its n)"
+    raise ValueError(f"{where}: key 'B': shape {tuple(shp)} is (batch, L, g·n) in the "
+                     "heads-flat layout and nothing says g (expected --ngroups G, HF's "
+                     "n_groups, mamba2-minimal's ngroups; or initial_states (batch, h, p, n) "
+                     "in the inputs, whose n fixes g)")
+
+
+def _unflatten(where, key, arr, split, source):
+    """A heads-flat tensor (batch, L, a·b) -> (batch, L, a, b), a = ``split`` (h or g)."""
+    sym = HEADS_FLAT_TENSORS[key]
+    inner = _FLAT_INNER[sym]
+    shp = onp.shape(arr)
+    if len(shp) != 3:
+        hint = "; it fits the channel-last layout: drop --layout heads-flat" \
+            if len(shp) == 4 else ""
+        raise ValueError(f"{where}: key {_q(key)}: shape {shp} (expected 3 dimensions "
+                         f"(batch, L, {sym}·{inner}) in the heads-flat layout){hint}")
+    if shp[2] % split:
+        raise ValueError(f"{where}: key {_q(key)}: shape {shp}: {shp[2]} is not a multiple of "
+                         f"{sym} = {split} (expected (batch, L, {sym}·{inner}) in the "
+                         f"heads-flat layout; {sym} from {source})")
+    return onp.reshape(arr, shp[:2] + (split, shp[2] // split))
+
+
+def _check_layer_inputs(model, inputs, sizes, where, params_where, layout, ngroups=None):
     """A layer's inputs: its input sequence (``SPECS[model]["input"]``), the other required
-    inputs and the optional ones (``layer_inputs``), and ``dy``; channel-last only (the
-    layers take (batch, L, ...) in every anchor)."""
+    inputs and the optional ones (``layer_inputs``), and ``dy``; channel-last (the layers
+    take (batch, L, ...) in every anchor), or for ssd heads-flat (x, z, dy (batch, L, h·p),
+    B, C (batch, L, g·n): HF's), given back channel-last."""
     spec = SPECS[model]
     name, shape = spec["input"]
     required, optional = layer_inputs(model)
-    check_model_layout(model, layout)
     needed = (name,) + tuple(required)
     allowed = needed + tuple(optional) + ("dy",)
     extra = sorted(k for k in inputs if k not in allowed)
@@ -674,13 +785,35 @@ def _check_layer_inputs(model, inputs, sizes, where, params_where, layout):
     bound = _Sizes(where)
     for sym, val in sizes.items():
         bound.values[sym] = (val, f"{params_where}")
+    split = {}
+
+    def read(key):
+        arr = _float_array(where, key, inputs[key])
+        if layout != "heads-flat" or key not in HEADS_FLAT_TENSORS:
+            return arr
+        sym = HEADS_FLAT_TENSORS[key]
+        if sym not in split:
+            split[sym] = (sizes["h"], params_where) if sym == "h" else \
+                _flat_groups(where, inputs, ngroups)
+        return _unflatten(where, key, arr, *split[sym])
+
+    def bind(key, st, arr):
+        try:
+            bound.bind(key, st, onp.shape(arr))
+        except ValueError as exc:
+            if model == "ssd" and layout == "channel-last" and key in HEADS_FLAT_TENSORS \
+                    and onp.ndim(arr) == 3:
+                raise ValueError(f"{exc}; it fits the heads-flat layout (HF's (batch, L, "
+                                 f"{HEADS_FLAT_TENSORS[key]}·{_FLAT_INNER[HEADS_FLAT_TENSORS[key]]})"
+                                 "): pass --layout heads-flat") from None
+            raise
     out = {}
     for key, st in [(name, shape)] + list(required.items()):
         if key not in inputs:
             raise ValueError(f"{where}: missing key {_q(key)} (expected {key} "
                              f"{_fmt_shape(st)} float64)")
-        out[key] = _float_array(where, key, inputs[key])
-        bound.bind(key, st, onp.shape(out[key]))
+        out[key] = read(key)
+        bind(key, st, out[key])
         if key == "B" and model == "ssd":
             g, h = bound.get("g"), bound.get("h")
             if h % g:
@@ -690,7 +823,7 @@ def _check_layer_inputs(model, inputs, sizes, where, params_where, layout):
     for key, st in optional.items():
         if key not in inputs:
             continue
-        out[key] = _float_array(where, key, inputs[key])
+        out[key] = read(key)
         shp = onp.shape(out[key])
         if key == "conv_state":
             # mamba_ssm's / HF's (batch, E, W), or causal-conv1d's initial_states (batch, E, W - 1)
@@ -701,10 +834,10 @@ def _check_layer_inputs(model, inputs, sizes, where, params_where, layout):
                                  f"mamba_ssm keeps them, or causal-conv1d's (batch, "
                                  f"{sizes['E']}, {W - 1}); W from key 'conv1d.weight')")
             st = ("batch", "E", "W_state")
-        bound.bind(key, st, shp)
+        bind(key, st, out[key])
     if "dy" in inputs:
-        out["dy"] = _float_array(where, "dy", inputs["dy"])
-        bound.bind("dy", spec["outputs"]["y"], onp.shape(out["dy"]))
+        out["dy"] = read("dy")
+        bind("dy", spec["outputs"]["y"], out["dy"])
     return out, bound.as_dict()
 
 
@@ -827,10 +960,11 @@ def load_params(path, model, allow_unstable=False, prefix=None):
     return check_params(model, arrays, where=os.fspath(path), allow_unstable=allow_unstable)
 
 
-def load_inputs(path, model, sizes, params_where="params", layout="channel-last"):
+def load_inputs(path, model, sizes, params_where="params", layout="channel-last",
+                ngroups=None):
     """Load and check an inputs file against the params' sizes (see ``check_inputs``)."""
     return check_inputs(model, load_npz(path, "inputs"), sizes, where=os.fspath(path),
-                        params_where=params_where, layout=layout)
+                        params_where=params_where, layout=layout, ngroups=ngroups)
 
 
 def encode_options(options):
@@ -899,7 +1033,7 @@ def check_reference(arrays, where="reference"):
     layout = check_layout(opts.get("layout") or "channel-last",
                           f"{where}: key {_q(OPTIONS_KEY)}: layout")
     inputs, sizes = check_inputs(model, inputs, sizes, where=f"{where} (embedded {INPUT_PREFIX}*)",
-                                 layout=layout)
+                                 layout=layout, ngroups=opts.get("ngroups"))
     allowed = allowed_output_keys(model, params)
     shapes = {k: layout_shape(k, v, layout)
               for k, v in expected_output_shapes(model, params, sizes, opts).items()}

@@ -17,7 +17,9 @@ backend                "numpy" (default: the autograd cores) or "cupy" / "array_
                        (the neutral kernels of rssm_ref.xp.models on that array module;
                        parameters stay on the host, see docs/11-backends.md)
 layout                 "channel-last" (batch, L, m) or "channel-first" (batch, m, L), for
-                       u, dy and every sequence output (rssm_ref.oracle.formats.layout_shape)
+                       u, dy and every sequence output (rssm_ref.oracle.formats.layout_shape);
+                       ssd: channel-last or "heads-flat" (x, z, y (batch, L, h·p), B, C
+                       (batch, L, g·n), HF's), with ``ngroups`` g
 
 Models (the computation is delegated to the cores; this module only dispatches):
 lti        y = Σ u with Σ in state-space (A, B, C, D) or transfer-function form (num, den)
@@ -94,6 +96,7 @@ class ForwardConfig:
     dt_softplus: bool = False       # ssd: dt' = softplus(dt + dt_bias) (S1)
     dt_limit: Optional[tuple] = None  # ssd: the clamp (lo, hi) of dt'; None: (0, inf), none
     chunk_size: Optional[int] = None  # ssd: the chunk length Q; None: SSD_CHUNK_SIZE
+    ngroups: Optional[int] = None   # ssd heads-flat: g of B, C (batch, L, g·n)
 
     def options(self):
         """Resolved options dict (the JSON stored in ``options_json``), checked."""
@@ -106,7 +109,8 @@ class ForwardConfig:
                                allow_unstable=self.allow_unstable, grads=self.grads,
                                intermediates=self.intermediates, layout=self.layout,
                                step=self.step, dt_softplus=self.dt_softplus,
-                               dt_limit=self.dt_limit, chunk_size=self.chunk_size)
+                               dt_limit=self.dt_limit, chunk_size=self.chunk_size,
+                               ngroups=self.ngroups)
 
 
 def _choice(name, value, allowed, model, applies):
@@ -122,14 +126,17 @@ def _choice(name, value, allowed, model, applies):
 
 def resolve_options(model, path=None, gate=None, discretization=None, output=None,
                     allow_unstable=False, grads=False, intermediates=False, layout=None,
-                    step=False, dt_softplus=False, dt_limit=None, chunk_size=None):
+                    step=False, dt_softplus=False, dt_limit=None, chunk_size=None,
+                    ngroups=None):
     """Check the options against the model and fill in defaults.
 
     Defaults (``DEFAULTS``): path "recurrent", layout "channel-last"; residual gate
     "euler" (eq. (5)) and output "after" (y(1..L)); selective discretization "zoh"
     (eq. (3b)) and output "before" (eq. (2)); mamba "euler" and "after" (mamba_ssm's);
     ssd dt_softplus False, dt_limit [0, None] (no clamp; None stands for +inf in the JSON)
-    and chunk_size formats.SSD_CHUNK_SIZE (mamba_chunk_scan_combined's and Mamba-2's).
+    and chunk_size formats.SSD_CHUNK_SIZE (mamba_chunk_scan_combined's and Mamba-2's);
+    ngroups (ssd, layout "heads-flat" only: g of B, C (batch, L, g·n); None leaves it to
+    initial_states' n) is stored when given.
 
     >>> resolve_options("selective")["output"]
     'before'
@@ -151,7 +158,8 @@ def resolve_options(model, path=None, gate=None, discretization=None, output=Non
                 raise ValueError(f"{name}: {value!r} given for --model mamba-block (the layer "
                                  f"computes mamba_ssm's Mamba: {name} {only!r}; verify another "
                                  "convention on the scan alone with --model mamba)")
-    ssd_opts = _ssd_options(model, dt_softplus, dt_limit, chunk_size)
+    layout = formats.check_model_layout(model, layout or "channel-last")
+    ssd_opts = _ssd_options(model, dt_softplus, dt_limit, chunk_size, ngroups, layout)
     if model in ("selective", "mamba", "mamba-block", "ssd") and path == "fft":
         raise ValueError(f"path: 'fft' given for --model {model} (a time-varying system has "
                          "no convolution kernel; expected recurrent)")
@@ -167,7 +175,7 @@ def resolve_options(model, path=None, gate=None, discretization=None, output=Non
         "allow_unstable": bool(allow_unstable),
         "grads": bool(grads),
         "intermediates": bool(intermediates),
-        "layout": formats.check_layout(layout or "channel-last"),
+        "layout": layout,
     }
     for key, default in DEFAULTS[model].items():
         opts[key] = opts[key] or default
@@ -177,11 +185,13 @@ def resolve_options(model, path=None, gate=None, discretization=None, output=Non
     return opts
 
 
-def _ssd_options(model, dt_softplus, dt_limit, chunk_size):
+def _ssd_options(model, dt_softplus, dt_limit, chunk_size, ngroups=None,
+                 layout="channel-last"):
     """ssd's options checked, as stored in options_json ({} for another model): the clamp
-    as [lo, hi] with hi None for +inf (JSON has no infinity)."""
+    as [lo, hi] with hi None for +inf (JSON has no infinity); ngroups with heads-flat only."""
     given = [name for name, v in (("dt_softplus", dt_softplus), ("dt_limit", dt_limit),
-                                  ("chunk_size", chunk_size)) if v not in (None, False)]
+                                  ("chunk_size", chunk_size), ("ngroups", ngroups))
+             if v not in (None, False)]
     if model != "ssd":
         if given:
             raise ValueError(f"{given[0]}: given for --model {model} (expected it only with "
@@ -201,8 +211,18 @@ def _ssd_options(model, dt_softplus, dt_limit, chunk_size):
     if chunk_size is not None and not (isinstance(chunk_size, (int, onp.integer))
                                        and not isinstance(chunk_size, bool) and chunk_size >= 1):
         raise ValueError(f"chunk_size: {chunk_size!r} (expected an integer >= 1)")
-    return {"dt_softplus": bool(dt_softplus), "dt_limit": [lo, hi],
-            "chunk_size": int(chunk_size or formats.SSD_CHUNK_SIZE)}
+    out = {"dt_softplus": bool(dt_softplus), "dt_limit": [lo, hi],
+           "chunk_size": int(chunk_size or formats.SSD_CHUNK_SIZE)}
+    if ngroups is not None:
+        if layout != "heads-flat":
+            raise ValueError(f"ngroups: given with layout {layout!r} (it splits B, C "
+                             "(batch, L, g·n) of the heads-flat layout; channel-last B is "
+                             "(batch, L, g, n); expected it only with --layout heads-flat)")
+        if not (isinstance(ngroups, (int, onp.integer)) and not isinstance(ngroups, bool)
+                and ngroups >= 1):
+            raise ValueError(f"ngroups: {ngroups!r} (expected an integer >= 1)")
+        out["ngroups"] = int(ngroups)
+    return out
 
 
 def _model_call(model, opts, form):
@@ -245,7 +265,8 @@ def _model_call(model, opts, form):
 
 def compute(model, params, inputs, path=None, gate=None, discretization=None, output=None,
             allow_unstable=False, grads=False, intermediates=False, where=("params", "inputs"),
-            backend="numpy", layout=None, dt_softplus=False, dt_limit=None, chunk_size=None):
+            backend="numpy", layout=None, dt_softplus=False, dt_limit=None, chunk_size=None,
+            ngroups=None):
     """The oracle's float64 outputs for checked-or-raw ``params`` and ``inputs`` mappings.
 
     Shapes: see rssm_ref.oracle.formats (u (batch, L, m) or tokens (batch, L);
@@ -254,7 +275,9 @@ def compute(model, params, inputs, path=None, gate=None, discretization=None, ou
     Bad input raises ValueError/TypeError naming the key. ``backend`` other than
     "numpy" runs the same model with rssm_ref.xp.models on that array module (the
     outputs come back as host NumPy arrays). ``layout="channel-first"``: u, dy and the
-    sequence outputs are (batch, m, L) (time last; h (batch, m, n, L)).
+    sequence outputs are (batch, m, L) (time last; h (batch, m, n, L)); ssd's
+    ``layout="heads-flat"``: x, z, dy, y (batch, L, h·p), B, C (batch, L, g·n), g =
+    ``ngroups`` (or initial_states' n).
 
     >>> import numpy
     >>> P = {"A": [[0.5]], "B": [[1.0]], "C": [[1.0]], "D": [[0.0]]}
@@ -265,11 +288,12 @@ def compute(model, params, inputs, path=None, gate=None, discretization=None, ou
     opts = resolve_options(model, path=path, gate=gate, discretization=discretization,
                            output=output, allow_unstable=allow_unstable, grads=grads,
                            intermediates=intermediates, layout=layout, dt_softplus=dt_softplus,
-                           dt_limit=dt_limit, chunk_size=chunk_size)
+                           dt_limit=dt_limit, chunk_size=chunk_size, ngroups=ngroups)
     params, sizes = formats.check_params(model, params, where=where[0],
                                          allow_unstable=allow_unstable)
     inputs, sizes = formats.check_inputs(model, inputs, sizes, where=where[1],
-                                         params_where=where[0], layout=opts["layout"])
+                                         params_where=where[0], layout=opts["layout"],
+                                         ngroups=ngroups)
     out = compute_checked(model, params, inputs, opts, backend)
     return {k: formats.to_layout(k, v, opts["layout"]) for k, v in out.items()}
 
@@ -555,7 +579,9 @@ def run_forward(config, params_path, inputs_path, out_path):
         formats.check_selective_A(os.fspath(params_path), params["A"])
     inputs, sizes = formats.load_inputs(inputs_path, config.model, sizes,
                                         params_where=os.fspath(params_path),
-                                        layout=opts["layout"])
+                                        layout=opts["layout"], ngroups=config.ngroups)
+    if opts["layout"] == "heads-flat":
+        opts = dict(opts, ngroups=sizes["g"])   # the file rereads without initial_states' n
     folder = os.path.dirname(os.path.abspath(os.fspath(out_path)))
     if not os.path.isdir(folder):
         raise ValueError(f"{os.fspath(out_path)}: directory {folder} does not exist (expected "

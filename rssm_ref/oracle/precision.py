@@ -634,8 +634,30 @@ def mamba_block_scan(ar, P, h, conv_state=None, ssm_state=None, ref=False, slip=
                "ssm_state": inter["last_state"]}
 
 
+def _ssd_step(ar, P, dt, dt_softplus, dt_limit, slip=None):
+    """dt' of (S1), rounded: dt + dt_bias, softplus, clamp (only when dt_limit is not
+    (0, inf), as mamba_ssm), or with one of ssd's dt slips. Shapes: dt (batch, L, h)."""
+    q = ar.q
+    times = {"dt_bias_missing": 0, "dt_bias_twice": 2}.get(slip, 1) if "dt_bias" in P else 0
+    d = dt
+    for _ in range(times):
+        d = q(d + ar.expand(P["dt_bias"], dt.shape[:2]))
+    soft = int(bool(dt_softplus)) + {"softplus_missing": -1, "softplus_twice": 1,
+                                     "softplus_unwanted": 1}.get(slip, 0)
+    for _ in range(soft):
+        d = _softplus(ar, d)
+    limit = tuple(dt_limit)
+    if slip == "dt_limit_ignored":
+        limit = (0.0, onp.inf)
+    if limit != (0.0, onp.inf) or slip == "dt_clamped_at_zero":
+        # mamba_ssm's clamp: the gradient passes at the bounds, stops strictly outside
+        lo, hi = (ar.cast(onp.full(d.shape, v)) for v in limit)
+        d = _select(getval(d) < lo, lo, _select(getval(d) > hi, hi, d))
+    return d
+
+
 def ssd_scan(ar, P, x, dt, B, C, z=None, initial_states=None, dt_softplus=False,
-             dt_limit=(0.0, onp.inf), chunk_size=SSD_CHUNK_SIZE, ref=False):
+             dt_limit=(0.0, onp.inf), chunk_size=SSD_CHUNK_SIZE, ref=False, slip=None):
     """Mamba-2's SSD core (rssm_ref.ssd, (S1)-(S4)) as its recurrence, every result rounded:
     dt' = clamp(softplus(dt + dt_bias)), a = dt' A (A = -exp(A_log) or A), then
     H_t = exp(a_t) H_{t-1} + (dt'_t x_t) B_t^T from initial_states, y_t = H_t C_t (+ D x_t),
@@ -643,36 +665,55 @@ def ssd_scan(ar, P, x, dt, B, C, z=None, initial_states=None, dt_softplus=False,
     order, which the factor of ``verify`` absorbs. Shapes: x, z (batch, L, h, p),
     dt (batch, L, h), B, C (batch, L, g, n) -> y (batch, L, h, p), {"final_states":
     (batch, h, p, n), "chunk_states": (batch, ceil(L / chunk_size), h, p, n)}.
+
+    ``slip``: None, or a name of rssm_ref.oracle.slips.SSD_SLIPS: the same computation with
+    that one port slip (``diagnose``'s alternative references).
     """
+    check_slip(slip, "ssd")
     q = ar.q
     batch, L, h, p = x.shape
     r = h // B.shape[2]
     lead = dt.shape[:2]
-    d = q(dt + ar.expand(P["dt_bias"], lead)) if "dt_bias" in P else dt
-    if dt_softplus:
-        d = _softplus(ar, d)
-    if tuple(dt_limit) != (0.0, onp.inf):
-        # mamba_ssm's clamp: the gradient passes at the bounds, stops strictly outside
-        lo, hi = (ar.cast(onp.full(d.shape, v)) for v in dt_limit)
-        d = _select(getval(d) < lo, lo, _select(getval(d) > hi, hi, d))
+    d = _ssd_step(ar, P, dt, dt_softplus, dt_limit, slip)
     A = -q(np.exp(P["A_log"])) if "A_log" in P else P["A"]
-    e = q(np.exp(q(d * ar.expand(A, lead))))                      # (batch, L, h)
-    X = q(x * d[..., None])
-    Bh, Ch = np.repeat(B, r, axis=2), np.repeat(C, r, axis=2)     # head i reads group i // r
+    a = ar.expand(A, lead) if slip == "A_dt_missing" else q(d * ar.expand(A, lead))
+    if slip == "A_dt_twice":
+        a = q(d * a)
+    e = q(np.exp(a))                                              # (batch, L, h)
+    X = x if slip == "x_dt_missing" else q(x * d[..., None])
+    if slip == "x_dt_twice":
+        X = q(X * d[..., None])
+    if slip == "groups_repeat":                                   # head i reads group i % g
+        Bh, Ch = np.concatenate([B] * r, axis=2), np.concatenate([C] * r, axis=2)
+    else:
+        Bh, Ch = np.repeat(B, r, axis=2), np.repeat(C, r, axis=2)  # group i // r
     b = q(X[..., None] * Bh[:, :, :, None, :])                    # (batch, L, h, p, n)
     decay = e[..., None, None] + ar.zeros(b.shape)
-    if initial_states is not None:
+    if initial_states is not None and slip != "initial_states_ignored":
         b = np.concatenate([q(b[:, :1] + q(decay[:, :1] * initial_states[:, None])), b[:, 1:]],
                            axis=1)
     H = _diag(ar, decay, b, ref)                                  # H[:, t] = H_t
     y = q(np.einsum("blhpn,blhn->blhp", H, Ch))
-    if "D" in P:
-        D = ar.expand(P["D"], lead)
-        y = q(y + q((D if np.ndim(P["D"]) == 2 else D[..., None]) * x))
+    if "D" in P and slip != "D_missing":
+        D = P["D"]
+        if slip == "D_flat_order":                                # (h p) storage read as (p h)
+            D = np.transpose(np.reshape(np.reshape(D, (-1,)), (p, h)))
+        D = ar.expand(D, lead)
+        if np.ndim(P["D"]) == 1:
+            D = D[..., None, :] if slip == "D_unsqueeze_missing" else D[..., None]
+        y = q(y + q(D * x))
     if z is not None:
         y = q(y * q(z * _sigmoid(ar, z)))
     ends = [min(L, c + chunk_size) - 1 for c in range(0, L, chunk_size)]
-    return y, {"final_states": H[:, -1], "chunk_states": H[:, ends]}
+    final, chunks = H[:, -1], H[:, ends]
+    if slip == "padding_leak":
+        # the pad's steps: x = 0 (nothing enters), raw dt = 0, so the state only decays
+        e_pad = q(np.exp(q(_ssd_step(ar, P, ar.zeros((batch, 1, h)), dt_softplus, dt_limit)
+                           * ar.expand(A, (batch, 1)))))[:, 0, :, None, None]
+        for _ in range((-L) % chunk_size):
+            final = q(e_pad * final)
+        chunks = np.concatenate([chunks[:, :-1], final[:, None]], axis=1)
+    return y, {"final_states": final, "chunk_states": chunks}
 
 
 def _selective_core(ar, A, zd, Bbar, Cbar, D, u, discretization, output, ref, h0=None,
@@ -703,9 +744,9 @@ def _selective_core(ar, A, zd, Bbar, Cbar, D, u, discretization, output, ref, h0
 
 
 def _model_fn(model, options, slip=None):
-    if slip is not None and model != "mamba-block":
+    if slip is not None and model not in ("mamba-block", "ssd"):
         raise ValueError(f"slip: {slip!r} given for --model {model} (expected it only with "
-                         "--model mamba-block)")
+                         "--model mamba-block or ssd)")
     if model == "lti":
         return lambda ar, P, u: (_lti_block(ar, P, "", u), {})
     if model == "residual":
@@ -728,8 +769,9 @@ def _model_fn(model, options, slip=None):
     if model == "ssd":
         kw = dict(dt_softplus=bool(options.get("dt_softplus")), dt_limit=ssd_limit(options),
                   chunk_size=int(options.get("chunk_size") or SSD_CHUNK_SIZE))
+        check_slip(slip, "ssd")
         return lambda ar, P, x, dt, B, C, z=None, initial_states=None: ssd_scan(
-            ar, P, x, dt, B, C, z, initial_states, **kw)
+            ar, P, x, dt, B, C, z, initial_states, slip=slip, **kw)
     raise ValueError(f"model: {model!r} (expected lti, residual, selective, mamba, "
                      "mamba-block or ssd)")
 
@@ -742,7 +784,7 @@ def emulate(model, params, inputs, options, precision, grads=False, seed=None, s
     (dy = ones when the inputs hold none). Shapes as in rssm_ref.oracle.formats.
     ``seed=None`` rounds to nearest; an integer seed rounds stochastically (one sample
     of "another rounding order"; verify takes the worst of several). ``slip`` (mamba-block
-    only): the layer with that port slip (rssm_ref.oracle.slips), for ``diagnose``.
+    and ssd): the layer with that port slip (rssm_ref.oracle.slips), for ``diagnose``.
 
     >>> import numpy
     >>> P = {"num": numpy.array([[[1.0, 0.0]]]), "den": numpy.array([[1.0, -0.5]])}

@@ -382,6 +382,7 @@ def run_init(config, out, inputs_out=None):
         more = dict(p=config.p, n=config.n, groups=config.groups) if config.model == "ssd" else {}
         U = init_inputs(config.model, P, seed=config.seed + 1, batch=config.batch,
                         L=config.length, dy=config.dy, tokens=config.tokens, **more)
+        groups = U["B"].shape[2] if config.model == "ssd" else None
         # the same draws in the layout forward --layout reads (time last for channel-first)
         U = {k: formats.to_layout(k, v, config.layout or "channel-last") for k, v in U.items()}
     for path in [out] + ([inputs_out] if inputs_out is not None else []):
@@ -397,4 +398,7 @@ def run_init(config, out, inputs_out=None):
                                                            for k, v in U.items())
         if config.layout == "channel-first":
             msg += " (channel-first: read them with forward --layout channel-first)"
+        elif config.layout == "heads-flat":
+            msg += (" (heads-flat: read them with forward --layout heads-flat --ngroups "
+                    f"{groups})")
     return msg

@@ -1,4 +1,5 @@
-"""The slips a port of a whole Mamba-1 layer makes, named for ``diagnose``.
+"""The slips a port of a whole Mamba-1 layer, or of Mamba-2's SSD core, makes, named for
+``diagnose``.
 
 A port of mamba_ssm's ``Mamba`` (rssm_ref.mamba_block, (M1)-(M9)) that gets one step of
 the layer wrong fails ``verify`` with errors of order 1 and no hint of where. ``diagnose``
@@ -34,13 +35,49 @@ silu(x_act) in place of silu(z) (the split's names mixed up after the conv reass
 and the skip placed after the gate. A slip that changes nothing for the given params
 (no conv bias, W = 1, D = 0, dt_proj.bias = 0) is not tried (``applies``).
 
+Mamba-2's SSD core (rssm_ref.ssd, (S1)-(S4); ``precision.ssd_scan(..., slip=name)``):
+
+    name                    in (S1)-(S4), what the port computes instead
+    groups_repeat           head i reads group i % g (B.repeat), not i // (h/g)
+                            (repeat_interleave)
+    dt_bias_missing         (S1)  dt' without + dt_bias
+    dt_bias_twice           (S1)  dt + 2 dt_bias (dt + dt_bias passed as dt, and dt_bias)
+    softplus_missing        (S1)  no softplus where dt_softplus is on
+    softplus_twice          (S1)  softplus(softplus(dt + dt_bias)) where dt_softplus is on
+    softplus_unwanted       (S1)  softplus(dt + dt_bias) where dt_softplus is off
+    dt_limit_ignored        (S1)  no clamp where dt_limit is set
+    dt_clamped_at_zero      (S1)  clamp(dt', 0, inf) where no dt_limit is set: a negative
+                            dt' becomes 0 (mamba_ssm forks clamp even with (0, inf))
+    A_dt_missing            (S2)  exp(A) where exp(dt' A) belongs
+    A_dt_twice              (S2)  exp(dt'^2 A)
+    x_dt_missing            (S2)  x B^T enters the state where dt' x B^T belongs
+    x_dt_twice              (S2)  dt'^2 x B^T enters the state (x pre-multiplied by dt,
+                            then again by the scan); D x keeps x
+    initial_states_ignored  (S2)  H_{-1} = 0
+    D_missing               (S3)  no + D x
+    D_unsqueeze_missing     (S3)  D (h,) broadcast over the last axis: D[j] x[..., i, j]
+                            (tried when p == h, the only shapes that let a port run)
+    D_flat_order            (S3)  D (h, p) read from its flat (h·p,) storage as (p h):
+                            D[i, j] -> D.ravel()[j h + i]
+    padding_leak            final_states (and the last chunk_states) read at L padded up to
+                            a multiple of chunk_size, the pad's x = 0 but its raw dt = 0, so
+                            dt' = clamp(softplus(dt_bias)) decays the state (y unchanged)
+
+Slips that change nothing for the given params, inputs and options are not tried
+(``ssd_applies``): g in (1, h), a dt_bias, D, initial_states that are nonzero, a clamp
+that binds, a negative dt', L not a multiple of chunk_size with a nonzero pad step and a
+candidate holding a state.
+
 Glossary
 --------
-SLIPS                     name -> Slip(words, fix), in the order of the layer
+SLIPS                     name -> Slip(words, fix), in the order of the layer (mamba-block)
+SSD_SLIPS                 the same for the ssd model, in the order of (S1)-(S4)
+slips_of(model)           SLIPS or SSD_SLIPS
 Slip.words                the slip in a porter's words (the report's row label)
 Slip.fix                  what to change in the port (the report's advice)
-check_slip(name)          None, or ValueError naming the slips known
+check_slip(name, model)   None, or ValueError naming the slips known
 applies(name, params)     False when the slip computes the layer itself for these params
+ssd_applies(name, params, inputs, options, keys)   the same for ssd
 
 >>> list(SLIPS)[:3]
 ['xz_swapped', 'conv_flipped', 'conv_bias_missing']
@@ -48,10 +85,14 @@ applies(name, params)     False when the slip computes the layer itself for thes
 'the conv flipped: a convolution where a cross-correlation belongs (conv1d.weight reversed in time)'
 """
 import collections
+import math
 
 import numpy as onp
 
-__all__ = ["Slip", "SLIPS", "check_slip", "applies"]
+from rssm_ref.kernels.ssd import ssd_dt
+from rssm_ref.oracle.formats import ssd_limit, SSD_CHUNK_SIZE
+
+__all__ = ["Slip", "SLIPS", "SSD_SLIPS", "slips_of", "check_slip", "applies", "ssd_applies"]
 
 Slip = collections.namedtuple("Slip", "words fix")
 
@@ -111,8 +152,85 @@ SLIPS = {
 }
 
 
-def check_slip(name):
-    """None for None or a known slip; ValueError naming the slips otherwise.
+SSD_SLIPS = {
+    "groups_repeat": Slip(
+        "heads paired with groups the wrong way: head i reads group i % g (repeat), not "
+        "i // (h/g) (repeat_interleave)",
+        "give head i the group i // (h // g): B.repeat_interleave(h // g, dim=2) (einops "
+        "repeat(B, 'b l g n -> b l (g r) n', r=h // g)), not B.repeat(1, 1, h // g, 1)"),
+    "dt_bias_missing": Slip(
+        "dt_bias never added",
+        "add dt_bias to dt before the softplus (or pass it as dt_bias=)"),
+    "dt_bias_twice": Slip(
+        "dt_bias added twice (dt + dt_bias passed as dt, and dt_bias again)",
+        "add dt_bias once: pass the raw dt with dt_bias=, or dt + dt_bias with dt_bias=None"),
+    "softplus_missing": Slip(
+        "softplus missing on dt (dt_softplus is on)",
+        "dt' = softplus(dt + dt_bias) (dt_softplus=True)"),
+    "softplus_twice": Slip(
+        "softplus applied twice to dt (softplus(dt + dt_bias) passed as dt, with "
+        "dt_softplus=True)",
+        "apply softplus once: pass the raw dt with dt_softplus=True, or the softplus'ed one "
+        "with dt_softplus=False"),
+    "softplus_unwanted": Slip(
+        "softplus applied to dt where dt_softplus is off",
+        "dt' = dt + dt_bias without softplus (dt_softplus=False), or rerun forward with "
+        "--dt-softplus if your model applies it"),
+    "dt_limit_ignored": Slip(
+        "the dt_limit clamp ignored",
+        "clamp dt' to [lo, hi] after the softplus: dt.clamp(min=lo, max=hi)"),
+    "dt_clamped_at_zero": Slip(
+        "dt clamped to (0, inf) with no dt_limit set (a negative dt' became 0)",
+        "skip the clamp when dt_limit == (0, inf), as mamba_ssm does (or make dt positive, "
+        "e.g. with dt_softplus)"),
+    "A_dt_missing": Slip(
+        "A not multiplied by dt: exp(A) where exp(dt' A) belongs",
+        "discretize A with the step: exp(dt' * A) (ssd_minimal takes A * dt)"),
+    "A_dt_twice": Slip(
+        "A multiplied by dt twice: exp(dt'^2 A)",
+        "multiply A by dt once: pass A, or A * dt to a function that takes it discretized, "
+        "never both"),
+    "x_dt_missing": Slip(
+        "x not multiplied by dt: B x enters the state where dt' B x belongs",
+        "the state's input is dt' * x (ssd_minimal takes X = x * dt)"),
+    "x_dt_twice": Slip(
+        "x multiplied by dt twice: dt'^2 B x enters the state",
+        "multiply x by dt once: pass x, or x * dt to a function that takes it discretized, "
+        "never both"),
+    "initial_states_ignored": Slip(
+        "initial_states ignored (the scan started from zero)",
+        "start the scan from initial_states: H_{-1} = initial_states (the first chunk's "
+        "incoming state)"),
+    "D_missing": Slip(
+        "the skip D x missing",
+        "add D * x to the scan's output, before the z gate"),
+    "D_unsqueeze_missing": Slip(
+        "D (h,) applied per channel: x * D broadcast over the head dimension p, where "
+        "x * D[:, None] belongs",
+        "broadcast D (h,) over heads: y + x * D[:, None] (einops rearrange(D, 'h -> h 1'))"),
+    "D_flat_order": Slip(
+        "D (h, p) read in the wrong order from its flat (h·p,) storage ((p h) where (h p) "
+        "belongs)",
+        "reshape a flat D as rearrange(D, '(h p) -> h p', p=headdim) (row i is head i)"),
+    "padding_leak": Slip(
+        "padding leaking into the final state: L padded to a multiple of chunk_size with "
+        "x = 0 but raw dt = 0 (dt' = softplus(dt_bias)), the state read at the padded end",
+        "read the final state at position L - 1, or pad with dt' = 0 (pad dt * A and "
+        "x * dt after the discretization, as HF does), so the pad does not decay it"),
+}
+
+
+def slips_of(model):
+    """The slips ``diagnose`` knows for ``model`` (an empty dict for a model without).
+
+    >>> list(slips_of("ssd"))[:2]
+    ['groups_repeat', 'dt_bias_missing']
+    """
+    return {"mamba-block": SLIPS, "ssd": SSD_SLIPS}.get(model, {})
+
+
+def check_slip(name, model="mamba-block"):
+    """None for None or a known slip of ``model``; ValueError naming the slips otherwise.
 
     >>> check_slip("gate_on_x") is None
     True
@@ -121,8 +239,9 @@ def check_slip(name):
     ...
     ValueError: slip: 'flipped' (expected None or one of xz_swapped, conv_flipped, conv_bias_missing, conv_right_padded, conv_silu_missing, dt_bias_twice, dt_bias_missing, softplus_missing, A_is_A_log, zoh_B, output_before, D_missing, gate_before_D, gate_on_x)
     """
-    if name is not None and name not in SLIPS:
-        raise ValueError(f"slip: {name!r} (expected None or one of {', '.join(SLIPS)})")
+    known = slips_of(model)
+    if name is not None and name not in known:
+        raise ValueError(f"slip: {name!r} (expected None or one of {', '.join(known)})")
 
 
 def applies(name, params):
@@ -147,3 +266,57 @@ def applies(name, params):
     if name == "conv_right_padded":
         return w.shape[2] > 1
     return True
+
+
+def ssd_applies(name, params, inputs, options, keys=("y",)):
+    """Whether ssd slip ``name`` computes something else than the reference for these
+    checked ``params``, canonical ``inputs`` and ``options`` (a forward file's), on the
+    candidate's ``keys`` (the padding only moves the states).
+
+    >>> import numpy
+    >>> P = {"A_log": numpy.zeros(2), "dt_bias": numpy.zeros(2)}
+    >>> U = {"x": numpy.ones((1, 4, 2, 2)), "dt": numpy.full((1, 4, 2), 0.5),
+    ...      "B": numpy.ones((1, 4, 1, 3)), "C": numpy.ones((1, 4, 1, 3))}
+    >>> [s for s in SSD_SLIPS if ssd_applies(s, P, U, {"chunk_size": 4})]
+    ['softplus_unwanted', 'A_dt_missing', 'A_dt_twice', 'x_dt_missing', 'x_dt_twice']
+    """
+    check_slip(name, "ssd")
+    h, p = onp.shape(inputs["x"])[2:]
+    g = onp.shape(inputs["B"])[2]
+    bias = params.get("dt_bias")
+    soft = bool(options.get("dt_softplus"))
+    limit = ssd_limit(options)
+    free = ssd_dt(inputs["dt"], bias, soft)                 # dt' before any clamp
+    dtp = ssd_dt(inputs["dt"], bias, soft, limit)
+
+    def nonzero(v):
+        return v is not None and bool(onp.any(onp.asarray(v) != 0))
+    if name == "groups_repeat":
+        return 1 < g < h
+    if name in ("dt_bias_missing", "dt_bias_twice"):
+        return nonzero(bias)
+    if name in ("softplus_missing", "softplus_twice"):
+        return soft
+    if name == "softplus_unwanted":
+        return not soft
+    if name == "dt_limit_ignored":
+        return limit != (0.0, math.inf) and bool(onp.any((free < limit[0]) | (free > limit[1])))
+    if name == "dt_clamped_at_zero":
+        return limit == (0.0, math.inf) and bool(onp.any(free < 0))
+    if name in ("A_dt_missing", "A_dt_twice", "x_dt_missing", "x_dt_twice"):
+        return bool(onp.any(dtp != 1))
+    if name == "initial_states_ignored":
+        return nonzero(inputs.get("initial_states"))
+    D = params.get("D")
+    if name == "D_missing":
+        return nonzero(D)
+    if name == "D_unsqueeze_missing":
+        return D is not None and onp.ndim(D) == 1 and p == h and len(set(onp.ravel(D))) > 1
+    if name == "D_flat_order":
+        return D is not None and onp.ndim(D) == 2 and \
+            not onp.array_equal(onp.reshape(onp.ravel(D), (p, h)).T, D)
+    # padding_leak: a pad exists, its step decays, and the candidate holds a state
+    L, Q = onp.shape(inputs["x"])[1], int(options.get("chunk_size") or SSD_CHUNK_SIZE)
+    pad = ssd_dt(onp.zeros((1, 1, h)), bias, soft, limit)
+    return L % Q != 0 and bool(onp.any(pad != 0)) and \
+        any(k in keys for k in ("final_states", "chunk_states"))

@@ -202,7 +202,7 @@ class VerifyReport:
                      f"FAIL: {bad} of {len(self.tensors)} tensors mismatch")
         if self.hint:
             lines.append(self.hint)
-        if bad and self.model in ("residual", "selective", "mamba", "mamba-block"):
+        if bad and self.model in ("residual", "selective", "mamba", "mamba-block", "ssd"):
             lines.append(f"which conventions do your tensors follow? {prog()} diagnose --reference "
                          f"{self.reference or 'O.npz'} --candidate {self.candidate or 'C.npz'}")
         return "\n".join(lines)
@@ -246,7 +246,7 @@ def describe_text(model, options):
 
 
 def check_candidate(arrays, ref_outputs, where="candidate", allowed=None,
-                    layout="channel-last"):
+                    layout="channel-last", model=None, dims=None):
     """The candidate's comparable tensors as float64, and the keys left unchecked.
 
     Returns ``(tensors, unchecked)``. Any float dtype is accepted (it is the candidate's
@@ -254,7 +254,9 @@ def check_candidate(arrays, ref_outputs, where="candidate", allowed=None,
     used as candidate) are ignored. A key the model can output (``allowed``: grad_*,
     intermediates) but the reference lacks is listed in ``unchecked`` with the rerun
     that adds it; a key no forward file can hold is bad input (a typo must not pass
-    silently). NaN/inf are *not* refused here: they are a numerical verdict.
+    silently). NaN/inf are *not* refused here: they are a numerical verdict. A shape
+    that another layout of ``model`` gives is named with the rerun (``dims``: heads-flat's
+    splits, ``formats.layout_dims``).
     """
     out, unchecked = {}, []
     allowed = set(ref_outputs) if allowed is None else set(allowed) | set(ref_outputs)
@@ -277,11 +279,13 @@ def check_candidate(arrays, ref_outputs, where="candidate", allowed=None,
                             "array: float64, float32 or float16)")
         want = ref_outputs[key].shape
         if arr.shape != want:
-            other = "channel-first" if layout == "channel-last" else "channel-last"
-            flipped = formats.layout_shape(key, formats.from_layout(
-                key, onp.empty(want, dtype=onp.int8), layout).shape, other)
-            hint = (f"; it has the {other} layout: rerun forward with --layout {other}"
-                    if arr.shape == tuple(flipped) and flipped != want else "")
+            canon = formats.from_layout(key, onp.empty(want, dtype=onp.int8), layout, dims).shape
+            hint = ""
+            for other in (formats.model_layouts(model) if model else formats.LAYOUTS):
+                flipped = formats.layout_shape(key, canon, other)
+                if other != layout and arr.shape == tuple(flipped) != want:
+                    more = f" --ngroups {dims['g']}" if other == "heads-flat" and dims else ""
+                    hint = f"; it has the {other} layout: rerun forward with --layout {other}{more}"
             raise ValueError(f"{where}: key '{key}': shape {arr.shape} (expected "
                              f"{want}, as in the {layout} reference){hint}")
         out[key] = arr.astype(onp.float64)
@@ -333,8 +337,9 @@ def verify(reference, candidate, precision="float64", where=("reference", "candi
     (``candidate_precision``). The verdict (``VerifyReport.verdict``) is PASS, FAIL, or
     INCONCLUSIVE when every tensor passes but a threshold is >= TRIVIAL_REL_ERR (a zeros
     candidate would pass). Returns a VerifyReport. Bad input raises ValueError/TypeError.
-    ``slip`` (mamba-block, for ``diagnose``): the reference was computed with that port
-    slip (rssm_ref.oracle.slips), and the oracle is rerun with it; never read from a file.
+    ``slip`` (mamba-block, ssd; for ``diagnose``): the reference was computed with that
+    port slip (rssm_ref.oracle.slips), and the oracle is rerun with it; never read from a
+    file.
     """
     if precision is not None and precision not in PRECISIONS:
         raise ValueError(f"precision: {precision!r} (expected one of {', '.join(PRECISIONS)})")
@@ -344,7 +349,9 @@ def verify(reference, candidate, precision="float64", where=("reference", "candi
     if precision is None:
         precision, precision_from = candidate_precision(candidate, ref_out)
     cand, unchecked = check_candidate(candidate, ref_out, where=where[1], layout=layout,
-                                      allowed=formats.allowed_output_keys(opts["model"], params))
+                                      allowed=formats.allowed_output_keys(opts["model"], params),
+                                      model=opts["model"],
+                                      dims=formats.layout_dims(opts["model"], inputs))
     need_grads = any(k.startswith("grad_") for k in cand)
     factor = TOLERANCES["verify_factor"] if factor is None else _positive("factor", factor)
     floor = TOLERANCES["verify_floor_" + precision] if floor is None else _positive("floor", floor)
