@@ -180,6 +180,50 @@ def check_option(name, value, allowed):
     return value
 
 
+def check_range(name, value):
+    """An interval (lo, hi) of finite floats with 0 < lo < hi (a list from JSON accepted),
+    returned as a tuple of floats; else a one-line ValueError naming ``name``.
+
+    >>> check_range("delta_init", [0.01, 1])
+    (0.01, 1.0)
+    >>> check_range("delta_init", (1.0, 0.1))
+    Traceback (most recent call last):
+    ...
+    ValueError: delta_init: (1.0, 0.1) (expected a pair (lo, hi) of finite numbers with 0 < lo < hi)
+    """
+    try:
+        lo, hi = (float(v) for v in value)
+        ok = bool(onp.isfinite(lo) and onp.isfinite(hi) and 0.0 < lo < hi)
+    except (TypeError, ValueError):
+        ok = False
+    if isinstance(value, (str, bytes)) or not ok:
+        raise ValueError(f"{name}: {value!r} (expected a pair (lo, hi) of finite numbers with "
+                         "0 < lo < hi)")
+    return lo, hi
+
+
+def check_number(name, value, minimum=0.0, strict=False):
+    """A finite float >= ``minimum`` (> with ``strict``; bools refused), returned as float;
+    else a one-line ValueError naming ``name``.
+
+    >>> check_number("weight_decay", 0.1)
+    0.1
+    >>> check_number("readout_scale", 0, strict=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: readout_scale: 0 (expected a finite number > 0.0)
+    """
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        x = float("nan")
+    bad = isinstance(value, (bool, onp.bool_, str, bytes)) or not onp.isfinite(x)
+    if bad or x < minimum or (strict and x == minimum):
+        raise ValueError(f"{name}: {value!r} (expected a finite number {'>' if strict else '>='} "
+                         f"{minimum})")
+    return x
+
+
 def check_length(name, L, minimum=1):
     """A plain int >= ``minimum`` (bools refused), returned as int.
 

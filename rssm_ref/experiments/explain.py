@@ -167,7 +167,8 @@ def oracle_params(model_cfg, params):
 
     Residual: sigma_num, sigma_den, r_num, r_den, gate_bias (the stable parameterization
     and the fixed gain folded in, ``residual_core_arrays``) and embedding = E.
-    Selective: A = −exp(A_log), W_delta, W_B, W_C, delta_bias, embedding = E.
+    Selective: A = −exp(A_log), W_delta, W_B, W_C, delta_bias (and D with ``use_D``),
+    embedding = E.
 
     >>> cfg = ModelConfig("residual", "induction")
     >>> sorted(oracle_params(cfg, init_params(cfg)))
@@ -179,6 +180,8 @@ def oracle_params(model_cfg, params):
     else:
         P = {"A": A_from_log(params["A_log"]), "W_delta": params["W_delta"],
              "W_B": params["W_B"], "W_C": params["W_C"], "delta_bias": params["delta_bias"]}
+        if "D" in params:                 # trained with use_D
+            P["D"] = params["D"]
     P["embedding"] = params["E"]
     return {k: onp.array(v, dtype=onp.float64) for k, v in P.items()}
 

@@ -167,15 +167,17 @@ def run_config(cfg, model_cfg, tcfg):
     return json.loads(json.dumps(out))          # tuples -> lists, as read back from a file
 
 
-# ModelConfig fields added after checkpoints already recorded run configs: an older run
-# config without one was trained with its value here (the option did not exist yet)
-_LATER_FIELDS = {"gate_penalty": 0.0, "gate_penalty_mode": "mean"}
+# ModelConfig and TrainConfig fields added after checkpoints already recorded run configs:
+# an older run config without one was trained with its value here (the option did not
+# exist yet); in the JSON form run_config writes (tuples as lists)
+_LATER_FIELDS = {"gate_penalty": 0.0, "gate_penalty_mode": "mean", "delta_init": [0.001, 0.1],
+                 "A_init": "s4d", "use_D": False, "readout_scale": 10.0, "weight_decay": 0.0}
 
 
 def read_run_config(path):
     """The run config stored in a checkpoint, or None (a checkpoint of an older rssm-ref).
-    Fields added to ModelConfig later (``_LATER_FIELDS``) read as the value the older run
-    was trained with."""
+    Fields added to ModelConfig / TrainConfig later (``_LATER_FIELDS``) read as the value
+    the older run was trained with."""
     with onp.load(path, allow_pickle=False) as z:
         if "run_config_json" not in z.files:
             return None

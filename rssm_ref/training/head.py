@@ -23,11 +23,18 @@ Residual SSM (Section 3.2.2) — trainable arrays
 
 Selective SSM (Section 3.2.1) — trainable arrays
     E (V, m), A_log (m, n) [A = −exp(A_log) < 0], W_delta (m, m), delta_bias (m,),
-    W_B (n, m), W_C (n, m)
+    W_B (n, m), W_C (n, m);  D (m,) only with ``use_D=True`` (not in the paper)
+  Initialisation (options the paper does not give; the defaults are Mamba's S4D-real):
+  ``A_init`` "s4d": A_log = log(1..n) in every row (A = −(1..n)); a pair (lo, hi):
+  A_log = log U(lo, hi) per entry (Mamba-2's draw), taken from the seeded stream after
+  W_C so the other arrays keep their values. ``delta_init`` (lo, hi): Δ = U(lo, hi) per
+  channel (uniform in Δ, not Mamba's log-uniform: the first release's draw, kept as the
+  default (0.001, 0.1)), stored as delta_bias = softplus⁻¹(Δ) = log(expm1(Δ)).
+  ``use_D``: the skip y(t) += D ⊙ u(t) of mamba_ssm, D initialised to ones.
 
 Readout (the paper does not give one; ``readout``):
-    "cosine"  logits_k = SCALE · cos(E_k, y(L)), k = 0..N−1, SCALE = 10: tied to the
-              embedding, no extra parameters. A plain dot product E·y(L) trained to 100% at
+    "cosine"  logits_k = s · cos(E_k, y(L)), k = 0..N−1, s = ``readout_scale`` (default
+              SCALE = 10): tied to the embedding, no extra parameters. A plain dot product E·y(L) trained to 100% at
               L = 16 but generalized badly to L = 1024 (measured-facts); the cosine makes
               the decision depend on the direction of y(L) only, which the gate preserves
               however long the sequence.
@@ -66,7 +73,8 @@ from rssm_ref.kernels.convolution import DIRECT_MAX_L
 from rssm_ref.kernels.residual import GATE_STATS
 from rssm_ref.training.fused import LossSpec, residual_loss
 from rssm_ref.training.tasks import DEFAULT_TOKENS, make_batch, vocab_size
-from rssm_ref.validation import check_option, is_traced, TRAINING_PATHS
+from rssm_ref.validation import (check_number, check_option, check_range, is_traced,
+                                 TRAINING_PATHS)
 from rssm_ref.xp.backend import namespace, to_backend, to_host
 from rssm_ref.xp.models import residual_ssm_xp, selective_ssm_xp
 
@@ -74,7 +82,8 @@ __all__ = ["ModelConfig", "init_params", "residual_core_arrays", "final_output",
            "loss", "accuracy", "param_count", "PAPER_PARAM_COUNTS", "embed", "cosine_logits",
            "cross_entropy", "final_output_ref", "loss_ref", "loss_composed", "loss_spec"]
 
-SCALE = 10.0        # cosine readout scale
+SCALE = 10.0        # cosine readout scale (the default of ModelConfig.readout_scale)
+DELTA_INIT = (0.001, 0.1)   # Δ = U(lo, hi) at initialisation (the default of delta_init)
 MODELS = ("residual", "selective")
 READOUTS = ("cosine", "linear")
 PAPER_PARAM_COUNTS = {"residual": 50, "selective": 700}   # Section 4.2, "about"
@@ -90,7 +99,10 @@ class ModelConfig:
     ``n_tokens`` content tokens (0: the paper's N = 8 dictionary, i.e. 7 plus the
     trigger for the induction task, 8 for the extended task). ``gate_gain``,
     ``gate_bias``, ``reflection_bound``, ``readout`` and ``gate_penalty`` (residual only):
-    see the module docstring.
+    see the module docstring. Selective only (refused for the residual model):
+    ``delta_init``, ``A_init``, ``use_D``. ``readout_scale``: the cosine readout's s (both
+    models; refused with the linear readout). Each default is the model as it was before
+    the option existed.
     """
     model: str
     task: str
@@ -111,6 +123,10 @@ class ModelConfig:
     window: int = 1          # selective: Δ, B, C read a causal window of w inputs (1: u(t))
     gate_penalty: float = 0.0   # residual: loss + λ mean_{batch, t} s(t); the paper: 0
     gate_penalty_mode: str = "mean"   # the penalised statistic: "mean" or "relative" (gate_stat)
+    delta_init: tuple = DELTA_INIT   # selective: Δ = U(lo, hi) at initialisation
+    A_init: object = "s4d"   # selective: "s4d" (A = −(1..n)) or (lo, hi): A_log = log U(lo, hi)
+    use_D: bool = False      # selective: the skip D ⊙ u(t); the paper: none
+    readout_scale: float = SCALE   # cosine readout: logits = s · cos(E_k, y(L))
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -129,6 +145,12 @@ class ModelConfig:
         if int(self.n_trig) != self.n_trig or not 1 <= self.n_trig <= self.n_tokens:
             raise ValueError(f"n_trig: {self.n_trig!r} (expected 1 <= n_trig <= {self.n_tokens})")
         self._check_gate_penalty()
+        self._check_selective_options()
+        scale = check_number("readout_scale", self.readout_scale, strict=True)
+        if self.readout == "linear" and scale != SCALE:
+            raise ValueError(f"readout_scale: {self.readout_scale!r} (the linear readout has no "
+                             f"scale; expected {SCALE} or readout='cosine')")
+        object.__setattr__(self, "readout_scale", scale)
         check_option("path", self.path, TRAINING_PATHS)
         if self.m == 0:
             object.__setattr__(self, "m", 2 if self.model == "residual" else 16)
@@ -145,6 +167,27 @@ class ModelConfig:
                              "gate s(t) to penalise; expected 0)")
         object.__setattr__(self, "gate_penalty", lam)
         check_option("gate_penalty_mode", self.gate_penalty_mode, GATE_STATS)
+
+    def _check_selective_options(self):
+        delta = check_range("delta_init", self.delta_init)
+        if self.A_init == "s4d":
+            A_init = "s4d"
+        elif isinstance(self.A_init, str):
+            raise ValueError(f"A_init: {self.A_init!r} (expected 's4d' or a pair (lo, hi) with "
+                             "0 < lo < hi)")
+        else:
+            A_init = check_range("A_init", self.A_init)
+        if not isinstance(self.use_D, (bool, onp.bool_)):
+            raise ValueError(f"use_D: {self.use_D!r} (expected True or False)")
+        given = {"delta_init": delta != DELTA_INIT, "A_init": A_init != "s4d",
+                 "use_D": bool(self.use_D)}
+        for name, changed in given.items():
+            if changed and self.model != "selective":
+                raise ValueError(f"{name}: {getattr(self, name)!r} (a selective-model option; "
+                                 f"the {self.model} model has none; expected the default)")
+        object.__setattr__(self, "delta_init", delta)
+        object.__setattr__(self, "A_init", A_init)
+        object.__setattr__(self, "use_D", bool(self.use_D))
 
     @property
     def vocab(self):
@@ -200,15 +243,22 @@ def _init_core(cfg, rng):
         return params
     n = cfg.n
     s = 1.0 / onp.sqrt(m)
-    return {
+    params = {
         "E": E,
-        # S4D-real initialization A = -(1..n), as in Mamba
+        # S4D-real initialization A = -(1..n), as in Mamba (a range: replaced below)
         "A_log": onp.log(onp.tile(onp.arange(1, n + 1, dtype=float), (m, 1))),
         "W_delta": rng.normal(0.0, s, size=(m, m)),
-        "delta_bias": onp.log(onp.expm1(rng.uniform(0.001, 0.1, size=m))),  # Δ in [1e-3, 0.1]
+        # Δ = U(lo, hi) per channel, delta_bias = softplus⁻¹(Δ)
+        "delta_bias": onp.log(onp.expm1(rng.uniform(*cfg.delta_init, size=m))),
         "W_B": rng.normal(0.0, s, size=(n, m)),
         "W_C": rng.normal(0.0, s, size=(n, m)),
     }
+    if cfg.A_init != "s4d":
+        # drawn last, so that E, W_delta, delta_bias, W_B, W_C are the s4d run's
+        params["A_log"] = onp.log(rng.uniform(*cfg.A_init, size=(m, n)))
+    if cfg.use_D:
+        params["D"] = onp.ones(m)
+    return params
 
 
 def residual_core_arrays(params, cfg=None):
@@ -301,7 +351,7 @@ def _core(cfg, params, u, return_intermediates=False, path=None):
                                path="fft" if path == "fft" else "recurrent",
                                gate=cfg.gate, return_intermediates=return_intermediates)
     return selective_ssm(u, A_from_log(params["A_log"]), params["W_delta"], params["W_B"],
-                         params["W_C"], delta_bias=params["delta_bias"],
+                         params["W_C"], delta_bias=params["delta_bias"], D=params.get("D"),
                          discretization=cfg.discretization, output=cfg.output,
                          return_intermediates=return_intermediates)
 
@@ -323,7 +373,7 @@ def final_output_ref(cfg, params, tokens, path=None):
     if cfg.model == "selective" and cfg.window > 1:
         u = params["E"][tokens]
         return selective_ssm(u, A_from_log(params["A_log"]), params["W_delta"], params["W_B"],
-                             params["W_C"], delta_bias=params["delta_bias"],
+                             params["W_C"], delta_bias=params["delta_bias"], D=params.get("D"),
                              discretization=cfg.discretization, output=cfg.output,
                              v=_window(cfg, params, u))[:, -1, :]
     return _core(cfg, params, params["E"][tokens], path=path)[:, -1, :]
@@ -352,7 +402,7 @@ def final_output(cfg, params, tokens, path=None, backend="numpy"):
     if cfg.model == "residual":
         return _residual_final(cfg, params, u, path or cfg.path)
     return selective_ssm_final(u, A_from_log(params["A_log"]), params["W_delta"], params["W_B"],
-                               params["W_C"], delta_bias=params["delta_bias"],
+                               params["W_C"], delta_bias=params["delta_bias"], D=params.get("D"),
                                discretization=cfg.discretization, output=cfg.output,
                                v=_window(cfg, params, u))
 
@@ -382,13 +432,14 @@ def _final_output_xp(cfg, params, u, path, backend):
                             gate=cfg.gate)["y"]
     else:
         P = {"A": A_from_log(params["A_log"]), "W_delta": params["W_delta"], "W_B": params["W_B"],
-             "W_C": params["W_C"], "delta_bias": params["delta_bias"]}
+             "W_C": params["W_C"], "delta_bias": params["delta_bias"], "D": params.get("D")}
         y = selective_ssm_xp(P, u, discretization=cfg.discretization, output=cfg.output)["y"]
     return to_host(y[:, -1, :])
 
 
 def logits(cfg, params, tokens, path=None, backend="numpy"):
-    """SCALE · cos(E_k, y(L)) over the N content tokens: (batch, N).
+    """s · cos(E_k, y(L)) over the N content tokens, s = ``cfg.readout_scale`` (or the
+    linear readout): (batch, N).
 
     >>> cfg = ModelConfig("residual", "induction")
     >>> bool(onp.all(onp.abs(logits(cfg, init_params(cfg), onp.array([[0, 7, 1, 7]]))) <= 10))
@@ -401,7 +452,7 @@ def logits(cfg, params, tokens, path=None, backend="numpy"):
 def _readout(cfg, params, y):
     if cfg.readout == "linear":
         return np.dot(y, params["W_out"].T) + params["b_out"]
-    return cosine_logits(y, params["E"], SCALE, cfg.n_tokens)
+    return cosine_logits(y, params["E"], cfg.readout_scale, cfg.n_tokens)
 
 
 def loss_ref(cfg, params, tokens, targets):
@@ -436,7 +487,7 @@ def _cross_entropy_ref(cfg, params, y, targets):
     E = params["E"][: cfg.n_tokens]
     y_n = y / np.sqrt(np.sum(y * y, axis=1, keepdims=True) + 1e-12)
     E_n = E / np.sqrt(np.sum(E * E, axis=1, keepdims=True) + 1e-12)
-    z = SCALE * np.dot(y_n, E_n.T)
+    z = cfg.readout_scale * np.dot(y_n, E_n.T)
     logp = z - _logsumexp(z)
     return -np.mean(logp[onp.arange(len(targets)), targets])
 
@@ -445,7 +496,8 @@ def loss_spec(cfg):
     """The constants of ``cfg``'s Residual loss for the fused primitive
     (rssm_ref.training.fused.LossSpec)."""
     return LossSpec(float(cfg.gate_gain), float(cfg.reflection_bound), cfg.gate, cfg.readout,
-                    int(cfg.n_tokens), SCALE, float(cfg.gate_penalty), cfg.gate_penalty_mode)
+                    int(cfg.n_tokens), cfg.readout_scale, float(cfg.gate_penalty),
+                    cfg.gate_penalty_mode)
 
 
 def _fused(cfg, params, tokens):
@@ -529,7 +581,7 @@ def param_count(cfg):
     if cfg.model == "residual":
         core = residual_core_count(cfg.m, cfg.nu, cfg.nu_r, "tf", gate_bias=cfg.gate_bias)
     else:
-        core = selective_core_count(cfg.m, cfg.n, delta_bias=True, D=False)
+        core = selective_core_count(cfg.m, cfg.n, delta_bias=True, D=cfg.use_D)
     emb = cfg.vocab * cfg.m
     head = cfg.n_tokens * cfg.m + cfg.n_tokens if cfg.readout == "linear" else 0
     if cfg.model == "selective" and cfg.window > 1:

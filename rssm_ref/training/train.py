@@ -10,6 +10,10 @@ run would, and the same seed gives bit-identical parameters.
     g      ← g · min(1, clip / ‖g‖₂)        (global norm over all arrays)
     Adam   m ← β₁ m + (1−β₁) g;  v ← β₂ v + (1−β₂) g²;
            θ ← θ − lr(k) · m̂ / (√v̂ + ε),  m̂ = m/(1−β₁^{k+1}), v̂ = v/(1−β₂^{k+1})
+    AdamW  (``weight_decay`` λ > 0) first θ ← θ · (1 − lr(k) λ) on the decayed arrays:
+           all but those named in NO_DECAY (A_log, D, delta_bias, as mamba_ssm's
+           ``_no_weight_decay``, and the biases b_out, c); decoupled from the gradient and
+           from clipping, as torch.optim.AdamW. λ = 0 (the default): Adam, the same code.
 
 Checkpoints are .npz files (loadable with allow_pickle=False): ``param/<name>``,
 ``adam_m/<name>``, ``adam_v/<name>``, ``step``, ``seed``, ``run_config_json`` (the run's
@@ -18,7 +22,8 @@ renamed, so a crash never leaves half a file.
 
 Glossary
 --------
-TrainConfig   steps, batch, L, lr, warmup, clip, seed, betas, eps, log_every, checkpoint_every
+TrainConfig   steps, batch, L, lr, warmup, clip, seed, betas, eps, log_every, checkpoint_every,
+              restarts, restart_steps, weight_decay
 train(model_cfg, train_cfg, params=None, checkpoint=None, resume=False, progress=None,
       run_config=None) -> (params, history)
 
@@ -40,12 +45,16 @@ from autograd.extend import defvjp, primitive
 from rssm_ref.training.head import accuracy, init_params, loss
 from rssm_ref.util.alloc import keep_freed_memory
 from rssm_ref.util.paths import atomic_savez
+from rssm_ref.validation import check_number
 
 __all__ = ["TrainConfig", "train", "lr_schedule", "clip_by_global_norm", "save_checkpoint",
-           "load_checkpoint"]
+           "load_checkpoint", "NO_DECAY"]
 
 DATA_STREAM = 1
 INIT_STREAM = 0
+# parameters weight decay leaves alone: the state matrix, the skip and the Δ bias (as
+# mamba_ssm marks A_log and D ``_no_weight_decay`` and keeps dt's bias out), and biases
+NO_DECAY = ("A_log", "D", "delta_bias", "b_out", "c")
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,7 @@ class TrainConfig:
     checkpoint_every: int = 1000
     restarts: int = 1
     restart_steps: int = 1000
+    weight_decay: float = 0.0   # AdamW's decoupled λ (module docstring); 0: Adam
 
     @property
     def total_steps(self):
@@ -77,6 +87,7 @@ class TrainConfig:
                 raise ValueError(f"{name}: {getattr(self, name)!r} (expected a positive integer)")
         if not self.lr > 0:
             raise ValueError(f"lr: {self.lr!r} (expected > 0)")
+        object.__setattr__(self, "weight_decay", check_number("weight_decay", self.weight_decay))
 
 
 def lr_schedule(k, cfg):
@@ -171,10 +182,10 @@ defvjp(_part, _part_vjp)
 
 
 class FlatAdam:
-    """Adam on one flat vector whose slices are the parameter arrays (views), so an
-    update is a dozen NumPy calls whatever the number of arrays. Per element the same
-    formulas as the module docstring, in the same order. The loss is differentiated
-    with respect to the flat vector itself (``value_and_grad``)."""
+    """Adam (AdamW with ``cfg.weight_decay``) on one flat vector whose slices are the
+    parameter arrays (views), so an update is a dozen NumPy calls whatever the number of
+    arrays. Per element the same formulas as the module docstring, in the same order.
+    The loss is differentiated with respect to the flat vector itself (``value_and_grad``)."""
 
     def __init__(self, state, cfg):
         params, adam_m, adam_v = state
@@ -187,6 +198,9 @@ class FlatAdam:
         self.m = onp.concatenate([onp.ravel(adam_m[k]) for k in self.names])
         self.v = onp.concatenate([onp.ravel(adam_v[k]) for k in self.names])
         self.params = self._views(self.theta)
+        # 1 where weight decay acts, 0 on the arrays named in NO_DECAY
+        self.decayed = onp.concatenate([onp.full(b - a, float(k not in NO_DECAY))
+                                        for k, (a, b) in zip(self.names, self.bounds)])
 
     def _views(self, flat):
         return {k: flat[a:b].reshape(shp) for k, (a, b), shp in zip(self.names, self.bounds, self.shapes)}
@@ -204,6 +218,9 @@ class FlatAdam:
         if norm > cfg.clip:                      # g <- g min(1, clip / ||g||)
             g *= cfg.clip / norm
         lr = lr_schedule(k, cfg)
+        if cfg.weight_decay:
+            # θ ← θ (1 − lr λ) on the decayed entries; × 1.0 (exact) on the others
+            self.theta *= 1.0 - (lr * cfg.weight_decay) * self.decayed
         b1, b2 = cfg.beta1, cfg.beta2
         self.m *= b1
         self.m += (1 - b1) * g
