@@ -203,46 +203,33 @@ def _chunked(core, x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt
 # ------------------------------------------------------------------ the ssd_minimal mapping
 def ssd_minimal_convention(x, dt, A=None, B=None, C=None, *, dt_bias=None,
                            initial_states=None, dt_softplus=False, dt_limit=DT_LIMIT_NONE,
-                           A_log=None, group=None):
+                           A_log=None):
     """Arguments for mamba_ssm's ``ssd_minimal_discrete(X, A, B, C, block_len,
-    initial_states)`` (the paper's Listing 1), which takes the step already folded in:
+    initial_states)`` (the paper's Listing 1, modules/ssd_minimal.py), which takes the
+    step already folded in and B, C per head:
 
         X = x * dt'[..., None]   (batch, L, h, p)        A_disc = A * dt'   (batch, L, h)
+        B_h, C_h = B, C of head i's group, i // (h / g)   (batch, L, h, n)
 
-    with dt' of (S1); B, C pass through and initial_states gains the listing's chunk and
-    group axes, (batch, 1, 1, h, p, n) (its states are (batch, chunks, g, h, p, n) and it
-    concatenates initial_states to them). Its output is y of (S2)-(S3) without D and
-    before the z-gate (add D x, then multiply by silu(z), yourself) and the final state
-    (batch, 1, h, p, n) (the group axis again); it needs L % block_len == 0.
-
-    Its einsums contract the group axis independently of the head axis, which is this
-    model only for g == 1. For g > 1 pass ``group=k``: the returned arrays are then the
-    heads k*h/g ... (k+1)*h/g - 1 with B[:, :, k:k+1], C[:, :, k:k+1], and the listing
-    gives those heads' y.
+    with dt' of (S1); initial_states gains the listing's chunk axis, (batch, 1, h, p, n).
+    Its output is y of (S2)-(S3) without D and before the z-gate (add D x, then multiply
+    by silu(z), yourself) and the final state (batch, h, p, n); it needs
+    L % block_len == 0. (An older version of the listing took B, C (batch, L, g, n) and
+    contracted g independently of the heads, which is this model only for g = 1.)
 
     >>> P = ssd_params(batch=1, L=4, h=2, g=1, p=3, n=2, seed=0)
     >>> m = ssd_minimal_convention(**P)
     >>> m["X"].shape, m["A"].shape, m["B"].shape
-    ((1, 4, 2, 3), (1, 4, 2), (1, 4, 1, 2))
+    ((1, 4, 2, 3), (1, 4, 2), (1, 4, 2, 2))
     """
     v = check_ssd_inputs(x, dt, A, B, C, dt_bias=dt_bias, initial_states=initial_states,
                          dt_limit=dt_limit, A_log=A_log)
     h, g = v["dims"]["h"], v["dims"]["g"]
     dtp = ssd_dt(v["dt"], v["dt_bias"], dt_softplus, dt_limit)
-    X, A_disc, B, C, H0 = v["x"] * dtp[..., None], dtp * v["A"], v["B"], v["C"], v["initial_states"]
-    if group is None and g != 1:
-        raise ValueError(f"group: required when ngroups g = {g} > 1 (ssd_minimal_discrete is "
-                         "this model only for g == 1; pass group=k for 0 <= k < g)")
-    if group is not None:
-        if not (isinstance(group, (int, onp.integer)) and 0 <= group < g):
-            raise ValueError(f"group: {group!r} (expected an integer 0 <= group < {g})")
-        r = h // g
-        heads = slice(group * r, (group + 1) * r)
-        X, A_disc = X[:, :, heads], A_disc[:, :, heads]
-        B, C = B[:, :, group:group + 1], C[:, :, group:group + 1]
-        H0 = None if H0 is None else H0[:, heads]
-    return {"X": X, "A": A_disc, "B": B, "C": C,
-            "initial_states": None if H0 is None else H0[:, None, None]}
+    H0 = v["initial_states"]
+    return {"X": v["x"] * dtp[..., None], "A": dtp * v["A"],
+            "B": onp.repeat(v["B"], h // g, axis=2), "C": onp.repeat(v["C"], h // g, axis=2),
+            "initial_states": None if H0 is None else H0[:, None]}
 
 
 # ------------------------------------------------------------------ inputs

@@ -233,26 +233,22 @@ def test_ssd_dt_matches_mamba_conventions():
 @pytest.mark.parametrize("h,g", [(3, 1), (4, 2)])
 def test_ssd_minimal_convention_is_the_folded_recurrence(h, g):
     """ssd_minimal_discrete's model: H_t = exp(A_t) H_{t-1} + X_t B_t^T, y_t = H_t C_t with
-    A_t, X_t already multiplied by dt'. A plain loop in that convention on the adapter's
-    arrays equals ssd_chunked (no D, no z) head by head."""
+    A_t, X_t already multiplied by dt' and B, C per head. A plain loop in that convention
+    on the adapter's arrays equals ssd_chunked (no D, no z), every head, any g."""
     P = ssd_params(batch=2, L=12, h=h, g=g, p=2, n=3, seed=5, dt_bias=True, dt_softplus=True,
                    initial_states=True)
     y = ssd_chunked(**P, chunk_size=4)["y"]
-    r = h // g
-    for k in range(g):
-        m = ssd_minimal_convention(**P, group=k if g > 1 else None)
-        assert m["initial_states"].shape[1:3] == (1, 1)       # the listing's chunk, group axes
-        Hk = m["initial_states"][:, 0, 0]
-        assert m["B"].shape[2] == 1 and m["X"].shape[2] == r
-        ys = []
-        for t in range(12):
-            Hk = (onp.exp(m["A"][:, t])[..., None, None] * Hk
-                  + m["X"][:, t][..., None] * m["B"][:, t, 0][:, None, None, :])
-            ys.append(onp.einsum("bhpn,bn->bhp", Hk, m["C"][:, t, 0]))
-        assert rel_err(onp.stack(ys, 1), y[:, :, k * r:(k + 1) * r]) <= TOL_CHUNKED
-    if g > 1:
-        with pytest.raises(ValueError, match="^group: "):
-            ssd_minimal_convention(**P)
+    m = ssd_minimal_convention(**P)
+    assert m["B"].shape == (2, 12, h, 3) and m["initial_states"].shape == (2, 1, h, 2, 3)
+    H = m["initial_states"][:, 0]
+    ys = []
+    for t in range(12):
+        H = (onp.exp(m["A"][:, t])[..., None, None] * H
+             + m["X"][:, t][..., None] * m["B"][:, t][:, :, None, :])
+        ys.append(onp.einsum("bhpn,bhn->bhp", H, m["C"][:, t]))
+    assert rel_err(onp.stack(ys, 1), y) <= TOL_CHUNKED
+    # head i reads group i // (h / g): repeat_interleave, not repeat
+    assert onp.array_equal(m["B"][:, :, h - 1], P["B"][:, :, g - 1])
 
 
 # ------------------------------------------------------------------ gradients
