@@ -121,7 +121,7 @@ def test_training_is_unchanged_by_the_fused_route(monkeypatch):
     tcfg = TrainConfig(steps=40, batch=32, log_every=10 ** 9, restarts=2, restart_steps=10,
                        warmup=5, seed=4)
     p_f, h_f = train(cfg, tcfg)
-    monkeypatch.setattr(head, "_fused", lambda *a: False)
+    monkeypatch.setattr(head, "fused_route", lambda *a: False)     # every step composed
     p_c, h_c = train(cfg, tcfg)
     assert h_f["loss"] == h_c["loss"]
     for k in p_f:
@@ -146,3 +146,25 @@ def test_gate_statistic_vjp_is_autograds(mode):
     assert_close(gate_stat(s, mode), stat(s), "fast_vs_ref", "stat")
     assert_close(onp.broadcast_to(gate_stat_vjp(s, mode, g), s.shape), grad(lambda x: anp.sum(stat(x) * g))(s),
                  "vjp_vs_autograd", "d s")
+
+
+@pytest.mark.parametrize("which", [0, 2, 4, 6])
+def test_flat_loss_is_the_composed_loss_of_theta_bit_for_bit(which):
+    """The training step's primitive of the optimizer's flat vector: value and gradient
+    equal, bit for bit, to the loss composed on the params read from theta; check_grads."""
+    from rssm_ref.training.train import FlatAdam, fresh_state
+    task, kw = CONFIGS[which]
+    cfg, params, tok, tgt = _case(task, kw)
+    opt = FlatAdam(fresh_state(params), TrainConfig())
+    f = head.flat_loss(cfg, opt.layout(), tok.shape[1])
+    assert f is not None
+    v_f, g_f = value_and_grad(f)(opt.theta, tok, tgt)
+    v_c, g_c = value_and_grad(lambda th: loss_composed(cfg, opt.unflatten(th), tok, tgt))(opt.theta)
+    assert v_f == v_c and onp.array_equal(g_f, g_c)
+    check_grads(lambda th: f(th, tok[:4], tgt[:4]), modes=["rev"], order=1)(opt.theta)
+
+
+def test_flat_loss_only_where_there_is_one_primitive():
+    sel = ModelConfig("selective", "induction")
+    assert head.flat_loss(sel, (("E", 0, 1, (1,)),), 16) is None
+    assert head.flat_loss(ModelConfig("residual", "induction"), (("E", 0, 1, (1,)),), 80) is None

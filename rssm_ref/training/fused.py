@@ -27,7 +27,11 @@ from rssm_ref.kernels.residual import final_kernel_backward, final_kernel_forwar
 from rssm_ref.realization import den_from_theta_np, den_from_theta_vjp_np
 from rssm_ref.util.kept import park, take
 
-__all__ = ["LossSpec", "residual_loss", "residual_loss_kernel"]
+__all__ = ["LossSpec", "residual_loss", "residual_loss_kernel", "residual_loss_flat",
+           "ARGS"]
+
+# the primitive's array arguments, by position
+ARGS = ("E", "sigma_num", "sigma_theta", "r_num", "r_theta", "c", "W_out", "b_out")
 
 
 class LossSpec(NamedTuple):
@@ -133,3 +137,38 @@ def residual_loss(params, tokens, targets, spec, traced=True):
                                 params["r_num"], params["r_theta"], params.get("c"),
                                 params.get("W_out"), params.get("b_out"), onp.asarray(tokens),
                                 onp.asarray(targets), spec, traced)
+
+
+# ------------------------------------------------- the loss of the optimizer's flat vector
+def _flat_args(theta, layout):
+    """The primitive's array arguments read from the flat parameter vector: ``layout``
+    = ((name, start, stop, shape), ...) as train.FlatAdam lays theta out."""
+    params = {k: theta[a:b].reshape(shp) for k, a, b, shp in layout}
+    return tuple(params.get(k) for k in ARGS)
+
+
+@primitive
+def residual_loss_flat(theta, layout, tokens, targets, spec, keep=True):
+    """The loss of :func:`residual_loss_kernel` as a function of the optimizer's flat
+    vector theta itself: the training step's whole value_and_grad is one primitive (no
+    per-array slicing for autograd to trace and sum back). Its VJP is the kernel's,
+    concatenated in theta's order."""
+    loss, cache = _forward(*_flat_args(theta, layout), tokens, targets, spec)
+    if keep:
+        park(loss, cache)
+    return loss
+
+
+def _flat_vjp(argnums, ans, args, kwargs):
+    theta, layout, tokens, targets, spec = args[:5]
+    cache = take(ans)
+
+    def vjp(g):
+        kernel_args = _flat_args(theta, layout) + (tokens, targets, spec)
+        grads = _backward(kernel_args, cache or _forward(*kernel_args)[1], g)
+        flat = onp.concatenate([onp.ravel(grads[ARGS.index(k)]) for k, _, _, _ in layout])
+        return tuple(flat if i == 0 else None for i in argnums)
+    return vjp
+
+
+defvjp_argnums(residual_loss_flat, _flat_vjp)

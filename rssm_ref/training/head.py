@@ -71,7 +71,7 @@ from rssm_ref.selective_ssm import (A_from_log, param_count as selective_core_co
                                     selective_ssm_final)
 from rssm_ref.kernels.convolution import DIRECT_MAX_L
 from rssm_ref.kernels.residual import GATE_STATS
-from rssm_ref.training.fused import LossSpec, residual_loss
+from rssm_ref.training.fused import ARGS, LossSpec, residual_loss, residual_loss_flat
 from rssm_ref.training.tasks import DEFAULT_TOKENS, make_batch, vocab_size
 from rssm_ref.validation import (check_number, check_option, check_range, is_traced,
                                  TRAINING_PATHS)
@@ -80,7 +80,8 @@ from rssm_ref.xp.models import residual_ssm_xp, selective_ssm_xp
 
 __all__ = ["ModelConfig", "init_params", "residual_core_arrays", "final_output", "logits",
            "loss", "accuracy", "param_count", "PAPER_PARAM_COUNTS", "embed", "cosine_logits",
-           "cross_entropy", "final_output_ref", "loss_ref", "loss_composed", "loss_spec"]
+           "cross_entropy", "final_output_ref", "loss_ref", "loss_composed", "loss_spec", "flat_loss",
+           "fused_route"]
 
 SCALE = 10.0        # cosine readout scale (the default of ModelConfig.readout_scale)
 DELTA_INIT = (0.001, 0.1)   # Δ = U(lo, hi) at initialisation (the default of delta_init)
@@ -500,12 +501,29 @@ def loss_spec(cfg):
                     cfg.gate_penalty_mode)
 
 
+def fused_route(cfg, L):
+    """Whether ``cfg``'s loss at length L has the one-primitive form
+    (rssm_ref.training.fused): the Residual SSM on the kernel path (L <= DIRECT_MAX_L with
+    "auto", or "kernel" at any L)."""
+    return cfg.model == "residual" and (cfg.path == "kernel"
+                                        or (cfg.path == "auto" and L <= DIRECT_MAX_L))
+
+
 def _fused(cfg, params, tokens):
-    """Whether the Residual loss runs as one primitive: under autograd (the training step),
-    on the kernel path (L <= DIRECT_MAX_L with "auto", or "kernel" at any L)."""
-    L = onp.shape(tokens)[1]
-    return (cfg.model == "residual" and is_traced(params["E"])
-            and (cfg.path == "kernel" or (cfg.path == "auto" and L <= DIRECT_MAX_L)))
+    """The Residual loss runs as one primitive under autograd (the training step)."""
+    return is_traced(params["E"]) and fused_route(cfg, onp.shape(tokens)[1])
+
+
+def flat_loss(cfg, layout, L):
+    """The training step's loss as a function of the optimizer's flat vector theta, one
+    primitive (fused.residual_loss_flat), when ``fused_route``; else None (the caller
+    composes ``loss`` on the unflattened params). ``layout``: ((name, start, stop,
+    shape), ...) of theta."""
+    if not fused_route(cfg, L) or any(k not in ARGS for k, _, _, _ in layout):
+        return None
+    spec = loss_spec(cfg)
+    return lambda theta, tokens, targets: residual_loss_flat(
+        theta, layout, onp.asarray(tokens), onp.asarray(targets), spec)
 
 
 def loss(cfg, params, tokens, targets):

@@ -42,7 +42,7 @@ import numpy as onp
 from autograd import value_and_grad
 from autograd.extend import defvjp, primitive
 
-from rssm_ref.training.head import accuracy, init_params, loss
+from rssm_ref.training.head import accuracy, flat_loss, init_params, loss
 from rssm_ref.util.alloc import keep_freed_memory
 from rssm_ref.util.paths import atomic_savez
 from rssm_ref.validation import check_number
@@ -205,6 +205,11 @@ class FlatAdam:
     def _views(self, flat):
         return {k: flat[a:b].reshape(shp) for k, (a, b), shp in zip(self.names, self.bounds, self.shapes)}
 
+    def layout(self):
+        """((name, start, stop, shape), ...): where each array sits in theta."""
+        return tuple((k, a, b, shp) for k, (a, b), shp in zip(self.names, self.bounds,
+                                                                self.shapes))
+
     def unflatten(self, theta):
         """The params dict read from a (possibly traced) flat vector."""
         return {k: _part(theta, a, b, shp) for k, (a, b), shp in zip(self.names, self.bounds, self.shapes)}
@@ -261,8 +266,11 @@ def train(model_cfg, cfg, params=None, checkpoint=None, resume=False, progress=N
 
     def run(state, start, stop, history, save):
         opt = FlatAdam(state, cfg)
-        vg = value_and_grad(lambda theta, tokens, targets: loss(model_cfg, opt.unflatten(theta),
-                                                               tokens, targets))
+        # one primitive for the whole loss of theta where the model has one, else the
+        # loss composed on the params read from theta (the same numbers, bit for bit)
+        vg = value_and_grad(flat_loss(model_cfg, opt.layout(), cfg.L) or (
+            lambda theta, tokens, targets: loss(model_cfg, opt.unflatten(theta), tokens,
+                                                targets)))
         window_loss, window_n = 0.0, 0
         for k in range(start, stop):
             rng = onp.random.default_rng([cfg.seed, DATA_STREAM, k])
