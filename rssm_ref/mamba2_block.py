@@ -91,7 +91,7 @@ import autograd.numpy as np
 import numpy as onp
 
 from rssm_ref.kernels.nonlinear import silu
-from rssm_ref.mamba_block import initial_states_to_conv_state
+from rssm_ref.mamba_block import check_layer_states
 from rssm_ref.ssd import DT_LIMIT_NONE, ssd_chunked, ssd_dt, ssd_ref
 from rssm_ref.validation import check_array
 
@@ -424,7 +424,9 @@ def validate_mamba2_block(params, hidden_states=None, conv_state=None, ssm_state
                              f"got {shp} ({where})")
     options = _options(P, dims, norm_before_gate, norm_group_size, dt_limit, eps, chunk_size)
     out = {"params": P, "dims": dims, "options": options, "hidden_states": None, "token": None}
-    out.update(_states(dims, where, hidden_states, token, conv_state, ssm_state))
+    out.update(check_layer_states(where, dims["d"], ("conv_dim", dims["conv_dim"]), dims["W"],
+                                  ("(batch, h, p, n)", (dims["h"], dims["p"], dims["n"])),
+                                  hidden_states, token, conv_state, ssm_state))
     return out
 
 
@@ -537,48 +539,3 @@ def _options(P, dims, norm_before_gate, norm_group_size, dt_limit, eps, chunk_si
             "eps": float(eps), "dt_limit": (lo, hi)}
 
 
-def _states(dims, where, hidden_states, token, conv_state, ssm_state):
-    d, cd, W = dims["d"], dims["conv_dim"], dims["W"]
-    out, batch = {}, None
-    if hidden_states is not None:
-        u = check_array("hidden_states", hidden_states)
-        shp = tuple(onp.shape(u))
-        if len(shp) != 3 or shp[2] != d or shp[1] < 1:
-            raise ValueError(f"hidden_states: expected shape (batch, L, d) = (*, L >= 1, {d}), "
-                             f"got {shp} ({where})")
-        out["hidden_states"], batch = u, shp[0]
-    if token is not None:
-        tok = check_array("token", token)
-        shp = tuple(onp.shape(tok))
-        if len(shp) != 2 or shp[1] != d:
-            raise ValueError(f"token: expected shape (batch, d) = (*, {d}), got {shp} ({where})")
-        out["token"], batch = tok, shp[0]
-    if conv_state is None:
-        out["conv_state"] = None if batch is None else onp.zeros((batch, cd, W))
-    else:
-        cs = check_array("conv_state", conv_state)
-        shp = tuple(onp.shape(cs))
-        b = shp[0] if shp and batch is None else batch
-        if shp == (b, cd, W):
-            out["conv_state"] = cs
-        elif hidden_states is not None and shp == (b, cd, W - 1):
-            out["conv_state"] = initial_states_to_conv_state(cs)
-        else:
-            also = (f" or causal-conv1d's (batch, conv_dim, W - 1) = ({b}, {cd}, {W - 1})"
-                    if hidden_states is not None else "")
-            raise ValueError(f"conv_state: expected shape (batch, conv_dim, W) = ({b}, {cd}, {W})"
-                             f"{also}, got {shp} ({where})")
-        batch = b
-    want = (batch, dims["h"], dims["p"], dims["n"])
-    if ssm_state is None:
-        out["ssm_state"] = None if batch is None else onp.zeros(want)
-    else:
-        ss = check_array("ssm_state", ssm_state)
-        shp = tuple(onp.shape(ss))
-        if batch is None and shp:
-            want = (shp[0],) + want[1:]
-        if shp != want:
-            raise ValueError(f"ssm_state: expected shape (batch, h, p, n) = {want}, got {shp} "
-                             f"({where})")
-        out["ssm_state"] = ss
-    return out

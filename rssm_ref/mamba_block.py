@@ -74,6 +74,7 @@ from rssm_ref.validation import check_array
 
 __all__ = ["mamba_block_ref", "mamba_block_step", "mamba_block", "conv_state_to_initial_states",
            "initial_states_to_conv_state", "mamba_block_params", "validate_mamba_block",
+           "check_layer_states",
            "REQUIRED", "OPTIONAL"]
 
 REQUIRED = ("in_proj.weight", "conv1d.weight", "x_proj.weight", "dt_proj.weight",
@@ -333,7 +334,23 @@ def validate_mamba_block(params, hidden_states=None, conv_state=None, ssm_state=
         if tuple(onp.shape(P[k])) != expected[k]:
             raise ValueError(f"params[{k!r}]: expected shape {_SYMBOLS[k]} = {expected[k]}, "
                              f"got {tuple(onp.shape(P[k]))} ({where})")
-    out = {"params": P, "dims": dims, "hidden_states": None, "token": None}
+    out = {"params": P, "dims": dims}
+    out.update(check_layer_states(where, d, ("E", E), W, ("(batch, E, N)", (E, N)),
+                                  hidden_states, token, conv_state, ssm_state))
+    return out
+
+
+def check_layer_states(where, d, channels, W, ssm, hidden_states=None, token=None,
+                       conv_state=None, ssm_state=None):
+    """A Mamba layer's input sequence and decoding states, checked once for both layers
+    (Mamba-1 here, Mamba-2 in rssm_ref.mamba2_block): hidden_states (batch, L, d) or a
+    token (batch, d); conv_state (batch, C, W), or causal-conv1d's (batch, C, W - 1) with
+    a sequence (converted to the first), zeros when None; ssm_state (batch, *ssm shape),
+    zeros when None. ``channels`` = (name, C) of the conv's channels, ``ssm`` = (symbolic
+    shape, trailing shape). Returns {"hidden_states", "token", "conv_state", "ssm_state"};
+    errors name the key, the expected shape and ``where``."""
+    (cname, C), (ssm_symbol, ssm_tail) = channels, ssm
+    out = {"hidden_states": None, "token": None}
     batch = None
     if hidden_states is not None:
         hs = check_array("hidden_states", hidden_states)
@@ -349,30 +366,31 @@ def validate_mamba_block(params, hidden_states=None, conv_state=None, ssm_state=
             raise ValueError(f"token: expected shape (batch, d) = (*, {d}), got {shp} ({where})")
         out["token"], batch = tok, shp[0]
     if conv_state is None:
-        out["conv_state"] = None if batch is None else onp.zeros((batch, E, W))
+        out["conv_state"] = None if batch is None else onp.zeros((batch, C, W))
     else:
         cs = check_array("conv_state", conv_state)
         shp = tuple(onp.shape(cs))
         b = shp[0] if shp and batch is None else batch
-        if shp == (b, E, W):
+        if shp == (b, C, W):
             out["conv_state"] = cs
-        elif hidden_states is not None and shp == (b, E, W - 1):
+        elif hidden_states is not None and shp == (b, C, W - 1):
             out["conv_state"] = initial_states_to_conv_state(cs)
         else:
-            also = (f" or causal-conv1d's initial_states (batch, E, W - 1) = ({b}, {E}, {W - 1})"
-                    if hidden_states is not None else "")
-            raise ValueError(f"conv_state: expected shape (batch, E, W) = ({b}, {E}, {W}){also}, "
-                             f"got {shp} ({where})")
+            also = (f" or causal-conv1d's initial_states (batch, {cname}, W - 1) = "
+                    f"({b}, {C}, {W - 1})" if hidden_states is not None else "")
+            raise ValueError(f"conv_state: expected shape (batch, {cname}, W) = ({b}, {C}, {W})"
+                             f"{also}, got {shp} ({where})")
         batch = b
     if ssm_state is None:
-        out["ssm_state"] = None if batch is None else onp.zeros((batch, E, N))
+        out["ssm_state"] = None if batch is None else onp.zeros((batch,) + tuple(ssm_tail))
     else:
         ss = check_array("ssm_state", ssm_state)
         shp = tuple(onp.shape(ss))
         b = shp[0] if shp and batch is None else batch
-        if shp != (b, E, N):
-            raise ValueError(f"ssm_state: expected shape (batch, E, N) = ({b}, {E}, {N}), got "
-                             f"{shp} ({where})")
+        want = (b,) + tuple(ssm_tail)
+        if shp != want:
+            raise ValueError(f"ssm_state: expected shape {ssm_symbol} = {want}, got {shp} "
+                             f"({where})")
         out["ssm_state"] = ss
     return out
 
