@@ -93,7 +93,7 @@ import numpy as onp
 from rssm_ref.kernels.nonlinear import silu
 from rssm_ref.mamba_block import check_layer_states
 from rssm_ref.ssd import DT_LIMIT_NONE, ssd_chunked, ssd_dt, ssd_ref
-from rssm_ref.validation import check_array
+from rssm_ref.validation import check_array, check_dt_limit
 
 __all__ = ["mamba2_block_ref", "mamba2_block_step", "mamba2_block", "rms_norm_gated",
            "mamba2_block_params", "validate_mamba2_block", "REQUIRED", "OPTIONAL"]
@@ -517,14 +517,7 @@ def _options(P, dims, norm_before_gate, norm_group_size, dt_limit, eps, chunk_si
             raise ValueError(f"norm_group_size: {norm_group_size!r} (expected an integer dividing "
                              f"d_ssm = {d_ssm}; None: d_ssm / g = {d_ssm // dims['g']})")
         group_size = int(norm_group_size)
-    try:
-        lo, hi = (float(dt_limit[0]), float(dt_limit[1]))
-        ok = len(dt_limit) == 2 and not math.isnan(lo) and not math.isnan(hi) and lo <= hi
-    except (TypeError, ValueError, IndexError):
-        ok = False
-    if not ok:
-        raise ValueError(f"dt_limit: {dt_limit!r} (expected a pair (lo, hi) with lo <= hi; "
-                         "(0, inf) means no clamp)")
+    lo, hi = check_dt_limit(dt_limit)
     try:
         eps_ok = math.isfinite(float(eps)) and float(eps) > 0
     except (TypeError, ValueError):

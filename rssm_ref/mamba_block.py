@@ -105,7 +105,7 @@ def mamba_block_ref(params, hidden_states, conv_state=None, ssm_state=None):
     True
     """
     v = validate_mamba_block(params, hidden_states, conv_state, ssm_state)
-    P, (batch, L) = v["params"], onp.shape(v["hidden_states"])[:2]
+    P, L = v["params"], onp.shape(v["hidden_states"])[1]
     cs, ss = v["conv_state"], v["ssm_state"]
     parts = {k: [] for k in ("y",) + _PARTS}
     for t in range(L):

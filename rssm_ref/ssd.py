@@ -79,8 +79,6 @@ difference below 2.1e-9); here softplus is exact (logaddexp).
 >>> bool(onp.max(onp.abs(r["y"] - c["y"])) <= 1e-13 * onp.max(onp.abs(r["y"])))
 True
 """
-import math
-
 import autograd.numpy as np
 import numpy as onp
 from autograd.tracer import getval
@@ -88,7 +86,7 @@ from autograd.tracer import getval
 from rssm_ref.kernels.nonlinear import silu
 from rssm_ref.kernels.ssd import DT_LIMIT_NONE, segsum, ssd_core, ssd_core_ref, ssd_dt
 from rssm_ref.selective_ssm import A_from_log
-from rssm_ref.validation import check_array, is_traced
+from rssm_ref.validation import check_array, check_dt_limit, is_traced
 
 __all__ = ["ssd_ref", "ssd_chunked", "ssd_chunked_ref", "ssd_dt", "segsum", "silu",
            "ssd_params", "check_ssd_inputs", "ssd_minimal_convention", "DT_LIMIT_NONE"]
@@ -290,14 +288,7 @@ def check_ssd_inputs(x, dt, A=None, B=None, C=None, *, D=None, z=None, dt_bias=N
         dt_bias = want("dt_bias", dt_bias, (h,), "(h,)")
     if initial_states is not None:
         initial_states = want("initial_states", initial_states, (batch, h, p, n), "(batch, h, p, n)")
-    try:
-        lo, hi = (float(dt_limit[0]), float(dt_limit[1]))
-        ok = len(dt_limit) == 2 and not math.isnan(lo) and not math.isnan(hi) and lo <= hi
-    except (TypeError, ValueError, IndexError):
-        ok = False
-    if not ok:
-        raise ValueError(f"dt_limit: {dt_limit!r} (expected a pair (lo, hi) with lo <= hi; "
-                         "(0, inf) means no clamp)")
+    lo, hi = check_dt_limit(dt_limit)
     if chunk_size is not None and not (isinstance(chunk_size, (int, onp.integer))
                                        and not isinstance(chunk_size, bool) and chunk_size >= 1):
         raise ValueError(f"chunk_size: {chunk_size!r} (expected an integer >= 1)")

@@ -28,6 +28,8 @@ Traceback (most recent call last):
 ...
 ValueError: u: contains NaN or inf (expected finite float64 values)
 """
+import math
+
 import numpy as onp
 from autograd.tracer import getval
 
@@ -348,3 +350,21 @@ def check_residual_ss(arrs, allow_unstable=False):
         check_spectral_radius("sigma_A", sA)
         check_spectral_radius("r_A", rA)
     return (sA, sB, sC, sD, rA, rB, rC, rD), m
+
+
+def check_dt_limit(dt_limit):
+    """(lo, hi) as floats from a dt clamp (mamba_ssm's ``dt_limit``), lo <= hi, no NaN;
+    (0, inf) is no clamp. ValueError naming dt_limit otherwise.
+
+    >>> check_dt_limit((0.0, float("inf")))
+    (0.0, inf)
+    """
+    try:
+        lo, hi = (float(dt_limit[0]), float(dt_limit[1]))
+        ok = len(dt_limit) == 2 and not math.isnan(lo) and not math.isnan(hi) and lo <= hi
+    except (TypeError, ValueError, IndexError):
+        ok = False
+    if not ok:
+        raise ValueError(f"dt_limit: {dt_limit!r} (expected a pair (lo, hi) with lo <= hi; "
+                         "(0, inf) means no clamp)")
+    return lo, hi
