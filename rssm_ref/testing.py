@@ -19,11 +19,14 @@ mamba_params(m, n, dt_rank)        -> dict under mamba_ssm's names (A_log, x_pro
                                       dt_proj.weight, dt_proj.bias, D)
 mamba_block_params(d, E, n, W, dt_rank) -> dict: a whole Mamba-1 layer's state_dict
                                       (in_proj, conv1d, x_proj, dt_proj, A_log, D, out_proj)
+mamba2_block_params(d, h, p, g, n, W, d_mlp) -> dict: a whole Mamba-2 layer's state_dict
+                                      (in_proj, conv1d, dt_bias, A_log, D, norm, out_proj);
+                                      g must be an int (the oracle's ngroups option)
 input_sequences(batch, L, m)       -> u (batch, L, m) float64
 params_and_inputs(model, m, ...)   -> (params, inputs): one width m for both, inputs
                                       {"u", "dy"} shaped for the params' output
-                                      ("mamba-block": {"hidden_states", "dy"} and,
-                                      when drawn, "conv_state", "ssm_state")
+                                      ("mamba-block", "mamba2-block": {"hidden_states",
+                                      "dy"} and, when drawn, "conv_state", "ssm_state")
 assert_matches_reference(model, params, inputs, outputs, precision="float64",
                          factor=None, floor=None, **options)
 
@@ -41,6 +44,7 @@ import numpy as onp
 from hypothesis import strategies as st
 
 from rssm_ref.lti import den_from_reflection, StateSpace, TransferFunction
+from rssm_ref.mamba2_block import validate_mamba2_block
 from rssm_ref.oracle import formats, forward, sample, verify
 
 _ = numpy  # the module doctest uses the name ``numpy``
@@ -272,6 +276,55 @@ def mamba_block_params(draw, d=st.integers(1, 4), E=st.integers(1, 6), n=st.inte
 
 
 @st.composite
+def mamba2_block_params(draw, d=st.integers(1, 4), h=st.integers(1, 4), p=st.integers(1, 3),
+                        g=1, n=st.integers(1, 3), W=st.integers(2, 4), d_mlp=None,
+                        norm=None, D_per_channel=None, biases=None):
+    """A whole Mamba-2 layer's state_dict (the oracle's ``--model mamba2-block``, shapes of
+    ``rssm_ref.mamba2_block``): d_ssm = h·p, conv_dim = d_ssm + 2gn, in_proj.weight
+    (2 d_mlp + 2 d_ssm + 2gn + h, d), conv1d.weight (conv_dim, 1, W), dt_bias (h,) spread
+    so that softplus covers Mamba-2's dt range [1e-3, 1e-1] and beyond, A_log (h,) from
+    tiny to large |A|, D (h,) or per channel (d_ssm,) (``D_per_channel``), norm.weight
+    (d_ssm,) (``norm``), out_proj.weight (d, d_mlp + d_ssm), biases as mamba_ssm's
+    ``bias`` and ``conv_bias``. ``g`` must divide every h drawn and is an int (the layer's
+    shapes give only g·n: pass the same g as the oracle's ngroups); the flags that are
+    None are drawn, d_mlp from 0..2 (mamba_ssm's default 0 half the time).
+
+    >>> from hypothesis import given, settings
+    >>> from rssm_ref.mamba2_block import validate_mamba2_block
+    >>> @settings(max_examples=5, database=None)
+    ... @given(mamba2_block_params(d=3, h=2, p=2, g=2, n=3, W=4, d_mlp=0))
+    ... def check(P):
+    ...     assert validate_mamba2_block(P, ngroups=2)["dims"]["conv_dim"] == 16
+    >>> check()
+    """
+    if not isinstance(g, (int, onp.integer)) or isinstance(g, bool) or g < 1:
+        raise ValueError(f"g: {g!r} (expected an int >= 1: the oracle needs it as ngroups)")
+    d, n, W, p = _size(draw, d), _size(draw, n), _size(draw, W), _size(draw, p)
+    h = g * _size(draw, h) if isinstance(h, st.SearchStrategy) else _size(draw, h)
+    if h % g:
+        raise ValueError(f"h: {h} heads for g = {g} groups (expected g to divide h)")
+    m = draw(st.one_of(st.just(0), st.integers(1, 2))) if d_mlp is None else _size(draw, d_mlp)
+    s, cd = h * p, h * p + 2 * g * n
+    rows, d_inner = 2 * m + 2 * s + 2 * g * n + h, m + s
+    mag = st.one_of(st.floats(1e-3, 50.0), st.sampled_from([1e-6, 1e-3, 1.0, 16.0]))
+    P = {"in_proj.weight": _normals(draw, (rows, d), 1 / onp.sqrt(d)),
+         "conv1d.weight": _normals(draw, (cd, 1, W), 1 / onp.sqrt(W)),
+         "dt_bias": _normals(draw, (h,), 2.0) - 2.0,
+         "A_log": onp.log(onp.array([draw(mag) for _ in range(h)])),
+         "out_proj.weight": _normals(draw, (d, d_inner), 1 / onp.sqrt(d_inner))}
+    per_channel = draw(st.booleans()) if D_per_channel is None else bool(D_per_channel)
+    P["D"] = _normals(draw, (s,) if per_channel else (h,))
+    if (draw(st.booleans()) if norm is None else norm):
+        P["norm.weight"] = 1.0 + 0.3 * _normals(draw, (s,))
+    if draw(st.booleans()) if biases is None else True:
+        P["conv1d.bias"] = _normals(draw, (cd,))
+    if draw(st.booleans()) if biases is None else bool(biases):
+        P["in_proj.bias"] = _normals(draw, (rows,))
+        P["out_proj.bias"] = _normals(draw, (d,))
+    return P
+
+
+@st.composite
 def input_sequences(draw, batch=st.integers(1, 3), L=st.integers(1, 64), m=1, scale=1.0):
     """u (batch, L, m) float64: Gaussian noise, an impulse, a step or small integers."""
     batch, L, m = _size(draw, batch), _size(draw, L), _size(draw, m)
@@ -296,12 +349,14 @@ def params_and_inputs(draw, model="residual", m=st.integers(1, 3), batch=st.inte
 
     ``model``: "lti" (``tf_arrays`` or ``ss_arrays``, p outputs), "residual"
     (``residual_params``), "selective" (``selective_params``), "mamba"
-    (``mamba_params``, width m) or "mamba-block" (``mamba_block_params``, d_model m);
-    ``params_kw`` go to that strategy (e.g. ``form="ss"``, ``order``, ``n``, ``W``).
-    inputs: ``u`` (batch, L, m) from ``input_sequences`` (``hidden_states`` for
-    "mamba-block", which may also draw initial ``conv_state`` (batch, E, W) and
-    ``ssm_state`` (batch, E, n)) and, with ``dy``, a Gaussian cotangent ``dy`` shaped
-    like the output y (batch, L, p or m). Sizes may be ints or strategies.
+    (``mamba_params``, width m), "mamba-block" (``mamba_block_params``, d_model m) or
+    "mamba2-block" (``mamba2_block_params``, d_model m; its ``g`` (default 1) is the
+    ngroups to give the oracle); ``params_kw`` go to that strategy (e.g. ``form="ss"``,
+    ``order``, ``n``, ``W``). inputs: ``u`` (batch, L, m) from ``input_sequences``
+    (``hidden_states`` for the layers, which may also draw initial ``conv_state``
+    (batch, E or conv_dim, W) and ``ssm_state`` (batch, E, n) or (batch, h, p, n)) and,
+    with ``dy``, a Gaussian cotangent ``dy`` shaped like the output y (batch, L, p or m).
+    Sizes may be ints or strategies.
 
     >>> from hypothesis import given, settings
     >>> @settings(max_examples=5, database=None)
@@ -334,20 +389,32 @@ def params_and_inputs(draw, model="residual", m=st.integers(1, 3), batch=st.inte
     elif model == "mamba-block":
         P = draw(mamba_block_params(d=m, **params_kw))
         width = m
+    elif model == "mamba2-block":
+        P = draw(mamba2_block_params(d=m, **params_kw))
+        width = m
     else:
         raise ValueError(f"model: {model!r} (expected 'lti', 'residual', 'selective', "
-                         "'mamba' or 'mamba-block')")
+                         "'mamba', 'mamba-block' or 'mamba2-block')")
     batch, L = _size(draw, batch), _size(draw, L)
     U = {"u": draw(input_sequences(batch, L, m))}
-    if model == "mamba-block":
+    if model in formats.LAYER_MODELS:
         U = {"hidden_states": U["u"]}
-        E, n = P["A_log"].shape
         if draw(st.booleans()):
-            U["conv_state"] = _normals(draw, (batch, E, P["conv1d.weight"].shape[2]))
-            U["ssm_state"] = _normals(draw, (batch, E, n))
+            C, _, W = P["conv1d.weight"].shape
+            U["conv_state"] = _normals(draw, (batch, C, W))
+            U["ssm_state"] = _normals(draw, (batch,) + _ssm_state_shape(model, P, params_kw))
     if dy:
         U["dy"] = _normals(draw, (batch, L, width))
     return P, U
+
+
+def _ssm_state_shape(model, P, params_kw):
+    """The scan state of one sequence: (E, n) for Mamba-1, (h, p, n) for Mamba-2 (g from
+    the strategy's keyword, 1 by default)."""
+    if model == "mamba-block":
+        return P["A_log"].shape
+    dims = validate_mamba2_block(P, ngroups=params_kw.get("g", 1))["dims"]
+    return (dims["h"], dims["p"], dims["n"])
 
 
 def assert_matches_reference(model, params, inputs, outputs, precision="float64", factor=None,
@@ -357,7 +424,8 @@ def assert_matches_reference(model, params, inputs, outputs, precision="float64"
     ``params``/``inputs``: dicts in the file format (docs/formats.md); ``outputs``:
     dict of the candidate's arrays with keys among ``y``, the intermediates and
     ``grad_<key>`` (gradients of sum(y * dy), dy from ``inputs`` or ones).
-    ``options``: path, gate, discretization, output, layout, allow_unstable. Raises
+    ``options``: path, gate, discretization, output, layout, allow_unstable (and the
+    layers' and ssd's options of ``forward.resolve_options``, e.g. ngroups). Raises
     AssertionError carrying the verify report; returns the report when it passes.
 
     The verdict is rel_err <= factor × oracle_err + floor per tensor (docs/verify.md).
@@ -379,9 +447,9 @@ def assert_matches_reference(model, params, inputs, outputs, precision="float64"
     want_inter = any(k in inter for k in outputs)
     opts = forward.resolve_options(model, grads=want_grads, intermediates=want_inter, **options)
     params, sizes = formats.check_params(model, params,
-                                         allow_unstable=opts["allow_unstable"])
+                                         allow_unstable=opts["allow_unstable"], options=opts)
     inputs, _ = formats.check_inputs(model, inputs, sizes, layout=opts["layout"],
-                                     ngroups=opts.get("ngroups"))
+                                     ngroups=opts.get("ngroups") if model == "ssd" else None)
     ref_out = forward.compute_checked(model, params, inputs, opts)
     if want_grads and "dy" not in inputs:
         inputs = dict(inputs, dy=onp.ones(ref_out["y"].shape))

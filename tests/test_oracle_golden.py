@@ -56,7 +56,7 @@ def test_cases_cover_what_the_suite_promises(suite):
             if c["model"] == "selective"} == {("zoh", "before"), ("zoh", "after"),
                                               ("euler", "before"), ("euler", "after")}
     for c in cases.values():
-        x = "hidden_states" if c["model"] == "mamba-block" else "u"
+        x = "hidden_states" if c["model"] in ("mamba-block", "mamba2-block") else "u"
         assert {"y", f"grad_{x}"} <= set(c["shapes"])
     # Mamba under its state_dict names: the scan alone and the whole layer, with and
     # without initial states (whose gradients are checked too)
@@ -64,6 +64,14 @@ def test_cases_cover_what_the_suite_promises(suite):
     blocks = [c for c in cases.values() if c["model"] == "mamba-block"]
     assert {c["shapes"]["grad_conv1d.weight"][2] for c in blocks} == {3, 4}
     assert any("grad_conv_state" in c["shapes"] and "ssm_state" in c["shapes"] for c in blocks)
+    # the Mamba-2 layer: 2 groups (an option, the shapes give only g·n), no gated MLP
+    # (in_proj's rows 2 d_ssm + 2 g n + h), the gated norm on, every state's gradient
+    m2 = [c for c in cases.values() if c["model"] == "mamba2-block"]
+    assert len(m2) == 1 and m2[0]["options"]["ngroups"] == 2
+    sh = m2[0]["shapes"]
+    d_ssm, (h, p, n) = sh["norm.weight"][0], sh["ssm_state"][1:]
+    assert sh["in_proj.weight"][0] == 2 * d_ssm + 2 * 2 * n + h and d_ssm == h * p
+    assert {"grad_norm.weight", "grad_conv_state", "grad_ssm_state", "y_norm"} <= set(sh)
     assert {"numpy", "scipy", "autograd", "rssm_ref", "python"} <= set(m["versions"])
     # poles at 0.999 and repeated poles are really there
     with onp.load(suite[0] / "lti_siso_tf_pole0999_L4096" / "params.npz") as z:

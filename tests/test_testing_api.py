@@ -9,16 +9,19 @@ from rssm_ref.oracle.verify import verify
 from rssm_ref.testing import assert_matches_reference, params_and_inputs
 
 
-@pytest.mark.parametrize("model", ["lti", "residual", "selective", "mamba", "mamba-block"])
+@pytest.mark.parametrize("model", ["lti", "residual", "selective", "mamba", "mamba-block",
+                                   "mamba2-block"])
 def test_params_and_inputs_always_fit_together(model):
     seen, states = set(), set()
-    x = "hidden_states" if model == "mamba-block" else "u"
+    x = "hidden_states" if model in ("mamba-block", "mamba2-block") else "u"
+    # the Mamba-2 layer's shapes give only ngroups·d_state: the strategy's g is the option
+    drawn, opts = ({"g": 2}, {"ngroups": 2}) if model == "mamba2-block" else ({}, {})
 
     @settings(max_examples=15, database=None, deadline=None)
-    @given(params_and_inputs(model, L=8))
+    @given(params_and_inputs(model, L=8, **drawn))
     def check(case):
         P, U = case
-        out = forward.compute(model, P, U, grads=True)      # refuses any shape mismatch
+        out = forward.compute(model, P, U, grads=True, **opts)   # refuses any shape mismatch
         assert out["y"].shape == U["dy"].shape
         assert out[f"grad_{x}"].shape == U[x].shape
         assert all(onp.isfinite(v).all() for v in out.values())
@@ -26,7 +29,7 @@ def test_params_and_inputs_always_fit_together(model):
         states.add("conv_state" in U)
     check()
     assert len(seen) >= 2        # the width m varies, and the inputs follow it
-    if model == "mamba-block":
+    if model in ("mamba-block", "mamba2-block"):
         assert states == {True, False}     # with and without initial states
 
 

@@ -152,7 +152,8 @@ def _refuse_unused(flags, reason):
 # --- commands are registered below this line ---------------------------------------
 
 # oracle commands: forward, init, verify, golden. Formats: docs/formats.md.
-_MODELS = click.Choice(["lti", "residual", "selective", "mamba", "mamba-block", "ssd"])
+_MODELS = click.Choice(["lti", "residual", "selective", "mamba", "mamba-block", "mamba2-block",
+                        "ssd"])
 # the array module (docs/11-backends.md); default: $RSSM_REF_BACKEND, else numpy (the autograd cores)
 _BACKEND = click.option(
     "--backend", type=click.Choice(["numpy", "cupy", "array_api_strict"]), default=None,
@@ -198,23 +199,37 @@ def _report(result, as_json):
               help="Read one layer of a whole-model params file: the keys that start with "
                    "PREFIX (e.g. backbone.layers.3.mixer.), without it.")
 @click.option("--step", is_flag=True,
-              help="mamba-block: one decoding step (Mamba.step) from the inputs' conv_state and "
-                   "ssm_state on hidden_states (batch, 1, d).")
+              help="mamba-block, mamba2-block: one decoding step (Mamba.step, Mamba2.step) from "
+                   "the inputs' conv_state and ssm_state on hidden_states (batch, 1, d).")
 @click.option("--dt-softplus", is_flag=True,
               help="ssd: dt' = softplus(dt + dt_bias), mamba_chunk_scan_combined's dt_softplus.")
 @click.option("--dt-limit", type=float, nargs=2, default=None, metavar="LO HI",
-              help="ssd: clamp dt' to [LO, HI] (HI may be inf; default none, (0, inf)).")
+              help="ssd, mamba2-block: clamp dt' to [LO, HI] (HI may be inf; default none, "
+                   "(0, inf)).")
 @click.option("--chunk-size", type=int, default=None, metavar="Q",
-              help="ssd: chunk length (default 256, Mamba-2's; y and the gradients do not "
-                   "depend on it beyond round-off, chunk_states do).")
+              help="ssd, mamba2-block: chunk length (default 256, Mamba-2's; y and the "
+                   "gradients do not depend on it beyond round-off, chunk_states do).")
 @click.option("--ngroups", type=int, default=None, metavar="G",
-              help="ssd with --layout heads-flat: the groups g in B, C (batch, L, g·n) (HF's "
-                   "n_groups; not needed when initial_states give n).")
+              help="mamba2-block: groups of heads sharing B and C (Mamba2's ngroups; the "
+                   "shapes give only ngroups x d_state, so this or --d-state is required); "
+                   "ssd with --layout heads-flat: the g of B, C (batch, L, g·n) (HF's n_groups; "
+                   "not needed when initial_states give n).")
+@click.option("--d-state", type=int, default=None, metavar="N",
+              help="mamba2-block: the state size instead of --ngroups (both: they must agree).")
+@click.option("--norm-before-gate", is_flag=True,
+              help="mamba2-block: normalize y, then gate by silu(z) (Mamba2's "
+                   "norm_before_gate=True; default: gate, then normalize).")
+@click.option("--norm-group-size", type=int, default=None, metavar="S",
+              help="mamba2-block: channels per group of the gated RMSNorm (default "
+                   "d_ssm / ngroups, Mamba2's; d_ssm: one group over the whole width).")
+@click.option("--eps", type=float, default=None,
+              help="mamba2-block: the gated RMSNorm's epsilon (default 1e-5, Mamba2's).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 @_BACKEND
 def forward_cmd(model, params_path, inputs_path, out_path, path, gate, discretization, output,
                 layout, allow_unstable, grads, intermediates, prefix, step, dt_softplus,
-                dt_limit, chunk_size, ngroups, as_json, backend):
+                dt_limit, chunk_size, ngroups, d_state, norm_before_gate, norm_group_size, eps,
+                as_json, backend):
     """Compute the float64 reference outputs (and gradients) for a params/inputs pair.
 
     --model mamba takes a Mamba layer's own keys (A_log, D, x_proj.weight, dt_proj.weight,
@@ -224,14 +239,18 @@ def forward_cmd(model, params_path, inputs_path, out_path, path, gate, discretiz
     --model ssd takes Mamba-2's SSD core under mamba_chunk_scan_combined's names (A_log or
     A, D, dt_bias; inputs x, dt, B, C, z, initial_states) and returns y and final_states
     (--intermediates: chunk_states); --layout heads-flat reads and writes HF's flat
-    (batch, L, h·p) and (batch, L, g·n) tensors (--ngroups G).
+    (batch, L, h·p) and (batch, L, g·n) tensors (--ngroups G). --model mamba2-block takes
+    a whole Mamba-2 layer's state_dict (in_proj, conv1d, dt_bias, A_log, D, norm, out_proj) with --ngroups (or
+    --d-state) on hidden_states, and returns y, conv_state and ssm_state.
     """
     config = ForwardConfig(model=model, path=path, gate=gate, discretization=discretization,
                            output=output, allow_unstable=allow_unstable, grads=grads,
                            intermediates=intermediates, backend=backend, layout=layout,
                            step=step, prefix=prefix, dt_softplus=dt_softplus,
                            dt_limit=tuple(dt_limit) if dt_limit else None,
-                           chunk_size=chunk_size, ngroups=ngroups)
+                           chunk_size=chunk_size, ngroups=ngroups, d_state=d_state,
+                           norm_before_gate=norm_before_gate, norm_group_size=norm_group_size,
+                           eps=eps)
     info = run_guarded(run_forward, config, params_path, inputs_path, out_path)
     if as_json:
         _json_out(info)
@@ -250,13 +269,16 @@ def forward_cmd(model, params_path, inputs_path, out_path, path, gate, discretiz
 @click.option("--form", type=click.Choice(["tf", "ss"]), default=None,
               help="lti/residual: transfer function (default) or state space.")
 @click.option("--m", type=int, default=None, help="Input/model width.")
-@click.option("--p", type=int, default=None, help="lti output width; ssd head dimension.")
+@click.option("--p", type=int, default=None,
+              help="lti output width; ssd, mamba2-block head dimension.")
 @click.option("--order", type=int, default=None, help="lti/Σ order.")
 @click.option("--order-r", type=int, default=None, help="Σ_r order (residual).")
-@click.option("--n", type=int, default=None, help="Selective/mamba/ssd state size (d_state).")
+@click.option("--n", type=int, default=None,
+              help="Selective/mamba/ssd/mamba2-block state size (d_state).")
 @click.option("--heads", type=int, default=None, help="ssd: number of heads h (default 4).")
 @click.option("--groups", type=int, default=None,
-              help="ssd: groups g of heads sharing B and C (default 2; g divides h).")
+              help="ssd, mamba2-block: groups g of heads sharing B and C (default 2; "
+                   "mamba2-block 1; g divides h).")
 @click.option("--vocab", type=int, default=None, help="Add an embedding (vocab, m).")
 @click.option("--batch", type=int, default=2, show_default=True,
               help="Sequences in the inputs (with --inputs-out).")

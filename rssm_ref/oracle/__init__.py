@@ -10,11 +10,12 @@ verify      per-tensor verdicts against a reference, in the candidate's precisio
 golden      the frozen suite of named cases and its tamper-proof check
 mamba       a Mamba layer's own parameters (A_log, x_proj, dt_proj, D) on the selective core
             (--model mamba), and the whole Mamba-1 layer (--model mamba-block); --model ssd
-            is Mamba-2's SSD core (rssm_ref.ssd) under mamba_chunk_scan_combined's names
+            is Mamba-2's SSD core (rssm_ref.ssd) under mamba_chunk_scan_combined's names,
+            --model mamba2-block the whole Mamba-2 layer (rssm_ref.mamba2_block)
 diagnose    which conventions (discretization, output, D, layout, gate) a candidate follows
 slips       the slips a port of the Mamba-1 layer makes, as diagnose names them
 
 >>> from rssm_ref.oracle import formats
 >>> formats.MODELS
-('lti', 'residual', 'selective', 'mamba', 'mamba-block', 'ssd')
+('lti', 'residual', 'selective', 'mamba', 'mamba-block', 'mamba2-block', 'ssd')
 """

@@ -37,23 +37,29 @@ mamba      a Mamba layer's own names (rssm_ref.oracle.mamba): A_log (m, n),
            dt_proj.weight (m, dt_rank); optional dt_proj.bias (m,), D (m,)
 mamba-block  a whole Mamba-1 layer's state_dict names (in_proj, conv1d, x_proj, dt_proj,
            A_log, D, out_proj)
+mamba2-block a whole Mamba-2 layer's state_dict names (rssm_ref.mamba2_block): in_proj,
+           conv1d, dt_bias (h,), A_log (h,), D (h,) or (d_ssm,), optional norm.weight
+           (d_ssm,), out_proj; g and n apart come from the options (ngroups or d_state)
 ssd        Mamba-2's SSD core (mamba_chunk_scan_combined's names): A_log (h,) or A (h,) < 0
            (exactly one); optional D (h,) or (h, p), dt_bias (h,)
-all        optional embedding (vocab, m) (not mamba-block, ssd)
+all        optional embedding (vocab, m) (not the layers, ssd)
 
 Inputs: ``u`` (batch, L, m) or ``tokens`` (batch, L) integer ids with ``embedding`` in
 the params (u = embedding[tokens]); optional cotangent ``dy`` shaped like ``y``.
-mamba-block: hidden_states (batch, L, d), optional conv_state, ssm_state. ssd: x
+mamba-block, mamba2-block: hidden_states (batch, L, d), optional conv_state, ssm_state
+(mamba2-block: (batch, conv_dim, W) or (batch, conv_dim, W - 1), (batch, h, p, n)). ssd: x
 (batch, L, h, p), dt (batch, L, h), B, C (batch, L, g, n) with h % g == 0, optional
 z (batch, L, h, p) and initial_states (batch, h, p, n).
 
 Outputs (``forward``): ``y``; intermediates (residual: y_s (batch, L, m), r (batch, L),
 s (batch, L); selective, mamba: delta (batch, L, m), h (batch, L, m, n), last_state
 (batch, m, n) = h[:, -1]; ssd: final_states (batch, h, p, n) always, chunk_states
-(batch, ceil(L / chunk_size), h, p, n)); gradients ``grad_u`` (``grad_<input>`` for the
-layers' inputs) and ``grad_<key>`` per parameter key; and, so that the file can be
-recomputed, the params as ``param__<key>``, the inputs as ``input__<key>`` and the
-options as UTF-8 JSON in the uint8 array ``options_json``.
+(batch, ceil(L / chunk_size), h, p, n); the layers: conv_state, ssm_state always, and
+their own stages, mamba2-block's zxbcdt, xBC_conv, dt, y_ssd, y_norm, y_inner);
+gradients ``grad_u`` (``grad_<input>`` for the layers' inputs) and ``grad_<key>`` per
+parameter key; and, so that the file can be recomputed, the params as ``param__<key>``,
+the inputs as ``input__<key>`` and the options as UTF-8 JSON in the uint8 array
+``options_json``.
 
 Every failure is a ``ValueError`` (or ``TypeError`` for a wrong dtype) whose one-line
 message names the file, the key and what was expected:
@@ -72,6 +78,7 @@ import zipfile
 
 import numpy as onp
 
+from rssm_ref.mamba2_block import validate_mamba2_block
 from rssm_ref.util import safetensors
 from rssm_ref.util.paths import atomic_savez
 from rssm_ref.validation import check_array, check_stable_den, check_tokens
@@ -79,7 +86,11 @@ from rssm_ref.validation import check_array, check_stable_den, check_tokens
 FORMAT_VERSION = "rssm-ref/1"
 # ssd's chunk length when the options give none: Mamba-2's (mamba_ssm.modules.mamba2)
 SSD_CHUNK_SIZE = 256
-MODELS = ("lti", "residual", "selective", "mamba", "mamba-block", "ssd")
+MODELS = ("lti", "residual", "selective", "mamba", "mamba-block", "mamba2-block", "ssd")
+# the whole layers: input hidden_states, states conv_state and ssm_state, NumPy only
+LAYER_MODELS = ("mamba-block", "mamba2-block")
+# mamba2-block's gated-norm epsilon when the options give none: mamba_ssm's and HF's 1e-5
+MAMBA2_EPS = 1e-5
 PARAM_PREFIX = "param__"
 INPUT_PREFIX = "input__"
 OPTIONS_KEY = "options_json"
@@ -179,11 +190,38 @@ SPECS = {
         "outputs": {"y": ("batch", "L", "h", "p"), "final_states": ("batch", "h", "p", "n")},
         "intermediates": {"chunk_states": ("batch", "nchunks", "h", "p", "n")},
     },
+    # a whole Mamba-2 layer (mamba_ssm's Mamba2, rssm_ref.mamba2_block) under its state_dict
+    # names; the sizes the shapes cannot give (d_ssm, d_mlp, p, g, n) are derived after
+    # binding by rssm_ref.mamba2_block.validate_mamba2_block, with the options' ngroups or
+    # d_state. D is (h,) per head or (d_ssm,) per channel (``shape_alternatives``, told
+    # apart by which size fits); states conv_state (batch, conv_dim, W) (or causal-conv1d's
+    # (batch, conv_dim, W - 1)) and ssm_state (batch, h, p, n).
+    "mamba2-block": {
+        "blocks": {
+            "layer": {
+                "mamba2-block": {"in_proj.weight": ("d_in_proj", "d"),
+                                 "conv1d.weight": ("conv_dim", 1, "W"), "dt_bias": ("h",),
+                                 "A_log": ("h",), "D": ("h",),
+                                 "out_proj.weight": ("d", "d_inner")},
+            },
+        },
+        "optional": {"in_proj.bias": ("d_in_proj",), "conv1d.bias": ("conv_dim",),
+                     "norm.weight": ("d_ssm",), "out_proj.bias": ("d",)},
+        "shape_alternatives": {"D": ("d_ssm",)},
+        "input": ("hidden_states", ("batch", "L", "d")),
+        "states": {"conv_state": ("batch", "conv_dim", "W"), "ssm_state": ("batch", "h", "p", "n")},
+        "outputs": {"y": ("batch", "L", "d"), "conv_state": ("batch", "conv_dim", "W"),
+                    "ssm_state": ("batch", "h", "p", "n")},
+        "intermediates": {"zxbcdt": ("batch", "L", "d_in_proj"),
+                          "xBC_conv": ("batch", "L", "conv_dim"), "dt": ("batch", "L", "h"),
+                          "y_ssd": ("batch", "L", "d_ssm"), "y_norm": ("batch", "L", "d_ssm"),
+                          "y_inner": ("batch", "L", "d_inner")},
+    },
 }
 
 # Sequence tensors carry time on axis 1 (used by verify for "first bad time step").
 TIME_AXIS_TENSORS = ("y", "y_s", "r", "s", "delta", "h", "grad_u", "dy", "u", "grad_x", "grad_dt",
-                     "grad_z")
+                     "grad_z", "zxbcdt", "xBC_conv", "dt", "y_ssd", "y_norm", "y_inner")
 LAYOUTS = ("channel-last", "channel-first")
 # ssd's layouts: mamba_ssm's and mamba2-minimal's (batch, L, h, p), and HF's Mamba2Mixer's
 # flat hidden states (batch, L, h·p) ("heads-flat")
@@ -197,6 +235,7 @@ _FLAT_INNER = {"h": "p", "g": "n"}
 
 _FORM_NAMES = {"ss": "state-space", "tf": "transfer-function", "diag": "diagonal",
                "mamba": "Mamba-layer", "mamba-block": "Mamba-1 layer",
+               "mamba2-block": "Mamba-2 layer",
                "log": "A = -exp(A_log)", "direct": "A < 0"}
 # keys of a whole Mamba block outside its selective scan (refused with a hint)
 _MAMBA_OUTSIDE = ("in_proj", "conv1d", "out_proj", "norm", "embedding.weight", "lm_head")
@@ -324,17 +363,26 @@ def _mamba_key_hint(key):
     return ""
 
 
-def _layer_key_hint(extra, known):
-    """A hint for keys a Mamba-1 layer lacks: a whole model's (one layer's keys under a
-    module prefix), or a Mamba-2 layer's."""
+def _layer_key_hint(model, extra, known):
+    """A hint for keys a layer model lacks: a whole model's (one layer's keys under a
+    module prefix), or the other Mamba layer's (Mamba-2 keys for --model mamba-block,
+    Mamba-1 keys for --model mamba2-block).
+
+    >>> _layer_key_hint("mamba2-block", ["dt_proj.bias", "x_proj.weight"], ["A_log"])
+    "; a Mamba-1 layer's keys (Mamba has x_proj and dt_proj, ...; use --model mamba-block"
+    """
     for key in extra:
         for name in known:
             if key.endswith("." + name):
                 return (f"; a whole model's keys: select one layer with --prefix "
                         f"{key[:-len(name)]!r}")
-    if "dt_bias" in extra or "norm.weight" in extra:
+    if model == "mamba-block" and ("dt_bias" in extra or "norm.weight" in extra):
         return ("; a Mamba-2 layer's keys (Mamba2 has dt_bias and norm.weight): --model "
-                "mamba-block is the Mamba-1 layer, mamba_ssm's Mamba")
+                "mamba-block is the Mamba-1 layer, mamba_ssm's Mamba; use --model mamba2-block")
+    if model == "mamba2-block" and any(k.startswith(("x_proj.", "dt_proj.")) for k in extra):
+        return ("; a Mamba-1 layer's keys (Mamba has x_proj and dt_proj, Mamba2 has neither): "
+                "--model mamba2-block is the Mamba-2 layer, mamba_ssm's Mamba2; use --model "
+                "mamba-block")
     return ""
 
 
@@ -421,7 +469,7 @@ def param_form(model, params):
     return out
 
 
-def check_params(model, params, where="params", allow_unstable=False):
+def check_params(model, params, where="params", allow_unstable=False, options=None):
     """Check a params mapping against ``SPECS[model]``; return ``(params, sizes)``.
 
     ``params``: mapping key -> array. Returns a new dict of float64 arrays and the sizes
@@ -429,6 +477,8 @@ def check_params(model, params, where="params", allow_unstable=False):
     ``where`` and the key. Stability: denominators (``den`` rows, descending powers of
     z) and state matrices must have all roots/eigenvalues inside |z| < 1, selective
     ``A`` must be negative (continuous-time Hurwitz, eq. (3a)), unless ``allow_unstable``.
+    ``options`` (the forward options, mamba2-block only): its ngroups or d_state splits
+    g·n, and its layer options are checked against the params (``mamba2_options``).
 
     >>> import numpy
     >>> p, sizes = check_params("lti", {"num": numpy.ones((2, 1, 3)),
@@ -447,7 +497,7 @@ def check_params(model, params, where="params", allow_unstable=False):
     extra = sorted(k for k in params if k not in known)
     if extra:
         hint = (_mamba_key_hint(extra[0]) if model == "mamba" else
-                _layer_key_hint(extra, known) if model == "mamba-block" else "")
+                _layer_key_hint(model, extra, known) if model in LAYER_MODELS else "")
         raise ValueError(f"{where}: unexpected key {_q(extra[0])} for --model {model} "
                          f"(expected only {', '.join(sorted(known))}){hint}")
 
@@ -467,8 +517,10 @@ def check_params(model, params, where="params", allow_unstable=False):
         missing = [k for k in forms[form] if k not in params]
         if missing:
             extra = ""
-            if model == "mamba-block":
+            if model in LAYER_MODELS:
                 extra = f"; {missing[0]} is {_fmt_shape(forms[form][missing[0]])}"
+                if model == "mamba2-block" and missing[0] == "D":
+                    extra += " or (d_ssm,)"
                 if "in_proj.weight" in missing and "x_proj.weight" in params:
                     extra += ("; a layer's selective scan alone (A_log, D, x_proj, dt_proj) "
                               "is --model mamba")
@@ -482,13 +534,14 @@ def check_params(model, params, where="params", allow_unstable=False):
 
     out = {k: _float_array(where, k, params[k]) for k in params}
     sizes = _Sizes(where)
-    for block, form in chosen.items():
-        for key, shp in spec["blocks"][block][form].items():
-            sizes.bind(key, shp, onp.shape(out[key]))
-    for key, shp in spec["optional"].items():
-        if key in out:
-            sizes.bind(key, _shape_spec(spec, key, shp, onp.shape(out[key]), where),
-                       onp.shape(out[key]))
+    given = [(k, shp) for block, form in chosen.items()
+             for k, shp in spec["blocks"][block][form].items()]
+    given += [(k, shp) for k, shp in spec["optional"].items() if k in out]
+    # keys with a shape alternative last: the sizes that tell the two apart are bound then
+    alts = spec.get("shape_alternatives", {})
+    for key, shp in [g for g in given if g[0] not in alts] + [g for g in given if g[0] in alts]:
+        sizes.bind(key, _shape_spec(spec, key, shp, onp.shape(out[key]), where, sizes),
+                   onp.shape(out[key]))
 
     for key, arr in out.items():
         if key.endswith("den") or key == "den":
@@ -507,15 +560,28 @@ def check_params(model, params, where="params", allow_unstable=False):
         check_selective_A(where, out["A"])
     if model == "ssd":
         _check_ssd(where, out)
+    if model == "mamba2-block":
+        return out, _check_mamba2_block(where, out, sizes.as_dict(), options)
     return out, sizes.as_dict()
 
 
-def _shape_spec(spec, key, shp, shape, where):
-    """The spec a key is bound with: its own, or its alternative (ssd's D (h,) or (h, p))
-    when the array has that many axes."""
+def _shape_spec(spec, key, shp, shape, where, sizes):
+    """The spec a key is bound with: its own, or its alternative when the array has that
+    many axes (ssd's D (h,) or (h, p)) or, with as many axes, when the alternative's sizes
+    fit the ones bound so far and its own do not (mamba2-block's D (h,) or (d_ssm,))."""
     alt = spec.get("shape_alternatives", {}).get(key)
     if alt is None:
         return shp
+    if len(alt) == len(shp) == len(shape):
+        def fits(cand):
+            return all(s not in sizes.values or sizes.values[s][0] == v
+                       for s, v in zip(cand, shape) if not isinstance(s, int))
+        if not fits(shp) and not fits(alt):
+            known = "; ".join(f"{s} = {sizes.values[s][0]} from {sizes.values[s][1]}"
+                              for s in shp + alt if not isinstance(s, int))
+            raise ValueError(f"{where}: key {_q(key)}: shape {tuple(shape)} (expected "
+                             f"{_fmt_shape(shp)} or {_fmt_shape(alt)}; {known})")
+        return shp if fits(shp) else alt
     if len(shape) == len(alt):
         return alt
     if len(shape) != len(shp):
@@ -582,6 +648,50 @@ def _check_mamba_block(where, params, sizes):
                          f"({E}, 1, W))")
     _check_mamba(where, params, {"dt_rank+2n": sizes["dt_rank+2n"], "dt_rank": sizes["dt_rank"],
                                  "n": sizes["n"]})
+
+
+# option -> forward flag, for the messages of mamba2-block's option checks
+_MAMBA2_FLAGS = {"ngroups": "--ngroups", "d_state": "--d-state",
+                 "norm_before_gate": "--norm-before-gate",
+                 "norm_group_size": "--norm-group-size", "dt_limit": "--dt-limit",
+                 "eps": "--eps", "chunk_size": "--chunk-size"}
+
+
+def _check_mamba2_block(where, params, sizes, options):
+    """The Mamba-2 layer's dimensions (rssm_ref.mamba2_block's derivation, with the
+    options' ngroups or d_state) and its options checked against the params; returns
+    the sizes with d_ssm, d_mlp, p, g and n added. A = -exp(A_log) must be finite."""
+    try:
+        dims = validate_mamba2_block(params, chunk_size=(options or {}).get("chunk_size"),
+                                     **mamba2_options(options))["dims"]
+    except ValueError as exc:
+        msg = str(exc)
+        if msg.startswith("params["):
+            # params['in_proj.weight']: ... -> P.npz: key 'in_proj.weight': ...
+            key, rest = msg[len("params["):].split("]: ", 1)
+            raise ValueError(f"{where}: key {key}: {rest}") from None
+        name, rest = msg.split(": ", 1)
+        flag = _MAMBA2_FLAGS.get(name, name)
+        rest = rest.replace("(or d_state)", "(or --d-state)")
+        raise ValueError(f"{flag}: {rest} (params {where})") from None
+    _check_ssd(where, {"A_log": params["A_log"]})
+    return dict(sizes, **{k: dims[k] for k in ("d_ssm", "d_mlp", "p", "g", "n")})
+
+
+def mamba2_options(options):
+    """rssm_ref.mamba2_block's keyword options (ngroups, d_state, norm_before_gate,
+    norm_group_size, dt_limit, eps) from a mamba2-block file's options dict, defaults
+    filled in: ngroups and d_state None (one is required), norm_before_gate False,
+    norm_group_size None (d_ssm / g), dt_limit (0, inf) (``ssd_limit``), eps MAMBA2_EPS.
+
+    >>> mamba2_options({"ngroups": 2, "dt_limit": [0.01, None]})["dt_limit"]
+    (0.01, inf)
+    """
+    o = options or {}
+    return {"ngroups": o.get("ngroups"), "d_state": o.get("d_state"),
+            "norm_before_gate": o.get("norm_before_gate", False),
+            "norm_group_size": o.get("norm_group_size"), "dt_limit": ssd_limit(o),
+            "eps": MAMBA2_EPS if o.get("eps") is None else o["eps"]}
 
 
 def input_key(model):
@@ -704,6 +814,7 @@ def check_inputs(model, inputs, sizes, where="inputs", params_where="params",
 
 # where each layer's layouts come from (the message of a refused --layout)
 _LAYER_ANCHORS = {"mamba-block": "(batch, L, d) in mamba_ssm, mambapy and HF alike",
+                  "mamba2-block": "(batch, L, d) in mamba_ssm and HF alike",
                   "ssd": "(batch, L, h, p) in mamba_ssm's mamba_chunk_scan_combined and "
                          "mamba2-minimal, (batch, L, h·p) in HF's Mamba2Mixer"}
 
@@ -826,14 +937,15 @@ def _check_layer_inputs(model, inputs, sizes, where, params_where, layout, ngrou
         out[key] = read(key)
         shp = onp.shape(out[key])
         if key == "conv_state":
-            # mamba_ssm's / HF's (batch, E, W), or causal-conv1d's initial_states (batch, E, W - 1)
-            W = sizes["W"]
+            # mamba_ssm's / HF's (batch, C, W), or causal-conv1d's initial_states
+            # (batch, C, W - 1); C the conv's channels (E for Mamba-1, conv_dim for Mamba-2)
+            W, C = sizes["W"], st[1]
             if len(shp) == 3 and shp[2] not in (W, W - 1):
-                raise ValueError(f"{where}: key 'conv_state': shape {shp} (expected (batch, E, W) "
-                                 f"= (batch, {sizes['E']}, {W}), the last W conv inputs as "
+                raise ValueError(f"{where}: key 'conv_state': shape {shp} (expected (batch, "
+                                 f"{C}, W) = (batch, {sizes[C]}, {W}), the last W conv inputs as "
                                  f"mamba_ssm keeps them, or causal-conv1d's (batch, "
-                                 f"{sizes['E']}, {W - 1}); W from key 'conv1d.weight')")
-            st = ("batch", "E", "W_state")
+                                 f"{sizes[C]}, {W - 1}); W from key 'conv1d.weight')")
+            st = ("batch", C, "W_state")
         bind(key, st, out[key])
     if "dy" in inputs:
         out["dy"] = read("dy")
@@ -953,11 +1065,12 @@ def _one_line(exc):
     return text[:120] if text else type(exc).__name__
 
 
-def load_params(path, model, allow_unstable=False, prefix=None):
+def load_params(path, model, allow_unstable=False, prefix=None, options=None):
     """Load and check a params file (.npz or .safetensors, ``read_arrays``); returns
-    ``(params, sizes)`` (see ``check_params``)."""
+    ``(params, sizes)`` (see ``check_params``; ``options`` for mamba2-block)."""
     arrays, _ = read_arrays(path, "params", prefix)
-    return check_params(model, arrays, where=os.fspath(path), allow_unstable=allow_unstable)
+    return check_params(model, arrays, where=os.fspath(path), allow_unstable=allow_unstable,
+                        options=options)
 
 
 def load_inputs(path, model, sizes, params_where="params", layout="channel-last",
@@ -1029,7 +1142,8 @@ def check_reference(arrays, where="reference"):
     params = {k[len(PARAM_PREFIX):]: v for k, v in arrays.items() if k.startswith(PARAM_PREFIX)}
     inputs = {k[len(INPUT_PREFIX):]: v for k, v in arrays.items() if k.startswith(INPUT_PREFIX)}
     params, sizes = check_params(model, params, where=f"{where} (embedded {PARAM_PREFIX}*)",
-                                 allow_unstable=bool(opts.get("allow_unstable", False)))
+                                 allow_unstable=bool(opts.get("allow_unstable", False)),
+                                 options=opts)
     layout = check_layout(opts.get("layout") or "channel-last",
                           f"{where}: key {_q(OPTIONS_KEY)}: layout")
     inputs, sizes = check_inputs(model, inputs, sizes, where=f"{where} (embedded {INPUT_PREFIX}*)",
@@ -1079,7 +1193,7 @@ def expected_output_shapes(model, params, sizes, options=None):
         shapes["grad_" + name] = tuple(sizes[s] for s in shp)
         for key, st in {**layer_inputs(model)[0], **layer_inputs(model)[1]}.items():
             if key == "conv_state":
-                st = ("batch", "E", "W_state" if "W_state" in sizes else "W")
+                st = ("batch", st[1], "W_state" if "W_state" in sizes else "W")
             shapes["grad_" + key] = tuple(sizes[s] for s in st)
     else:
         shapes["grad_u"] = (sizes["batch"], sizes["L"], sizes["m"])

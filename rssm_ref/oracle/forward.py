@@ -28,6 +28,8 @@ selective  eqs. (2)-(4)
 mamba      the same core under a Mamba layer's names (A_log, x_proj.weight, dt_proj.*, D),
            gradients for those keys (rssm_ref.oracle.mamba); defaults euler / after
 mamba-block  a whole Mamba-1 layer (rssm_ref.mamba_block) on hidden_states
+mamba2-block a whole Mamba-2 layer (rssm_ref.mamba2_block) on hidden_states; options
+           ngroups or d_state, norm_before_gate, norm_group_size, dt_limit, chunk_size, eps
 ssd        Mamba-2's SSD core (rssm_ref.ssd.ssd_chunked, mamba_chunk_scan_combined's names):
            y and final_states of x, dt, B, C (+ z, initial_states) under A_log or A, D,
            dt_bias; options dt_softplus, dt_limit (lo, hi), chunk_size
@@ -50,6 +52,7 @@ from autograd.tracer import getval
 
 from rssm_ref import residual_ssm as rs
 from rssm_ref.convolution import ss_fft_filter, tf_fft_filter
+from rssm_ref.mamba2_block import mamba2_block, mamba2_block_step
 from rssm_ref.mamba_block import mamba_block, mamba_block_step
 from rssm_ref.oracle import formats, mamba
 from rssm_ref.recurrence import ss_filter, tf_filter
@@ -71,6 +74,7 @@ DEFAULTS = {
     "mamba": {"discretization": "euler", "output": "after"},
     "mamba-block": {"discretization": "euler", "output": "after"},
     "ssd": {},
+    "mamba2-block": {},
 }
 
 
@@ -91,12 +95,16 @@ class ForwardConfig:
     intermediates: bool = False
     backend: Optional[str] = None   # None: $RSSM_REF_BACKEND, else "numpy"
     layout: Optional[str] = None    # None: "channel-last"
-    step: bool = False              # mamba-block: one decoding step (Mamba.step)
+    step: bool = False              # the layers: one decoding step (Mamba.step, Mamba2.step)
     prefix: Optional[str] = None    # keep the params keys starting with it, stripped
     dt_softplus: bool = False       # ssd: dt' = softplus(dt + dt_bias) (S1)
     dt_limit: Optional[tuple] = None  # ssd: the clamp (lo, hi) of dt'; None: (0, inf), none
-    chunk_size: Optional[int] = None  # ssd: the chunk length Q; None: SSD_CHUNK_SIZE
-    ngroups: Optional[int] = None   # ssd heads-flat: g of B, C (batch, L, g·n)
+    chunk_size: Optional[int] = None  # ssd, mamba2-block: the chunk length Q; None: SSD_CHUNK_SIZE
+    ngroups: Optional[int] = None   # mamba2-block (or d_state), ssd heads-flat: g
+    d_state: Optional[int] = None
+    norm_before_gate: bool = False  # mamba2-block: mamba_ssm's RMSNormGated option
+    norm_group_size: Optional[int] = None  # mamba2-block: None: d_ssm / ngroups
+    eps: Optional[float] = None     # mamba2-block: the gated norm's; None: formats.MAMBA2_EPS
 
     def options(self):
         """Resolved options dict (the JSON stored in ``options_json``), checked."""
@@ -110,7 +118,9 @@ class ForwardConfig:
                                intermediates=self.intermediates, layout=self.layout,
                                step=self.step, dt_softplus=self.dt_softplus,
                                dt_limit=self.dt_limit, chunk_size=self.chunk_size,
-                               ngroups=self.ngroups)
+                               ngroups=self.ngroups, d_state=self.d_state,
+                               norm_before_gate=self.norm_before_gate,
+                               norm_group_size=self.norm_group_size, eps=self.eps)
 
 
 def _choice(name, value, allowed, model, applies):
@@ -127,7 +137,8 @@ def _choice(name, value, allowed, model, applies):
 def resolve_options(model, path=None, gate=None, discretization=None, output=None,
                     allow_unstable=False, grads=False, intermediates=False, layout=None,
                     step=False, dt_softplus=False, dt_limit=None, chunk_size=None,
-                    ngroups=None):
+                    ngroups=None, d_state=None, norm_before_gate=False, norm_group_size=None,
+                    eps=None):
     """Check the options against the model and fill in defaults.
 
     Defaults (``DEFAULTS``): path "recurrent", layout "channel-last"; residual gate
@@ -137,6 +148,9 @@ def resolve_options(model, path=None, gate=None, discretization=None, output=Non
     and chunk_size formats.SSD_CHUNK_SIZE (mamba_chunk_scan_combined's and Mamba-2's);
     ngroups (ssd, layout "heads-flat" only: g of B, C (batch, L, g·n); None leaves it to
     initial_states' n) is stored when given.
+    mamba2-block dt_limit and chunk_size as ssd, ngroups and d_state None (the params
+    check asks for one), norm_before_gate False, norm_group_size None (d_ssm / g), eps
+    formats.MAMBA2_EPS (mamba_ssm's), step False.
 
     >>> resolve_options("selective")["output"]
     'before'
@@ -148,9 +162,10 @@ def resolve_options(model, path=None, gate=None, discretization=None, output=Non
     formats.check_model(model)
     if path is not None:
         check_option("path", path, PATHS)
-    if step and model != "mamba-block":
+    if step and model not in formats.LAYER_MODELS:
         raise ValueError(f"step: given for --model {model} (expected it only with --model "
-                         "mamba-block: one decoding step from conv_state and ssm_state)")
+                         "mamba-block or mamba2-block: one decoding step from conv_state and "
+                         "ssm_state)")
     if model == "mamba-block":
         for name, value, only in (("discretization", discretization, "euler"),
                                   ("output", output, "after")):
@@ -159,8 +174,11 @@ def resolve_options(model, path=None, gate=None, discretization=None, output=Non
                                  f"computes mamba_ssm's Mamba: {name} {only!r}; verify another "
                                  "convention on the scan alone with --model mamba)")
     layout = formats.check_model_layout(model, layout or "channel-last")
-    ssd_opts = _ssd_options(model, dt_softplus, dt_limit, chunk_size, ngroups, layout)
-    if model in ("selective", "mamba", "mamba-block", "ssd") and path == "fft":
+    ssd_opts = _ssd_options(model, dt_softplus, dt_limit, chunk_size,
+                            ngroups if model == "ssd" else None, layout)
+    ssd_opts.update(_mamba2_options(model, None if model == "ssd" else ngroups, d_state,
+                                    norm_before_gate, norm_group_size, eps))
+    if model in ("selective", "mamba", "mamba-block", "ssd", "mamba2-block") and path == "fft":
         raise ValueError(f"path: 'fft' given for --model {model} (a time-varying system has "
                          "no convolution kernel; expected recurrent)")
     opts = {
@@ -179,23 +197,29 @@ def resolve_options(model, path=None, gate=None, discretization=None, output=Non
     }
     for key, default in DEFAULTS[model].items():
         opts[key] = opts[key] or default
-    if model == "mamba-block":
-        opts["step"] = bool(step)          # only this model's files carry the key
+    if model in formats.LAYER_MODELS:
+        opts["step"] = bool(step)          # only the layers' files carry the key
     opts.update(ssd_opts)
     return opts
 
 
 def _ssd_options(model, dt_softplus, dt_limit, chunk_size, ngroups=None,
                  layout="channel-last"):
-    """ssd's options checked, as stored in options_json ({} for another model): the clamp
-    as [lo, hi] with hi None for +inf (JSON has no infinity); ngroups with heads-flat only."""
+    """ssd's options (mamba2-block's dt_limit and chunk_size) checked, as stored in
+    options_json ({} for another model): the clamp as [lo, hi] with hi None for +inf
+    (JSON has no infinity); ssd's ngroups with heads-flat only."""
     given = [name for name, v in (("dt_softplus", dt_softplus), ("dt_limit", dt_limit),
                                   ("chunk_size", chunk_size), ("ngroups", ngroups))
-             if v not in (None, False)]
-    if model != "ssd":
+             if v is not None and v is not False]
+    if model == "mamba2-block" and dt_softplus:
+        raise ValueError("dt_softplus: given for --model mamba2-block (the layer always takes "
+                         "dt = softplus(dt + dt_bias), as Mamba2 does; expected it only with "
+                         "--model ssd)")
+    if model not in ("ssd", "mamba2-block"):
         if given:
+            also = "" if given[0] == "dt_softplus" else " or mamba2-block"
             raise ValueError(f"{given[0]}: given for --model {model} (expected it only with "
-                             "--model ssd)")
+                             f"--model ssd{also})")
         return {}
     lo, hi = 0.0, None
     if dt_limit is not None:
@@ -222,7 +246,41 @@ def _ssd_options(model, dt_softplus, dt_limit, chunk_size, ngroups=None,
                 and ngroups >= 1):
             raise ValueError(f"ngroups: {ngroups!r} (expected an integer >= 1)")
         out["ngroups"] = int(ngroups)
+    if model == "mamba2-block":
+        del out["dt_softplus"]
     return out
+
+
+def _mamba2_options(model, ngroups, d_state, norm_before_gate, norm_group_size, eps):
+    """mamba2-block's layer options checked, as stored in options_json ({} for another
+    model); those that depend on the params (ngroups divides the heads, ...) are checked
+    with them (formats.check_params)."""
+    given = [name for name, v in (("ngroups", ngroups), ("d_state", d_state),
+                                  ("norm_before_gate", norm_before_gate),
+                                  ("norm_group_size", norm_group_size), ("eps", eps))
+             if v is not None and v is not False]
+    if model != "mamba2-block":
+        if given:
+            raise ValueError(f"{given[0]}: given for --model {model} (expected it only with "
+                             "--model mamba2-block)")
+        return {}
+    for name, v in (("ngroups", ngroups), ("d_state", d_state),
+                    ("norm_group_size", norm_group_size)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, onp.integer))
+                              or v < 1):
+            raise ValueError(f"{name}: {v!r} (expected an integer >= 1)")
+    if eps is not None:
+        try:
+            ok = math.isfinite(float(eps)) and float(eps) > 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"eps: {eps!r} (expected a finite number > 0; mamba_ssm's is "
+                             f"{formats.MAMBA2_EPS:g})")
+    as_int = lambda v: None if v is None else int(v)
+    return {"ngroups": as_int(ngroups), "d_state": as_int(d_state),
+            "norm_before_gate": bool(norm_before_gate), "norm_group_size": as_int(norm_group_size),
+            "eps": float(formats.MAMBA2_EPS if eps is None else eps)}
 
 
 def _model_call(model, opts, form):
@@ -266,7 +324,8 @@ def _model_call(model, opts, form):
 def compute(model, params, inputs, path=None, gate=None, discretization=None, output=None,
             allow_unstable=False, grads=False, intermediates=False, where=("params", "inputs"),
             backend="numpy", layout=None, dt_softplus=False, dt_limit=None, chunk_size=None,
-            ngroups=None):
+            ngroups=None, d_state=None, norm_before_gate=False, norm_group_size=None,
+            eps=None, step=False):
     """The oracle's float64 outputs for checked-or-raw ``params`` and ``inputs`` mappings.
 
     Shapes: see rssm_ref.oracle.formats (u (batch, L, m) or tokens (batch, L);
@@ -288,9 +347,11 @@ def compute(model, params, inputs, path=None, gate=None, discretization=None, ou
     opts = resolve_options(model, path=path, gate=gate, discretization=discretization,
                            output=output, allow_unstable=allow_unstable, grads=grads,
                            intermediates=intermediates, layout=layout, dt_softplus=dt_softplus,
-                           dt_limit=dt_limit, chunk_size=chunk_size, ngroups=ngroups)
+                           dt_limit=dt_limit, chunk_size=chunk_size, step=step, ngroups=ngroups,
+                           d_state=d_state, norm_before_gate=norm_before_gate,
+                           norm_group_size=norm_group_size, eps=eps)
     params, sizes = formats.check_params(model, params, where=where[0],
-                                         allow_unstable=allow_unstable)
+                                         allow_unstable=allow_unstable, options=opts)
     inputs, sizes = formats.check_inputs(model, inputs, sizes, where=where[1],
                                          params_where=where[0], layout=opts["layout"],
                                          ngroups=ngroups)
@@ -302,7 +363,8 @@ INTERMEDIATES = {"lti": (), "residual": ("y_s", "r", "s"),
                  "selective": ("delta", "h", "last_state"),
                  "mamba": ("delta", "h", "last_state"),
                  "mamba-block": ("xz", "x_conv", "x_act", "delta", "y_ssm", "z"),
-                 "ssd": ("chunk_states",)}
+                 "ssd": ("chunk_states",),
+                 "mamba2-block": ("zxbcdt", "xBC_conv", "dt", "y_ssd", "y_norm", "y_inner")}
 
 
 def _shift_right(x):
@@ -362,15 +424,26 @@ def _compute_mamba(params, inputs, opts, backend):
     return out
 
 
-def _layer_run(opts):
-    """(P, h, conv_state, ssm_state) -> mamba_block's dict: the whole sequence, or with
-    opts["step"] one decoding step (Mamba.step) on the single token h[:, 0]."""
+def _layer_run(model, opts):
+    """(P, h, conv_state, ssm_state) -> the layer's dict (mamba_block's, mamba2_block's):
+    the whole sequence, or with opts["step"] one decoding step (Mamba.step, Mamba2.step)
+    on the single token h[:, 0]."""
+    if model == "mamba-block":
+        whole, one = mamba_block, mamba_block_step
+    else:
+        kw = formats.mamba2_options(opts)
+
+        def whole(P, h, conv_state, ssm_state):
+            return mamba2_block(P, h, conv_state, ssm_state, chunk_size=opts["chunk_size"], **kw)
+
+        def one(P, tok, conv_state, ssm_state, intermediates):
+            return mamba2_block_step(P, tok, conv_state, ssm_state, intermediates=intermediates,
+                                     **kw)
     if not opts.get("step"):
-        return mamba_block
+        return whole
 
     def step(P, h, conv_state, ssm_state):
-        y, conv, ssm, inter = mamba_block_step(P, h[:, 0], conv_state, ssm_state,
-                                               intermediates=True)
+        y, conv, ssm, inter = one(P, h[:, 0], conv_state, ssm_state, intermediates=True)
         out = {k: v[:, None] for k, v in inter.items()}
         out.update(y=y[:, None], conv_state=conv, ssm_state=ssm)
         return out
@@ -381,19 +454,20 @@ def _layer_run(opts):
 BACKEND_MODELS = ("lti", "residual", "selective", "mamba")
 
 
-def _compute_mamba_block(params, inputs, opts, backend):
-    # the whole layer (rssm_ref.mamba_block); gradients of sum(y * dy) by autograd through
-    # it, for every parameter, hidden_states and the initial states given
+def _compute_layer(model, params, inputs, opts, backend):
+    # the whole layer (rssm_ref.mamba_block, rssm_ref.mamba2_block); gradients of
+    # sum(y * dy) by autograd through it, for every parameter, hidden_states and the
+    # initial states given
     if backend != "numpy":
-        raise ValueError(f"backend: {backend!r} given for --model mamba-block (the layer runs "
+        raise ValueError(f"backend: {backend!r} given for --model {model} (the layer runs "
                          "on NumPy; expected numpy)")
-    run = _layer_run(opts)
+    run = _layer_run(model, opts)
     h = inputs["hidden_states"]
     states = [k for k in ("conv_state", "ssm_state") if k in inputs]
     res = run(params, h, inputs.get("conv_state"), inputs.get("ssm_state"))
     out = {k: onp.asarray(res[k], dtype=onp.float64) for k in ("y", "conv_state", "ssm_state")}
     if opts["intermediates"]:
-        out.update({k: onp.asarray(res[k], dtype=onp.float64) for k in INTERMEDIATES["mamba-block"]})
+        out.update({k: onp.asarray(res[k], dtype=onp.float64) for k in INTERMEDIATES[model]})
     if opts["grads"]:
         dy = inputs["dy"] if "dy" in inputs else onp.ones(out["y"].shape)
         keys = sorted(params)
@@ -408,6 +482,25 @@ def _compute_mamba_block(params, inputs, opts, backend):
         for k, gk in zip(keys + ["hidden_states"] + states, g):
             out[f"grad_{k}"] = onp.asarray(gk, dtype=onp.float64)
     return out
+
+
+def _check_step(model, params, inputs):
+    """One decoding step needs one token and both states, the conv state as the step keeps
+    it (the last W inputs)."""
+    C, ssm, step = (("E", "(batch, E, n)", "Mamba.step") if model == "mamba-block" else
+                    ("conv_dim", "(batch, h, p, n)", "Mamba2.step"))
+    missing = [k for k in ("conv_state", "ssm_state") if k not in inputs]
+    if missing or inputs["hidden_states"].shape[1] != 1:
+        raise ValueError("step: one decoding step needs hidden_states (batch, 1, d) and "
+                         f"both conv_state (batch, {C}, W) and ssm_state {ssm} in "
+                         f"the inputs (got hidden_states {inputs['hidden_states'].shape}"
+                         + (f", missing {', '.join(missing)})" if missing else ")"))
+    if inputs["conv_state"].shape[2] != params["conv1d.weight"].shape[2]:
+        batch, width, W = (inputs["conv_state"].shape[0],) + params["conv1d.weight"].shape[::2]
+        raise ValueError(f"step: key 'conv_state': shape {inputs['conv_state'].shape} "
+                         f"(expected (batch, {C}, W) = ({batch}, {width}, {W}), as {step} "
+                         f"keeps it; causal-conv1d's (batch, {C}, W - 1) is for a "
+                         "whole-sequence forward)")
 
 
 SSD_INPUTS = ("x", "dt", "B", "C", "z", "initial_states")
@@ -459,21 +552,10 @@ def compute_checked(model, params, inputs, opts, backend="numpy"):
         return _compute_mamba(params, inputs, opts, backend)
     if model == "ssd":
         return _compute_ssd(params, inputs, opts, backend)
-    if model == "mamba-block":
+    if model in formats.LAYER_MODELS:
         if opts.get("step"):
-            missing = [k for k in ("conv_state", "ssm_state") if k not in inputs]
-            if missing or inputs["hidden_states"].shape[1] != 1:
-                raise ValueError("step: one decoding step needs hidden_states (batch, 1, d) and "
-                                 "both conv_state (batch, E, W) and ssm_state (batch, E, n) in "
-                                 f"the inputs (got hidden_states {inputs['hidden_states'].shape}"
-                                 + (f", missing {', '.join(missing)})" if missing else ")"))
-            if inputs["conv_state"].shape[2] != params["conv1d.weight"].shape[2]:
-                batch, E, W = (inputs["conv_state"].shape[0],) + params["conv1d.weight"].shape[::2]
-                raise ValueError(f"step: key 'conv_state': shape {inputs['conv_state'].shape} "
-                                 f"(expected (batch, E, W) = ({batch}, {E}, {W}), as Mamba.step "
-                                 "keeps it; causal-conv1d's (batch, E, W - 1) is for a "
-                                 "whole-sequence forward)")
-        return _compute_mamba_block(params, inputs, opts, backend)
+            _check_step(model, params, inputs)
+        return _compute_layer(model, params, inputs, opts, backend)
     if model == "residual" and opts.get("output") == "before":
         return _residual_before(params, inputs, opts, backend)
     if opts["allow_unstable"] and opts["path"] == "fft":
@@ -574,7 +656,7 @@ def run_forward(config, params_path, inputs_path, out_path):
     namespace(backend)   # fail early, before reading files, if the backend cannot run here
     arrays, notes = formats.read_arrays(params_path, "params", config.prefix)
     params, sizes = formats.check_params(config.model, arrays, where=os.fspath(params_path),
-                                         allow_unstable=config.allow_unstable)
+                                         allow_unstable=config.allow_unstable, options=opts)
     if config.model == "selective":
         formats.check_selective_A(os.fspath(params_path), params["A"])
     inputs, sizes = formats.load_inputs(inputs_path, config.model, sizes,

@@ -34,6 +34,7 @@ from typing import Callable, Optional
 
 import numpy as onp
 
+from rssm_ref.mamba2_block import mamba2_block_params
 from rssm_ref.mamba_block import mamba_block_params
 from rssm_ref.oracle import formats, forward, sample
 from rssm_ref.tolerances import rel_err, TOLERANCES
@@ -56,11 +57,12 @@ class GoldenCase:
     gate: Optional[str] = None
     discretization: Optional[str] = None
     output: Optional[str] = None
+    layer: tuple = ()     # the layer's own options as (name, value) pairs (mamba2-block's)
 
     def options(self):
         return forward.resolve_options(self.model, path=self.path, gate=self.gate,
                                        discretization=self.discretization, output=self.output,
-                                       grads=True, intermediates=True)
+                                       grads=True, intermediates=True, **dict(self.layer))
 
 
 def _inputs(rng, model, params, batch, L, tokens=False):
@@ -141,6 +143,20 @@ def _mamba_block(W, states):
     return build
 
 
+def _mamba2_block(rng):
+    """A Mamba-2 layer with g = 2 groups of 2 heads, d_mlp = 0 and the gated norm, from
+    given conv_state and ssm_state; dt_bias + 1 for steps where exp(dt A) is far from 1."""
+    seed = int(rng.integers(2**31))
+    P = mamba2_block_params(d_model=4, d_state=3, d_conv=4, headdim=2, ngroups=2, seed=seed,
+                            bias=True)
+    P["dt_bias"] = P["dt_bias"] + 1.0
+    U = _inputs(rng, "mamba2-block", P, 2, 40)
+    g = onp.random.default_rng(seed + 1)
+    U["conv_state"] = g.standard_normal((2, P["conv1d.weight"].shape[0], 4))
+    U["ssm_state"] = g.standard_normal((2, 4, 2, 3))
+    return P, U
+
+
 CASES = [
     GoldenCase("lti_siso_tf_pole0999_L4096", "lti",
                "SISO transfer function, poles 0.999 and 0.6, L=4096, FFT path", _siso_tf,
@@ -180,6 +196,10 @@ CASES += [
     GoldenCase("mamba_block_W3_initial_states", "mamba-block",
                "a Mamba-1 layer with W=3, continuing from given conv_state and ssm_state",
                _mamba_block(3, True)),
+    GoldenCase("mamba2_block_g2_norm", "mamba2-block",
+               "a whole Mamba-2 layer (in_proj, conv1d W=4, SSD with 2 groups of 2 heads, "
+               "gated RMSNorm per group, out_proj, with biases), from given states, chunks "
+               "of 16 over L=40", _mamba2_block, layer=(("ngroups", 2), ("chunk_size", 16))),
 ]
 
 
@@ -205,7 +225,7 @@ def build_case(case, seed=0):
     rng = onp.random.default_rng([seed, sum(map(ord, case.name))])
     params, inputs = case.build(rng)
     opts = case.options()
-    params, sizes = formats.check_params(case.model, params, where=case.name)
+    params, sizes = formats.check_params(case.model, params, where=case.name, options=opts)
     inputs, _ = formats.check_inputs(case.model, inputs, sizes, where=case.name)
     outputs = forward.compute_checked(case.model, params, inputs, opts)
     return params, inputs, outputs, opts
@@ -393,7 +413,8 @@ def check_golden(golden_dir, backend="numpy"):
         ipath = case_path(golden_dir, name, "inputs")
         rpath = case_path(golden_dir, name, "reference")
         opts = entry["options"]
-        params, sizes = formats.load_params(ppath, model, bool(opts.get("allow_unstable")))
+        params, sizes = formats.load_params(ppath, model, bool(opts.get("allow_unstable")),
+                                            options=opts)
         inputs, _ = formats.load_inputs(ipath, model, sizes, params_where=ppath)
         ropts, rparams, rinputs, routs = formats.check_reference(
             formats.load_npz(rpath, "reference"), where=rpath)

@@ -58,9 +58,10 @@ from autograd import make_vjp
 from autograd.tracer import getval
 from autograd.extend import defvjp, defvjp_argnums, primitive
 
+from rssm_ref.mamba2_block import validate_mamba2_block
 from rssm_ref.oracle.formats import input_key as formats_input_key
 from rssm_ref.oracle.slips import check_slip
-from rssm_ref.oracle.formats import layer_inputs, ssd_limit, SSD_CHUNK_SIZE
+from rssm_ref.oracle.formats import layer_inputs, mamba2_options, ssd_limit, SSD_CHUNK_SIZE
 
 PRECISIONS = ("float64", "float32", "float16", "bfloat16")
 _WORKING = {"float64": onp.float64, "float32": onp.float32, "float16": onp.float32,
@@ -716,6 +717,86 @@ def ssd_scan(ar, P, x, dt, B, C, z=None, initial_states=None, dt_softplus=False,
     return y, {"final_states": final, "chunk_states": chunks}
 
 
+def mamba2_block_scan(ar, P, hs, conv_state=None, ssm_state=None, *, ngroups=None,
+                      d_state=None, norm_before_gate=False, norm_group_size=None,
+                      dt_limit=(0.0, onp.inf), eps=1e-5, ref=False):
+    """A whole Mamba-2 layer (rssm_ref.mamba2_block, (B1)-(B10)) rounded in the order
+    mamba_ssm computes it: zxbcdt = in_proj(hs) split into z0, x0, z, xBC, dt; the causal
+    conv as W products added one after the other (oldest tap first) plus the bias; SiLU;
+    the SSD recurrence of ``ssd_scan`` (dt' = clamp(softplus(dt + dt_bias)), from
+    ``ssm_state`` when given; z gates inside only without norm.weight); the gated RMSNorm
+    per group (``_rms_norm_gated``); [silu(z0) x0 | y_norm]; out_proj. Shapes: hs
+    (batch, L, d); conv_state (batch, conv_dim, W) or (batch, conv_dim, W - 1), the conv
+    inputs before t = 0; ssm_state (batch, h, p, n). Returns (y (batch, L, d), {zxbcdt,
+    xBC_conv, dt, y_ssd, y_norm, y_inner, conv_state (batch, conv_dim, W), ssm_state}).
+    """
+    q = ar.q
+    # the sizes as the float64 layer derives them (the same function, the same checks)
+    dm = validate_mamba2_block({k: onp.asarray(getval(v), dtype=onp.float64)
+                                for k, v in P.items()}, ngroups=ngroups, d_state=d_state,
+                               norm_group_size=norm_group_size)
+    group, dm = dm["options"]["group_size"], dm["dims"]
+    m, s, cd, h, hd, W = (dm[k] for k in ("d_mlp", "d_ssm", "conv_dim", "h", "p", "W"))
+    batch, L = hs.shape[:2]
+    lead = (batch, L)
+    zxbcdt = q(ar.proj(hs, P["in_proj.weight"]))
+    if "in_proj.bias" in P:
+        zxbcdt = q(zxbcdt + ar.expand(P["in_proj.bias"], lead))
+    ends = onp.cumsum([m, m, s, cd, h])
+    z0, x0, z, xBC, dt = (zxbcdt[..., a:b] for a, b in zip(onp.concatenate([[0], ends[:-1]]), ends))
+    if conv_state is None:
+        before = ar.zeros((batch, W - 1, cd))
+    else:
+        before = np.transpose(conv_state[:, :, conv_state.shape[2] - (W - 1):], (0, 2, 1))
+    xpad = np.concatenate([before, xBC], axis=1)                 # (batch, W - 1 + L, conv_dim)
+    pre = None
+    for k in range(W):                                           # (B2): tap k on xpad[t + k]
+        term = q(ar.expand(P["conv1d.weight"][:, 0, k], lead) * xpad[:, k:k + L])
+        pre = term if pre is None else q(pre + term)
+    if "conv1d.bias" in P:
+        pre = q(pre + ar.expand(P["conv1d.bias"], lead))
+    xBC_conv = q(pre * _sigmoid(ar, pre))
+    gn = dm["g"] * dm["n"]
+    x = np.reshape(xBC_conv[..., :s], lead + (h, hd))
+    B = np.reshape(xBC_conv[..., s:s + gn], lead + (dm["g"], dm["n"]))
+    C = np.reshape(xBC_conv[..., s + gn:], lead + (dm["g"], dm["n"]))
+    dt = _ssd_step(ar, P, dt, True, dt_limit)
+    D = P["D"] if np.shape(P["D"]) == (h,) else np.reshape(P["D"], (h, hd))
+    gate = None if "norm.weight" in P else np.reshape(z, lead + (h, hd))
+    y4, inter = ssd_scan(ar, {"A_log": P["A_log"], "D": D}, x, dt, B, C, z=gate,
+                         initial_states=ssm_state, ref=ref)
+    y_ssd = np.reshape(y4, lead + (s,))
+    y_norm = y_ssd
+    if "norm.weight" in P:
+        y_norm = _rms_norm_gated(ar, y_ssd, z, ar.expand(P["norm.weight"], lead), group, eps,
+                                 norm_before_gate)
+    y_inner = y_norm if not m else np.concatenate([q(q(z0 * _sigmoid(ar, z0)) * x0), y_norm],
+                                                  axis=-1)
+    y = q(ar.proj(y_inner, P["out_proj.weight"]))
+    if "out_proj.bias" in P:
+        y = q(y + ar.expand(P["out_proj.bias"], lead))
+    full = np.concatenate([ar.zeros((batch, 1, cd)), xpad], axis=1)   # one more on the left
+    return y, {"zxbcdt": zxbcdt, "xBC_conv": xBC_conv, "dt": dt, "y_ssd": y_ssd,
+               "y_norm": y_norm, "y_inner": y_inner,
+               "conv_state": np.transpose(full[:, -W:], (0, 2, 1)),
+               "ssm_state": inter["final_states"]}
+
+
+def _rms_norm_gated(ar, y, z, weight, group, eps, before):
+    """(B8) rounded: v = y silu(z) (or y when ``before``), v / √(mean_group v² + eps) ·
+    weight (· silu(z) when ``before``); the mean of squares accumulates in the working
+    dtype and is rounded once, like the others' reductions. y, z, weight (batch, L, width)."""
+    q = ar.q
+    sz = q(z * _sigmoid(ar, z))
+    v = y if before else q(y * sz)
+    lead, width = v.shape[:-1], v.shape[-1]
+    grouped = np.reshape(v, lead + (width // group, group))
+    ms = q(q(np.sum(q(grouped * grouped), axis=-1, keepdims=True)) / ar.dtype(group))
+    rstd = q(1.0 / q(np.sqrt(q(ms + ar.dtype(eps)))))
+    out = q(np.reshape(q(grouped * rstd), lead + (width,)) * weight)
+    return q(out * sz) if before else out
+
+
 def _selective_core(ar, A, zd, Bbar, Cbar, D, u, discretization, output, ref, h0=None,
                     softplus=True):
     """Eqs. (3)-(2) from the pre-activation zd of Δ and B̄_t, C̄_t (batch, L, n); ``h0``
@@ -772,8 +853,12 @@ def _model_fn(model, options, slip=None):
         check_slip(slip, "ssd")
         return lambda ar, P, x, dt, B, C, z=None, initial_states=None: ssd_scan(
             ar, P, x, dt, B, C, z, initial_states, slip=slip, **kw)
+    if model == "mamba2-block":
+        kw = mamba2_options(options)
+        return lambda ar, P, h, conv_state=None, ssm_state=None: mamba2_block_scan(
+            ar, P, h, conv_state, ssm_state, **kw)
     raise ValueError(f"model: {model!r} (expected lti, residual, selective, mamba, "
-                     "mamba-block or ssd)")
+                     "mamba-block, mamba2-block or ssd)")
 
 
 def emulate(model, params, inputs, options, precision, grads=False, seed=None, slip=None):

@@ -25,6 +25,7 @@ from typing import Optional
 import numpy
 import numpy as onp
 
+from rssm_ref.mamba2_block import mamba2_block_params
 from rssm_ref.mamba_block import mamba_block_params
 from rssm_ref.oracle import formats
 from rssm_ref.oracle.mamba import random_params
@@ -134,8 +135,10 @@ def init_params(model, seed, form=None, m=None, p=None, order=None, n=None, orde
     residual m=2, order=4, order_r=4 (Σ and Σ_r in ``form``, default "tf"); selective m=4, n=8 (no
     ``form``); mamba m=4 (d_inner), n=8 (d_state), dt_rank = ceil(m / 16), initialised as
     mamba_ssm (rssm_ref.oracle.mamba.random_params); ssd heads=4, groups=2, p=4 (head
-    dimension), n=8 (``ssd_init``). ``vocab`` adds an ``embedding`` (vocab, m) for token
-    inputs.
+    dimension), n=8 (``ssd_init``); mamba2-block m=8 (d_model), p=4 (headdim), n=4
+    (d_state), groups=1 (ngroups, mamba_ssm's default), d_conv 4, expand 2, biases on,
+    initialised as mamba_ssm (``rssm_ref.mamba2_block.mamba2_block_params``). ``vocab``
+    adds an ``embedding`` (vocab, m) for token inputs.
 
     >>> sorted(init_params("selective", seed=1, m=2, n=3))
     ['A', 'D', 'W_B', 'W_C', 'W_delta', 'delta_bias']
@@ -149,9 +152,16 @@ def init_params(model, seed, form=None, m=None, p=None, order=None, n=None, orde
         raise ValueError(f"--seed: {seed!r} (expected a non-negative integer)")
     rng = onp.random.default_rng(seed)
     P = {}
-    if model != "ssd" and (heads is not None or groups is not None):
-        raise ValueError(f"{'--heads' if heads is not None else '--groups'}: given for --model "
-                         f"{model} (expected it only with --model ssd)")
+    if heads is not None and model != "ssd":
+        raise ValueError(f"--heads: given for --model {model} (expected it only with --model ssd)")
+    if groups is not None and model not in ("ssd", "mamba2-block"):
+        raise ValueError(f"--groups: given for --model {model} (expected it only with --model "
+                         "ssd or mamba2-block)")
+    if model == "mamba2-block":
+        if form is not None or order is not None or vocab is not None:
+            raise ValueError("--form/--order/--vocab: given for --model mamba2-block (expected "
+                             "only --m (d_model), --p (headdim), --n (d_state), --groups)")
+        return _mamba2_init(seed, m or 8, p or 4, n or 4, groups or 1)
     if model == "ssd":
         if form is not None or m is not None or order is not None or vocab is not None:
             raise ValueError("--form/--m/--order/--vocab: given for --model ssd (expected only "
@@ -211,6 +221,18 @@ def init_params(model, seed, form=None, m=None, p=None, order=None, n=None, orde
     return {k: onp.asarray(v, dtype=onp.float64) for k, v in P.items()}
 
 
+def _mamba2_init(seed, d, headdim, n, g):
+    """A Mamba-2 layer (d_conv 4, expand 2, biases on), its sizes refused in init's flags."""
+    try:
+        return mamba2_block_params(d_model=d, d_state=n, headdim=headdim, ngroups=g,
+                                   seed=int(seed), bias=True, conv_bias=True)
+    except ValueError as exc:
+        name, rest = str(exc).split(": ", 1)
+        flag = {"headdim": "--p", "ngroups": "--groups"}.get(name, name)
+        raise ValueError(f"{flag}: {rest} (--model mamba2-block: d_ssm = 2 --m, "
+                         "h = d_ssm / --p)") from None
+
+
 def ssd_init(rng, h, g, n, p):
     """SSD params (A_log, D, dt_bias (h,)) and the sizes its inputs need: A = -exp(A_log)
     with A_log = log U(1, 16) (Mamba-2's A_init_range), D ~ N(0, 1), dt_bias ~ U(0.01, 0.1)
@@ -235,7 +257,7 @@ def P_width(model, P):
         return P["sigma_num"].shape[0] if "sigma_num" in P else P["sigma_C"].shape[0]
     if model == "mamba":
         return P["A_log"].shape[0]
-    if model == "mamba-block":
+    if model in formats.LAYER_MODELS:
         return P["in_proj.weight"].shape[1]
     return P["A"].shape[0]
 
@@ -245,13 +267,16 @@ def init_inputs(model, params, seed, batch=2, L=32, dy=True, tokens=False, p=Non
     """Random inputs for ``params``: ``u`` (batch, L, m) ~ N(0, 1) (or ``tokens`` when the
     params hold an embedding and ``tokens``), and a cotangent ``dy`` shaped like ``y``.
     ssd: x, z (batch, L, h, p), B, C (batch, L, g, n) ~ N(0, 1), dt > 0, initial_states
-    (batch, h, p, n) ~ N(0, 1), with p, n, groups as given (4, 8, 2 by default).
+    (batch, h, p, n) ~ N(0, 1), with p, n, groups as given (4, 8, 2 by default). The
+    layers: hidden_states (batch, L, d) (mamba2-block's params checked with ``groups``,
+    default 1).
 
     >>> U = init_inputs("lti", init_params("lti", seed=0), seed=1, batch=2, L=5)
     >>> U["u"].shape, U["dy"].shape
     ((2, 5, 1), (2, 5, 1))
     """
-    params, sizes = formats.check_params(model, params, allow_unstable=True)
+    options = {"ngroups": groups or 1} if model == "mamba2-block" else None
+    params, sizes = formats.check_params(model, params, allow_unstable=True, options=options)
     for name, val in (("batch", batch), ("L", L)):
         if not isinstance(val, (int, onp.integer)) or val < 1:
             raise ValueError(f"{FLAGS[name]}: {val!r} (expected a positive integer)")
@@ -276,9 +301,9 @@ def init_inputs(model, params, seed, batch=2, L=32, dy=True, tokens=False, p=Non
         if dy:
             out["dy"] = rng.standard_normal((batch, L, h, p))
         return out
-    if model == "mamba-block":
+    if model in formats.LAYER_MODELS:
         if tokens:
-            raise ValueError("--tokens: given for --model mamba-block (its input is "
+            raise ValueError(f"--tokens: given for --model {model} (its input is "
                              "hidden_states, expected none)")
         out["hidden_states"] = rng.standard_normal((batch, L, sizes["d"]))
         if dy:
@@ -325,7 +350,7 @@ class InitConfig:
 INIT_OPTIONS = {"lti": ("form", "m", "p", "order"),
                 "residual": ("form", "m", "order", "order_r"),
                 "selective": ("m", "n"), "mamba": ("m", "n"), "mamba-block": ("m", "n"),
-                "ssd": ("p", "n", "heads", "groups")}
+                "ssd": ("p", "n", "heads", "groups"), "mamba2-block": ("m", "p", "n", "groups")}
 
 
 def _refuse_unused(config, inputs_out):
@@ -379,7 +404,8 @@ def run_init(config, out, inputs_out=None):
                     heads=config.heads, groups=config.groups)
     U = None
     if inputs_out is not None:
-        more = dict(p=config.p, n=config.n, groups=config.groups) if config.model == "ssd" else {}
+        more = (dict(p=config.p, n=config.n, groups=config.groups) if config.model == "ssd" else
+                dict(groups=config.groups) if config.model == "mamba2-block" else {})
         U = init_inputs(config.model, P, seed=config.seed + 1, batch=config.batch,
                         L=config.length, dy=config.dy, tokens=config.tokens, **more)
         groups = U["B"].shape[2] if config.model == "ssd" else None
@@ -401,4 +427,6 @@ def run_init(config, out, inputs_out=None):
         elif config.layout == "heads-flat":
             msg += (" (heads-flat: read them with forward --layout heads-flat --ngroups "
                     f"{groups})")
+    if config.model == "mamba2-block":
+        msg += f" (forward them with --ngroups {config.groups or 1})"
     return msg

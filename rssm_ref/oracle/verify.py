@@ -216,7 +216,8 @@ def describe_reference(opts, params):
     """The reference's conventions that apply to its model, as a dict for the report:
     path (lti, residual), gate and output (residual), discretization and output
     (selective, mamba), D ("yes"/"no": the skip D u, selective and mamba), dt_softplus,
-    dt_limit and chunk_size (ssd), layout.
+    dt_limit and chunk_size (ssd), ngroups or d_state, norm_before_gate, norm_group_size,
+    eps, dt_limit, chunk_size and step (mamba2-block), layout.
 
     >>> describe_reference({"model": "selective", "discretization": "euler",
     ...                     "output": "after"}, {"A": 0})
@@ -235,6 +236,17 @@ def describe_reference(opts, params):
         out.update(dt_softplus="yes" if opts.get("dt_softplus") else "no",
                    dt_limit=f"({lo:g}, {hi:g})",
                    chunk_size=opts.get("chunk_size") or formats.SSD_CHUNK_SIZE)
+    if model == "mamba2-block":
+        kw = formats.mamba2_options(opts)
+        lo, hi = kw["dt_limit"]
+        out.update({k: kw[k] for k in ("ngroups", "d_state") if kw[k] is not None})
+        out.update(norm="yes" if "norm.weight" in params else "no",
+                   norm_before_gate="yes" if kw["norm_before_gate"] else "no",
+                   norm_group_size=kw["norm_group_size"] or "d_ssm / ngroups",
+                   eps=f"{kw['eps']:g}", dt_limit=f"({lo:g}, {hi:g})",
+                   chunk_size=opts.get("chunk_size") or formats.SSD_CHUNK_SIZE)
+        if opts.get("step"):
+            out["step"] = "yes"
     out["layout"] = opts.get("layout") or "channel-last"
     return out
 
