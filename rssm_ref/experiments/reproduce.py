@@ -65,7 +65,7 @@ PAPER_TABLES = {
 # Training recipes (docs/recipe.md); steps are the defaults of a full run. "model": the
 # recipe's additions to the paper's model (the deviations table of docs/recipe.md, each
 # measured by an ablation); ``--paper-exact`` trains without them.
-RESIDUAL_ADDITIONS = dict(gate_gain=3.0, gate_bias=True, reflection_bound=0.5)
+RESIDUAL_ADDITIONS = dict(gate_gain=5.0, gate_bias=True, gate_penalty=1.0)
 SELECTIVE_ADDITIONS = dict()   # none: ModelConfig's defaults (tied cosine readout, as the Residual SSM)
 RECIPES = {
     ("residual", "induction"): dict(steps=24000, lr=0.02, warmup=200, batch=256, restarts=4,
@@ -237,10 +237,12 @@ def model_config(cfg, model):
     """The ModelConfig of ``model`` in a reproduce run: the paper's model with the recipe's
     additions (``RECIPES[...]["model"]``) unless ``cfg.paper_exact``, and the conventions.
 
-    >>> model_config(ReproduceConfig(), "residual").gate_gain
-    3.0
-    >>> model_config(ReproduceConfig(paper_exact=True), "residual").gate_gain
-    1.0
+    >>> c = model_config(ReproduceConfig(), "residual")
+    >>> c.gate_gain, c.gate_bias, c.gate_penalty, c.reflection_bound
+    (5.0, True, 1.0, 1.0)
+    >>> c = model_config(ReproduceConfig(paper_exact=True), "residual")
+    >>> c.gate_gain, c.gate_bias, c.gate_penalty
+    (1.0, False, 0.0)
     """
     extra = {} if cfg.paper_exact else dict(RECIPES[(model, cfg.task)].get("model", {}))
     return ModelConfig(model, cfg.task, gate=cfg.gate, discretization=cfg.discretization,
