@@ -13,7 +13,8 @@ mamba       a Mamba layer's own parameters (A_log, x_proj, dt_proj, D) on the se
             is Mamba-2's SSD core (rssm_ref.ssd) under mamba_chunk_scan_combined's names,
             --model mamba2-block the whole Mamba-2 layer (rssm_ref.mamba2_block)
 diagnose    which conventions (discretization, output, D, layout, gate) a candidate follows
-slips       the slips a port of the Mamba-1 layer makes, as diagnose names them
+slips       the slips a port of the Mamba-1 layer, the SSD core or the Mamba-2 layer
+            makes, as diagnose names them
 
 >>> from rssm_ref.oracle import formats
 >>> formats.MODELS

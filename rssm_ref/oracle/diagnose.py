@@ -15,16 +15,20 @@ under every combination of
                       z and x swapped, the conv flipped, ...), one at a time, x layout
     ssd               the SSD core itself, and each slip a port makes (heads paired with
                       groups the wrong way, dt_bias twice, ...), one at a time, x layout
+    mamba2-block      the Mamba-2 layer itself, and each slip a port makes (the in_proj
+                      split, the conv, the core's slips of ssd, D, the gated norm, the
+                      MLP part), one at a time, on the reference's own options
 
 (layout: channel-last (batch, L, m) or channel-first (batch, m, L); ssd: channel-last
 (batch, L, h, p) or heads-flat (batch, L, h·p); tried only where the candidate's shapes
 fit), ranks them by the candidate's worst error (relative to max|T| of each tensor, as
 ``verify``), and runs ``verify`` on the best one at float64, float32, float16, bfloat16
 in turn: the first precision that passes is the one it matches at. The report names the
-conventions and the ``forward`` flags that reproduce them. A mamba-block or ssd
-candidate that matches a slip fails (exit 1) whatever the precision: the advice names the
-slip and what to fix. The slipped layers are computed by the oracle's emulation
-(``precision.mamba_block_scan(..., slip=)``, ``precision.ssd_scan(..., slip=)``) in
+conventions and the ``forward`` flags that reproduce them. A mamba-block, ssd or
+mamba2-block candidate that matches a slip fails (exit 1) whatever the precision: the
+advice names the slip and what to fix. The slipped layers are computed by the oracle's
+emulation (``precision.mamba_block_scan(..., slip=)``, ``precision.ssd_scan(..., slip=)``,
+``precision.mamba2_block_scan(..., slip=)``, whose core is ``ssd_scan``) in
 float64, and ``verify`` reruns it in lower precisions, so a slip is matched at the
 candidate's precision too.
 Two rules keep a slip from being blamed wrongly: the layer itself comes first when it
@@ -36,7 +40,8 @@ Glossary
 --------
 Combo            dict of conventions, keys as ``verify.describe_reference`` (gate,
                  discretization, output, D, layout; path for lti/residual is kept;
-                 mamba-block and ssd add slip: "none" or a name of ``slips.slips_of``)
+                 mamba-block, ssd and mamba2-block add slip: "none" or a name of
+                 ``slips.slips_of``)
 DiagnoseReport   rows (every combo: worst rel_err, worst tensor), best, precision, advice
 diagnose(reference, candidate) -> DiagnoseReport       (mappings of arrays)
 diagnose_files(reference_path, candidate_path) -> DiagnoseReport
@@ -63,13 +68,13 @@ import numpy as onp
 
 from rssm_ref.oracle import formats, forward
 from rssm_ref.oracle.precision import emulate, PRECISIONS
-from rssm_ref.oracle.slips import applies, slips_of, ssd_applies
+from rssm_ref.oracle.slips import applies, mamba2_applies, slips_of, ssd_applies
 from rssm_ref.oracle.verify import (candidate_precision, describe_reference, describe_text,
                                     missing_key_hint, verify)
 from rssm_ref.tolerances import TINY
 from rssm_ref.util.version import VERSION
 
-# when nothing matches, a mismatch is blamed on a slip (mamba-block, ssd) only when the
+# when nothing matches, a mismatch is blamed on a slip (the layers, ssd) only when the
 # slip's row has at most this fraction of the layer's own row's error on y
 SLIP_MARGIN = 0.5
 # names for convention sets a user will recognise
@@ -83,8 +88,11 @@ KNOWN = {
 
 # what a row without a slip is, in the report's words
 _LAYER = {"mamba-block": "mamba_ssm's Mamba layer",
-          "ssd": "mamba_ssm's mamba_chunk_scan_combined (Mamba-2's SSD core)"}
-_LAYER_SHORT = {"mamba-block": "the Mamba layer", "ssd": "Mamba-2's SSD core"}
+          "ssd": "mamba_ssm's mamba_chunk_scan_combined (Mamba-2's SSD core)",
+          "mamba2-block": "mamba_ssm's Mamba2 layer"}
+_LAYER_SHORT = {"mamba-block": "the Mamba layer", "ssd": "Mamba-2's SSD core",
+                "mamba2-block": "the Mamba-2 layer"}
+_APPLIES = {"ssd": ssd_applies, "mamba2-block": mamba2_applies}
 
 
 def _grid(model, ref_conv, has_D, params=None, inputs=None, opts=None, keys=("y",)):
@@ -92,8 +100,8 @@ def _grid(model, ref_conv, has_D, params=None, inputs=None, opts=None, keys=("y"
     if model in _LAYER:
         # the layer's own conventions, then each slip alone on top of them (no pairs)
         slips = ["none"] + [s for s in slips_of(model)
-                            if (ssd_applies(s, params, inputs, opts, keys) if model == "ssd"
-                                else applies(s, params))]
+                            if (_APPLIES[model](s, params, inputs, opts, keys)
+                                if model in _APPLIES else applies(s, params))]
         return [dict(ref_conv, slip=s, layout=lay) for s in slips
                 for lay in formats.model_layouts(model)]
     axes = {}
@@ -162,13 +170,13 @@ class DiagnoseReport:
     # the finest precision a match must reach to pass: --precision, or the candidate's dtype
     allowed_precision: str = "float64"
     precision_from: str = ""
-    slip: Optional[str] = None      # mamba-block, ssd: the slip of the best row (None: none)
+    slip: Optional[str] = None      # the layers, ssd: the slip of the best row (None: none)
 
     @property
     def passed(self):
         """True when some combination matches at the precision the candidate may claim
         (its dtype's, or ``--precision``); a match found only at a coarser precision fails,
-        and so does a match with a port's slip (mamba-block, ssd)."""
+        and so does a match with a port's slip (mamba-block, mamba2-block, ssd)."""
         return (self.precision is not None and self.slip is None
                 and PRECISIONS.index(self.precision) <= PRECISIONS.index(self.allowed_precision))
 
@@ -290,9 +298,15 @@ def diagnose(reference, candidate, where=("reference", "candidate"), precisions=
     cand, unchecked = _candidate_tensors(candidate, ref_out,
                                          formats.allowed_output_keys(model, params), where[1])
     dims = formats.layout_dims(model, inputs)
-    # the model's own options, kept in every row (ssd's dt handling and chunk size)
-    kept = dict(dt_softplus=bool(opts.get("dt_softplus")), dt_limit=formats.ssd_limit(opts),
-                chunk_size=opts.get("chunk_size")) if model == "ssd" else {}
+    # the model's own options, kept in every row (ssd's dt handling and chunk size; the
+    # Mamba-2 layer's groups, norm, clamp, chunk size and step)
+    kept = {}
+    if model == "ssd":
+        kept = dict(dt_softplus=bool(opts.get("dt_softplus")), dt_limit=formats.ssd_limit(opts),
+                    chunk_size=opts.get("chunk_size"))
+    if model == "mamba2-block":
+        kept = dict(formats.mamba2_options(opts), chunk_size=opts.get("chunk_size"),
+                    step=bool(opts.get("step")))
     keys = sorted(cand, key=lambda k: (k != "y", not k.startswith("grad_"), k))
     need_grads = any(k.startswith("grad_") for k in cand)
     need_inter = any(k in formats.SPECS[model]["intermediates"] for k in cand)
@@ -305,8 +319,9 @@ def diagnose(reference, candidate, where=("reference", "candidate"), precisions=
                                     output=combo.get("output"),
                                     allow_unstable=bool(opts.get("allow_unstable")),
                                     grads=need_grads, intermediates=need_inter,
-                                    layout=lay, **kept,
-                                    ngroups=dims["g"] if lay == "heads-flat" else None)
+                                    layout=lay, **dict(
+                                        {"ngroups": dims["g"] if lay == "heads-flat" else None},
+                                        **kept))
         # shapes in this layout must fit the candidate's (the layout is tried, not assumed)
         canon = {k: formats.from_layout(k, onp.empty(ref_out[k].shape, onp.int8),
                                         ref_conv["layout"], dims).shape for k in cand}

@@ -60,7 +60,7 @@ from autograd.extend import defvjp, defvjp_argnums, primitive
 
 from rssm_ref.mamba2_block import validate_mamba2_block
 from rssm_ref.oracle.formats import input_key as formats_input_key
-from rssm_ref.oracle.slips import check_slip
+from rssm_ref.oracle.slips import check_slip, MAMBA2_CORE, SSD_SLIPS
 from rssm_ref.oracle.formats import layer_inputs, mamba2_options, ssd_limit, SSD_CHUNK_SIZE
 
 PRECISIONS = ("float64", "float32", "float16", "bfloat16")
@@ -665,7 +665,8 @@ def ssd_scan(ar, P, x, dt, B, C, z=None, initial_states=None, dt_softplus=False,
     times silu(z_t). The chunked algorithm's sums in another order are one more rounding
     order, which the factor of ``verify`` absorbs. Shapes: x, z (batch, L, h, p),
     dt (batch, L, h), B, C (batch, L, g, n) -> y (batch, L, h, p), {"final_states":
-    (batch, h, p, n), "chunk_states": (batch, ceil(L / chunk_size), h, p, n)}.
+    (batch, h, p, n), "chunk_states": (batch, ceil(L / chunk_size), h, p, n), "dt": dt'
+    (batch, L, h)}.
 
     ``slip``: None, or a name of rssm_ref.oracle.slips.SSD_SLIPS: the same computation with
     that one port slip (``diagnose``'s alternative references).
@@ -714,12 +715,13 @@ def ssd_scan(ar, P, x, dt, B, C, z=None, initial_states=None, dt_softplus=False,
         for _ in range((-L) % chunk_size):
             final = q(e_pad * final)
         chunks = np.concatenate([chunks[:, :-1], final[:, None]], axis=1)
-    return y, {"final_states": final, "chunk_states": chunks}
+    return y, {"final_states": final, "chunk_states": chunks, "dt": d}
 
 
 def mamba2_block_scan(ar, P, hs, conv_state=None, ssm_state=None, *, ngroups=None,
                       d_state=None, norm_before_gate=False, norm_group_size=None,
-                      dt_limit=(0.0, onp.inf), eps=1e-5, ref=False):
+                      dt_limit=(0.0, onp.inf), eps=1e-5, chunk_size=SSD_CHUNK_SIZE, ref=False,
+                      slip=None):
     """A whole Mamba-2 layer (rssm_ref.mamba2_block, (B1)-(B10)) rounded in the order
     mamba_ssm computes it: zxbcdt = in_proj(hs) split into z0, x0, z, xBC, dt; the causal
     conv as W products added one after the other (oldest tap first) plus the bias; SiLU;
@@ -729,7 +731,14 @@ def mamba2_block_scan(ar, P, hs, conv_state=None, ssm_state=None, *, ngroups=Non
     (batch, L, d); conv_state (batch, conv_dim, W) or (batch, conv_dim, W - 1), the conv
     inputs before t = 0; ssm_state (batch, h, p, n). Returns (y (batch, L, d), {zxbcdt,
     xBC_conv, dt, y_ssd, y_norm, y_inner, conv_state (batch, conv_dim, W), ssm_state}).
+    ``chunk_size`` only places the padding of the ``padding_leak`` slip.
+
+    ``slip``: None for the layer, or a name of rssm_ref.oracle.slips.MAMBA2_SLIPS: the same
+    computation with that one port slip (``diagnose``'s alternative references); the SSD
+    core's slips are ``ssd_scan``'s own (``slips.MAMBA2_CORE`` names them there).
     """
+    check_slip(slip, "mamba2-block")
+    core = MAMBA2_CORE.get(slip, slip if slip in SSD_SLIPS else None)
     q = ar.q
     # the sizes as the float64 layer derives them (the same function, the same checks)
     dm = validate_mamba2_block({k: onp.asarray(getval(v), dtype=onp.float64)
@@ -742,41 +751,62 @@ def mamba2_block_scan(ar, P, hs, conv_state=None, ssm_state=None, *, ngroups=Non
     zxbcdt = q(ar.proj(hs, P["in_proj.weight"]))
     if "in_proj.bias" in P:
         zxbcdt = q(zxbcdt + ar.expand(P["in_proj.bias"], lead))
-    ends = onp.cumsum([m, m, s, cd, h])
-    z0, x0, z, xBC, dt = (zxbcdt[..., a:b] for a, b in zip(onp.concatenate([[0], ends[:-1]]), ends))
-    if conv_state is None:
+    widths = {"z0": m, "x0": m, "z": s, "xBC": cd, "dt": h}
+    order = {"z_xBC_swapped": ("z0", "x0", "xBC", "z", "dt"),
+             "dt_first": ("dt", "z0", "x0", "z", "xBC")}.get(slip, tuple(widths))
+    ends = onp.cumsum([widths[k] for k in order])
+    part = {k: zxbcdt[..., a - widths[k]:a] for k, a in zip(order, ends)}
+    z0, x0, z, xBC, dt = (part[k] for k in widths)
+    if conv_state is None or slip == "conv_state_ignored":
         before = ar.zeros((batch, W - 1, cd))
     else:
         before = np.transpose(conv_state[:, :, conv_state.shape[2] - (W - 1):], (0, 2, 1))
     xpad = np.concatenate([before, xBC], axis=1)                 # (batch, W - 1 + L, conv_dim)
+    # the taps read read[t + k]: the W - 1 inputs before t, then xBC; right-padded, xBC first
+    read = xpad if slip != "conv_right_padded" else \
+        np.concatenate([xBC, ar.zeros((batch, W - 1, cd))], axis=1)
     pre = None
-    for k in range(W):                                           # (B2): tap k on xpad[t + k]
-        term = q(ar.expand(P["conv1d.weight"][:, 0, k], lead) * xpad[:, k:k + L])
+    for k in range(W):                                           # (B2): tap k on read[t + k]
+        tap = W - 1 - k if slip == "conv_flipped" else k
+        term = q(ar.expand(P["conv1d.weight"][:, 0, tap], lead) * read[:, k:k + L])
         pre = term if pre is None else q(pre + term)
-    if "conv1d.bias" in P:
+    if "conv1d.bias" in P and slip != "conv_bias_missing":
         pre = q(pre + ar.expand(P["conv1d.bias"], lead))
-    xBC_conv = q(pre * _sigmoid(ar, pre))
+    xBC_conv = pre if slip == "conv_silu_missing" else q(pre * _sigmoid(ar, pre))
     gn = dm["g"] * dm["n"]
     x = np.reshape(xBC_conv[..., :s], lead + (h, hd))
     B = np.reshape(xBC_conv[..., s:s + gn], lead + (dm["g"], dm["n"]))
     C = np.reshape(xBC_conv[..., s + gn:], lead + (dm["g"], dm["n"]))
-    dt = _ssd_step(ar, P, dt, True, dt_limit)
-    D = P["D"] if np.shape(P["D"]) == (h,) else np.reshape(P["D"], (h, hd))
+    # (B4) is the core's (S1), with its dt slips
+    D = P["D"]
+    if slip == "D_repeat":                                       # channel c reads D[c % h]
+        D = np.concatenate([D] * hd)
+    D = D if np.shape(D) == (h,) else np.reshape(D, (h, hd))
     gate = None if "norm.weight" in P else np.reshape(z, lead + (h, hd))
-    y4, inter = ssd_scan(ar, {"A_log": P["A_log"], "D": D}, x, dt, B, C, z=gate,
-                         initial_states=ssm_state, ref=ref)
+    y4, inter = ssd_scan(ar, {"A_log": P["A_log"], "D": D, "dt_bias": P["dt_bias"]}, x, dt,
+                         B, C, z=gate, initial_states=ssm_state, chunk_size=chunk_size,
+                         dt_softplus=True, dt_limit=dt_limit, ref=ref, slip=core)
     y_ssd = np.reshape(y4, lead + (s,))
     y_norm = y_ssd
     if "norm.weight" in P:
+        if slip in ("norm_whole_width", "norm_per_group"):
+            group = s if slip == "norm_whole_width" else s // dm["g"]
+        before_gate = norm_before_gate if slip not in ("norm_before_gate", "norm_after_gate") \
+            else slip == "norm_before_gate"
         y_norm = _rms_norm_gated(ar, y_ssd, z, ar.expand(P["norm.weight"], lead), group, eps,
-                                 norm_before_gate)
-    y_inner = y_norm if not m else np.concatenate([q(q(z0 * _sigmoid(ar, z0)) * x0), y_norm],
-                                                  axis=-1)
+                                 before_gate)
+    if m and slip == "mlp_dropped":
+        y_inner = np.concatenate([ar.zeros(lead + (m,)), y_norm], axis=-1)
+    elif m:
+        mlp = x0 if slip == "mlp_ungated" else q(q(z0 * _sigmoid(ar, z0)) * x0)
+        y_inner = np.concatenate([mlp, y_norm], axis=-1)
+    else:
+        y_inner = y_norm
     y = q(ar.proj(y_inner, P["out_proj.weight"]))
     if "out_proj.bias" in P:
         y = q(y + ar.expand(P["out_proj.bias"], lead))
     full = np.concatenate([ar.zeros((batch, 1, cd)), xpad], axis=1)   # one more on the left
-    return y, {"zxbcdt": zxbcdt, "xBC_conv": xBC_conv, "dt": dt, "y_ssd": y_ssd,
+    return y, {"zxbcdt": zxbcdt, "xBC_conv": xBC_conv, "dt": inter["dt"], "y_ssd": y_ssd,
                "y_norm": y_norm, "y_inner": y_inner,
                "conv_state": np.transpose(full[:, -W:], (0, 2, 1)),
                "ssm_state": inter["final_states"]}
@@ -825,9 +855,9 @@ def _selective_core(ar, A, zd, Bbar, Cbar, D, u, discretization, output, ref, h0
 
 
 def _model_fn(model, options, slip=None):
-    if slip is not None and model not in ("mamba-block", "ssd"):
+    if slip is not None and model not in ("mamba-block", "mamba2-block", "ssd"):
         raise ValueError(f"slip: {slip!r} given for --model {model} (expected it only with "
-                         "--model mamba-block or ssd)")
+                         "--model mamba-block, mamba2-block or ssd)")
     if model == "lti":
         return lambda ar, P, u: (_lti_block(ar, P, "", u), {})
     if model == "residual":
@@ -851,12 +881,17 @@ def _model_fn(model, options, slip=None):
         kw = dict(dt_softplus=bool(options.get("dt_softplus")), dt_limit=ssd_limit(options),
                   chunk_size=int(options.get("chunk_size") or SSD_CHUNK_SIZE))
         check_slip(slip, "ssd")
-        return lambda ar, P, x, dt, B, C, z=None, initial_states=None: ssd_scan(
-            ar, P, x, dt, B, C, z, initial_states, slip=slip, **kw)
+
+        def ssd(ar, P, x, dt, B, C, z=None, initial_states=None):
+            y, inter = ssd_scan(ar, P, x, dt, B, C, z, initial_states, slip=slip, **kw)
+            return y, {k: v for k, v in inter.items() if k != "dt"}    # dt is an input here
+        return ssd
     if model == "mamba2-block":
-        kw = mamba2_options(options)
+        kw = dict(mamba2_options(options),
+                  chunk_size=int(options.get("chunk_size") or SSD_CHUNK_SIZE))
+        check_slip(slip, "mamba2-block")
         return lambda ar, P, h, conv_state=None, ssm_state=None: mamba2_block_scan(
-            ar, P, h, conv_state, ssm_state, **kw)
+            ar, P, h, conv_state, ssm_state, slip=slip, **kw)
     raise ValueError(f"model: {model!r} (expected lti, residual, selective, mamba, "
                      "mamba-block, mamba2-block or ssd)")
 
@@ -868,8 +903,8 @@ def emulate(model, params, inputs, options, precision, grads=False, seed=None, s
     intermediates, and with ``grads`` ``grad_u`` and ``grad_<key>`` of sum(y * dy)
     (dy = ones when the inputs hold none). Shapes as in rssm_ref.oracle.formats.
     ``seed=None`` rounds to nearest; an integer seed rounds stochastically (one sample
-    of "another rounding order"; verify takes the worst of several). ``slip`` (mamba-block
-    and ssd): the layer with that port slip (rssm_ref.oracle.slips), for ``diagnose``.
+    of "another rounding order"; verify takes the worst of several). ``slip`` (mamba-block,
+    mamba2-block and ssd): the layer with that port slip (rssm_ref.oracle.slips), for ``diagnose``.
 
     >>> import numpy
     >>> P = {"num": numpy.array([[[1.0, 0.0]]]), "den": numpy.array([[1.0, -0.5]])}

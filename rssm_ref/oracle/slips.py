@@ -1,5 +1,5 @@
-"""The slips a port of a whole Mamba-1 layer, or of Mamba-2's SSD core, makes, named for
-``diagnose``.
+"""The slips a port of a whole Mamba-1 layer, of Mamba-2's SSD core, or of a whole
+Mamba-2 layer makes, named for ``diagnose``.
 
 A port of mamba_ssm's ``Mamba`` (rssm_ref.mamba_block, (M1)-(M9)) that gets one step of
 the layer wrong fails ``verify`` with errors of order 1 and no hint of where. ``diagnose``
@@ -68,16 +68,56 @@ Slips that change nothing for the given params, inputs and options are not tried
 that binds, a negative dt', L not a multiple of chunk_size with a nonzero pad step and a
 candidate holding a state.
 
+A whole Mamba-2 layer (rssm_ref.mamba2_block, (B1)-(B10);
+``precision.mamba2_block_scan(..., slip=name)``, whose SSD core is ``ssd_scan``: the
+core's slips below are ssd's, computed there, under the same names but for
+ssm_state_ignored, ssd's initial_states_ignored):
+
+    name                    in (B1)-(B10), what the port computes instead
+    z_xBC_swapped           (B1)  in_proj's output split as [z0, x0, xBC, z, dt]
+    dt_first                (B1)  split as [dt, z0, x0, z, xBC]: dt taken from the front
+    conv_flipped            (B2)  conv1d.weight reversed in time (a convolution)
+    conv_bias_missing       (B2)  no + b_conv
+    conv_right_padded       (B2)  the conv reads xBC[t..t+W-1], zeros past the end
+    conv_silu_missing       (B2)  xBC_conv without the SiLU
+    conv_state_ignored      (B2)  x̃ starts with W-1 zeros where conv_state belongs
+    dt_bias_missing, dt_bias_twice, softplus_missing, softplus_twice, dt_limit_ignored
+                            (B4)  ssd's (S1) slips (softplus is always on in the layer)
+    A_dt_missing, A_dt_twice, x_dt_missing, x_dt_twice, groups_repeat
+                            (B6)  ssd's (S2) slips
+    ssm_state_ignored       (B6)  H_{-1} = 0 where ssm_state belongs
+    D_missing, D_flat_order (B7)  ssd's (S3) slips (D_flat_order: D (d_ssm,) read (p h))
+    D_repeat                (B7)  D (h,) spread over the d_ssm channels as D.repeat(p):
+                                  channel c reads D[c % h], not D[c // p]
+    norm_whole_width        (B8)  one group of d_ssm channels where G = d_ssm / g (or the
+                                  reference's --norm-group-size) belongs
+    norm_per_group          (B8)  groups of d_ssm / g where the reference's G is another
+    norm_before_gate        (B8)  norm_before_gate=True where it is off
+    norm_after_gate         (B8)  norm_before_gate=False where it is on
+    padding_leak            ssd's: ssm_state read at L padded to a multiple of chunk_size
+    mlp_dropped             (B9)  y_inner = [0 | y_norm]
+    mlp_ungated             (B9)  y_inner = [x0 | y_norm]
+
+Slips that change nothing are not tried (``mamba2_applies``): besides ssd's rules (on
+the layer's raw dt, softplus on), a conv bias, W > 1, a weight that reversing changes, a
+nonzero conv_state; D (h,) that the spreading changes; norm.weight for the norm slips
+(and a group size that differs: g > 1 or the reference's own); the opposite of the
+reference's norm_before_gate; d_mlp > 0 for the MLP slips.
+
 Glossary
 --------
 SLIPS                     name -> Slip(words, fix), in the order of the layer (mamba-block)
 SSD_SLIPS                 the same for the ssd model, in the order of (S1)-(S4)
-slips_of(model)           SLIPS or SSD_SLIPS
+MAMBA2_SLIPS              the same for mamba2-block, in the order of (B1)-(B10)
+MAMBA2_CORE               a mamba2-block slip -> the ssd slip it is in the core, where
+                          the names differ
+slips_of(model)           SLIPS, SSD_SLIPS or MAMBA2_SLIPS
 Slip.words                the slip in a porter's words (the report's row label)
 Slip.fix                  what to change in the port (the report's advice)
 check_slip(name, model)   None, or ValueError naming the slips known
 applies(name, params)     False when the slip computes the layer itself for these params
 ssd_applies(name, params, inputs, options, keys)   the same for ssd
+mamba2_applies(name, params, inputs, options, keys)   the same for mamba2-block
 
 >>> list(SLIPS)[:3]
 ['xz_swapped', 'conv_flipped', 'conv_bias_missing']
@@ -90,9 +130,11 @@ import math
 import numpy as onp
 
 from rssm_ref.kernels.ssd import ssd_dt
-from rssm_ref.oracle.formats import ssd_limit, SSD_CHUNK_SIZE
+from rssm_ref.mamba2_block import validate_mamba2_block
+from rssm_ref.oracle.formats import mamba2_options, ssd_limit, SSD_CHUNK_SIZE
 
-__all__ = ["Slip", "SLIPS", "SSD_SLIPS", "slips_of", "check_slip", "applies", "ssd_applies"]
+__all__ = ["Slip", "SLIPS", "SSD_SLIPS", "MAMBA2_SLIPS", "MAMBA2_CORE", "slips_of",
+           "check_slip", "applies", "ssd_applies", "mamba2_applies"]
 
 Slip = collections.namedtuple("Slip", "words fix")
 
@@ -220,13 +262,101 @@ SSD_SLIPS = {
 }
 
 
+_SPLIT_FIX = ("split in_proj's output as mamba_ssm's Mamba2 does: z0, x0, z, xBC, dt = "
+              "torch.split(zxbcdt, [d_mlp, d_mlp, d_ssm, d_ssm + 2 * ngroups * d_state, "
+              "nheads], dim=-1)")
+
+MAMBA2_SLIPS = {
+    "z_xBC_swapped": Slip(
+        "z and xBC swapped in the in_proj split (read as [xBC, z, dt])", _SPLIT_FIX),
+    "dt_first": Slip(
+        "dt taken from the front of the in_proj split (read as [dt, z, xBC])", _SPLIT_FIX),
+    "conv_flipped": SLIPS["conv_flipped"],
+    "conv_bias_missing": SLIPS["conv_bias_missing"],
+    "conv_right_padded": SLIPS["conv_right_padded"],
+    "conv_silu_missing": Slip(
+        "SiLU after the conv missing",
+        "apply silu to the conv output before splitting it into x, B, C: "
+        "xBC = silu(conv1d(xBC))"),
+    "conv_state_ignored": Slip(
+        "conv_state ignored (the conv started from zeros, not from the given conv_state)",
+        "feed the conv the W - 1 inputs kept in conv_state before the first token: "
+        "torch.cat([conv_state, xBC], dim=-1) before the conv (causal_conv1d_fn's "
+        "initial_states)"),
+    "dt_bias_missing": SSD_SLIPS["dt_bias_missing"],
+    "dt_bias_twice": SSD_SLIPS["dt_bias_twice"],
+    "softplus_missing": Slip(
+        "softplus missing on dt (the layer always applies it)",
+        "dt' = softplus(dt + dt_bias) (dt_softplus=True)"),
+    "softplus_twice": SSD_SLIPS["softplus_twice"],
+    "dt_limit_ignored": Slip(
+        "the dt_limit clamp ignored",
+        "clamp dt' to [lo, hi] after the softplus: dt.clamp(min=lo, max=hi) (mamba_ssm's "
+        "dt_limit, HF's time_step_limit), or rerun forward without --dt-limit"),
+    "A_dt_missing": SSD_SLIPS["A_dt_missing"],
+    "A_dt_twice": SSD_SLIPS["A_dt_twice"],
+    "x_dt_missing": SSD_SLIPS["x_dt_missing"],
+    "x_dt_twice": SSD_SLIPS["x_dt_twice"],
+    "groups_repeat": SSD_SLIPS["groups_repeat"],
+    "ssm_state_ignored": Slip(
+        "ssm_state ignored (the scan started from zero, not from the given ssm_state)",
+        "start the scan from ssm_state: initial_states=ssm_state (the first chunk's "
+        "incoming state)"),
+    "D_missing": Slip(
+        "the skip D x missing",
+        "add D * x to the scan's output, before the norm and gate (D per head: "
+        "x * D[:, None] on (h, p))"),
+    "D_repeat": Slip(
+        "D (h,) spread over the channels the wrong way: channel c reads D[c % h] "
+        "(D.repeat(headdim)), not D[c // headdim] (repeat_interleave)",
+        "give each head's headdim channels its own D: D.repeat_interleave(headdim) on the "
+        "flat channels, or x * D[:, None] on (h, p)"),
+    "D_flat_order": Slip(
+        "D (d_ssm,) per channel read in the wrong order ((p h) where (h p) belongs)",
+        "reshape D as rearrange(D, '(h p) -> h p', p=headdim) (channel i·p + j is head i's)"),
+    "norm_whole_width": Slip(
+        "the norm over the whole width (one group of d_ssm channels) instead of per group",
+        "normalize each group of d_ssm / ngroups channels on its own: "
+        "RMSNormGated(d_ssm, group_size=d_ssm // ngroups), as mamba_ssm's Mamba2 and "
+        "transformers 5 do (or rerun forward with --norm-group-size d_ssm if your model "
+        "normalizes the whole width)"),
+    "norm_per_group": Slip(
+        "the norm per group of d_ssm / ngroups channels where the reference's groups are "
+        "another size (--norm-group-size)",
+        "normalize groups of the reference's norm_group_size (the whole width: "
+        "group_size=d_ssm, older transformers), or rerun forward without --norm-group-size "
+        "if your model normalizes per group"),
+    "norm_before_gate": Slip(
+        "the norm applied before the gate (norm(y) * silu(z)) where norm_before_gate is off",
+        "gate first, then normalize: norm(y * silu(z)) (norm_before_gate=False, mamba_ssm's "
+        "and HF's), or rerun forward with --norm-before-gate if your model normalizes first"),
+    "norm_after_gate": Slip(
+        "the norm applied after the gate (norm(y * silu(z))) where norm_before_gate is on",
+        "normalize first, then gate: norm(y) * silu(z) (norm_before_gate=True), or rerun "
+        "forward without --norm-before-gate"),
+    "padding_leak": Slip(
+        "padding leaking into ssm_state: L padded to a multiple of chunk_size with x = 0 "
+        "but raw dt = 0 (dt' = softplus(dt_bias)), the state read at the padded end",
+        SSD_SLIPS["padding_leak"].fix),
+    "mlp_dropped": Slip(
+        "the gated MLP part dropped (out_proj's first d_mlp inputs left zero)",
+        "out_proj reads [silu(z0) * x0, y]: keep the d_mlp-wide z0 and x0 at the front of "
+        "in_proj's split and concatenate silu(z0) * x0 before the SSM's output"),
+    "mlp_ungated": Slip(
+        "the gated MLP part ungated (x0 where silu(z0) * x0 belongs)",
+        "gate the MLP part: silu(z0) * x0, concatenated before the SSM's output"),
+}
+# the mamba2-block slips of the SSD core whose ssd name differs
+MAMBA2_CORE = {"ssm_state_ignored": "initial_states_ignored"}
+
+
 def slips_of(model):
     """The slips ``diagnose`` knows for ``model`` (an empty dict for a model without).
 
     >>> list(slips_of("ssd"))[:2]
     ['groups_repeat', 'dt_bias_missing']
     """
-    return {"mamba-block": SLIPS, "ssd": SSD_SLIPS}.get(model, {})
+    return {"mamba-block": SLIPS, "ssd": SSD_SLIPS, "mamba2-block": MAMBA2_SLIPS}.get(model, {})
 
 
 def check_slip(name, model="mamba-block"):
@@ -320,3 +450,63 @@ def ssd_applies(name, params, inputs, options, keys=("y",)):
     pad = ssd_dt(onp.zeros((1, 1, h)), bias, soft, limit)
     return L % Q != 0 and bool(onp.any(pad != 0)) and \
         any(k in keys for k in ("final_states", "chunk_states"))
+
+
+def mamba2_applies(name, params, inputs, options, keys=("y",)):
+    """Whether mamba2-block slip ``name`` computes something else than the reference for
+    these checked ``params``, canonical ``inputs`` (hidden_states, conv_state, ssm_state)
+    and ``options`` (a forward file's), on the candidate's ``keys``. The SSD core's slips
+    follow ``ssd_applies`` on the layer's raw dt (in_proj's last h outputs), softplus on.
+
+    >>> from rssm_ref.mamba2_block import mamba2_block_params
+    >>> import numpy
+    >>> P = mamba2_block_params(d_model=2, d_state=2, d_conv=1, headdim=2, conv_bias=False)
+    >>> U = {"hidden_states": numpy.ones((1, 4, 2))}
+    >>> O = {"ngroups": 1, "chunk_size": 4}
+    >>> [s for s in MAMBA2_SLIPS if mamba2_applies(s, P, U, O)]  # doctest: +NORMALIZE_WHITESPACE
+    ['z_xBC_swapped', 'dt_first', 'conv_silu_missing', 'dt_bias_missing', 'dt_bias_twice',
+     'softplus_missing', 'softplus_twice', 'A_dt_missing', 'A_dt_twice', 'x_dt_missing',
+     'x_dt_twice', 'D_missing', 'norm_before_gate']
+    """
+    check_slip(name, "mamba2-block")
+    kw = mamba2_options(options)
+    v = validate_mamba2_block(params, ngroups=kw["ngroups"], d_state=kw["d_state"],
+                              norm_group_size=kw["norm_group_size"])
+    dm, group = v["dims"], v["options"]["group_size"]
+    h, p, W, s = dm["h"], dm["p"], dm["W"], dm["d_ssm"]
+    w, D = onp.asarray(params["conv1d.weight"]), onp.asarray(params["D"])
+    norm = "norm.weight" in params
+
+    def nonzero(v):
+        return v is not None and bool(onp.any(onp.asarray(v) != 0))
+    layer = {
+        "z_xBC_swapped": True, "dt_first": True, "conv_silu_missing": True,
+        "conv_flipped": not onp.array_equal(w, w[:, :, ::-1]),
+        "conv_bias_missing": nonzero(params.get("conv1d.bias")),
+        "conv_right_padded": W > 1,
+        "conv_state_ignored": W > 1 and "conv_state" in inputs
+        and nonzero(onp.asarray(inputs["conv_state"])[:, :, -(W - 1):]),
+        "D_repeat": D.shape == (h,) and not onp.array_equal(onp.tile(D, p), onp.repeat(D, p)),
+        "norm_whole_width": norm and group != s,
+        "norm_per_group": norm and group != s // dm["g"],
+        "norm_before_gate": norm and not kw["norm_before_gate"],
+        "norm_after_gate": norm and bool(kw["norm_before_gate"]),
+        "mlp_dropped": dm["d_mlp"] > 0, "mlp_ungated": dm["d_mlp"] > 0,
+    }
+    if name in layer:
+        return bool(layer[name])
+    # the SSD core's slips, judged as ssd's on the core's inputs (only dt's values matter)
+    hs = onp.asarray(inputs["hidden_states"])
+    zxbcdt = hs @ onp.asarray(params["in_proj.weight"]).T
+    if "in_proj.bias" in params:
+        zxbcdt = zxbcdt + params["in_proj.bias"]
+    lead = hs.shape[:2]
+    core = {"x": onp.broadcast_to(0.0, lead + (h, p)), "dt": zxbcdt[..., -h:],
+            "B": onp.broadcast_to(0.0, lead + (dm["g"], dm["n"]))}
+    core["C"] = core["B"]
+    if "ssm_state" in inputs:
+        core["initial_states"] = inputs["ssm_state"]
+    core_params = {"dt_bias": params["dt_bias"], "D": D if D.shape == (h,) else D.reshape(h, p)}
+    core_options = dict(options, dt_softplus=True)
+    core_keys = ["final_states" if k == "ssm_state" else k for k in keys]
+    return ssd_applies(MAMBA2_CORE.get(name, name), core_params, core, core_options, core_keys)

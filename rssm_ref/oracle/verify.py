@@ -202,7 +202,8 @@ class VerifyReport:
                      f"FAIL: {bad} of {len(self.tensors)} tensors mismatch")
         if self.hint:
             lines.append(self.hint)
-        if bad and self.model in ("residual", "selective", "mamba", "mamba-block", "ssd"):
+        if bad and self.model in ("residual", "selective", "mamba", "mamba-block", "ssd",
+                                  "mamba2-block"):
             lines.append(f"which conventions do your tensors follow? {prog()} diagnose --reference "
                          f"{self.reference or 'O.npz'} --candidate {self.candidate or 'C.npz'}")
         return "\n".join(lines)
@@ -349,7 +350,7 @@ def verify(reference, candidate, precision="float64", where=("reference", "candi
     (``candidate_precision``). The verdict (``VerifyReport.verdict``) is PASS, FAIL, or
     INCONCLUSIVE when every tensor passes but a threshold is >= TRIVIAL_REL_ERR (a zeros
     candidate would pass). Returns a VerifyReport. Bad input raises ValueError/TypeError.
-    ``slip`` (mamba-block, ssd; for ``diagnose``): the reference was computed with that
+    ``slip`` (mamba-block, mamba2-block, ssd; for ``diagnose``): the reference was computed with that
     port slip (rssm_ref.oracle.slips), and the oracle is rerun with it; never read from a
     file.
     """
