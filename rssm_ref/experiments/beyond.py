@@ -96,10 +96,12 @@ Per step it keeps a fraction a(t) of what is stored; its leak is ℓ(t) = −log
 (eq. (5): softplus of the gate's pre-activation, exact even where s rounds to 1; ZOH: s).
 Measured on the trained model over ``leak_n`` fresh sequences of length ``leak_L``:
 
+- w, where the answer is written: the gate's largest opening at the answer's position
+  q = p + N_trig or the ``OPEN_LAG`` = 2 steps after (a trained Σ passes u(q) on one
+  step late, so the gate opens at q + 1: docs/05, docs/06);
 - λ, the leak per step: the mean of ℓ(t) over the holding positions, strictly between
-  the answer (position q = p + N_trig, where the answer is stored) and the final
-  trigger (positions q + 1 … L − N_trig − 1);
-- y_c, the stored vector: the mean of y(q + 1) over the sequences whose answer is c;
+  the opening and the final trigger (positions w + 1 … L − N_trig − 1);
+- y_c, the stored vector: the mean of y(w + 1) over the sequences whose answer is c;
 - μ, what leaks in: the mean of y_s over the holding positions, weighted by 1 − a(t);
 - (A_f, b_f): the final trigger's own steps, y(L) = A_f y(L − N_trig) + b_f (means).
 
@@ -109,9 +111,13 @@ at ŷ(c, d) is c. The task puts the first trigger uniformly, so d is uniform on
 {0, …, L − 2 N_trig − 1}; the predicted accuracy is the mean of that indicator over d and
 over the answers (weighted as they occurred). It has no free parameter fitted to the
 accuracies; it assumes the leak is spread evenly (its mean) and that what leaks in is
-its mean. ``horizon_steps``: the first d at which some answer is lost. Both are
-unreliable on trained models (docs/13, section 1: about chance predicted where 100 % is
-measured) and every output of ``lengths`` says so (``PREDICTION_CAVEAT``).
+its mean. ``horizon_steps``: the first d at which some answer is lost. Until
+2026-12-03 y_c was read one step early, at y(q + 1), before the gate had opened: on
+trained models it then predicted about chance where 100 % is measured. Read at the
+opening, it matches the measured accuracy within 5 points on 22 of 24 (model, L) of
+docs/13's gate-penalty models (L = 2^11 … 2^16), and misses by 12–32 points at L = 65536
+on the seed whose gate leaks most; every output of ``lengths`` still marks it
+(``PREDICTION_CAVEAT``).
 
 Glossary
 --------

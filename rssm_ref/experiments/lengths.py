@@ -21,9 +21,14 @@ from rssm_ref.training.train import load_checkpoint
 # Until predict_accuracy models the direction of what leaks in, every output marks it.
 PREDICTION_RELIABLE = False
 PREDICTION_CAVEAT = ("the leak prediction is unreliable: it assumes a mean leak per step and "
-                     "a mean leaked-in vector, and on the recipe's trained models it predicts "
-                     "about chance where 100 % is measured (docs/13-beyond-the-paper.md, "
-                     "section 1); read it as a diagnostic, not a forecast")
+                     "a mean leaked-in vector; on the recipe's trained models it is within 5 "
+                     "points on 22 of 24 (model, L) but 12-32 points too high at L = 65536 "
+                     "where a gate leaks most (docs/13-beyond-the-paper.md, section 1); read "
+                     "it as a diagnostic, not a forecast")
+# the gate's opening is looked for at the answer's position and the OPEN_LAG steps after
+OPEN_LAG = 2
+
+
 def leak_statistics(y, y_s, pre, p, targets, n_trig, gate="euler", n_answers=None):
     """The gate's leak statistics from one batch of traced sequences (module docstring).
 
@@ -56,14 +61,19 @@ def leak_statistics(y, y_s, pre, p, targets, n_trig, gate="euler", n_answers=Non
     b = -onp.expm1(-ell)                                # 1 − a(t), a = e^{−ℓ}: exact for small leaks
     t = onp.arange(L)
     q = p + k                                           # the answer's position
-    hold = (t[None, :] > q[:, None]) & (t[None, :] <= L - k - 1)
+    # where the gate writes the answer: its largest opening at q or the next OPEN_LAG
+    # steps — a trained Σ passes u(q) on one step late (docs/05, docs/06), so the gate
+    # opens at q + 1 and y(q + 2) holds the answer; y(q + 1) does not yet
+    window = onp.clip(q[:, None] + onp.arange(OPEN_LAG + 1)[None, :], 0, L - 1)
+    rows = onp.arange(batch)
+    w = window[rows, onp.argmax(b[rows[:, None], window], axis=1)]   # (batch,) the opening
+    hold = (t[None, :] > w[:, None]) & (t[None, :] <= L - k - 1)
     n_hold = int(hold.sum())
     lam = float(ell[hold].mean()) if n_hold else 0.0
     med = float(onp.median(ell[hold])) if n_hold else 0.0
     wsum = float(b[hold].sum())
     mu = ((b * hold)[:, :, None] * y_s).sum(axis=(0, 1)) / wsum if wsum > 0 else onp.zeros(m)
-    rows = onp.arange(batch)
-    stored = y[rows, q]                                 # y(q + 1): the answer written
+    stored = y[rows, w]                                 # y(w + 1): the answer written
     store, weights = [], []
     for c in range(n_answers):
         sel = targets == c
@@ -74,7 +84,8 @@ def leak_statistics(y, y_s, pre, p, targets, n_trig, gate="euler", n_answers=Non
     return {"leak_per_step": lam, "leak_median": med, "hold_steps": n_hold,
             "store": store, "answer_weights": weights, "mu": mu.tolist(),
             "final_a": float(final_a_rows.mean()), "final_b": final_b_rows.mean(axis=0).tolist(),
-            "store_fraction": float(b[rows, q].mean()), "n_trig": k, "gate": gate}
+            "store_fraction": float(b[rows, w].mean()), "n_trig": k, "gate": gate,
+            "opening_lag": float((w - q).mean())}
 
 
 def trace(model_cfg, params, tokens):
