@@ -37,3 +37,27 @@ def test_a_shut_gate_keeps_the_answer_at_every_length():
     y, y_s, pre, p, tgt = _one_sequence(1)
     st = leak_statistics(y, y_s, pre, p, tgt, 1, n_answers=2)
     assert correct(st, onp.array([0, 1000, 65536]), lambda v: v)[1].all()
+
+
+def test_explain_prints_the_predicted_horizon_of_a_checkpoint(tmp_path):
+    """explain on a reproduce checkpoint of the Residual SSM prints the leak law's horizon
+    and stores it in trace.json; on params without a run config it says nothing."""
+    import json
+    from click.testing import CliRunner
+    from rssm_ref.app.cli import main
+    from rssm_ref.experiments.explain import leak_horizon
+    r = CliRunner()
+    run = tmp_path / "rep"
+    assert r.invoke(main, ["reproduce", "--task", "induction", "--model", "residual", "--quick",
+                           "--out", str(run)]).exit_code == 0
+    ckpt = run / "residual-seed0.npz"
+    res = r.invoke(main, ["explain", "--params", str(ckpt), "--out", str(tmp_path / "ex")])
+    assert res.exit_code == 0, res.output
+    line = [ln for ln in res.output.splitlines() if ln.startswith("leak law")]
+    assert len(line) == 1 and ("holds to L" in line[0] or "holds beyond" in line[0])
+    doc = json.loads((tmp_path / "ex" / "trace.json").read_text())
+    lk = doc["summary"]["leak"]
+    assert lk["reliable"] is False and lk["leak_per_step"] >= 0
+    if lk["horizon_steps"] is not None:
+        assert lk["holds_to_L"] == lk["horizon_steps"] + 3            # + 2 N_trig + 1
+    assert leak_horizon(str(ckpt), "selective", "induction") is None

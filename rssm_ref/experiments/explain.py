@@ -55,6 +55,8 @@ from typing import Optional
 
 import numpy as onp
 
+from rssm_ref.experiments.common import model_cfg_from_run_config
+from rssm_ref.experiments.lengths import horizon_steps, measure_leak, readout_fn
 from rssm_ref.experiments.reproduce import (model_config, prepare_out, read_run_config,
                                             ReproduceConfig)
 from rssm_ref.lti import StateSpace, TransferFunction
@@ -70,7 +72,7 @@ from rssm_ref.util.invocation import prog
 from rssm_ref.util.progress import Progress
 
 __all__ = ["ExplainConfig", "explain", "oracle_params", "checkpoint_identity",
-           "selective_summary", "stored_accuracy", "gate_opening", "gate_figure",
+           "selective_summary", "stored_accuracy", "leak_horizon", "gate_opening", "gate_figure",
            "delta_figure", "pole_zero_figure", "impulse_figure", "residual_systems",
            "lti_systems"]
 
@@ -347,6 +349,9 @@ def explain(cfg, progress=None):
     stored = stored_accuracy(cfg.params_path, cfg.model)
     if stored is not None:
         summary["stored_accuracy"] = stored
+    horizon = leak_horizon(cfg.params_path, cfg.model, cfg.task)
+    if horizon is not None:
+        summary["leak"] = horizon
     lines += summary_lines(cfg.model, summary)
     lines.append(f"params: {source}; sequence: {seq_source}")
     doc = {"model": cfg.model, "task": cfg.task, "params": source, "sequence": seq_source,
@@ -426,9 +431,40 @@ def stored_accuracy(path, model):
     return None
 
 
+def leak_horizon(path, model, task):
+    """The leak law's prediction for a Residual SSM reproduce checkpoint (docs/13, section
+    1; ``rssm_ref.experiments.lengths``): its gate's leak per step, where it writes the
+    answer, and the length it holds to — the first L at which some answer is predicted
+    lost (``horizon_steps`` holding steps + 2 N_trig + 1), None beyond 2^20 steps. None
+    for anything but a reproduce checkpoint of a Residual SSM (the leak is measured on
+    sequences of its own task, with its own training config)."""
+    if model != "residual" or not path:
+        return None
+    try:
+        rc = read_run_config(path)
+    except ValueError:
+        return None
+    if rc is None or rc.get("model") != "residual" or rc.get("task") != task:
+        return None
+    mcfg = model_cfg_from_run_config(rc, path, task)
+    params = load_checkpoint(path)[0]
+    st = measure_leak(mcfg, params)
+    d = horizon_steps(st, readout_fn(mcfg, params))
+    return {"leak_per_step": st["leak_per_step"], "opening_lag": st["opening_lag"],
+            "horizon_steps": d, "holds_to_L": None if d is None else d + 2 * st["n_trig"] + 1,
+            "measured_on": f"{st['n']} sequences at L = {st['L']}", "reliable": False}
+
+
 def summary_lines(model, summary):
     """The summary as text lines below the trace table."""
     lines = []
+    lk = summary.get("leak")
+    if lk:
+        holds = (f"holds to L ≈ {lk['holds_to_L']}" if lk["holds_to_L"] is not None
+                 else "holds beyond L = 2^20")
+        lines.append(f"leak law (approximate, docs/13 section 1): {lk['leak_per_step']:.3g} "
+                     f"leaked per step after the gate writes the answer {lk['opening_lag']:.2g} "
+                     f"step(s) after it; {holds} (measured on {lk['measured_on']})")
     if model == "selective" and "A_range" in summary:
         d = summary
         shapes = ", ".join(f"{k} {tuple(v)}" for k, v in d["shapes"].items())
