@@ -515,7 +515,7 @@ def _options(P, dims, norm_before_gate, norm_group_size, dt_limit, eps, chunk_si
                 or not isinstance(norm_group_size, (int, onp.integer))
                 or norm_group_size < 1 or d_ssm % norm_group_size):
             raise ValueError(f"norm_group_size: {norm_group_size!r} (expected an integer dividing "
-                             f"d_ssm = {d_ssm}; None: d_ssm / g = {d_ssm // dims['g']})")
+                             f"d_ssm = {d_ssm}; the default is d_ssm / g = {d_ssm // dims['g']})")
         group_size = int(norm_group_size)
     lo, hi = check_dt_limit(dt_limit)
     try:

@@ -302,7 +302,8 @@ def test_bad_input_is_exit_2_one_line_nothing_written(tmp_path, edit, flags, nee
 
 @pytest.mark.parametrize("args, needle", [
     (["forward", "--model", "mamba-block", "--ngroups", 2],
-     "ngroups: given for --model mamba-block (expected it only with --model mamba2-block)"),
+     "ngroups: given for --model mamba-block (expected it only with --model mamba2-block or "
+     "--model ssd with --layout heads-flat)"),
     (["forward", "--model", "ssd", "--norm-before-gate"],
      "norm_before_gate: given for --model ssd"),
     (["forward", "--model", "lti", "--chunk-size", 4],

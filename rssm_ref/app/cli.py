@@ -194,7 +194,7 @@ def _report(result, as_json):
 @click.option("--allow-unstable", is_flag=True, help="Accept poles on/outside |z| = 1.")
 @click.option("--grads", is_flag=True, help="Add grad_u and grad_<key> of sum(y * dy).")
 @click.option("--intermediates", is_flag=True,
-              help="Add the model's internal signals (residual, selective; refused for lti).")
+              help="Add the model's internal signals (every model but lti, which has none).")
 @click.option("--prefix", default=None, metavar="PREFIX",
               help="Read one layer of a whole-model params file: the keys that start with "
                    "PREFIX (e.g. backbone.layers.3.mixer.), without it.")

@@ -1054,6 +1054,14 @@ def read_arrays(path, what="params", prefix=None):
             raise ValueError(f"--prefix: {prefix!r} matches no key of {label} (layer prefixes "
                              f"found: {', '.join(map(repr, found)) or 'none'}; keys look like "
                              f"{next(iter(arrays))!r})")
+        # a prefix short of a layer's (keys like 'mixer.A_log' left, or '.A_log' without
+        # the trailing dot): name the whole layer prefixes it reaches
+        deeper = sorted({prefix + k[:-len(leaf)] for k in kept for leaf in ("A_log", "in_proj.weight")
+                         if k.endswith("." + leaf)})
+        if deeper:
+            raise ValueError(f"--prefix: {prefix!r} stops short of a layer in {label} (its keys "
+                             f"still look like {sorted(kept)[0]!r}; expected a whole layer's "
+                             f"prefix: {', '.join(map(repr, deeper))})")
         upcast = {k[len(prefix):]: v for k, v in upcast.items() if k.startswith(prefix)}
         arrays = kept
     notes += [f"{k} upcast exactly to float64 from {v}" for k, v in sorted(upcast.items())]

@@ -261,8 +261,9 @@ def _mamba2_options(model, ngroups, d_state, norm_before_gate, norm_group_size, 
              if v is not None and v is not False]
     if model != "mamba2-block":
         if given:
+            also = " or --model ssd with --layout heads-flat" if given[0] == "ngroups" else ""
             raise ValueError(f"{given[0]}: given for --model {model} (expected it only with "
-                             "--model mamba2-block)")
+                             f"--model mamba2-block{also})")
         return {}
     for name, v in (("ngroups", ngroups), ("d_state", d_state),
                     ("norm_group_size", norm_group_size)):

@@ -104,6 +104,9 @@ def missing_key_hint(key, ref_outputs, allowed, inter):
     >>> missing_key_hint("grad_u", {"y": 0}, {"grad_u"}, set())
     'rerun forward with --grads'
     """
+    if key in ("grad_conv_state", "grad_ssm_state") and key not in ref_outputs:
+        return (f"rerun forward with --grads and an initial {key[5:]} in the inputs (the "
+                "gradient of a state exists only for a state given)")
     known = sorted(set(ref_outputs) | set(allowed))
     near = difflib.get_close_matches(key, [k for k in known if k != key], n=1, cutoff=0.75)
     has_grads = any(k.startswith("grad_") for k in ref_outputs)
