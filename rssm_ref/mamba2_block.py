@@ -84,16 +84,15 @@ conv_state (batch, conv_dim, W);  ssm_state (batch, h, p, n) = H_{L-1}
 >>> bool(onp.abs(out["y"] - ref["y"]).max() < 1e-12)
 True
 """
-import difflib
 import math
 
 import autograd.numpy as np
 import numpy as onp
 
 from rssm_ref.kernels.nonlinear import silu
-from rssm_ref.mamba_block import check_layer_states
+from rssm_ref.mamba_block import check_layer_keys, check_layer_states
 from rssm_ref.ssd import DT_LIMIT_NONE, ssd_chunked, ssd_dt, ssd_ref
-from rssm_ref.validation import check_array, check_dt_limit
+from rssm_ref.validation import check_dt_limit
 
 __all__ = ["mamba2_block_ref", "mamba2_block_step", "mamba2_block", "rms_norm_gated",
            "mamba2_block_params", "validate_mamba2_block", "REQUIRED", "OPTIONAL"]
@@ -388,24 +387,7 @@ def validate_mamba2_block(params, hidden_states=None, conv_state=None, ssm_state
     ...
     ValueError: ngroups: required (or d_state): the shapes give only g·n = 6 (conv_dim = 20 from conv1d.weight minus d_ssm = 8, halved); mamba_ssm's default is ngroups=1
     """
-    if not hasattr(params, "keys"):
-        raise TypeError(f"params: expected a dict keyed by state_dict names, got "
-                        f"{type(params).__name__}")
-    known = REQUIRED + OPTIONAL
-    for k in params:
-        if k not in known:
-            near = difflib.get_close_matches(str(k), known, n=1, cutoff=0.6)
-            hint = f" (did you mean {near[0]!r}?)" if near else ""
-            raise ValueError(f"params[{k!r}]: not a Mamba-2 layer key{hint}; expected "
-                             f"{', '.join(REQUIRED)} and optionally {', '.join(OPTIONAL)}")
-    for k in REQUIRED:
-        if k not in params:
-            raise ValueError(f"params is missing {k!r} (expected shape {_SYMBOLS[k]})")
-    P = {}
-    for k in params:
-        P[k] = check_array(f"params[{k!r}]", params[k])
-        if len(onp.shape(P[k])) != _NDIM[k]:
-            raise ValueError(f"params[{k!r}]: expected shape {_SYMBOLS[k]}, got {onp.shape(P[k])}")
+    P = check_layer_keys(params, REQUIRED, OPTIONAL, _SYMBOLS, _NDIM, "a Mamba-2 layer")
     dims = _dims(P, ngroups, d_state, headdim)
     where = dims.pop("where")
     expected = {"in_proj.weight": (dims["d_in_proj"], dims["d"]),

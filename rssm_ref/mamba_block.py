@@ -74,7 +74,7 @@ from rssm_ref.validation import check_array
 
 __all__ = ["mamba_block_ref", "mamba_block_step", "mamba_block", "conv_state_to_initial_states",
            "initial_states_to_conv_state", "mamba_block_params", "validate_mamba_block",
-           "check_layer_states",
+           "check_layer_states", "check_layer_keys",
            "REQUIRED", "OPTIONAL"]
 
 REQUIRED = ("in_proj.weight", "conv1d.weight", "x_proj.weight", "dt_proj.weight",
@@ -297,24 +297,7 @@ def validate_mamba_block(params, hidden_states=None, conv_state=None, ssm_state=
     ...
     ValueError: params['x_proj.weight']: expected shape (R + 2N, E) = (8, 8), got (5, 8) ...
     """
-    if not hasattr(params, "keys"):
-        raise TypeError(f"params: expected a dict keyed by state_dict names, got "
-                        f"{type(params).__name__}")
-    known = REQUIRED + OPTIONAL
-    for k in params:
-        if k not in known:
-            near = difflib.get_close_matches(str(k), known, n=1, cutoff=0.6)
-            hint = f" (did you mean {near[0]!r}?)" if near else ""
-            raise ValueError(f"params[{k!r}]: not a Mamba layer key{hint}; expected "
-                             f"{', '.join(REQUIRED)} and optionally {', '.join(OPTIONAL)}")
-    for k in REQUIRED:
-        if k not in params:
-            raise ValueError(f"params is missing {k!r} (expected shape {_SYMBOLS[k]})")
-    P = {}
-    for k in params:
-        P[k] = check_array(f"params[{k!r}]", params[k])
-        if len(onp.shape(P[k])) != _NDIM[k]:
-            raise ValueError(f"params[{k!r}]: expected shape {_SYMBOLS[k]}, got {onp.shape(P[k])}")
+    P = check_layer_keys(params, REQUIRED, OPTIONAL, _SYMBOLS, _NDIM, "a Mamba layer")
     E, N = onp.shape(P["A_log"])
     R = onp.shape(P["dt_proj.weight"])[1]
     W = onp.shape(P["conv1d.weight"])[2]
@@ -338,6 +321,32 @@ def validate_mamba_block(params, hidden_states=None, conv_state=None, ssm_state=
     out.update(check_layer_states(where, d, ("E", E), W, ("(batch, E, N)", (E, N)),
                                   hidden_states, token, conv_state, ssm_state))
     return out
+
+
+def check_layer_keys(params, required, optional, symbols, ndims, kind):
+    """A layer's state_dict, checked once for both Mamba layers: every key known (a typo
+    gets the nearest name), every required key present, each array float64 of its
+    symbolic shape's rank. Returns a new dict of the arrays; errors name the key and the
+    shape (``symbols``: key -> "(2E, d)" etc.; ``ndims``: key -> its rank)."""
+    if not hasattr(params, "keys"):
+        raise TypeError(f"params: expected a dict keyed by state_dict names, got "
+                        f"{type(params).__name__}")
+    known = tuple(required) + tuple(optional)
+    for k in params:
+        if k not in known:
+            near = difflib.get_close_matches(str(k), known, n=1, cutoff=0.6)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ValueError(f"params[{k!r}]: not {kind} key{hint}; expected "
+                             f"{', '.join(required)} and optionally {', '.join(optional)}")
+    for k in required:
+        if k not in params:
+            raise ValueError(f"params is missing {k!r} (expected shape {symbols[k]})")
+    P = {}
+    for k in params:
+        P[k] = check_array(f"params[{k!r}]", params[k])
+        if len(onp.shape(P[k])) != ndims[k]:
+            raise ValueError(f"params[{k!r}]: expected shape {symbols[k]}, got {onp.shape(P[k])}")
+    return P
 
 
 def check_layer_states(where, d, channels, W, ssm, hidden_states=None, token=None,
