@@ -115,9 +115,9 @@ its mean. ``horizon_steps``: the first d at which some answer is lost. Until
 2026-12-03 y_c was read one step early, at y(q + 1), before the gate had opened: on
 trained models it then predicted about chance where 100 % is measured. Read at the
 opening, it matches the measured accuracy within 5 points on 22 of 24 (model, L) of
-docs/13's gate-penalty models (L = 2^11 … 2^16), and misses by 12–32 points at L = 65536
-on the seed whose gate leaks most; every output of ``lengths`` still marks it
-(``PREDICTION_CAVEAT``).
+docs/13's gate-penalty models (L = 2^11 … 2^16). ``predict_windowed`` (the per-length
+prediction of ``lengths``) replaces the mean leak and the mean μ by real holding steps:
+23 of 24; every output of ``lengths`` still marks it (``PREDICTION_CAVEAT``).
 
 Glossary
 --------
