@@ -73,3 +73,12 @@ def test_module_and_clone_entry_points(tmp_path, entry):
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["params"] == "P.npz" and (tmp_path / "P.npz").exists()
+
+
+def test_one_name_for_each_size_across_init_and_forward():
+    """The Mamba-2 sizes go by one name on every command: --ngroups (not --groups) and
+    --n for the state size (not --d-state)."""
+    for cmd in ("init", "forward"):
+        text = CliRunner().invoke(main, [cmd, "--help"]).stdout
+        assert "--ngroups" in text and "--n " in text, cmd
+        assert "--groups" not in text.replace("--ngroups", "") and "--d-state" not in text, cmd

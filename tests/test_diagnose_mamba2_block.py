@@ -338,7 +338,7 @@ def test_a_reference_made_with_ngroups_diagnoses_without_the_flag_again(tmp_path
     """init's layer forwarded with --ngroups 2: diagnose rereads the groups (and every
     other option) from the reference file; it used to stop with "ngroups: required"."""
     P, U, R = tmp_path / "P.npz", tmp_path / "U.npz", tmp_path / "R.npz"
-    res = _run("init", "--model", "mamba2-block", "--m", 6, "--p", 3, "--n", 2, "--groups", 2,
+    res = _run("init", "--model", "mamba2-block", "--m", 6, "--p", 3, "--n", 2, "--ngroups", 2,
                "--seed", 4, "--out", P, "--inputs-out", U, "--length", 9, "--batch", 2)
     assert res.exit_code == 0, res.output
     res = _run("forward", "--model", "mamba2-block", "--ngroups", 2, "--norm-before-gate",

@@ -368,7 +368,7 @@ def test_diagnose_finds_a_layout_mix_up(soft):
 
 def test_init_writes_heads_flat_inputs_that_forward_reads(tmp_path):
     P, U = tmp_path / "P.npz", tmp_path / "U.npz"
-    res = _run("init", "--model", "ssd", "--heads", 4, "--groups", 2, "--p", 3, "--n", 2,
+    res = _run("init", "--model", "ssd", "--heads", 4, "--ngroups", 2, "--p", 3, "--n", 2,
                "--length", 6, "--out", P, "--inputs-out", U, "--layout", "heads-flat")
     assert res.exit_code == 0 and "--layout heads-flat --ngroups 2" in res.output, res.output
     flat = onp.load(U)

@@ -32,7 +32,7 @@ def _maxabs(a, b):
 def layer(tmp_path):
     """init's Mamba-2 layer: d_model 6, headdim 3 (h = 12 / 3 = 4 heads), d_state 2, 2 groups."""
     P, U = tmp_path / "P.npz", tmp_path / "U.npz"
-    res = _run("init", "--model", "mamba2-block", "--m", 6, "--p", 3, "--n", 2, "--groups", 2,
+    res = _run("init", "--model", "mamba2-block", "--m", 6, "--p", 3, "--n", 2, "--ngroups", 2,
                "--seed", 4, "--out", P, "--inputs-out", U, "--length", 9, "--batch", 2)
     assert res.exit_code == 0, res.output
     assert "forward them with --ngroups 2" in res.output
@@ -257,11 +257,11 @@ BAD = [
     (lambda P, U: U.update(conv_state=_ones(2, 20, 2)), [],
      "U.npz: key 'conv_state': shape (2, 20, 2) (expected (batch, conv_dim, W) = (batch, 20, 4)"),
     (lambda P, U: U.update(u=U.pop("hidden_states")), [], "hidden_states, HF's name"),
-    (lambda P, U: None, "no-ngroups", "--ngroups: required (or --d-state)"),
+    (lambda P, U: None, "no-ngroups", "--ngroups: required (or --n)"),
     (lambda P, U: None, ["--ngroups", 3], "--ngroups: 3 does not divide g·n = 4"),
-    (lambda P, U: None, ["--ngroups", 2, "--d-state", 3],
-     "--d-state: 3 with ngroups = 2 gives g·n = 6"),
-    (lambda P, U: None, ["--d-state", 5], "--d-state: 5 does not divide g·n = 4"),
+    (lambda P, U: None, ["--ngroups", 2, "--n", 3],
+     "--n: 3 with ngroups = 2 gives g·n = 6"),
+    (lambda P, U: None, ["--n", 5], "--n: 5 does not divide g·n = 4"),
     (lambda P, U: None, ["--norm-group-size", 5], "--norm-group-size: 5 (expected an integer"),
     (lambda P, U: P.pop("norm.weight"), ["--norm-group-size", 4],
      "--norm-group-size: 4 given, but params has no 'norm.weight'"),
@@ -290,7 +290,7 @@ def test_bad_input_is_exit_2_one_line_nothing_written(tmp_path, edit, flags, nee
     # every case but the one without groups gives --ngroups 2 unless it sets its own
     if flags == "no-ngroups":
         flags = []
-    elif "--d-state" not in flags and "--ngroups" not in flags:
+    elif "--n" not in flags and "--ngroups" not in flags:
         flags = ["--ngroups", 2] + flags
     res = _run("forward", "--model", "mamba2-block", "--params", tmp_path / "P.npz",
                "--inputs", tmp_path / "U.npz", "--out", tmp_path / "O.npz", *flags)
@@ -309,7 +309,7 @@ def test_bad_input_is_exit_2_one_line_nothing_written(tmp_path, edit, flags, nee
     (["forward", "--model", "lti", "--chunk-size", 4],
      "chunk_size: given for --model lti (expected it only with --model ssd or mamba2-block)"),
     (["init", "--model", "mamba2-block", "--heads", 2], "--heads: given for --model mamba2-block"),
-    (["init", "--model", "mamba2-block", "--groups", 3], "--groups: 3 does not divide nheads"),
+    (["init", "--model", "mamba2-block", "--ngroups", 3], "--ngroups: 3 does not divide nheads"),
     (["init", "--model", "mamba2-block", "--p", 5], "--p: 5 does not divide d_ssm = 16"),
 ])
 def test_flags_that_do_not_apply_are_refused(tmp_path, args, needle):

@@ -45,7 +45,7 @@ def _ref_grads(P, dy):
 @pytest.fixture
 def files(tmp_path):
     P, U = tmp_path / "P.npz", tmp_path / "U.npz"
-    res = _run("init", "--model", "ssd", "--heads", 4, "--groups", 2, "--p", 3, "--n", 2,
+    res = _run("init", "--model", "ssd", "--heads", 4, "--ngroups", 2, "--p", 3, "--n", 2,
                "--seed", 3, "--length", 11, "--out", P, "--inputs-out", U)
     assert res.exit_code == 0, res.output
     return tmp_path, P, U
@@ -241,7 +241,7 @@ def test_bad_input_is_exit_2_naming_the_file_and_key(tmp_path, edit, flags, need
 @pytest.mark.parametrize("args, needle", [
     (["forward", "--model", "lti", "--dt-softplus"], "dt_softplus: given for --model lti"),
     (["forward", "--model", "selective", "--chunk-size", 8], "chunk_size: given for --model"),
-    (["init", "--model", "ssd", "--heads", 4, "--groups", 3], "--groups: 3 does not divide"),
+    (["init", "--model", "ssd", "--heads", 4, "--ngroups", 3], "--ngroups: 3 does not divide"),
     (["init", "--model", "ssd", "--m", 4], "--m: given for --model ssd"),
     (["init", "--model", "lti", "--heads", 2], "--heads: given for --model lti"),
 ])

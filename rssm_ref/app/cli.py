@@ -211,11 +211,12 @@ def _report(result, as_json):
                    "gradients do not depend on it beyond round-off, chunk_states do).")
 @click.option("--ngroups", type=int, default=None, metavar="G",
               help="mamba2-block: groups of heads sharing B and C (Mamba2's ngroups; the "
-                   "shapes give only ngroups x d_state, so this or --d-state is required); "
+                   "shapes give only ngroups x d_state, so this or --n is required); "
                    "ssd with --layout heads-flat: the g of B, C (batch, L, g·n) (HF's n_groups; "
                    "not needed when initial_states give n).")
-@click.option("--d-state", type=int, default=None, metavar="N",
-              help="mamba2-block: the state size instead of --ngroups (both: they must agree).")
+@click.option("--n", "d_state", type=int, default=None, metavar="N",
+              help="mamba2-block: the state size n (d_state) instead of --ngroups (both: they "
+                   "must agree).")
 @click.option("--norm-before-gate", is_flag=True,
               help="mamba2-block: normalize y, then gate by silu(z) (Mamba2's "
                    "norm_before_gate=True; default: gate, then normalize).")
@@ -241,7 +242,7 @@ def forward_cmd(model, params_path, inputs_path, out_path, path, gate, discretiz
     (--intermediates: chunk_states); --layout heads-flat reads and writes HF's flat
     (batch, L, h·p) and (batch, L, g·n) tensors (--ngroups G). --model mamba2-block takes
     a whole Mamba-2 layer's state_dict (in_proj, conv1d, dt_bias, A_log, D, norm, out_proj) with --ngroups (or
-    --d-state) on hidden_states, and returns y, conv_state and ssm_state.
+    --n) on hidden_states, and returns y, conv_state and ssm_state.
     """
     config = ForwardConfig(model=model, path=path, gate=gate, discretization=discretization,
                            output=output, allow_unstable=allow_unstable, grads=grads,
@@ -276,7 +277,7 @@ def forward_cmd(model, params_path, inputs_path, out_path, path, gate, discretiz
 @click.option("--n", type=int, default=None,
               help="Selective/mamba/ssd/mamba2-block state size (d_state).")
 @click.option("--heads", type=int, default=None, help="ssd: number of heads h (default 4).")
-@click.option("--groups", type=int, default=None,
+@click.option("--ngroups", "groups", type=int, default=None,
               help="ssd, mamba2-block: groups g of heads sharing B and C (default 2; "
                    "mamba2-block 1; g divides h).")
 @click.option("--vocab", type=int, default=None, help="Add an embedding (vocab, m).")

@@ -651,7 +651,7 @@ def _check_mamba_block(where, params, sizes):
 
 
 # option -> forward flag, for the messages of mamba2-block's option checks
-_MAMBA2_FLAGS = {"ngroups": "--ngroups", "d_state": "--d-state",
+_MAMBA2_FLAGS = {"ngroups": "--ngroups", "d_state": "--n",
                  "norm_before_gate": "--norm-before-gate",
                  "norm_group_size": "--norm-group-size", "dt_limit": "--dt-limit",
                  "eps": "--eps", "chunk_size": "--chunk-size"}
@@ -672,7 +672,7 @@ def _check_mamba2_block(where, params, sizes, options):
             raise ValueError(f"{where}: key {key}: {rest}") from None
         name, rest = msg.split(": ", 1)
         flag = _MAMBA2_FLAGS.get(name, name)
-        rest = rest.replace("(or d_state)", "(or --d-state)")
+        rest = rest.replace("(or d_state)", "(or --n)")
         raise ValueError(f"{flag}: {rest} (params {where})") from None
     _check_ssd(where, {"A_log": params["A_log"]})
     return dict(sizes, **{k: dims[k] for k in ("d_ssm", "d_mlp", "p", "g", "n")})

@@ -124,7 +124,7 @@ def _tf(rng, p, m, order, r_max=0.95):
 # the ``init`` flag of each argument, for the messages (they speak the CLI's language)
 FLAGS = {"m": "--m", "p": "--p", "order": "--order", "order_r": "--order-r", "n": "--n",
          "vocab": "--vocab", "batch": "--batch", "L": "--length", "form": "--form",
-         "heads": "--heads", "groups": "--groups"}
+         "heads": "--heads", "groups": "--ngroups"}
 
 
 def init_params(model, seed, form=None, m=None, p=None, order=None, n=None, order_r=None,
@@ -155,17 +155,17 @@ def init_params(model, seed, form=None, m=None, p=None, order=None, n=None, orde
     if heads is not None and model != "ssd":
         raise ValueError(f"--heads: given for --model {model} (expected it only with --model ssd)")
     if groups is not None and model not in ("ssd", "mamba2-block"):
-        raise ValueError(f"--groups: given for --model {model} (expected it only with --model "
+        raise ValueError(f"--ngroups: given for --model {model} (expected it only with --model "
                          "ssd or mamba2-block)")
     if model == "mamba2-block":
         if form is not None or order is not None or vocab is not None:
             raise ValueError("--form/--order/--vocab: given for --model mamba2-block (expected "
-                             "only --m (d_model), --p (headdim), --n (d_state), --groups)")
+                             "only --m (d_model), --p (headdim), --n (d_state), --ngroups)")
         return _mamba2_init(seed, m or 8, p or 4, n or 4, groups or 1)
     if model == "ssd":
         if form is not None or m is not None or order is not None or vocab is not None:
             raise ValueError("--form/--m/--order/--vocab: given for --model ssd (expected only "
-                             "--heads, --groups, --p (head dimension) and --n (d_state))")
+                             "--heads, --ngroups, --p (head dimension) and --n (d_state))")
         return ssd_init(rng, heads or 4, groups or 2, n or 8, p or 4)
     if model == "mamba-block":
         if form is not None or p is not None or order is not None or vocab is not None:
@@ -228,7 +228,7 @@ def _mamba2_init(seed, d, headdim, n, g):
                                    seed=int(seed), bias=True, conv_bias=True)
     except ValueError as exc:
         name, rest = str(exc).split(": ", 1)
-        flag = {"headdim": "--p", "ngroups": "--groups"}.get(name, name)
+        flag = {"headdim": "--p", "ngroups": "--ngroups"}.get(name, name)
         raise ValueError(f"{flag}: {rest} (--model mamba2-block: d_ssm = 2 --m, "
                          "h = d_ssm / --p)") from None
 
@@ -243,7 +243,7 @@ def ssd_init(rng, h, g, n, p):
     ['A_log', 'D', 'dt_bias']
     """
     if h % g:
-        raise ValueError(f"--groups: {g} does not divide --heads {h} (expected h % g == 0: "
+        raise ValueError(f"--ngroups: {g} does not divide --heads {h} (expected h % g == 0: "
                          "head i reads group i // (h / g))")
     return {"A_log": onp.log(rng.uniform(1.0, 16.0, size=h)), "D": rng.standard_normal(h),
             "dt_bias": rng.uniform(0.01, 0.1, size=h)}
@@ -288,7 +288,7 @@ def init_inputs(model, params, seed, batch=2, L=32, dy=True, tokens=False, p=Non
                              "expected none)")
         g, p, n = groups or 2, sizes.get("p", p or 4), n or 8
         if sizes["h"] % g:
-            raise ValueError(f"--groups: {g} does not divide the {sizes['h']} heads of the "
+            raise ValueError(f"--ngroups: {g} does not divide the {sizes['h']} heads of the "
                              "params (expected h % g == 0)")
         h = sizes["h"]
         # dt > 0 (log-uniform on [1e-3, 1e-1], Mamba-2's dt range): dt + dt_bias > 0
