@@ -318,3 +318,22 @@ def test_a_plain_lti_system_is_titled_with_its_sizes():
                 assert fig.axes[0].get_title().startswith(head + ":")
             finally:
                 plt.close(fig)
+
+
+def test_window_and_zoh_figures_name_a_single_seed(tmp_path):
+    """One seed is labelled as that seed, not as a mean (the window and zoh_gate figures)."""
+    import json
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from rssm_ref.experiments.plots import plot_window, plot_zoh
+    for name, plot in (("window", plot_window), ("zoh_gate", plot_zoh)):
+        out = tmp_path / name
+        res = CliRunner().invoke(main, ["experiment", name, "--quick", "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        results = json.loads((out / "results.json").read_text())
+        fig = plot(plt, results)
+        labels = [t for ax in fig.axes for t in ax.get_legend_handles_labels()[1]]
+        assert any("(seed 0)" in t for t in labels), labels
+        assert not any("(mean)" in t for t in labels), labels
+        plt.close(fig)

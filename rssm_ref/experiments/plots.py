@@ -87,7 +87,8 @@ def plot_window(plt, results):
     if paper:
         ax.plot(*zip(*paper), "s--", color="gray", mfc="white", label="paper, Selective SSM (w = 1)")
     for i, w in enumerate(t["windows"]):
-        line, = ax.plot(L, t["mean"][i], "o-", label=f"w = {w} (mean)")
+        line, = ax.plot(L, t["mean"][i], "o-",
+                        label=measured_label(results["seeds"], f"w = {w}", "band min..max"))
         ax.fill_between(L, t["min"][i], t["max"][i], color=line.get_color(), alpha=0.12, lw=0)
     ax.axhline(chance("extended"), color="gray", ls=":", lw=1, label="chance")
     ax.set_xscale("log", base=2)
@@ -107,8 +108,9 @@ def plot_zoh(plt, results):
         for gate, color in (("euler", "tab:blue"), ("zoh", "tab:orange")):
             g = t[task][gate]
             ax.fill_between(t["lengths"], g["min"], g["max"], color=color, alpha=0.15, lw=0)
+            name = f"gate = {gate}" + (" (eq. (5))" if gate == "euler" else " (Remark 3.1)")
             ax.plot(t["lengths"], g["mean"], "o-", color=color,
-                    label=f"gate = {gate}" + (" (eq. (5))" if gate == "euler" else " (Remark 3.1)"))
+                    label=measured_label(results["seeds"], name, "band min..max"))
         ax.plot(t["lengths"], [100] * len(t["lengths"]), "s--", color="gray", mfc="white",
                 label="paper (eq. (5))")
         ax.axhline(chance(task), color="gray", ls=":", lw=1, label="chance")
