@@ -17,6 +17,8 @@ residual_params(m, form)           -> dict (sigma_*, r_*, gate_bias)
 selective_params(m, n)             -> dict (A, W_delta, W_B, W_C, delta_bias, D)
 mamba_params(m, n, dt_rank)        -> dict under mamba_ssm's names (A_log, x_proj.weight,
                                       dt_proj.weight, dt_proj.bias, D)
+ssd_case(batch, L, h, g, p, n)      -> (params, inputs) of Mamba-2's SSD core (--model ssd),
+                                      |dt A| from 1e-6 to 50
 mamba_block_params(d, E, n, W, dt_rank) -> dict: a whole Mamba-1 layer's state_dict
                                       (in_proj, conv1d, x_proj, dt_proj, A_log, D, out_proj)
 mamba2_block_params(d, h, p, g, n, W, d_mlp) -> dict: a whole Mamba-2 layer's state_dict
@@ -322,6 +324,52 @@ def mamba2_block_params(draw, d=st.integers(1, 4), h=st.integers(1, 4), p=st.int
         P["in_proj.bias"] = _normals(draw, (rows,))
         P["out_proj.bias"] = _normals(draw, (d,))
     return P
+
+
+@st.composite
+def ssd_case(draw, batch=st.integers(1, 2), L=st.integers(1, 40), h=st.integers(1, 4),
+             g=None, p=st.integers(1, 3), n=st.integers(1, 4), dy=True):
+    """(params, inputs) of Mamba-2's SSD core in the oracle's names (``--model ssd``):
+    params A_log (h,) (or A, drawn either way), optional D (h,) or (h, p), optional
+    dt_bias (h,); inputs x (batch, L, h, p), dt (batch, L, h), B, C (batch, L, g, n), and
+    when drawn z (batch, L, h, p), initial_states (batch, h, p, n), dy. g divides h by
+    construction (default: drawn among h's divisors); dt is drawn so that the step's
+    |dt A| runs from 1e-6 to 50 (log-uniform), the hard ends of the segment sums.
+    Use with ``dt_softplus=False`` (dt is the step itself).
+
+    >>> from hypothesis import given, settings
+    >>> @settings(max_examples=5, database=None)
+    ... @given(ssd_case(h=4, g=2))
+    ... def check(case):
+    ...     P, U = case
+    ...     assert U["B"].shape[2] == 2 and U["x"].shape[2] == 4
+    >>> check()
+    """
+    batch, L, h, p, n = (_size(draw, v) for v in (batch, L, h, p, n))
+    g = _size(draw, g) if g is not None else draw(st.sampled_from(
+        [k for k in range(1, h + 1) if h % k == 0]))
+    A = -onp.exp(onp.array([draw(st.floats(-1.0, 1.0)) for _ in range(h)]))
+    P = {"A_log": onp.log(-A)} if draw(st.booleans()) else {"A": A}
+    D = draw(st.sampled_from([None, "h", "hp"]))
+    if D:
+        P["D"] = _normals(draw, (h,) if D == "h" else (h, p))
+    if draw(st.booleans()):
+        P["dt_bias"] = _normals(draw, (h,), 0.1)
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = onp.random.default_rng(seed)
+    # |dt' A| log-uniform on [1e-6, 50] (dt' = dt + dt_bias, positive by construction)
+    target = onp.exp(rng.uniform(onp.log(1e-6), onp.log(50.0), size=(batch, L, h)))
+    dt = target / onp.abs(A) - P.get("dt_bias", onp.zeros(h))
+    dt = onp.where(dt + P.get("dt_bias", 0.0) > 0, dt, 1e-6 / onp.abs(A) - P.get("dt_bias", 0.0))
+    U = {"x": rng.standard_normal((batch, L, h, p)), "dt": dt,
+         "B": rng.standard_normal((batch, L, g, n)), "C": rng.standard_normal((batch, L, g, n))}
+    if draw(st.booleans()):
+        U["z"] = rng.standard_normal((batch, L, h, p))
+    if draw(st.booleans()):
+        U["initial_states"] = rng.standard_normal((batch, h, p, n))
+    if dy:
+        U["dy"] = rng.standard_normal((batch, L, h, p))
+    return P, U
 
 
 @st.composite

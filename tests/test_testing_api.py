@@ -71,3 +71,25 @@ def test_verify_table_aligns_on_long_names():
     for ln in rows:
         assert ln[col - 1] == " " and ln[col] == "(", ln       # the shape starts under 'shape'
     assert len({ln.index(" ok") for ln in rows}) == 1          # the verdicts line up
+
+
+def test_ssd_case_feeds_the_oracle_and_covers_the_hard_steps():
+    """ssd_case's draws are valid --model ssd inputs (the oracle refuses any mismatch), g
+    divides h, and the step's |dt' A| spans the hard ends 1e-6 … 50."""
+    from rssm_ref.testing import ssd_case
+    seen = {"lo": 1.0, "hi": 0.0, "g<h": False}
+
+    @settings(max_examples=25, database=None, deadline=None)
+    @given(ssd_case())
+    def check(case):
+        P, U = case
+        out = forward.compute("ssd", P, U, grads=True)
+        assert out["y"].shape == U["x"].shape and onp.isfinite(out["y"]).all()
+        h, g = U["x"].shape[2], U["B"].shape[2]
+        assert h % g == 0
+        A = P["A"] if "A" in P else -onp.exp(P["A_log"])
+        step = onp.abs((U["dt"] + P.get("dt_bias", 0.0)) * A)
+        seen["lo"], seen["hi"] = min(seen["lo"], step.min()), max(seen["hi"], step.max())
+        seen["g<h"] |= g < h
+    check()
+    assert seen["lo"] < 1e-4 and seen["hi"] > 10 and seen["g<h"]
