@@ -206,16 +206,16 @@ def step_up(k):
     return step_up_np(onp.asarray(k, dtype=float))[-1]
 
 
-def step_up_vjp(ans, k):
+def step_up_vjp(ans, k, steps=None):
     def vjp(g):
         # reverse through a^(i+1)_j = a^(i)_j + k_i a^(i)_(i+1-j):
         #   dk_i = sum_j g_j a^(i)_(i+1-j),   da^(i)_l = g_l + k_i g_(i+1-l)
         k_np = onp.asarray(k, dtype=float)
-        steps = step_up_np(k_np)
+        st = steps if steps is not None else step_up_np(k_np)
         g = onp.asarray(g, dtype=float)
         dk = []
         for i in range(k_np.shape[-1] - 1, -1, -1):
-            a_i = steps[i]
+            a_i = st[i]
             dk.append(onp.sum(g[..., 1:] * a_i[..., ::-1], axis=-1))
             g = g[..., :-1] + k_np[..., i:i + 1] * g[..., :0:-1]
         return onp.stack(dk[::-1], axis=-1)
@@ -248,16 +248,20 @@ def reflection(theta, bound):
     return onp.clip(bound * onp.tanh(theta), -K_MAX, K_MAX)
 
 
-def den_from_theta_np(theta, bound):
-    """:func:`den_from_theta` in plain NumPy (the fused training loss calls it)."""
-    return step_up_np(reflection(theta, bound))[-1]
+def den_from_theta_np(theta, bound, with_steps=False):
+    """:func:`den_from_theta` in plain NumPy (the fused training loss calls it); with
+    ``with_steps`` also the step-up recursion's intermediate polynomials, which its VJP
+    reuses."""
+    steps = step_up_np(reflection(theta, bound))
+    return (steps[-1], steps) if with_steps else steps[-1]
 
 
-def den_from_theta_vjp_np(theta, bound, g):
+def den_from_theta_vjp_np(theta, bound, g, steps=None):
     """d theta for the cotangent g of den_from_theta(theta, bound): the step-up
-    recursion backwards, times bound (1 - tanh²)."""
+    recursion backwards (``steps`` from ``den_from_theta_np``, recomputed when None),
+    times bound (1 - tanh²)."""
     t = onp.tanh(theta)
-    return step_up_vjp(None, reflection(theta, bound))(g) * (bound * (1.0 - t * t))
+    return step_up_vjp(None, reflection(theta, bound), steps)(g) * (bound * (1.0 - t * t))
 
 
 def den_from_theta_vjp(ans, theta, bound):

@@ -182,12 +182,19 @@ def projected_states(y_s, b, a, g):
     return z
 
 
+def gate_final_forward(y_s, s, mode):
+    """y(L) and the pieces its VJP reuses, (b, a, P): the coefficients and the suffix
+    products of eq. (5) unrolled."""
+    b = b_coefficient(s, mode)
+    a = a_coefficient(s, b, mode)
+    P = suffix_products(a)
+    # y(L) = sum_t b(t) prod_{k>t} a(k) y_s(t)      (eq. (5) unrolled, y(0) = 0)
+    return weighted_sum(b * P, y_s), (b, a, P)
+
+
 @primitive
 def gate_final_kernel(y_s, s, mode):
-    b = b_coefficient(s, mode)
-    # y(L) = sum_t b(t) prod_{k>t} a(k) y_s(t)      (eq. (5) unrolled, y(0) = 0)
-    w = b * suffix_products(a_coefficient(s, b, mode))
-    return weighted_sum(w, y_s)
+    return gate_final_forward(y_s, s, mode)[0]
 
 
 def weighted_sum(w, y_s):
@@ -199,24 +206,29 @@ def weighted_sum(w, y_s):
     return onp.stack([onp.einsum("bt,bt->b", w, y_s[:, :, j]) for j in range(m)], axis=1)
 
 
+def gate_final_backward(y_s, s, mode, g, pieces=None, argnums=(0, 1)):
+    """{0: d y_s, 1: d s} of y(L) for its cotangent g (batch, m); ``pieces`` = (b, a, P)
+    from :func:`gate_final_forward` (recomputed when None)."""
+    g = onp.asarray(g)
+    b, a, P = pieces if pieces is not None else gate_final_forward(y_s, s, mode)[1]
+    out = {}
+    if 0 in argnums:
+        # dy(L)/dy_s(t) = b(t) P(t)
+        out[0] = (b * P)[:, :, None] * g[:, None, :]
+    if 1 in argnums:
+        # the adjoint of y(L) reaching step t is lam(t) = P(t) g, and
+        # dy(t+1)/ds(t) = y_s(t) - y(t) (euler), a(t) (y_s(t) - y(t)) (zoh),
+        # with y(t) = 0, y(1), ..., y(L-1) from the full scan
+        ds = P * (onp.einsum("btm,bm->bt", y_s, g) - projected_states(y_s, b, a, g))
+        out[1] = ds * a if mode == "zoh" else ds
+    return out
+
+
 def gate_final_vjp(argnums, ans, args, kwargs):
     y_s, s, mode = args
 
     def vjp(g):
-        g = onp.asarray(g)
-        b = b_coefficient(s, mode)
-        a = a_coefficient(s, b, mode)
-        P = suffix_products(a)
-        out = {}
-        if 0 in argnums:
-            # dy(L)/dy_s(t) = b(t) P(t)
-            out[0] = (b * P)[:, :, None] * g[:, None, :]
-        if 1 in argnums:
-            # the adjoint of y(L) reaching step t is lam(t) = P(t) g, and
-            # dy(t+1)/ds(t) = y_s(t) - y(t) (euler), a(t) (y_s(t) - y(t)) (zoh),
-            # with y(t) = 0, y(1), ..., y(L-1) from the full scan
-            ds = P * (onp.einsum("btm,bm->bt", y_s, g) - projected_states(y_s, b, a, g))
-            out[1] = ds * a if mode == "zoh" else ds
+        out = gate_final_backward(y_s, s, mode, g, argnums=argnums)
         return tuple(out[k] for k in argnums)
     return vjp
 

@@ -40,17 +40,21 @@ def unit_rows_vjp(x, n, g_hat):
     return g_hat / n - x * (onp.sum(x * g_hat, axis=1, keepdims=True) / n ** 3)
 
 
-def cosine_np(y, E, scale, n_rows=None):
-    """z = scale · cos(E_k, y) over the first ``n_rows`` rows of E."""
-    return scale * (unit_rows(y)[0] @ unit_rows(E[:n_rows])[0].T)
-
-
-def cosine_vjp_np(y, E_all, scale, n_rows, g):
-    """(dy, dE, dscale) of :func:`cosine_np` for the cotangent g (batch, N); dE has E_all's
-    rows (zeros below the first n_rows)."""
-    E = E_all[:n_rows]
+def cosine_np(y, E, scale, n_rows=None, with_rows=False):
+    """z = scale · cos(E_k, y) over the first ``n_rows`` rows of E; with ``with_rows``
+    also the unit rows and norms of y and E (``cosine_vjp_np`` reuses them)."""
     yh, ny = unit_rows(y)
-    Eh, nE = unit_rows(E)
+    Eh, nE = unit_rows(E[:n_rows])
+    z = scale * (yh @ Eh.T)
+    return (z, (yh, ny, Eh, nE)) if with_rows else z
+
+
+def cosine_vjp_np(y, E_all, scale, n_rows, g, rows=None):
+    """(dy, dE, dscale) of :func:`cosine_np` for the cotangent g (batch, N); dE has E_all's
+    rows (zeros below the first n_rows); ``rows`` from ``cosine_np(..., with_rows=True)``
+    (recomputed when None)."""
+    E = E_all[:n_rows]
+    yh, ny, Eh, nE = rows if rows is not None else (*unit_rows(y), *unit_rows(E))
     gs = onp.asarray(g) * scale
     dy = unit_rows_vjp(y, ny, gs @ Eh)
     dE = unit_rows_vjp(E, nE, gs.T @ yh)

@@ -77,27 +77,40 @@ def all_pole_impulses(den, L):
     return onp.stack([ssig.lfilter(onp.ones(1), a_i, delta) for a_i in den], axis=1)
 
 
-@primitive
-def impulse_kernel(num, den, L):
+def impulse_forward(num, den, L):
+    """The Markov parameters h (L, p, m) and the lagged all-pole impulses G (L, k, p)
+    their VJP reuses."""
     # h_ij = b_ij * g_i: h[t, i, j] = sum_l num[i, j, l] g_i(t - l)
     G = lags(all_pole_impulses(den, L), num.shape[2])          # (L, k, p)
-    return onp.einsum("tli,ijl->tij", G, num)
+    return onp.einsum("tli,ijl->tij", G, num), G
+
+
+@primitive
+def impulse_kernel(num, den, L):
+    return impulse_forward(num, den, L)[0]
+
+
+def impulse_backward(num, den, L, h, dh, G=None, argnums=(0, 1)):
+    """{0: d num, 1: d den} of the Markov parameters h for their cotangent dh (L, p, m);
+    ``G`` from :func:`impulse_forward` (recomputed when None)."""
+    k = num.shape[2]
+    dh = onp.asarray(dh)                                           # (L, p, m)
+    out = {}
+    if 0 in argnums:   # dnum[i, j, l] = sum_t dh[t, i, j] g_i(t - l)
+        G = G if G is not None else lags(all_pole_impulses(den, L), k)
+        out[0] = onp.einsum("tij,tli->ijl", dh, G)
+    if 1 in argnums:   # T_(a_i) h_ij = T_(b_ij) delta  =>  dden[i, l] = -sum_j,t lam_ij(t) h_ij(t - l)
+        lam = onp.stack([adjoint_g(dh[:, i, :].T, den[i]) for i in range(den.shape[0])],
+                        axis=1)                                    # (m, p, L): T_(a_i)^-T dh_ij
+        out[1] = -onp.einsum("jit,tlij->il", lam, lags(h, k))
+    return out
 
 
 def impulse_vjp(argnums, ans, args, kwargs):
     num, den, L = args
-    k = num.shape[2]
 
     def vjp(dh):
-        dh = onp.asarray(dh)                                       # (L, p, m)
-        out = {}
-        if 0 in argnums:   # dnum[i, j, l] = sum_t dh[t, i, j] g_i(t - l)
-            G = lags(all_pole_impulses(den, L), k)
-            out[0] = onp.einsum("tij,tli->ijl", dh, G)
-        if 1 in argnums:   # T_(a_i) h_ij = T_(b_ij) delta  =>  dden[i, l] = -sum_j,t lam_ij(t) h_ij(t - l)
-            lam = onp.stack([adjoint_g(dh[:, i, :].T, den[i]) for i in range(den.shape[0])],
-                            axis=1)                                # (m, p, L): T_(a_i)^-T dh_ij
-            out[1] = -onp.einsum("jit,tlij->il", lam, lags(ans, k))
+        out = impulse_backward(num, den, L, ans, dh, argnums=argnums)
         return tuple(out[n] for n in argnums)
     return vjp
 

@@ -14,24 +14,25 @@ import scipy.signal as ssig
 from autograd.extend import defvjp_argnums, primitive
 
 from rssm_ref.kernels.convolution import causal_conv_kernel, causal_conv_vjp
-from rssm_ref.kernels.gate import (a_coefficient, b_coefficient, gate_final_kernel, gate_final_vjp,
-                                   suffix_products)
+from rssm_ref.kernels.gate import (a_coefficient, b_coefficient, gate_final_backward,
+                                   gate_final_forward, suffix_products)
 from rssm_ref.kernels.nonlinear import sigmoid, sigmoid_, sigmoid_slope
-from rssm_ref.kernels.recurrence import impulse_kernel, impulse_vjp
+from rssm_ref.kernels.recurrence import impulse_backward, impulse_forward
 from rssm_ref.util.kept import park, take
 
 
 # ------------------------------------------ the last output only (training path)
 def final_kernel_forward(sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate):
     L = u.shape[1]
-    h_sigma = impulse_kernel(sigma_num, sigma_den, L)                  # Σ's Markov parameters
+    h_sigma, G_sigma = impulse_forward(sigma_num, sigma_den, L)        # Σ's Markov parameters
     y_s = causal_conv_kernel(h_sigma, u)                               # y_s = Σ(u)
-    h_r = impulse_kernel(r_num, r_den, L)
+    h_r, G_r = impulse_forward(r_num, r_den, L)
     e = y_s - u
     r = causal_conv_kernel(h_r, e)                                     # r = Σ_r(y_s − u)
     s = sigmoid(r[:, :, 0] + gate_bias, onp)                          # s = σ(r + c)
-    y_L = gate_final_kernel(y_s, s, gate)                              # eq. (5) down to y(L)
-    return y_L, (h_sigma, y_s, h_r, e, r, s)
+    y_L, gate_pieces = gate_final_forward(y_s, s, gate)                # eq. (5) down to y(L)
+    # (the blocks' pieces last, for the VJP: the lagged impulses and eq. (5)'s products)
+    return y_L, (h_sigma, y_s, h_r, e, r, s, G_sigma, G_r, gate_pieces)
 
 
 @primitive
@@ -75,16 +76,18 @@ def final_kernel_backward(args, cache, y_L, g, g_mean=None, stat="mean"):
     sigma_num, sigma_den, r_num, r_den, gate_bias, u, gate = args[:7]
     L = u.shape[1]
     # the blocks' own VJPs, chained by hand in reverse order (Fig. 3 read backwards)
-    h_sigma, y_s, h_r, e, r, s = cache
-    d_ys, d_s = gate_final_vjp((0, 1), y_L, (y_s, s, gate), {})(g)
+    h_sigma, y_s, h_r, e, r, s, G_sigma, G_r, gate_pieces = cache
+    dg = gate_final_backward(y_s, s, gate, g, gate_pieces)
+    d_ys, d_s = dg[0], dg[1]
     if g_mean is not None:
         d_s = d_s + gate_stat_vjp(s, stat, g_mean)      # "mean": ∂s̄/∂s(t) = 1/L
     d_x = d_s * sigmoid_slope(r[:, :, 0] + gate_bias)
     d_hr, d_e = causal_conv_vjp((0, 1), r, (h_r, e), {})(d_x[:, :, None])
     d_ys = d_ys + d_e
     d_hs, d_u = causal_conv_vjp((0, 1), y_s, (h_sigma, u), {})(d_ys)
-    d_rn, d_rd = impulse_vjp((0, 1), h_r, (r_num, r_den, L), {})(d_hr)
-    d_sn, d_sd = impulse_vjp((0, 1), h_sigma, (sigma_num, sigma_den, L), {})(d_hs)
+    d_r = impulse_backward(r_num, r_den, L, h_r, d_hr, G_r)
+    d_sig = impulse_backward(sigma_num, sigma_den, L, h_sigma, d_hs, G_sigma)
+    d_rn, d_rd, d_sn, d_sd = d_r[0], d_r[1], d_sig[0], d_sig[1]
     return {0: d_sn, 1: d_sd, 2: d_rn, 3: d_rd, 4: float(onp.sum(d_x)), 5: d_u - d_e}
 
 

@@ -52,23 +52,24 @@ class LossSpec(NamedTuple):
 def _forward(E, sigma_num, sigma_theta, r_num, r_theta, c, W_out, b_out, tokens, targets, spec):
     """The loss and what the VJP reuses, in head.loss's order of operations."""
     u = embed_np(E, tokens)                                            # u = E[tokens]
-    sigma_den = den_from_theta_np(sigma_theta, spec.bound)             # stable dens
-    r_den = den_from_theta_np(r_theta, spec.bound)
+    sigma_den, sigma_steps = den_from_theta_np(sigma_theta, spec.bound, True)   # stable dens
+    r_den, r_steps = den_from_theta_np(r_theta, spec.bound, True)
     # s = σ(g (r + c)) = σ(r' + c') with r' = g r, c' = g c (head.residual_core_arrays)
     rn = r_num if spec.gain == 1.0 else spec.gain * r_num
     c0 = 0.0 if c is None else c
     cc = c0 if spec.gain == 1.0 else spec.gain * c0
     core_args = (sigma_num, sigma_den, rn, r_den, cc, u, spec.gate)
     y_L, core = final_kernel_forward(*core_args)                       # Fig. 3 down to y(L)
+    rows = None
     if spec.readout == "linear":
         z = onp.dot(y_L, W_out.T) + b_out
     else:
-        z = cosine_np(y_L, E, spec.scale, spec.n_rows)
+        z, rows = cosine_np(y_L, E, spec.scale, spec.n_rows, with_rows=True)
     loss = cross_entropy_np(z, targets)
     if spec.penalty != 0.0:
         s_bar = gate_stat(core[5], spec.penalty_mode)                  # e.g. mean_t s(t)
         loss = loss + spec.penalty * onp.mean(s_bar)
-    return loss, (u, sigma_den, r_den, core_args, core, y_L, z)
+    return loss, (u, sigma_den, r_den, core_args, core, y_L, z, sigma_steps, r_steps, rows)
 
 
 @primitive
@@ -87,7 +88,7 @@ def _backward(args, cache, g):
     """Cotangents of E, sigma_num, sigma_theta, r_num, r_theta, c, W_out, b_out (by position)
     for the loss's cotangent g: the blocks' own VJPs, Fig. 3 read backwards."""
     E, sigma_num, sigma_theta, r_num, r_theta, c, W_out, b_out, tokens, targets, spec = args[:11]
-    u, sigma_den, r_den, core_args, core, y_L, z = cache
+    u, sigma_den, r_den, core_args, core, y_L, z, sigma_steps, r_steps, rows = cache
     dz = cross_entropy_vjp_np(z, targets, g)
     out = {}
     if spec.readout == "linear":
@@ -95,16 +96,16 @@ def _backward(args, cache, g):
         out[6], out[7] = onp.dot(dz.T, y_L), onp.sum(dz, axis=0)
         dE_readout = None
     else:
-        dy, dE_readout, _ = cosine_vjp_np(y_L, E, spec.scale, spec.n_rows, dz)
+        dy, dE_readout, _ = cosine_vjp_np(y_L, E, spec.scale, spec.n_rows, dz, rows)
     g_mean = None
     if spec.penalty != 0.0:
         # d(λ mean(s̄))/d s̄ = λ / batch, as autograd's mean gives it
         g_mean = onp.full(y_L.shape[0], (g * spec.penalty) / y_L.shape[0])
     d = final_kernel_backward(core_args, core, y_L, dy, g_mean, spec.penalty_mode)
     out[1] = d[0]
-    out[2] = den_from_theta_vjp_np(sigma_theta, spec.bound, d[1])
+    out[2] = den_from_theta_vjp_np(sigma_theta, spec.bound, d[1], sigma_steps)
     out[3] = d[2] if spec.gain == 1.0 else d[2] * spec.gain
-    out[4] = den_from_theta_vjp_np(r_theta, spec.bound, d[3])
+    out[4] = den_from_theta_vjp_np(r_theta, spec.bound, d[3], r_steps)
     out[5] = d[4] if spec.gain == 1.0 else d[4] * spec.gain
     dE = embed_vjp_np(onp.shape(E), tokens, d[5])
     out[0] = dE if dE_readout is None else dE + dE_readout
