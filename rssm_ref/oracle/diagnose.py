@@ -214,7 +214,8 @@ class DiagnoseReport:
             lines.append("")
             for l in self.best_report.to_text().split("\n"):
                 if l == "PASS" and self.slip:
-                    l = (f"PASS against the layer recomputed with the slip {self.slip}, not "
+                    what = "core" if self.model == "ssd" else "layer"
+                    l = (f"PASS against the {what} recomputed with the slip {self.slip}, not "
                          "against the reference")
                 if not l.startswith("which conventions"):
                     lines.append(l)

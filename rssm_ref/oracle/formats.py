@@ -1064,7 +1064,13 @@ def read_arrays(path, what="params", prefix=None):
                              f"prefix: {', '.join(map(repr, deeper))})")
         upcast = {k[len(prefix):]: v for k, v in upcast.items() if k.startswith(prefix)}
         arrays = kept
-    notes += [f"{k} upcast exactly to float64 from {v}" for k, v in sorted(upcast.items())]
+    # one note per source dtype, naming its tensors (a checkpoint's layer has a dozen)
+    for dtype in sorted(set(upcast.values())):
+        names = sorted(k for k, v in upcast.items() if v == dtype)
+        notes.append(f"{', '.join(names)} upcast exactly to float64 from {dtype}"
+                     if len(names) <= 3 else
+                     f"{len(names)} tensors ({', '.join(names[:3])}, ...) upcast exactly to "
+                     f"float64 from {dtype}")
     return arrays, notes
 
 
