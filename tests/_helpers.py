@@ -1,4 +1,4 @@
-"""Helpers shared by the LTI test modules."""
+"""Helpers shared by the test modules: the LTI ones, and the CLI-driving oracle tests."""
 import numpy as onp
 import scipy.signal as ssig
 from autograd.test_util import check_grads
@@ -21,3 +21,22 @@ def kappa(den, L):
     delta[0] = 1.0
     return max(onp.abs(ssig.lfilter([1.0], row, delta)).sum() * onp.abs(row).sum() / abs(row[0])
                for row in onp.atleast_2d(den))
+
+
+def run_cli(*args):
+    """The CLI on ``args`` (any objects, passed as strings) through click's CliRunner."""
+    from click.testing import CliRunner
+    from rssm_ref.app.cli import main
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def candidate_file(ref_path, path, change=None, dtype=None):
+    """A candidate file from a forward output: its outputs only (no param__/input__/
+    options_json), edited in place by ``change`` and cast to ``dtype`` when given."""
+    z = dict(onp.load(ref_path))
+    out = {k: v for k, v in z.items() if not k.startswith(("param__", "input__", "options"))}
+    if change:
+        change(out)
+    if dtype:
+        out = {k: v.astype(dtype) for k, v in out.items()}
+    onp.savez(path, **out)

@@ -12,12 +12,11 @@ import json
 
 import numpy as onp
 import pytest
-from click.testing import CliRunner
 
-from rssm_ref.app.cli import main
 from rssm_ref.mamba2_block import mamba2_block_params, mamba2_block_ref
 from rssm_ref.oracle.slips import MAMBA2_SLIPS
 from rssm_ref.tolerances import rel_err
+from _helpers import run_cli
 
 # the words a porter reads in the report, written here again: a renamed slip must show up
 WORDS = {
@@ -209,8 +208,7 @@ def _case(name):
     return P, U, c, flags
 
 
-def _run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
+_run = run_cli
 
 
 def _forward(d, name, P, U, flags):

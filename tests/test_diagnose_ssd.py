@@ -14,12 +14,11 @@ import os
 
 import numpy as onp
 import pytest
-from click.testing import CliRunner
 
-from rssm_ref.app.cli import main
 from rssm_ref.oracle.slips import SSD_SLIPS
 from rssm_ref.ssd import ssd_params
 from rssm_ref.tolerances import TOLERANCES, rel_err
+from _helpers import run_cli
 
 # the words a porter reads in the report, written here again: a renamed slip must show up
 WORDS = {
@@ -113,8 +112,7 @@ def _ssd(P, U, softplus, limit=None, slip=None, dtype=onp.float64):
 
 
 # ------------------------------------------------------------- files and the CLI
-def _run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
+_run = run_cli
 
 
 PARAM_KEYS = ("A", "A_log", "D", "dt_bias")

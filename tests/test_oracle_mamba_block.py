@@ -6,18 +6,16 @@ import os
 import numpy as onp
 import pytest
 from autograd import grad
-from click.testing import CliRunner
 
 import autograd.numpy as anp
-from rssm_ref.app.cli import main
 from rssm_ref.mamba_block import (conv_state_to_initial_states, mamba_block_params,
                                   mamba_block_ref)
 from rssm_ref.oracle.forward import compute
 from rssm_ref.tolerances import TOLERANCES
+from _helpers import candidate_file, run_cli
 
 
-def _run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
+_run = run_cli
 
 
 def _maxabs(a, b):
@@ -33,14 +31,7 @@ def layer(tmp_path):
     return tmp_path, P, U
 
 
-def _candidate(ref_path, path, change=None, dtype=None):
-    z = dict(onp.load(ref_path))
-    out = {k: v for k, v in z.items() if not k.startswith(("param__", "input__", "options"))}
-    if change:
-        change(out)
-    if dtype:
-        out = {k: v.astype(dtype) for k, v in out.items()}
-    onp.savez(path, **out)
+_candidate = candidate_file
 
 
 def test_forward_verify_pass_and_fail(layer):

@@ -11,12 +11,11 @@ import autograd
 import autograd.numpy as anp
 import numpy as onp
 import pytest
-from click.testing import CliRunner
 
-from rssm_ref.app.cli import main
 from rssm_ref.oracle.forward import compute
 from rssm_ref.ssd import ssd_dt, ssd_params, ssd_ref
 from rssm_ref.tolerances import TOLERANCES, rel_err
+from _helpers import candidate_file, run_cli
 
 TOL_Y = TOLERANCES["chunked_vs_recurrence"]
 TOL_GRAD = TOLERANCES["ssd_vjp_vs_autograd"]
@@ -24,8 +23,7 @@ PARAM_KEYS = ("A", "A_log", "D", "dt_bias")
 INPUT_KEYS = ("x", "dt", "B", "C", "z", "initial_states")
 
 
-def _run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
+_run = run_cli
 
 
 def _split(P):
@@ -51,14 +49,7 @@ def files(tmp_path):
     return tmp_path, P, U
 
 
-def _candidate(ref_path, path, change=None, dtype=None):
-    z = dict(onp.load(ref_path))
-    out = {k: v for k, v in z.items() if not k.startswith(("param__", "input__", "options"))}
-    if change:
-        change(out)
-    if dtype:
-        out = {k: v.astype(dtype) for k, v in out.items()}
-    onp.savez(path, **out)
+_candidate = candidate_file
 
 
 # ------------------------------------------------------------------ forward
