@@ -160,6 +160,37 @@ def test_nu_sweep_quick_schema_answer_and_reuse(tmp_path):
     assert bad.exit_code == 2 and "steps = 6" in bad.stderr and "--out" in bad.stderr
 
 
+def test_nu_sweep_workers_give_the_same_numbers_and_resume(tmp_path):
+    """--workers 2 trains in two processes: the same accuracies and bit-identical
+    checkpoints as one process; a sweep stopped half-way continues from its checkpoints."""
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    d1 = json.loads(_run(["nu_sweep", "--quick", "--steps", "30", "--out", one, "--json"]).stdout)
+    d2 = json.loads(_run(["nu_sweep", "--quick", "--steps", "30", "--out", two, "--workers", "2",
+                          "--json"]).stdout)
+    assert _strip(d1)["table"] == _strip(d2)["table"]
+    for r1, r2 in zip(d1["runs"], d2["runs"]):
+        with onp.load(r1["checkpoint"]) as a, onp.load(r2["checkpoint"]) as b:
+            assert set(a.files) == set(b.files)
+            for k in a.files:
+                assert onp.array_equal(a[k], b[k]), k
+    # a "killed" sweep: one training never finished (its checkpoint gone)
+    three = str(tmp_path / "three")
+    shutil.copytree(two, three)
+    names = sorted(f for f in os.listdir(three) if f.endswith(".npz"))
+    os.remove(os.path.join(three, names[0]))
+    res = _run(["nu_sweep", "--quick", "--steps", "30", "--out", three, "--workers", "2",
+                "--json"])
+    assert "train 1 of 4 runs in 2 processes (3 already trained)" in res.stderr
+    assert _strip(json.loads(res.stdout))["table"] == _strip(d1)["table"]
+    bad = CliRunner().invoke(main, ["experiment", "lengths", "--quick", "--workers", "2",
+                                    "--out", str(tmp_path / "L")])
+    assert bad.exit_code == 2 and "--workers" in bad.stderr and "nu_sweep and window" in bad.stderr
+    bad = CliRunner().invoke(main, ["experiment", "nu_sweep", "--quick", "--workers", "0",
+                                    "--out", str(tmp_path / "z")])
+    assert bad.exit_code == 2 and "--workers" in bad.stderr
+    assert not os.path.exists(tmp_path / "z")
+
+
 def test_window_quick_schema(window_out):
     out, res = window_out
     assert "window w" in res.stdout and "answer:" in res.stdout

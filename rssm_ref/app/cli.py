@@ -467,9 +467,12 @@ def reproduce_cmd(task, model, seeds, steps, quick, out, gate, discretization, o
                    "window | zoh_gate, whose accuracies are joined.")
 @click.option("--paper-exact", is_flag=True,
               help="Train the paper's model, without the recipe's additions (as reproduce).")
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="nu_sweep, window: run the trainings in this many processes (the same "
+                   "numbers; a killed run continues from its checkpoints).")
 @click.option("--json", "as_json", is_flag=True, help="Print results.json's content on stdout.")
 def experiment_cmd(name, seeds, steps, quick, out, eval_n, checkpoints, results_from,
-                   paper_exact, as_json):
+                   paper_exact, workers, as_json):
     """Run one experiment beyond the paper: lengths, nu_sweep, window, zoh_gate or cost.
 
     lengths: the Residual SSM trained at L = 16 evaluated at L = 2048 .. 65536, beside the
@@ -487,7 +490,11 @@ def experiment_cmd(name, seeds, steps, quick, out, eval_n, checkpoints, results_
         raise UserError(f"--seeds: {seeds!r} (expected comma-separated integers, e.g. 0,1,2)")
     config = run_guarded(ExperimentConfig, name=name, seeds=seed_list, steps=steps, quick=quick,
                          out=out or "", eval_n=eval_n, checkpoints=checkpoints,
-                         results_from=results_from, paper_exact=paper_exact)
+                         results_from=results_from, paper_exact=paper_exact,
+                         workers=workers)
+    if config.name not in ("nu_sweep", "window"):
+        _refuse_unused({"workers": "--workers"}, f"for {config.name} (nu_sweep and window "
+                       "only)")
     if config.name not in ("lengths", "cost"):
         _refuse_unused({"checkpoints": "--checkpoints"}, f"for {config.name} (lengths and "
                        "cost only)")

@@ -102,6 +102,7 @@ class ExperimentConfig:
     leak_n: int = 0
     cost_steps: int = 0
     cost_repeats: int = 0
+    workers: int = 1                   # nu_sweep, window: trainings in this many processes
 
     def __post_init__(self):
         name = str(self.name).replace("-", "_")
@@ -133,6 +134,8 @@ class ExperimentConfig:
                              "(expected each seed once)")
         if int(self.steps) != self.steps or self.steps < 0:
             raise ValueError(f"--steps: {self.steps!r} (expected >= 0; 0: the recipe)")
+        if int(self.workers) != self.workers or not 1 <= self.workers <= 64:
+            raise ValueError(f"--workers: {self.workers!r} (expected an integer from 1 to 64)")
         if int(self.eval_n) != self.eval_n or self.eval_n < 1:
             raise ValueError(f"--eval-n: {self.eval_n!r} (expected a positive integer)")
         if "{task}" not in self.checkpoints:
@@ -344,13 +347,19 @@ def model_cfg_from_run_config(rc, path, task):
 # ==================================================================== 2. nu_sweep
 def train_and_evaluate(cfg, plan, progress, label):
     """Check, train (or reuse) and evaluate every planned run of the extended task, in
-    order; ``label(model_cfg)`` names a run in the progress lines. Returns the run entries."""
+    order; ``label(model_cfg)`` names a run in the progress lines. With ``cfg.workers`` > 1
+    the trainings not yet done run first in that many processes of one thread each (the
+    same numbers: training is bit-identical across thread counts). Returns the run entries."""
     for run in plan:
         check_existing(run)
     progress = start(cfg, progress, outputs=[("--out", r["ckpt"]) for r in plan])
+    trained = train_in_processes(plan, cfg.workers, progress) if cfg.workers > 1 else {}
     runs = []
     for run in plan:
-        params, train_s = train_run(run, progress)
+        if run["ckpt"] in trained:
+            params, train_s = load_checkpoint(run["ckpt"])[0], trained[run["ckpt"]]
+        else:
+            params, train_s = train_run(run, progress)
         mc = run["model_cfg"]
         name = f"{label(mc)}, seed {run['seed']}"
         accs, gens, ev_s = evaluate(mc, params, cfg.lengths, cfg.eval_n, run["seed"], progress,
@@ -360,6 +369,49 @@ def train_and_evaluate(cfg, plan, progress, label):
         runs.append(run_entry("extended", mc, run["seed"], cfg.lengths, accs, gens, cfg.eval_n,
                                run["ckpt"], run["tcfg"], train_s, ev_s))
     return runs
+
+
+def needs_training(run):
+    ckpt = run["ckpt"]
+    return not (os.path.exists(ckpt) and load_checkpoint(ckpt)[3] >= run["tcfg"].steps)
+
+
+def _train_quietly(run):
+    """One training in a worker process (one thread); its checkpoint is written as it goes,
+    so a killed sweep continues from it. Returns (checkpoint, seconds)."""
+    t0 = time.perf_counter()
+    train(run["model_cfg"], run["tcfg"], checkpoint=run["ckpt"],
+          resume=os.path.exists(run["ckpt"]), run_config=run["run_config"])
+    return run["ckpt"], time.perf_counter() - t0
+
+
+def _one_thread():
+    os.environ["RSSM_REF_THREADS"] = "1"
+
+
+def train_in_processes(plan, workers, progress):
+    """Train the runs of ``plan`` not yet trained in ``workers`` processes; returns
+    {checkpoint: seconds}. Progress: one line per finished training, and a count."""
+    from concurrent.futures import as_completed, ProcessPoolExecutor
+    import multiprocessing
+    todo = [r for r in plan if needs_training(r)]
+    if not todo:
+        return {}
+    progress.message(f"train {len(todo)} of {len(plan)} runs in {workers} processes "
+                     f"({len(plan) - len(todo)} already trained)")
+    task = progress.task("trainings", len(todo), unit="run")
+    seconds = {}
+    ctx = multiprocessing.get_context("spawn")     # fresh workers: no inherited thread pool
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_one_thread) as pool:
+        futures = {pool.submit(_train_quietly, r): r for r in todo}
+        for fut in as_completed(futures):
+            ckpt, secs = fut.result()
+            seconds[ckpt] = secs
+            task.update(len(seconds))
+            progress.message(f"trained {os.path.basename(ckpt)} in {secs:.0f} s "
+                             f"({len(seconds)} of {len(todo)})")
+    task.close()
+    return seconds
 
 
 # ==================================================================== figures
