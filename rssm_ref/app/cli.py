@@ -401,11 +401,15 @@ def _deprecated_alias(new_value, old_value, new_flag, old_flag):
               help="Train the paper's models as written, without the recipe's additions "
                    "(gate gain and bias, reflection bound, selective readout; see the "
                    "deviations table in docs/recipe.md).")
+@click.option("--workers", type=int, default=0, show_default=True,
+              help="Train and evaluate the runs in this many processes (0: one per core, up "
+                   "to 2; a smoke run or trainings under 2000 steps: 1). The same numbers "
+                   "either way.")
 @click.option("--json", "as_json", is_flag=True, help="Print results.json's content on stdout.")
 @_BACKEND
 def reproduce_cmd(task, model, seeds, steps, quick, out, gate, discretization, output,
                   selective_discretization, selective_output, eval_n, resume, paper_exact,
-                  as_json, backend):
+                  workers, as_json, backend):
     """Train at L = 16 and print accuracy at L = 16..1024 beside the paper's table.
 
     Progress goes to stderr (a bar on a terminal, a line per 10 % or 30 s otherwise) and
@@ -431,7 +435,7 @@ def reproduce_cmd(task, model, seeds, steps, quick, out, gate, discretization, o
     config = run_guarded(ReproduceConfig, task=task, models=models, seeds=seed_list, steps=steps,
                          quick=quick, out=out or "", gate=gate, eval_n=eval_n, resume=resume,
                          backend=backend, discretization=discretization,
-                         output=output, paper_exact=paper_exact)
+                         output=output, paper_exact=paper_exact, workers=workers)
     progress = Progress.to_stderr()
     results = run_guarded(reproduce, config, progress)
     if as_json:

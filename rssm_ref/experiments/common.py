@@ -4,8 +4,10 @@ evaluation on reproduce's streams, and writing results.json and the figure.
 """
 import dataclasses
 import json
+import multiprocessing
 import os
 import time
+from concurrent.futures import as_completed, ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as onp
@@ -392,8 +394,6 @@ def _one_thread():
 def train_in_processes(plan, workers, progress):
     """Train the runs of ``plan`` not yet trained in ``workers`` processes; returns
     {checkpoint: seconds}. Progress: one line per finished training, and a count."""
-    from concurrent.futures import as_completed, ProcessPoolExecutor
-    import multiprocessing
     todo = [r for r in plan if needs_training(r)]
     if not todo:
         return {}

@@ -38,8 +38,11 @@ extended 8
 ['residual', 'selective']
 """
 import json
+import multiprocessing
 import os
+import queue as queue_mod
 import time
+from concurrent.futures import ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 
 import numpy as onp
@@ -49,6 +52,7 @@ from rssm_ref.training.tasks import DEFAULT_TOKENS, TASKS
 from rssm_ref.training.train import load_checkpoint, train, TrainConfig
 from rssm_ref.util.paths import atomic_savefig, atomic_write_text, check_outputs
 from rssm_ref.util.progress import Progress
+from rssm_ref.util.threads import workers as thread_workers
 from rssm_ref.util.version import versions
 from rssm_ref.xp.backend import namespace
 
@@ -110,6 +114,7 @@ class ReproduceConfig:
     resume: bool = False
     backend: str = "numpy"         # array module of the evaluation (training: NumPy autograd)
     paper_exact: bool = False      # True: the paper's model, none of the recipe's additions
+    workers: int = 0               # processes; 0: one per core up to 2 (run_processes)
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -124,6 +129,9 @@ class ReproduceConfig:
                              "model)")
         if self.eval_n < 1:
             raise ValueError(f"--eval-n: {self.eval_n} (expected a positive integer)")
+        if int(self.workers) != self.workers or not 0 <= self.workers <= 64:
+            raise ValueError(f"--workers: {self.workers!r} (expected an integer from 0 to 64; "
+                             "0: one process per core, up to 2)")
         if not self.out:
             object.__setattr__(self, "out", default_out(self.task))
         namespace(self.backend)   # a clear error now, not after the training
@@ -340,41 +348,13 @@ def reproduce(cfg, progress=None):
     if cfg.quick:
         progress.message(SMOKE_NOTE)
     t_all = time.perf_counter()
-    runs = []
-    for model, seed, model_cfg, tcfg, ckpt, rc in plan:
-        progress.message(f"train {model} seed {seed} at L = {tcfg.L}: {steps_text(tcfg)}, "
-                         f"batch {tcfg.batch}")
-        t0 = time.perf_counter()
-        if cfg.resume and os.path.exists(ckpt) and load_checkpoint(ckpt)[3] >= tcfg.steps:
-            params = load_checkpoint(ckpt)[0]
-            progress.message(f"  {ckpt}: already trained to step {tcfg.steps}; not trained again")
-        else:
-            task = progress.task(f"train {model}/seed {seed}", tcfg.total_steps)
-            params, _ = train(model_cfg, tcfg, checkpoint=ckpt, resume=cfg.resume, run_config=rc,
-                              progress=lambda k, info: task.update(
-                                  k, rate=info.get("steps_per_s"), loss=info.get("loss"),
-                                  acc=info.get("acc")))
-            task.close()
-        train_s = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        n_eval = QUICK["eval_n"] if cfg.quick else cfg.eval_n
-        task = progress.task(f"evaluate {model}/seed {seed}", n_eval * sum(cfg.lengths),
-                             unit="token")
-        accs, n = _evaluate(model_cfg, params, cfg, seed, task)
-        task.close()
-        eval_s = time.perf_counter() - t1
-        progress.message(f"  {model} seed {seed}: accuracy (%) at L = "
-                         f"{', '.join(map(str, cfg.lengths))}: "
-                         + " ".join(f"{a:.1f}" for a in accs))
-        runs.append({
-            "model": model, "seed": seed, "lengths": list(cfg.lengths), "accuracy": accs,
-            "paper_accuracy": PAPER_TABLES[cfg.task][model], "eval_sequences": n,
-            "param_count": param_count(model_cfg), "steps": tcfg.steps,
-            "total_steps": tcfg.total_steps, "steps_text": steps_text(tcfg),
-            "train_config": asdict(tcfg), "model_config": asdict(model_cfg),
-            "checkpoint": os.path.basename(ckpt), "eval_backend": cfg.backend,
-            "train_seconds": round(train_s, 3), "eval_seconds": round(eval_s, 3),
-        })
+    n_proc = run_processes(cfg, plan)
+    if n_proc > 1:
+        runs = _in_processes(cfg, plan, n_proc, progress)
+    else:
+        handle = _event_handler(progress)
+        runs = [_train_and_evaluate(cfg, item, lambda kind, *a: handle(kind, *a))
+                for item in plan]
     results = {"task": cfg.task, "quick": cfg.quick, "paper_exact": cfg.paper_exact,
                "note": SMOKE_NOTE if cfg.quick else (
                    f"--steps {cfg.steps}: shorter or longer than the recipe" if cfg.steps
@@ -385,6 +365,120 @@ def reproduce(cfg, progress=None):
     atomic_write_text(os.path.join(cfg.out, "results.json"), json.dumps(results, indent=2) + "\n")
     _plot(results, os.path.join(cfg.out, "accuracy.png"))
     return results
+
+
+PROCESS_MIN_STEPS = 2000     # --workers 0: shorter trainings stay in one process
+
+
+def run_processes(cfg, plan):
+    """Processes a reproduce run trains in: ``cfg.workers``, or (0) one per core up to two
+    and up to the number of runs; one for a smoke run or when a run trains fewer than
+    ``PROCESS_MIN_STEPS`` steps (a process's start would cost more than it saves). The
+    numbers do not depend on it."""
+    if cfg.workers:
+        return min(cfg.workers, len(plan))
+    if cfg.quick or min(item[3].total_steps for item in plan) < PROCESS_MIN_STEPS:
+        return 1
+    return max(1, min(thread_workers(), len(plan)))
+
+
+def _train_and_evaluate(cfg, item, event):
+    """Train (or reuse) and evaluate one (model, seed) of the plan; ``event(kind, ...)``
+    reports progress ("message", text) / ("start", key, label, total, unit) /
+    ("update", key, done, info) / ("close", key). Returns its results.json run entry."""
+    model, seed, model_cfg, tcfg, ckpt, rc = item
+    event("message", f"train {model} seed {seed} at L = {tcfg.L}: {steps_text(tcfg)}, "
+                     f"batch {tcfg.batch}")
+    t0 = time.perf_counter()
+    key = f"{model}/seed {seed}"
+    if cfg.resume and os.path.exists(ckpt) and load_checkpoint(ckpt)[3] >= tcfg.steps:
+        params = load_checkpoint(ckpt)[0]
+        event("message", f"  {ckpt}: already trained to step {tcfg.steps}; not trained again")
+    else:
+        event("start", "train " + key, "train " + key, tcfg.total_steps, "step")
+        params, _ = train(model_cfg, tcfg, checkpoint=ckpt, resume=cfg.resume, run_config=rc,
+                          progress=lambda k, info: event(
+                              "update", "train " + key, k,
+                              {"rate": info.get("steps_per_s"), "loss": info.get("loss"),
+                               "acc": info.get("acc")}))
+        event("close", "train " + key)
+    train_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    n_eval = QUICK["eval_n"] if cfg.quick else cfg.eval_n
+    event("start", "evaluate " + key, "evaluate " + key, n_eval * sum(cfg.lengths), "token")
+    accs, n = _evaluate(model_cfg, params, cfg, seed,
+                        _EventTask(event, "evaluate " + key))
+    event("close", "evaluate " + key)
+    eval_s = time.perf_counter() - t1
+    event("message", f"  {model} seed {seed}: accuracy (%) at L = "
+                     f"{', '.join(map(str, cfg.lengths))}: " + " ".join(f"{a:.1f}" for a in accs))
+    return {
+        "model": model, "seed": seed, "lengths": list(cfg.lengths), "accuracy": accs,
+        "paper_accuracy": PAPER_TABLES[cfg.task][model], "eval_sequences": n,
+        "param_count": param_count(model_cfg), "steps": tcfg.steps,
+        "total_steps": tcfg.total_steps, "steps_text": steps_text(tcfg),
+        "train_config": asdict(tcfg), "model_config": asdict(model_cfg),
+        "checkpoint": os.path.basename(ckpt), "eval_backend": cfg.backend,
+        "train_seconds": round(train_s, 3), "eval_seconds": round(eval_s, 3),
+    }
+
+
+class _EventTask:
+    """The ``update`` of a progress Task, sent as an event (``_evaluate`` calls it)."""
+
+    def __init__(self, event, key):
+        self.event, self.key = event, key
+
+    def update(self, done, **info):
+        self.event("update", self.key, done, info)
+
+
+def _event_handler(progress):
+    """Turn ``_train_and_evaluate``'s events into ``progress`` lines and bars."""
+    tasks = {}
+
+    def handle(kind, *args):
+        if kind == "message":
+            progress.message(args[0])
+        elif kind == "start":
+            key, label, total, unit = args
+            tasks[key] = progress.task(label, total, unit=unit)
+        elif kind == "update":
+            key, done, info = args
+            tasks[key].update(done, **info)
+        elif kind == "close":
+            tasks.pop(args[0]).close()
+    return handle
+
+
+def _worker_run(cfg, item, queue):
+    """In a worker process (one thread): one run, its events sent through ``queue``."""
+    os.environ["RSSM_REF_THREADS"] = "1"
+    return _train_and_evaluate(cfg, item, lambda kind, *a: queue.put((kind,) + a))
+
+
+def _in_processes(cfg, plan, n_proc, progress):
+    """Every run of ``plan`` in ``n_proc`` processes, their progress shown here as it
+    comes; the run entries in the plan's order (bit-identical to one process: training
+    and evaluation do not depend on the thread count)."""
+    ctx = multiprocessing.get_context("spawn")      # fresh workers: no inherited thread pool
+    progress.message(f"{len(plan)} runs in {n_proc} processes (--workers)")
+    handle = _event_handler(progress)
+    with ctx.Manager() as manager:
+        q = manager.Queue()
+        with ProcessPoolExecutor(max_workers=n_proc, mp_context=ctx) as pool:
+            futures = [pool.submit(_worker_run, cfg, item, q) for item in plan]
+            pending = set(futures)
+            while pending:
+                try:
+                    while True:
+                        handle(*q.get(timeout=0.2))
+                except queue_mod.Empty:
+                    pass
+                _, pending = wait(pending, timeout=0)
+            while not q.empty():
+                handle(*q.get())
+            return [f.result() for f in futures]
 
 
 def _summary(runs):
