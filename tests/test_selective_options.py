@@ -401,3 +401,29 @@ def test_grid_runner_passes_every_option(tmp_path, monkeypatch):
     rc = read_run_config(str(tmp_path / "opts" / "induction" / "selective-seed0.npz"))
     assert (rc["delta_init"], rc["A_init"], rc["use_D"], rc["readout_scale"], rc["weight_decay"]) \
         == ([0.01, 1.0], [1.0, 16.0], True, 20.0, 0.1)
+
+
+def test_the_searched_selective_recipe_is_an_option_off_by_default():
+    """--selective-recipe searched: the search winner of docs/recipe.md (Euler B, D,
+    50 000 steps at batch 64); the default stays the short recipe with eq. (3b)'s ZOH;
+    --paper-exact drops the additions, an explicit --discretization wins."""
+    from rssm_ref.experiments.reproduce import (model_config, ReproduceConfig, run_config,
+                                                SELECTIVE_SEARCHED, train_config)
+    short, searched = ReproduceConfig(), ReproduceConfig(selective_recipe="searched")
+    m, t = model_config(short, "selective"), train_config(short, "selective", 0)
+    assert (m.discretization, m.use_D, t.steps, t.batch) == ("zoh", False, 10000, 64)
+    m, t = model_config(searched, "selective"), train_config(searched, "selective", 0)
+    assert (m.discretization, m.output, m.use_D) == ("euler", "before", True)
+    assert (t.steps, t.batch, t.lr, t.warmup) == (50000, 64, 1e-2, 500)
+    assert SELECTIVE_SEARCHED["steps"] == t.total_steps
+    exact = ReproduceConfig(selective_recipe="searched", paper_exact=True)
+    m = model_config(exact, "selective")
+    assert (m.discretization, m.use_D) == ("zoh", False)
+    m = model_config(ReproduceConfig(selective_recipe="searched", discretization="zoh"), "selective")
+    assert (m.discretization, m.use_D) == ("zoh", True)
+    # the Residual SSM's recipe does not depend on it
+    assert run_config(short, model_config(short, "residual"), train_config(short, "residual", 0)) \
+        == run_config(searched, model_config(searched, "residual"),
+                      train_config(searched, "residual", 0))
+    with pytest.raises(ValueError, match="--selective-recipe"):
+        ReproduceConfig(selective_recipe="long")

@@ -387,10 +387,16 @@ def _deprecated_alias(new_value, old_value, new_flag, old_flag):
                    "one per task.")
 @click.option("--gate", type=click.Choice(["euler", "zoh"]), default="euler", show_default=True,
               help="Residual gate: eq. (5) or Remark 3.1's exact ZOH.")
-@click.option("--discretization", type=click.Choice(["zoh", "euler"]), default="zoh",
-              show_default=True, help="Selective B: eq. (3b) ZOH (paper) or Euler (mamba_ssm).")
+@click.option("--discretization", type=click.Choice(["zoh", "euler"]), default=None,
+              help="Selective B: eq. (3b) ZOH (paper) or Euler (mamba_ssm). Default: the "
+                   "recipe's (short: zoh; searched: euler; --paper-exact: zoh).")
 @click.option("--output", type=click.Choice(["before", "after"]), default="before",
               show_default=True, help="Selective y before (eq. (2)) or after (mamba_ssm) the update.")
+@click.option("--selective-recipe", type=click.Choice(["short", "searched"]), default="short",
+              show_default=True,
+              help="short: 10000 steps, the paper's conventions (the default run's two "
+                   "minutes). searched: the winner of docs/recipe.md's search (Euler B, the "
+                   "D skip, 50000 steps; ~5x the training time).")
 @click.option("--selective-discretization", type=click.Choice(["zoh", "euler"]), default=None,
               hidden=True)
 @click.option("--selective-output", type=click.Choice(["before", "after"]), default=None,
@@ -408,8 +414,8 @@ def _deprecated_alias(new_value, old_value, new_flag, old_flag):
 @click.option("--json", "as_json", is_flag=True, help="Print results.json's content on stdout.")
 @_BACKEND
 def reproduce_cmd(task, model, seeds, steps, quick, out, gate, discretization, output,
-                  selective_discretization, selective_output, eval_n, resume, paper_exact,
-                  workers, as_json, backend):
+                  selective_recipe, selective_discretization, selective_output, eval_n,
+                  resume, paper_exact, workers, as_json, backend):
     """Train at L = 16 and print accuracy at L = 16..1024 beside the paper's table.
 
     Progress goes to stderr (a bar on a terminal, a line per 10 % or 30 s otherwise) and
@@ -426,7 +432,8 @@ def reproduce_cmd(task, model, seeds, steps, quick, out, gate, discretization, o
         _refuse_unused({"eval_n": "--eval-n"}, "with --quick (a smoke run evaluates 100 "
                        "sequences per length)")
     if model == "residual":
-        _refuse_unused({"discretization": "--discretization", "output": "--output"},
+        _refuse_unused({"discretization": "--discretization", "output": "--output",
+                        "selective_recipe": "--selective-recipe"},
                        "with --model residual (selective conventions)")
     if model == "selective":
         _refuse_unused({"gate": "--gate"}, "with --model selective (the residual gate)")
@@ -435,7 +442,8 @@ def reproduce_cmd(task, model, seeds, steps, quick, out, gate, discretization, o
     config = run_guarded(ReproduceConfig, task=task, models=models, seeds=seed_list, steps=steps,
                          quick=quick, out=out or "", gate=gate, eval_n=eval_n, resume=resume,
                          backend=backend, discretization=discretization,
-                         output=output, paper_exact=paper_exact, workers=workers)
+                         output=output, paper_exact=paper_exact, workers=workers,
+                         selective_recipe=selective_recipe)
     progress = Progress.to_stderr()
     results = run_guarded(reproduce, config, progress)
     if as_json:
