@@ -38,16 +38,22 @@ def nu_answer(mean16, nu_rs, n_trigs, threshold=SOLVED_PCT):
             "smallest_nu_r": smallest, "equals_n_trig": equal, "holds": holds, "text": text}
 
 
+def nu_plan(cfg):
+    """The sweep's trainings, N_trig outer, then ν_r, then the seed (``plan_run`` entries;
+    checkpoints ``residual-nu_r<ν>-ntrig<N>-seed<k>.npz`` in ``cfg.out``)."""
+    base = model_config(cfg.reproduce_config("extended"), "residual")
+    return [plan_run(cfg, "extended", dataclasses.replace(base, nu_r=nu, n_trig=N), seed,
+                     f"residual-nu_r{nu}-ntrig{N}-seed{seed}")
+            for N in cfg.n_trigs for nu in cfg.nu_rs for seed in cfg.seeds]
+
+
 def nu_sweep(cfg, progress=None):
     """The Residual SSM on the extended task for every ν_r in ``cfg.nu_rs`` and N_trig in
     ``cfg.n_trigs`` (trigger (0, …, N_trig − 1); N_trig = 1 is the induction-like task),
     seeds ``cfg.seeds``, accuracy at ``cfg.lengths`` (default 16 and 1024); the answer
     from ``nu_answer``. Returns the results dict."""
     t0 = time.perf_counter()
-    base = model_config(cfg.reproduce_config("extended"), "residual")
-    plan = [plan_run(cfg, "extended", dataclasses.replace(base, nu_r=nu, n_trig=N), seed,
-                      f"residual-nu_r{nu}-ntrig{N}-seed{seed}")
-            for N in cfg.n_trigs for nu in cfg.nu_rs for seed in cfg.seeds]
+    plan = nu_plan(cfg)
     runs = train_and_evaluate(cfg, plan, progress,
                                lambda mc: f"nu_r {mc.nu_r}, N_trig {mc.n_trig}")
     shape = (len(cfg.n_trigs), len(cfg.nu_rs), len(cfg.seeds), len(cfg.lengths))
