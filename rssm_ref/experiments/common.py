@@ -392,9 +392,13 @@ def _one_thread():
 
 
 def train_in_processes(plan, workers, progress):
-    """Train the runs of ``plan`` not yet trained in ``workers`` processes; returns
-    {checkpoint: seconds}. Progress: one line per finished training, and a count."""
-    todo = [r for r in plan if needs_training(r)]
+    """Train the runs of ``plan`` not yet trained in ``workers`` processes, the first seed's
+    of every cell first; returns {checkpoint: seconds}. Progress: one line per finished
+    training, and a count."""
+    # one seed across the whole grid first: a stopped sweep has every cell on seed 0
+    # before any on seed 1 (the order does not change any number)
+    seeds = list(dict.fromkeys(r["seed"] for r in plan))
+    todo = sorted((r for r in plan if needs_training(r)), key=lambda r: seeds.index(r["seed"]))
     if not todo:
         return {}
     progress.message(f"train {len(todo)} of {len(plan)} runs in {workers} processes "
