@@ -4,10 +4,9 @@ evaluation on reproduce's streams, and writing results.json and the figure.
 """
 import dataclasses
 import json
-import multiprocessing
 import os
 import time
-from concurrent.futures import as_completed, ProcessPoolExecutor
+from concurrent.futures import as_completed
 from dataclasses import asdict, dataclass
 
 import numpy as onp
@@ -19,6 +18,7 @@ from rssm_ref.training.tasks import extended_method
 from rssm_ref.training.train import load_checkpoint, train, TrainConfig
 from rssm_ref.util.paths import atomic_savefig, atomic_write_text, check_outputs
 from rssm_ref.util.progress import Progress
+from rssm_ref.util.threads import one_thread_processes
 from rssm_ref.util.version import versions
 
 
@@ -217,7 +217,7 @@ def train_run(run, progress):
     None when reused)."""
     mc, tcfg, ckpt = run["model_cfg"], run["tcfg"], run["ckpt"]
     label = os.path.splitext(os.path.basename(ckpt))[0]
-    if os.path.exists(ckpt) and load_checkpoint(ckpt)[3] >= tcfg.steps:
+    if not needs_training(run):
         progress.message(f"{label}: {ckpt} already trained to step {tcfg.steps}; not trained again")
         return load_checkpoint(ckpt)[0], None
     resume = os.path.exists(ckpt)
@@ -374,6 +374,7 @@ def train_and_evaluate(cfg, plan, progress, label):
 
 
 def needs_training(run):
+    """False when the run's checkpoint is already trained to its recipe's steps."""
     ckpt = run["ckpt"]
     return not (os.path.exists(ckpt) and load_checkpoint(ckpt)[3] >= run["tcfg"].steps)
 
@@ -385,10 +386,6 @@ def _train_quietly(run):
     train(run["model_cfg"], run["tcfg"], checkpoint=run["ckpt"],
           resume=os.path.exists(run["ckpt"]), run_config=run["run_config"])
     return run["ckpt"], time.perf_counter() - t0
-
-
-def _one_thread():
-    os.environ["RSSM_REF_THREADS"] = "1"
 
 
 def train_in_processes(plan, workers, progress):
@@ -405,8 +402,7 @@ def train_in_processes(plan, workers, progress):
                      f"({len(plan) - len(todo)} already trained)")
     task = progress.task("trainings", len(todo), unit="run")
     seconds = {}
-    ctx = multiprocessing.get_context("spawn")     # fresh workers: no inherited thread pool
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_one_thread) as pool:
+    with one_thread_processes(workers) as pool:
         futures = {pool.submit(_train_quietly, r): r for r in todo}
         for fut in as_completed(futures):
             ckpt, secs = fut.result()

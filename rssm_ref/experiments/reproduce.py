@@ -38,11 +38,10 @@ extended 8
 ['residual', 'selective']
 """
 import json
-import multiprocessing
 import os
 import queue as queue_mod
 import time
-from concurrent.futures import ProcessPoolExecutor, wait
+from concurrent.futures import wait
 from dataclasses import asdict, dataclass
 
 import numpy as onp
@@ -52,7 +51,7 @@ from rssm_ref.training.tasks import DEFAULT_TOKENS, TASKS
 from rssm_ref.training.train import load_checkpoint, train, TrainConfig
 from rssm_ref.util.paths import atomic_savefig, atomic_write_text, check_outputs
 from rssm_ref.util.progress import Progress
-from rssm_ref.util.threads import workers as thread_workers
+from rssm_ref.util.threads import one_thread_processes, SPAWN, workers as thread_workers
 from rssm_ref.util.version import versions
 from rssm_ref.xp.backend import namespace
 
@@ -384,8 +383,7 @@ def reproduce(cfg, progress=None):
         runs = _in_processes(cfg, plan, n_proc, progress)
     else:
         handle = _event_handler(progress)
-        runs = [_train_and_evaluate(cfg, item, lambda kind, *a: handle(kind, *a))
-                for item in plan]
+        runs = [_train_and_evaluate(cfg, item, handle) for item in plan]
     results = {"task": cfg.task, "quick": cfg.quick, "paper_exact": cfg.paper_exact,
                "note": SMOKE_NOTE if cfg.quick else (
                    f"--steps {cfg.steps}: shorter or longer than the recipe" if cfg.steps
@@ -484,7 +482,6 @@ def _event_handler(progress):
 
 def _worker_run(cfg, item, queue):
     """In a worker process (one thread): one run, its events sent through ``queue``."""
-    os.environ["RSSM_REF_THREADS"] = "1"
     return _train_and_evaluate(cfg, item, lambda kind, *a: queue.put((kind,) + a))
 
 
@@ -492,12 +489,11 @@ def _in_processes(cfg, plan, n_proc, progress):
     """Every run of ``plan`` in ``n_proc`` processes, their progress shown here as it
     comes; the run entries in the plan's order (bit-identical to one process: training
     and evaluation do not depend on the thread count)."""
-    ctx = multiprocessing.get_context("spawn")      # fresh workers: no inherited thread pool
     progress.message(f"{len(plan)} runs in {n_proc} processes (--workers)")
     handle = _event_handler(progress)
-    with ctx.Manager() as manager:
+    with SPAWN.Manager() as manager:
         q = manager.Queue()
-        with ProcessPoolExecutor(max_workers=n_proc, mp_context=ctx) as pool:
+        with one_thread_processes(n_proc) as pool:
             futures = [pool.submit(_worker_run, cfg, item, q) for item in plan]
             pending = set(futures)
             while pending:

@@ -12,10 +12,14 @@ runs them one after the other, with the same numbers).
 >>> map_parts(lambda a: a * 2, [(1,), (2,)])
 [2, 4]
 """
+import multiprocessing
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
-__all__ = ["batch_halves", "map_parts", "workers"]
+__all__ = ["batch_halves", "map_parts", "workers", "one_thread_processes", "SPAWN"]
+
+# fresh worker processes: nothing inherited, in particular no thread pool of ``map_parts``
+SPAWN = multiprocessing.get_context("spawn")
 
 _POOL = []
 
@@ -49,3 +53,13 @@ def map_parts(fn, arg_tuples):
     futures = [_POOL[0].submit(fn, *a) for a in arg_tuples[1:]]
     first = fn(*arg_tuples[0])
     return [first] + [f.result() for f in futures]
+
+
+def _one_thread():
+    os.environ["RSSM_REF_THREADS"] = "1"
+
+
+def one_thread_processes(n):
+    """A pool of ``n`` fresh processes of one thread each (whole runs side by side: a run's
+    numbers do not depend on its thread count, see ``batch_halves``)."""
+    return ProcessPoolExecutor(max_workers=n, mp_context=SPAWN, initializer=_one_thread)
