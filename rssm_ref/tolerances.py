@@ -106,6 +106,9 @@ TOLERANCES = {
     # coincident in its legend when they differ by at most this fraction of the panel's
     # scale (largest |h|, or the pole-zero view's width): under a pixel at the figures' size.
     "figure_coincide": 1e-3,
+    # the leak law's accuracy against the measured one, in points of % (docs/13 section 1:
+    # the criterion its prediction is held to, at L = 2^11 ... 2^16)
+    "leak_law_points": 5.0,
 }
 
 

@@ -1,5 +1,5 @@
 """What a new user met right after `reproduce`: explain on a selective checkpoint, cost
-reading reproduce's folders, the leak prediction marked unreliable, and the figures
+reading reproduce's folders, the leak law printed with what it assumes, and the figures
 (labels, what is drawn on top, coincident channels, titles) checked on the matplotlib
 objects, not on pixels."""
 import json
@@ -14,6 +14,7 @@ from cli import main
 from rssm_ref.experiments.explain import (gate_figure, impulse_figure, lti_systems,
                                           pole_zero_figure)
 from rssm_ref.experiments.plots import plot_cost, plot_lengths
+from rssm_ref.experiments.beyond import format_results
 from rssm_ref.experiments.reproduce import accuracy_figure
 
 plt = pytest.importorskip("matplotlib.pyplot", reason="the figures need matplotlib ([plot])")
@@ -149,22 +150,32 @@ def test_cost_figure_colours_points_by_model(run, tmp_path, monkeypatch):
         plt.close(fig)
 
 
-# ------------------------------------------------------- lengths: the prediction marked
-def test_lengths_marks_the_leak_prediction_unreliable(run, tmp_path):
+# ------------------------------------------------------- lengths: the law and its scope
+def test_lengths_prints_the_leak_law_with_what_it_assumes(run, tmp_path):
     out = tmp_path / "len"
     res = _ok("experiment", "lengths", "--quick", "--out", out,
               "--checkpoints", str(run / "results-{task}"))
-    rows = [ln for ln in res.stdout.splitlines() if ln.startswith("  leak pred")]
-    assert len(rows) == 2 and all("(unreliable)" in ln for ln in rows)
+    rows = [ln for ln in res.stdout.splitlines() if ln.startswith("  leak law")]
+    assert len(rows) == 2
     note = [ln for ln in res.stdout.splitlines() if ln.startswith("note:")]
-    assert len(note) == 1 and "unreliable" in note[0] and "docs/13" in note[0]
+    assert len(note) == 1 and "stationary" in note[0] and "docs/13" in note[0]
     d = _load(out / "results.json")
-    assert d["prediction_reliable"] is False and "docs/13" in d["prediction_caveat"]
+    assert d["prediction_reliable"] is True and "docs/13" in d["prediction_caveat"]
     fig = plot_lengths(plt, d)
     try:
         for ax in fig.axes[:1]:
-            assert "leak prediction (unreliable, see docs/13)" in _legend_texts(ax)
+            assert "leak prediction" in _legend_texts(ax)
             assert "measured (seed 0)" in _legend_texts(ax)
+    finally:
+        plt.close(fig)
+    # a results.json of an older rssm-ref (no flag) is still shown as unreliable
+    d.pop("prediction_reliable")
+    d["prediction_caveat"] = "the old mean-leak prediction (docs/13)"
+    text = format_results(d)
+    assert sum("leak pred. (unreliable)" in ln for ln in text.splitlines()) == 2
+    fig = plot_lengths(plt, d)
+    try:
+        assert "leak prediction (unreliable, see docs/13)" in _legend_texts(fig.axes[0])
     finally:
         plt.close(fig)
 

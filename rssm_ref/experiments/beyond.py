@@ -66,10 +66,12 @@ length).
 
 ``table`` per experiment (mean, min, max: over seeds, % per length):
 
-- lengths: ``{task: {lengths, mean, min, max, predicted, seeds, leak_per_step,
-  horizon_steps}}``, and ``prediction_curve: {task: {lengths: 2^4..2^16, predicted}}``
-  (mean over seeds); ``prediction_reliable`` (false: the leak prediction is a known
-  defect, see below) and ``prediction_caveat`` (why, in words); answer: ``target_pct``
+- lengths: ``{task: {lengths, mean, min, max, predicted (the leak law; None beyond its
+  reach), seeds, leak_per_step, holds_to_L, first_below_L, pool_steps}}``, and
+  ``prediction_curve: {task: {lengths: 2^4..2^16, predicted}}`` (mean over seeds);
+  ``prediction_reliable`` (true since the leak law below was checked on docs/13's
+  models; false in older results) and ``prediction_caveat`` (what it assumes, in words);
+  answer: ``target_pct``
   99.5, ``first_below_target`` per task (length or null), ``holds``.
 - nu_sweep: ``nu_r``, ``n_trig``, ``lengths``, ``mean``/``min``/``max`` of shape
   (n_trig, nu_r, lengths); answer: ``criterion``, ``smallest_nu_r`` and
@@ -89,35 +91,26 @@ length).
   reproduce's run folders (``--checkpoints``, default results-{task}, where reproduce
   writes) and the experiments' (``--results-from``).
 
-The leak prediction (``measure_leak``, ``predict_accuracy``)
--------------------------------------------------------------
-The gate is y(t+1) = a(t) y(t) + (1 − a(t)) y_s(t), a = 1 − s (eq. (5)) or e^{−s} (ZOH).
-Per step it keeps a fraction a(t) of what is stored; its leak is ℓ(t) = −log a(t)
-(eq. (5): softplus of the gate's pre-activation, exact even where s rounds to 1; ZOH: s).
-Measured on the trained model over ``leak_n`` fresh sequences of length ``leak_L``:
+The leak law (``gate_writes``, ``law_accuracy``, ``law_horizon``; docs/13 section 1)
+--------------------------------------------------------------------------------------
+The gate is y(t+1) = a(t) y(t) + b(t) y_s(t), a = 1 − s, b = s (eq. (5)) or a = e^{−s}
+(ZOH); its leak is ℓ(t) = −log a(t) (eq. (5): softplus of the gate's pre-activation,
+exact even where s rounds to 1; ZOH: s). Unrolled from y(0) = 0 and cut at the first
+trigger p, the gate's opening w (its largest opening at the answer's position
+q = p + N_trig or the ``OPEN_LAG`` = 2 steps after: a trained Σ passes u(q) on one step
+late, docs/05, docs/06) and the final trigger:
 
-- w, where the answer is written: the gate's largest opening at the answer's position
-  q = p + N_trig or the ``OPEN_LAG`` = 2 steps after (a trained Σ passes u(q) on one
-  step late, so the gate opens at q + 1: docs/05, docs/06);
-- λ, the leak per step: the mean of ℓ(t) over the holding positions, strictly between
-  the opening and the final trigger (positions w + 1 … L − N_trig − 1);
-- y_c, the stored vector: the mean of y(w + 1) over the sequences whose answer is c;
-- μ, what leaks in: the mean of y_s over the holding positions, weighted by 1 − a(t);
-- (A_f, b_f): the final trigger's own steps, y(L) = A_f y(L − N_trig) + b_f (means).
+  y(L − N_trig) = D_hold (A_span y(p) + Y_span) + Y_hold,   y(L) = A_f y(L − N_trig) + b_f,
 
-Prediction: after d holding steps the stored answer keeps W = e^{−λ d}, so
-ŷ(c, d) = A_f (W y_c + (1 − W) μ) + b_f, and the model answers c iff its readout's argmax
-at ŷ(c, d) is c. The task puts the first trigger uniformly, so d is uniform on
-{0, …, L − 2 N_trig − 1}; the predicted accuracy is the mean of that indicator over d and
-over the answers (weighted as they occurred). It has no free parameter fitted to the
-accuracies; it assumes the leak is spread evenly (its mean) and that what leaks in is
-its mean. ``horizon_steps``: the first d at which some answer is lost. Until
-2026-12-03 y_c was read one step early, at y(q + 1), before the gate had opened: on
-trained models it then predicted about chance where 100 % is measured. Read at the
-opening, it matches the measured accuracy within 5 points on 22 of 24 (model, L) of
-docs/13's gate-penalty models (L = 2^11 … 2^16). ``predict_windowed`` (the per-length
-prediction of ``lengths``) replaces the mean leak and the mean μ by real holding steps:
-23 of 24; every output of ``lengths`` still marks it (``PREDICTION_CAVEAT``).
+an identity. Off the trigger the steps (b(t), y_s(t)) are driven by the random tokens
+alone, hence stationary: ``gate_writes`` traces ``leak_n`` sequences of length ``leak_L``
+once, keeps each one's (Y_span, A_span, w − p + 1) and pools all their off-trigger
+steps; ``law_accuracy`` lays windows of the pool end to end for y(p) and for the holding
+steps at any length (the first trigger uniform, as the tasks draw it) and reads the
+model's readout. Nothing is fitted to accuracies. ``law_horizon``: the last length
+2^(j/4) before the first where the law falls below ``HOLD_PCT``. The first law,
+``predict_accuracy`` (a mean leak λ, a mean leaked-in μ, the stored vector y_c), counted
+only the steps after the answer; it is kept, with ``measure_leak``'s statistics.
 
 Glossary
 --------
@@ -126,7 +119,9 @@ run_experiment(cfg, progress=None) -> results dict (as written to results.json)
 lengths / nu_sweep / window / zoh_gate / cost (cfg, progress=None) -> results dict
 measure_leak(model_cfg, params, L, n, seed) -> leak statistics (dict)
 leak_statistics(y, y_s, pre, p, targets, n_trig, gate, n_answers) -> the same, from arrays
-predict_accuracy(leak, L, readout) -> % ;  horizon_steps(leak, readout, d_max)
+gate_writes(model_cfg, params, L, n, seed) -> the law's pieces;  law_accuracy(gw, L) -> % | None
+law_horizon(gw) -> {holds_to_L, first_below_L, pool_steps}
+predict_accuracy(leak, L, readout) -> % ;  horizon_steps(leak, readout, d_max)  (the first law)
 readout_fn(model_cfg, params) -> (y (n, m) -> scores (n, N));  cost_configs(cfg) -> models
 nu_answer(mean16, nu_rs, n_trigs) -> answer dict;  format_results(results) -> str
 
@@ -140,15 +135,17 @@ import numpy as onp
 from rssm_ref.experiments.common import (ExperimentConfig, EXPERIMENTS, SMOKE_NOTE, SOLVED_PCT,
                                          TARGET_PCT, TASKS2)
 from rssm_ref.experiments.cost import cost, sources_text
-from rssm_ref.experiments.lengths import (horizon_steps, leak_statistics, lengths, measure_leak,
+from rssm_ref.experiments.lengths import (gate_writes, horizon_steps, law_accuracy, law_horizon,
+                                          leak_statistics, lengths, measure_leak,
                                           predict_accuracy, PREDICTION_CAVEAT)
 from rssm_ref.experiments.nu_sweep import nu_answer, nu_sweep
 from rssm_ref.experiments.window import window
 from rssm_ref.experiments.zoh_gate import zoh_gate
 
 __all__ = ["ExperimentConfig", "EXPERIMENTS", "run_experiment", "lengths", "nu_sweep", "window",
-           "zoh_gate", "cost", "measure_leak", "leak_statistics", "predict_accuracy",
-           "horizon_steps", "nu_answer", "format_results", "SOLVED_PCT", "TARGET_PCT"]
+           "zoh_gate", "cost", "measure_leak", "leak_statistics", "gate_writes", "law_accuracy",
+           "law_horizon", "predict_accuracy", "horizon_steps", "nu_answer", "format_results",
+           "SOLVED_PCT", "TARGET_PCT"]
 
 
 # ==================================================================== runner, text
@@ -168,6 +165,15 @@ def run_experiment(cfg, progress=None):
 def _row(label, vals, width=8):
     return f"{label:<26}" + "".join(f"{v:>{width}.1f}" if v is not None else f"{'-':>{width}}"
                                     for v in vals)
+
+
+def _holds(tt, i):
+    """Seed i's horizon in ``lengths``' table: the length, "> L" beyond the law's reach
+    (older results.json: the mean-leak law's holding steps)."""
+    if "holds_to_L" not in tt:
+        return f"{tt['horizon_steps'][i]} steps"
+    h, below = tt["holds_to_L"][i], tt["first_below_L"][i]
+    return "< 16" if h is None else (f"> {h}" if below is None else str(h))
 
 
 def format_results(results):
@@ -194,7 +200,7 @@ def format_results(results):
     if name == "lengths":
         # results.json of an older rssm-ref has no flag: the same prediction, as unreliable
         shaky = not results.get("prediction_reliable", False)
-        label = "  leak pred. (unreliable)" if shaky else "  predicted from the leak"
+        label = "  leak pred. (unreliable)" if shaky else "  leak law"
         for task in TASKS2:
             tt = t[task]
             lines.append(head(f"{task}: L", tt["lengths"]))
@@ -202,10 +208,10 @@ def format_results(results):
             lines.append(_row("  measured min", tt["min"]))
             lines.append(_row(label, tt["predicted"]))
             lines.append(f"  leak per step {', '.join(f'{v:.3g}' for v in tt['leak_per_step'])}"
-                         f"; horizon (steps{', of the same prediction' if shaky else ''}) "
-                         f"{', '.join(str(h) for h in tt['horizon_steps'])}")
-        if shaky:
-            lines.append("note: " + results.get("prediction_caveat", PREDICTION_CAVEAT))
+                         f"; holds to L ≈ (per seed{', of the same prediction' if shaky else ''}) "
+                         f"{', '.join(_holds(tt, i) for i in range(len(tt['leak_per_step'])))}")
+        # what the law assumes (or, for an older results.json, why it was unreliable)
+        lines.append("note: " + results.get("prediction_caveat", PREDICTION_CAVEAT))
     elif name == "nu_sweep":
         for li, L in enumerate(t["lengths"]):
             lines.append(f"accuracy (%) at L = {L}: rows N_trig, columns nu_r")

@@ -56,7 +56,8 @@ from typing import Optional
 import numpy as onp
 
 from rssm_ref.experiments.common import model_cfg_from_run_config
-from rssm_ref.experiments.lengths import horizon_steps, measure_leak, readout_fn
+from rssm_ref.experiments.lengths import (gate_writes, HOLD_PCT, law_horizon,
+                                          PREDICTION_RELIABLE)
 from rssm_ref.experiments.reproduce import (model_config, prepare_out, read_run_config,
                                             ReproduceConfig)
 from rssm_ref.lti import StateSpace, TransferFunction
@@ -433,11 +434,12 @@ def stored_accuracy(path, model):
 
 def leak_horizon(path, model, task):
     """The leak law's prediction for a Residual SSM reproduce checkpoint (docs/13, section
-    1; ``rssm_ref.experiments.lengths``): its gate's leak per step, where it writes the
-    answer, and the length it holds to — the first L at which some answer is predicted
-    lost (``horizon_steps`` holding steps + 2 N_trig + 1), None beyond 2^20 steps. None
-    for anything but a reproduce checkpoint of a Residual SSM (the leak is measured on
-    sequences of its own task, with its own training config)."""
+    1; ``rssm_ref.experiments.lengths.gate_writes``): its gate's leak per step, where it
+    writes the answer, and the length it holds to — the last length 2^(j/4) before the
+    first at which the law predicts less than HOLD_PCT (``law_horizon``); "first_below_L"
+    None: it holds as far as the traced steps reach. None for anything but a reproduce
+    checkpoint of a Residual SSM (the law is measured on sequences of its own task, with
+    its own training config)."""
     if model != "residual" or not path:
         return None
     try:
@@ -447,12 +449,23 @@ def leak_horizon(path, model, task):
     if rc is None or rc.get("model") != "residual" or rc.get("task") != task:
         return None
     mcfg = model_cfg_from_run_config(rc, path, task)
-    params = load_checkpoint(path)[0]
-    st = measure_leak(mcfg, params)
-    d = horizon_steps(st, readout_fn(mcfg, params))
+    gw = gate_writes(mcfg, load_checkpoint(path)[0])
+    st = gw["stats"]
     return {"leak_per_step": st["leak_per_step"], "opening_lag": st["opening_lag"],
-            "horizon_steps": d, "holds_to_L": None if d is None else d + 2 * st["n_trig"] + 1,
-            "measured_on": f"{st['n']} sequences at L = {st['L']}", "reliable": False}
+            **law_horizon(gw), "hold_pct": HOLD_PCT,
+            "measured_on": f"{len(gw['targets'])} sequences at L = {gw['L']}",
+            "reliable": PREDICTION_RELIABLE}
+
+
+def horizon_text(lk):
+    """"holds to L ≈ …" from ``law_horizon``'s fields."""
+    pct = f"{lk['hold_pct']:g} %"
+    if lk["first_below_L"] is None:
+        return (f"holds beyond L ≈ {lk['holds_to_L']} (≥ {pct} as far as the "
+                f"{lk['pool_steps']} traced off-trigger steps reach)")
+    if lk["holds_to_L"] is None:
+        return f"below {pct} already at L = {lk['first_below_L']}"
+    return f"holds to L ≈ {lk['holds_to_L']} (below {pct} from L ≈ {lk['first_below_L']})"
 
 
 def summary_lines(model, summary):
@@ -460,11 +473,9 @@ def summary_lines(model, summary):
     lines = []
     lk = summary.get("leak")
     if lk:
-        holds = (f"holds to L ≈ {lk['holds_to_L']}" if lk["holds_to_L"] is not None
-                 else "holds beyond L = 2^20")
-        lines.append(f"leak law (approximate, docs/13 section 1): {lk['leak_per_step']:.3g} "
-                     f"leaked per step after the gate writes the answer {lk['opening_lag']:.2g} "
-                     f"step(s) after it; {holds} (measured on {lk['measured_on']})")
+        lines.append(f"leak law (docs/13 section 1): {lk['leak_per_step']:.3g} leaked per "
+                     f"step after the gate writes the answer {lk['opening_lag']:.2g} step(s) "
+                     f"after it; {horizon_text(lk)} (measured on {lk['measured_on']})")
     if model == "selective" and "A_range" in summary:
         d = summary
         shapes = ", ".join(f"{k} {tuple(v)}" for k, v in d["shapes"].items())

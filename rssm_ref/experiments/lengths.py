@@ -18,14 +18,18 @@ from rssm_ref.training.train import load_checkpoint
 
 
 # ==================================================================== the leak prediction
-# Until predict_accuracy models the direction of what leaks in, every output marks it.
-PREDICTION_RELIABLE = False
-PREDICTION_CAVEAT = ("the leak prediction is unreliable: it assumes a mean leak per step and "
-                     "a mean leaked-in vector (the curve and the horizon) or stationary gate "
-                     "steps (the per-length prediction); on the recipe's trained models the "
-                     "latter is within 5 points on 23 of 24 (model, L) but 30 points too high "
-                     "at L = 65536 on one (docs/13-beyond-the-paper.md, section 1); read it "
-                     "as a diagnostic, not a forecast")
+# The leak law (gate_writes, law_accuracy) was checked against the measured accuracy of
+# every model of docs/13 section 1 before this flag was set; outputs still say what it assumes.
+PREDICTION_RELIABLE = True
+PREDICTION_CAVEAT = ("the leak law assumes the gate's off-trigger steps are stationary (the "
+                     "pooled steps of leak_n traced sequences of length leak_L stand for the "
+                     "windows before and after the answer at any length) and reaches only "
+                     "lengths whose windows fit in a quarter of that pool; on docs/13's six "
+                     "gate-penalty models it is within 1 point of the measured accuracy at "
+                     "L = 2^11 ... 2^16 (docs/13-beyond-the-paper.md, section 1)")
+# a window of the law may use at most 1 / POOL_REACH of the pooled steps (windows drawn
+# from a pool not much longer than themselves would share most of their steps)
+POOL_REACH = 4
 # the gate's opening is looked for at the answer's position and the OPEN_LAG steps after
 OPEN_LAG = 2
 
@@ -53,12 +57,7 @@ def leak_statistics(y, y_s, pre, p, targets, n_trig, gate="euler", n_answers=Non
     batch, L, m = y.shape
     k = int(n_trig)
     n_answers = int(n_answers if n_answers is not None else targets.max() + 1)
-    if gate == "euler":
-        ell = onp.logaddexp(0.0, pre)                   # −log(1 − σ(x)) = softplus(x)
-    elif gate == "zoh":
-        ell = 0.5 * (onp.tanh(0.5 * pre) + 1.0)         # −log e^{−s} = s = σ(x)
-    else:
-        raise ValueError(f"gate: {gate!r} (expected 'euler' or 'zoh')")
+    ell = gate_leak(pre, gate)
     b = -onp.expm1(-ell)                                # 1 − a(t), a = e^{−ℓ}: exact for small leaks
     t = onp.arange(L)
     q = p + k                                           # the answer's position
@@ -126,15 +125,102 @@ def measure_leak(model_cfg, params, L=LEAK_L, n=LEAK_N, seed=0):
     return st
 
 
+def gate_writes(model_cfg, params, L=LEAK_L, n=LEAK_N, seed=0):
+    """What the gate writes, split where the answer is stored (the leak law, docs/13
+    section 1), from ``n`` traced sequences of length L (the stream of ``measure_leak``).
+
+    Eq. (5) unrolled from y(0) = 0 is y(t) = Σ_{j<t} b(j) Π_{j<i<t} a(i) y_s(j)
+    (a = 1 − s, b = s; ZOH: a = e^{−s}, b = 1 − a). Cut at the trigger p, the opening w
+    (``leak_statistics``) and the final trigger L − N_trig:
+      y(L − N_trig) = D_hold (A_span y(p) + Y_span) + Y_hold,   y(L) = A_f y(L − N_trig) + b_f,
+    y(p) what the steps before the trigger wrote, A_span = Π_{p<=t<=w} a(t) what the
+    trigger's span keeps of it, Y_span = y(w + 1) − A_span y(p) what the span writes (the
+    answer), D_hold and Y_hold what the holding steps w < t < L − N_trig keep and write.
+    Off the trigger the steps (b(t), y_s(t)) are driven by random tokens alone (the gate
+    reads r = Σ_r(y_s − u)), so they are stationary: their pool, laid end to end, gives
+    the windows before and after the answer at any length.
+
+    Returns {"span" (n, m) Y_span, "keep_span" (n,) A_span, "span_steps" (n,) w − p + 1,
+    "cum_writes" (N + 1, m) and "cum_leak" (N + 1,): cumulative Σ b y_s e^{C} and
+    C = Σ −log a over the N pooled off-trigger steps (writes weighted by e^{C − C_N/2}
+    when ``exact_decay``, i.e. C_N <= 600), "final_a", "final_b", "targets", "n_trig",
+    "pool_steps" N, "exact_decay", "readout", "stats" (``leak_statistics``), "L"}.
+    """
+    tok, tgt, p, k = task_rows(model_cfg, onp.random.default_rng([seed, LEAK_STREAM, L]), n, L)
+    y, y_s, pre = trace(model_cfg, params, tok)
+    st = leak_statistics(y, y_s, pre, p, tgt, k, model_cfg.gate, model_cfg.n_tokens)
+    ell = gate_leak(pre, model_cfg.gate)
+    b = -onp.expm1(-ell)                                             # 1 − a(t)
+    rows, t, q = onp.arange(n), onp.arange(L), p + k
+    window = onp.clip(q[:, None] + onp.arange(OPEN_LAG + 1)[None, :], 0, L - 1)
+    w = window[rows, onp.argmax(b[rows[:, None], window], axis=1)]
+    y_p = onp.where((p > 0)[:, None], y[rows, onp.maximum(p - 1, 0)], 0.0)   # y(p)
+    span = (t[None, :] >= p[:, None]) & (t[None, :] <= w[:, None])
+    keep_span = onp.exp(-(ell * span).sum(axis=1))
+    Y_span = y[rows, w] - keep_span[:, None] * y_p
+    off = (t[None, :] < p[:, None]) | ((t[None, :] > w[:, None]) & (t[None, :] <= L - k - 1))
+    C = onp.concatenate([[0.0], onp.cumsum(ell[off])])
+    # a window (s, e] of the pool writes Σ_{s<=j<e} b(j) y_s(j) e^{−(C[e] − C[j+1])}:
+    # e^{−C[e]} (F[e] − F[s]) with F the cumulative sum of b y_s e^{C[j+1]}, exact while
+    # e^{C} stays in range (shifted by C_N / 2); beyond, the decay inside a window is left out
+    exact = bool(C[-1] <= 600.0)
+    scale = onp.exp(C[1:] - 0.5 * C[-1]) if exact else onp.ones(len(C) - 1)
+    F = onp.concatenate([onp.zeros((1, y.shape[2])),
+                         onp.cumsum((b[..., None] * y_s)[off] * scale[:, None], axis=0)])
+    return {"span": Y_span, "keep_span": keep_span, "span_steps": w - p + 1, "cum_writes": F,
+            "cum_leak": C, "final_a": st["final_a"], "final_b": onp.asarray(st["final_b"]),
+            "targets": tgt, "n_trig": k, "pool_steps": int(off.sum()), "exact_decay": exact,
+            "readout": readout_fn(model_cfg, params), "stats": st, "L": int(L), "seed": seed}
+
+
+def gate_leak(pre, gate):
+    """ℓ(t) = −log a(t) from the gate's pre-activation: softplus (eq. (5), a = 1 − σ) or
+    σ itself (ZOH, a = e^{−σ})."""
+    if gate == "euler":
+        return onp.logaddexp(0.0, pre)                 # −log(1 − σ(x)) = softplus(x)
+    if gate == "zoh":
+        return 0.5 * (onp.tanh(0.5 * pre) + 1.0)       # −log e^{−s} = s = σ(x)
+    raise ValueError(f"gate: {gate!r} (expected 'euler' or 'zoh')")
+
+
+def window_writes(gw, start, steps):
+    """(what windows of the pool write (n, m), what they keep (n,)): windows of ``steps``
+    (n,) pooled steps from ``start`` (n,)."""
+    F, C = gw["cum_writes"], gw["cum_leak"]
+    e = start + steps
+    keep = onp.exp(-(C[e] - C[start]))
+    rebase = onp.exp(0.5 * C[-1] - C[e]) if gw["exact_decay"] else onp.ones(len(e))
+    return rebase[:, None] * (F[e] - F[start]), keep
+
+
+def law_accuracy(gw, Lx, n_d=20):
+    """The leak law's accuracy (%) at length Lx from ``gate_writes``, None when a window
+    would be longer than the pool's reach (1 / POOL_REACH of it). The first trigger is uniform on {0, …, Lx − 2 N_trig − 1}
+    (the tasks' law): ``n_d`` values P of it spread evenly, each with the P steps before
+    and the Lx − N_trig − P − (w − p + 1) holding steps after drawn from the pool at random
+    starts (``default_rng([seed, LEAK_STREAM, L, Lx])``), per traced sequence; then the
+    final trigger and the readout: is the argmax still the answer?"""
+    k, N, n = gw["n_trig"], gw["pool_steps"], len(gw["targets"])
+    Ps = onp.unique(onp.linspace(0, max(0, Lx - 2 * k - 1), n_d).astype(int))
+    holds = [onp.maximum(Lx - k - P - gw["span_steps"], 0) for P in Ps]
+    if max(int(Ps.max()), max(int(d.max()) for d in holds)) > N // POOL_REACH:
+        return None
+    rng = onp.random.default_rng([gw["seed"], LEAK_STREAM, gw["L"], int(Lx)])
+    hits = []
+    for P, d in zip(Ps, holds):
+        before, _ = window_writes(gw, rng.integers(0, N - P + 1, size=n), onp.full(n, P))
+        after, keep = window_writes(gw, rng.integers(0, N - d.max() + 1, size=n), d)
+        y_stop = keep[:, None] * (gw["keep_span"][:, None] * before + gw["span"]) + after
+        scores = gw["readout"](gw["final_a"] * y_stop + gw["final_b"])
+        hits.append(onp.mean(onp.argmax(scores, axis=1) == gw["targets"]))
+    return float(100.0 * onp.mean(hits))
+
+
 def predict_windowed(model_cfg, params, lengths, L=LEAK_L, n=LEAK_N, seed=0, n_d=20):
-    """Predicted accuracy (%) at each of ``lengths`` from what the gate writes step by
-    step, not its mean: on ``n`` traced sequences of length L (the stream of
-    ``measure_leak``), each sequence's stored vector y(w + 1) at the gate's opening w,
-    plus the vector a holding window of d real steps writes, Σ_t (1 − a(t)) y_s(t), taken
-    from the measured holding steps laid end to end (the gate is driven by the inputs
-    alone, r = Σ_r(y_s − u), so its steps are stationary over random tokens); then the
-    final trigger's steps (final_a, final_b) and the readout. The mean over the
-    sequences and over ``n_d`` holding lengths d spread evenly on {1, …, Lx − 2 N_trig − 1}.
+    """The leak law's accuracy (%) at each of ``lengths`` (None beyond the pool's reach):
+    ``law_accuracy`` of ``gate_writes`` — the answer each traced sequence stored, what
+    its trigger kept of the steps before it, and the pooled off-trigger steps as the
+    windows before and after it (nothing fitted to accuracies).
 
     >>> from rssm_ref.training.head import ModelConfig, init_params
     >>> cfg = ModelConfig("residual", "induction")
@@ -142,32 +228,29 @@ def predict_windowed(model_cfg, params, lengths, L=LEAK_L, n=LEAK_N, seed=0, n_d
     >>> len(acc), all(0.0 <= a <= 100.0 for a in acc)
     (2, True)
     """
-    tok, tgt, p, k = task_rows(model_cfg, onp.random.default_rng([seed, LEAK_STREAM, L]), n, L)
-    y, y_s, pre = trace(model_cfg, params, tok)
-    st = leak_statistics(y, y_s, pre, p, tgt, k, model_cfg.gate, model_cfg.n_tokens)
-    ell = onp.logaddexp(0.0, pre) if model_cfg.gate == "euler" else 0.5 * (onp.tanh(0.5 * pre) + 1)
-    b = -onp.expm1(-ell)
-    rows, t, q = onp.arange(n), onp.arange(L), p + k
-    window = onp.clip(q[:, None] + onp.arange(OPEN_LAG + 1)[None, :], 0, L - 1)
-    w = window[rows, onp.argmax(b[rows[:, None], window], axis=1)]
-    stored = y[rows, w]                                              # (n, m), per sequence
-    hold = (t[None, :] > w[:, None]) & (t[None, :] <= L - k - 1)
-    writes = (b[..., None] * y_s)[hold]                              # (steps, m)
-    cum = onp.concatenate([onp.zeros((1, writes.shape[1])), onp.cumsum(writes, axis=0)])
-    ro = readout_fn(model_cfg, params)
-    fa, fb = st["final_a"], onp.asarray(st["final_b"])
-    rng = onp.random.default_rng([seed, LEAK_STREAM, L, 1])
-    out = []
-    for Lx in lengths:
-        ds = onp.unique(onp.linspace(1, max(1, Lx - 2 * k - 1), n_d).astype(int))
-        hits = []
-        for d in ds:
-            d = int(min(d, len(writes) - 1))
-            start = rng.integers(0, len(writes) - d + 1, size=n)
-            leak = cum[start + d] - cum[start]                        # (n, m)
-            hits.append(onp.mean(onp.argmax(ro(fa * (stored + leak) + fb), axis=1) == tgt))
-        out.append(float(100.0 * onp.mean(hits)))
-    return out
+    gw = gate_writes(model_cfg, params, L, n, seed)
+    return [law_accuracy(gw, Lx, n_d) for Lx in lengths]
+
+
+# the law "holds" a length while it predicts at least this accuracy (explain's horizon)
+HOLD_PCT = 99.0
+
+
+def law_horizon(gw, n_d=20):
+    """{"holds_to_L", "first_below_L", "pool_steps"}: on lengths 2^(j/4) from 16 up to the
+    pool's reach, the last one before the first whose law accuracy is below HOLD_PCT
+    (None: below already at 16), and that first one (None: none within the reach, so
+    holds_to_L is a lower bound)."""
+    last = None
+    for j in range(16, 4 * 40):
+        Lx = int(round(2.0 ** (j / 4)))
+        acc = law_accuracy(gw, Lx, n_d)
+        if acc is None:
+            break
+        if acc < HOLD_PCT:
+            return {"holds_to_L": last, "first_below_L": Lx, "pool_steps": gw["pool_steps"]}
+        last = Lx
+    return {"holds_to_L": last, "first_below_L": None, "pool_steps": gw["pool_steps"]}
 
 
 def readout_fn(model_cfg, params):
@@ -239,6 +322,16 @@ def horizon_steps(leak, readout, d_max=1 << 20):
     return hi
 
 
+def _round(a):
+    return None if a is None else round(a, 4)
+
+
+def _mean_rows(rows):
+    """The mean over seeds per length; None where some seed's law had no reach."""
+    cols = list(zip(*rows))
+    return [None if any(v is None for v in c) else round(float(onp.mean(c)), 4) for c in cols]
+
+
 # ==================================================================== 1. lengths
 def lengths(cfg, progress=None):
     """Residual SSM trained at L = 16, evaluated at ``cfg.lengths`` (default 2048, 4096,
@@ -301,18 +394,16 @@ def lengths(cfg, progress=None):
             mc, params, path, rc = loaded[(task, seed)]
             progress.message(f"{task} seed {seed}: the gate's leak on {cfg.leak_n} sequences "
                              f"of L = {cfg.leak_L}")
-            leak = measure_leak(mc, params, cfg.leak_L, cfg.leak_n, seed)
-            ro = readout_fn(mc, params)
-            # the prediction from what the gate writes step by step (predict_windowed);
-            # the mean-leak law (predict_accuracy) still draws the curve and the horizon
-            pred = [round(a, 4) for a in predict_windowed(mc, params, cfg.lengths, cfg.leak_L,
-                                                          cfg.leak_n, seed)]
-            leak["horizon_steps"] = horizon_steps(leak, ro)
+            gw = gate_writes(mc, params, cfg.leak_L, cfg.leak_n, seed)
+            leak = dict(gw["stats"], L=int(cfg.leak_L), n=int(cfg.leak_n))   # measure_leak's
+            pred = [_round(law_accuracy(gw, L)) for L in cfg.lengths]
+            leak.update(law_horizon(gw))
             accs, gens, ev_s = evaluate(mc, params, cfg.lengths, cfg.eval_n, seed, progress,
                                          f"residual/{task}/seed {seed}")
             progress.message(f"  {task} seed {seed}: accuracy (%) at L = "
                              f"{', '.join(map(str, cfg.lengths))}: " + " ".join(f"{a:.1f}" for a in accs)
-                             + "; predicted " + " ".join(f"{a:.1f}" for a in pred)
+                             + "; predicted " + " ".join("-" if a is None else f"{a:.1f}"
+                                                         for a in pred)
                              + f"; leak per step {leak['leak_per_step']:.3g}")
             entry = run_entry(task, mc, seed, cfg.lengths, accs, gens, cfg.eval_n, path, None,
                                train_s.get((task, seed)), ev_s)
@@ -321,16 +412,15 @@ def lengths(cfg, progress=None):
             runs.append(entry)
             rows.append(accs)
             preds.append(pred)
-            curve_rows.append([predict_accuracy(leak, L, ro) for L in CURVE_LENGTHS])
+            curve_rows.append([law_accuracy(gw, L) for L in CURVE_LENGTHS])
             leaks.append(leak)
-        hz = [lk["horizon_steps"] for lk in leaks]
         table[task] = {"lengths": list(cfg.lengths), **stats(rows),
-                       "predicted": onp.mean(preds, axis=0).round(4).tolist(),
-                       "seeds": list(cfg.seeds),
+                       "predicted": _mean_rows(preds), "seeds": list(cfg.seeds),
                        "leak_per_step": [lk["leak_per_step"] for lk in leaks],
-                       "horizon_steps": hz}
-        curves[task] = {"lengths": list(CURVE_LENGTHS),
-                        "predicted": onp.mean(curve_rows, axis=0).round(4).tolist()}
+                       "holds_to_L": [lk["holds_to_L"] for lk in leaks],
+                       "first_below_L": [lk["first_below_L"] for lk in leaks],
+                       "pool_steps": [lk["pool_steps"] for lk in leaks]}
+        curves[task] = {"lengths": list(CURVE_LENGTHS), "predicted": _mean_rows(curve_rows)}
     first_below = {}
     for task, t in table.items():
         below = [L for L, m in zip(t["lengths"], t["min"]) if m < TARGET_PCT]

@@ -27,6 +27,11 @@ def finish_accuracy_panels(fig, axes, results):
     return fig
 
 
+def _nan(vals):
+    """None (the leak law's reach exceeded) as a gap in the line."""
+    return [onp.nan if v is None else v for v in vals]
+
+
 def plot_lengths(plt, results):
     """Measured accuracy against L per task, beside the leak prediction, drawn faint and
     labelled unreliable while ``results["prediction_reliable"]`` is not true (a
@@ -40,9 +45,9 @@ def plot_lengths(plt, results):
         ax.fill_between(L, t["min"], t["max"], color="tab:blue", alpha=0.15, lw=0)
         ax.plot(L, t["mean"], "o-", color="tab:blue", zorder=3,
                 label=measured_label(t.get("seeds", results["seeds"]), spread="band min..max"))
-        ax.plot(L, t["predicted"], "s", color="tab:red", mfc="white",
+        ax.plot(L, _nan(t["predicted"]), "s", color="tab:red", mfc="white",
                 alpha=0.6 if shaky else 1.0, label=pred)
-        ax.plot(c["lengths"], c["predicted"], "--", color="tab:red", lw=1,
+        ax.plot(c["lengths"], _nan(c["predicted"]), "--", color="tab:red", lw=1,
                 alpha=0.6 if shaky else 1.0,
                 label="leak prediction curve" + (" (unreliable)" if shaky else ""))
         ax.axhline(TARGET_PCT, color="green", ls=":", lw=1, label=f"target {TARGET_PCT} %")
