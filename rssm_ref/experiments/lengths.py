@@ -224,9 +224,9 @@ def predict_windowed(model_cfg, params, lengths, L=LEAK_L, n=LEAK_N, seed=0, n_d
 
     >>> from rssm_ref.training.head import ModelConfig, init_params
     >>> cfg = ModelConfig("residual", "induction")
-    >>> acc = predict_windowed(cfg, init_params(cfg), [64, 256], L=64, n=8)
-    >>> len(acc), all(0.0 <= a <= 100.0 for a in acc)
-    (2, True)
+    >>> acc = predict_windowed(cfg, init_params(cfg), [64, 1024], L=128, n=16)
+    >>> 0.0 <= acc[0] <= 100.0, acc[1]        # 1024: beyond a quarter of ~2000 pooled steps
+    (True, None)
     """
     gw = gate_writes(model_cfg, params, L, n, seed)
     return [law_accuracy(gw, Lx, n_d) for Lx in lengths]
